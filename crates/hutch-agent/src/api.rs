@@ -1,0 +1,408 @@
+//! Routes of the data-plane API the agent serves over its dial-home connection.
+//!
+//! `/api/v1/...` is the Tensorlake sandbox daemon's API, shape for shape; `/hutch/v1/...` adds
+//! what those shapes cannot carry: byte-exact framed output with resumable sequence numbers
+//! (`exec`, `attach`), `stat`, `mkdir` and `rename`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hutch_wire::frame::encode_parts;
+use hutch_wire::{
+    DaemonInfo, ErrorBody, ExitInfo, FrameKind, HealthResponse, ListProcessesResponse,
+    OutputEvent, OutputResponse, RunEvent, SendSignalRequest, SendSignalResponse, StartProcess,
+};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::files;
+use crate::http::{self, ApiError, Body, empty, ok_json};
+use crate::output::{Chunk, LineSplitter, Stream};
+use crate::process::{self, Processes};
+
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+pub async fn handle(req: Request<Incoming>, procs: Processes) -> Response<Body> {
+    route(req, procs).await.unwrap_or_else(ApiError::into_response)
+}
+
+async fn route(req: Request<Incoming>, procs: Processes) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let segments: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(http::percent_decode)
+        .collect();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    match (&method, segs.as_slice()) {
+        (&Method::GET, ["api", "v1", "health"]) => ok_json(&HealthResponse { healthy: true }),
+        (&Method::GET, ["api", "v1", "info"]) => {
+            let (running, total, boot) = procs.counts();
+            ok_json(&DaemonInfo {
+                version: env!("CARGO_PKG_VERSION").into(),
+                uptime_secs: (process::now_ms() - boot) / 1000,
+                running_processes: running,
+                total_processes: total,
+            })
+        }
+        (&Method::GET, ["api", "v1", "processes"]) => ok_json(&ListProcessesResponse {
+            processes: procs.list(),
+        }),
+        (&Method::POST, ["api", "v1", "processes"]) => {
+            let spec: StartProcess = http::read_json(req.into_body()).await?;
+            ok_json(&procs.spawn(spec)?)
+        }
+        (&Method::POST, ["api", "v1", "processes", "run"]) => {
+            let spec: StartProcess = http::read_json(req.into_body()).await?;
+            run_sse(procs, spec)
+        }
+        (&Method::POST, ["hutch", "v1", "processes", "exec"]) => {
+            let spec: StartProcess = http::read_json(req.into_body()).await?;
+            let info = procs.spawn(spec)?;
+            Ok(framed(procs, info.pid as i32, 0, Some(info.started_at)))
+        }
+        (&Method::GET, ["hutch", "v1", "processes", p, "attach"]) => {
+            let pid = procs.resolve(p)?;
+            let from = http::query_param(&req, "from")
+                .map(|v| v.parse::<u64>())
+                .transpose()
+                .map_err(|_| ApiError::invalid("`from` must be a sequence number"))?;
+            Ok(framed(procs, pid, from.unwrap_or(0), None))
+        }
+        (_, ["api", "v1", "processes", p, rest @ ..]) => {
+            let pid = procs.resolve(p)?;
+            process_route(req, procs, pid, &method, rest).await
+        }
+        (_, ["api", "v1", "files"]) => {
+            let path = files::request_path(&req, &procs)?;
+            match method {
+                Method::GET => files::read(path).await,
+                Method::PUT | Method::POST => {
+                    files::write(path, req.into_body(), &procs).await?;
+                    Ok(empty(StatusCode::OK))
+                }
+                Method::DELETE => {
+                    files::delete(path).await?;
+                    Ok(empty(StatusCode::OK))
+                }
+                _ => Err(method_not_allowed(&method, &path_str(&segs))),
+            }
+        }
+        (&Method::GET, ["api", "v1", "files", "list"]) => {
+            ok_json(&files::list(files::request_path(&req, &procs)?).await?)
+        }
+        (&Method::GET, ["hutch", "v1", "files", "stat"]) => {
+            ok_json(&files::stat(files::request_path(&req, &procs)?).await?)
+        }
+        (&Method::POST, ["hutch", "v1", "files", "mkdir"]) => {
+            files::mkdir(files::request_path(&req, &procs)?).await?;
+            Ok(empty(StatusCode::OK))
+        }
+        (&Method::POST, ["hutch", "v1", "files", "rename"]) => {
+            let base = procs.config().working_dir.unwrap_or_else(|| "/".into());
+            let body: serde_json::Value = http::read_json(req.into_body()).await?;
+            let field = |k: &str| {
+                body.get(k)
+                    .and_then(|v| v.as_str())
+                    .ok_or_else(|| ApiError::invalid(format!("`{k}` is required")))
+                    .and_then(|p| files::sandbox_path(p, &base))
+            };
+            files::rename(field("from")?, field("to")?).await?;
+            Ok(empty(StatusCode::OK))
+        }
+        (_, ["api", "v1", "pty", ..]) => Err(ApiError::unsupported(
+            "PTY sessions are not available from this agent yet",
+        )),
+        _ => Err(ApiError::not_found(format!(
+            "no route for {method} {path}"
+        ))),
+    }
+}
+
+fn path_str(segs: &[&str]) -> String {
+    format!("/{}", segs.join("/"))
+}
+
+fn method_not_allowed(method: &Method, path: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {path}"),
+    )
+}
+
+async fn process_route(
+    req: Request<Incoming>,
+    procs: Processes,
+    pid: i32,
+    method: &Method,
+    rest: &[&str],
+) -> Result<Response<Body>, ApiError> {
+    match (method, rest) {
+        (&Method::GET, []) => ok_json(&procs.with(pid, |p| p.info())?),
+        (&Method::DELETE, []) => {
+            if procs.with(pid, |p| p.is_running())? {
+                process::signal_group(pid, libc::SIGKILL);
+            }
+            Ok(empty(StatusCode::OK))
+        }
+        (&Method::POST, ["restart"]) => ok_json(&procs.restart(pid).await?),
+        (&Method::POST, ["signal"]) => {
+            let body: SendSignalRequest = http::read_json(req.into_body()).await?;
+            if !(1..=64).contains(&body.signal) {
+                return Err(ApiError::invalid(format!(
+                    "signal {} is not a valid signal number (1-64)",
+                    body.signal
+                )));
+            }
+            let running = procs.with(pid, |p| p.is_running())?;
+            let success = running && process::signal_group(pid, body.signal as i32);
+            ok_json(&SendSignalResponse { success })
+        }
+        (&Method::POST, ["stdin"]) => {
+            write_stdin(&procs, pid, req.into_body()).await?;
+            Ok(empty(StatusCode::OK))
+        }
+        (&Method::POST, ["stdin", "close"]) => {
+            let stdin = procs.with(pid, |p| p.stdin.clone())?;
+            if let Some(mut pipe) = stdin.lock().await.take() {
+                let _ = pipe.shutdown().await;
+            }
+            Ok(empty(StatusCode::OK))
+        }
+        (&Method::GET, [stream @ ("stdout" | "stderr" | "output")]) => {
+            ok_json(&snapshot_lines(&procs, pid, stream_filter(stream))?)
+        }
+        (&Method::GET, [stream @ ("stdout" | "stderr" | "output"), "follow"]) => {
+            Ok(follow_sse(procs, pid, stream_filter(stream)))
+        }
+        _ => Err(method_not_allowed(method, &format!("/api/v1/processes/{pid}/{}", rest.join("/")))),
+    }
+}
+
+fn stream_filter(name: &str) -> Option<Stream> {
+    match name {
+        "stdout" => Some(Stream::Stdout),
+        "stderr" => Some(Stream::Stderr),
+        _ => None,
+    }
+}
+
+async fn write_stdin(procs: &Processes, pid: i32, mut body: Incoming) -> Result<(), ApiError> {
+    let stdin = procs.with(pid, |p| p.stdin.clone())?;
+    let mut guard = stdin.lock().await;
+    let pipe = guard.as_mut().ok_or_else(|| {
+        ApiError::conflict(
+            "stdin is not open: start the process with stdin_mode \"pipe\" and do not close it",
+        )
+    })?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::invalid(format!("stdin upload interrupted: {e}")))?;
+        if let Ok(data) = frame.into_data()
+            && let Err(e) = pipe.write_all(&data).await
+        {
+            *guard = None;
+            return Err(ApiError::conflict(format!(
+                "the process no longer reads stdin: {e}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn snapshot_lines(
+    procs: &Processes,
+    pid: i32,
+    filter: Option<Stream>,
+) -> Result<OutputResponse, ApiError> {
+    let slice = procs.with(pid, |p| p.output.read_from(0))?;
+    let mut split = LineSplitter::default();
+    let mut lines = Vec::new();
+    for chunk in slice.chunks.iter().filter(|c| filter.is_none_or(|f| f == c.stream)) {
+        lines.extend(split.push(chunk.stream, &chunk.data));
+    }
+    for stream in [Stream::Stdout, Stream::Stderr] {
+        lines.extend(split.finish(stream));
+    }
+    Ok(OutputResponse {
+        pid: pid as i64,
+        line_count: lines.len() as i64,
+        lines,
+    })
+}
+
+/// What a follower is handed, in order.
+enum Event<'a> {
+    Gap(u64),
+    Chunk(&'a Chunk),
+    End(Option<ExitInfo>),
+    Idle,
+}
+
+/// Feeds `render`'s output for every event of `pid`'s log from `cursor` on into `tx`, until
+/// the process finished and everything was delivered, or the client went away.
+async fn pump(
+    procs: Processes,
+    pid: i32,
+    mut cursor: u64,
+    tx: mpsc::Sender<Bytes>,
+    mut render: impl FnMut(Event<'_>) -> Vec<Bytes> + Send,
+) {
+    loop {
+        let Ok((slice, mut changed)) =
+            procs.with(pid, |p| (p.output.read_from(cursor), p.output.subscribe()))
+        else {
+            return;
+        };
+        let mut out = Vec::new();
+        if let Some(first) = slice.first_available {
+            out.extend(render(Event::Gap(first)));
+        }
+        for chunk in &slice.chunks {
+            cursor = chunk.seq + 1;
+            out.extend(render(Event::Chunk(chunk)));
+        }
+        if slice.closed {
+            let exit = procs.with(pid, |p| p.exit.clone()).ok().flatten();
+            out.extend(render(Event::End(exit)));
+        }
+        for bytes in out {
+            if tx.send(bytes).await.is_err() {
+                return;
+            }
+        }
+        if slice.closed {
+            return;
+        }
+        match tokio::time::timeout(HEARTBEAT, changed.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                for bytes in render(Event::Idle) {
+                    if tx.send(bytes).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn sse_lines(split: &mut LineSplitter, chunk: &Chunk, filter: Option<Stream>) -> Vec<Bytes> {
+    if filter.is_some_and(|f| f != chunk.stream) {
+        return Vec::new();
+    }
+    split
+        .push(chunk.stream, &chunk.data)
+        .into_iter()
+        .map(|line| line_event(line, chunk.time_ms, chunk.stream))
+        .collect()
+}
+
+fn line_event(line: String, timestamp: i64, stream: Stream) -> Bytes {
+    http::sse_event(&OutputEvent {
+        line,
+        timestamp,
+        stream: Some(stream.name().to_string()),
+    })
+}
+
+fn flush_lines(split: &mut LineSplitter, filter: Option<Stream>) -> Vec<Bytes> {
+    [Stream::Stdout, Stream::Stderr]
+        .into_iter()
+        .filter(|s| filter.is_none_or(|f| f == *s))
+        .filter_map(|s| split.finish(s).map(|l| line_event(l, process::now_ms(), s)))
+        .collect()
+}
+
+fn follow_sse(procs: Processes, pid: i32, filter: Option<Stream>) -> Response<Body> {
+    let (tx, body) = http::channel(16);
+    let mut split = LineSplitter::default();
+    tokio::spawn(pump(procs, pid, 0, tx, move |event| match event {
+        Event::Chunk(chunk) => sse_lines(&mut split, chunk, filter),
+        Event::End(_) => flush_lines(&mut split, filter),
+        Event::Gap(_) => Vec::new(),
+        Event::Idle => vec![Bytes::from_static(b": keepalive\n\n")],
+    }));
+    http::streaming("text/event-stream", body)
+}
+
+fn run_sse(procs: Processes, spec: StartProcess) -> Result<Response<Body>, ApiError> {
+    let info = procs.spawn(spec)?;
+    let pid = info.pid as i32;
+    let (tx, body) = http::channel(16);
+    let started = http::sse_event(&RunEvent::Started {
+        pid: info.pid,
+        started_at: info.started_at,
+    });
+    let mut split = LineSplitter::default();
+    tokio::spawn(async move {
+        if tx.send(started).await.is_err() {
+            return;
+        }
+        pump(procs, pid, 0, tx, move |event| match event {
+            Event::Chunk(chunk) => sse_lines(&mut split, chunk, None),
+            Event::End(exit) => {
+                let mut out = flush_lines(&mut split, None);
+                if let Some(exit) = exit {
+                    out.push(http::sse_event(&RunEvent::Exited(exit)));
+                }
+                out
+            }
+            Event::Gap(_) => Vec::new(),
+            Event::Idle => vec![Bytes::from_static(b": keepalive\n\n")],
+        })
+        .await;
+    });
+    Ok(http::streaming("text/event-stream", body))
+}
+
+fn framed(procs: Processes, pid: i32, from: u64, started_at: Option<i64>) -> Response<Body> {
+    let (tx, body) = http::channel(16);
+    tokio::spawn(async move {
+        if let Some(started_at) = started_at {
+            let payload = serde_json::json!({ "pid": pid, "started_at": started_at });
+            let mut out = Vec::new();
+            encode_parts(FrameKind::Started, 0, payload.to_string().as_bytes(), &mut out);
+            if tx.send(Bytes::from(out)).await.is_err() {
+                return;
+            }
+        }
+        pump(procs, pid, from, tx, |event| {
+            let mut out = Vec::new();
+            match event {
+                Event::Chunk(chunk) => {
+                    let kind = match chunk.stream {
+                        Stream::Stdout => FrameKind::Stdout,
+                        Stream::Stderr => FrameKind::Stderr,
+                    };
+                    encode_parts(kind, chunk.seq, &chunk.data, &mut out);
+                }
+                Event::Gap(first) => {
+                    let payload = serde_json::json!({ "first_available": first }).to_string();
+                    encode_parts(FrameKind::Gap, first, payload.as_bytes(), &mut out);
+                }
+                Event::End(Some(exit)) => {
+                    let payload = serde_json::to_vec(&exit).unwrap_or_default();
+                    encode_parts(FrameKind::Exit, 0, &payload, &mut out);
+                }
+                Event::End(None) => {
+                    let payload = serde_json::to_vec(&ErrorBody::new(
+                        "lost",
+                        "the process's exit status was not recorded",
+                    ))
+                    .unwrap_or_default();
+                    encode_parts(FrameKind::Error, 0, &payload, &mut out);
+                }
+                Event::Idle => return Vec::new(),
+            }
+            vec![Bytes::from(out)]
+        })
+        .await;
+    });
+    http::streaming("application/x-hutch-frames", body)
+}

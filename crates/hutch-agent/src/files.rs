@@ -1,0 +1,247 @@
+//! The file API: streamed read and write, list, stat, mkdir, rename, delete.
+//!
+//! Paths are resolved by the sandbox's own kernel (gVisor), so nothing here can reach the
+//! host; the checks below are about clear errors: a path must be absolute (or relative to the
+//! default working directory), free of control characters, and free of `..`. Writes go to a
+//! temporary file beside the target and are renamed into place, so a reader never sees half a
+//! file and a failed upload leaves the old content intact.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hutch_wire::{DirectoryEntry, FileKind, FileStat, ListDirectoryResponse};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::http::{self, ApiError, Body};
+use crate::process::Processes;
+use crate::users;
+
+const READ_CHUNK: usize = 256 * 1024;
+
+/// The validated path named by the `path` query parameter.
+pub fn request_path(req: &Request<Incoming>, procs: &Processes) -> Result<PathBuf, ApiError> {
+    let raw = http::query_param(req, "path")
+        .ok_or_else(|| ApiError::invalid("the `path` query parameter is required"))?;
+    let base = procs.config().working_dir.unwrap_or_else(|| "/".into());
+    sandbox_path(&raw, &base)
+}
+
+pub fn sandbox_path(raw: &str, base: &str) -> Result<PathBuf, ApiError> {
+    if raw.is_empty() {
+        return Err(ApiError::invalid("path must not be empty"));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            format!("path {raw:?} contains control characters"),
+        ));
+    }
+    let path = Path::new(raw);
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            format!("path {raw:?} contains `..`; give a normalized path"),
+        ));
+    }
+    Ok(if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        Path::new(base).join(path)
+    })
+}
+
+pub async fn read(path: PathBuf) -> Result<Response<Body>, ApiError> {
+    let display = path.display().to_string();
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError::io(&format!("cannot read {display}"), &e))?;
+    let meta = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::io(&format!("cannot stat {display}"), &e))?;
+    if meta.is_dir() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "is_a_directory",
+            format!("{display} is a directory; use /api/v1/files/list"),
+        ));
+    }
+    let (tx, body) = http::channel(4);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            match file.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut resp = http::streaming("application/octet-stream", body);
+    if let Ok(len) = hyper::header::HeaderValue::from_str(&meta.len().to_string()) {
+        resp.headers_mut().insert(hyper::header::CONTENT_LENGTH, len);
+    }
+    Ok(resp)
+}
+
+pub async fn write(path: PathBuf, body: Incoming, procs: &Processes) -> Result<(), ApiError> {
+    let display = path.display().to_string();
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .ok_or_else(|| ApiError::invalid(format!("cannot write to {display}")))?
+        .to_path_buf();
+    if tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_dir()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "is_a_directory",
+            format!("{display} is a directory"),
+        ));
+    }
+    tokio::fs::create_dir_all(&parent)
+        .await
+        .map_err(|e| ApiError::io(&format!("cannot create {}", parent.display()), &e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.hutch-upload-{}", crate::process::now_ms()));
+    let result = write_to(&tmp, body).await;
+    if let Err(e) = result {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e);
+    }
+    // Keep an existing file's mode and owner; a new file belongs to the default user.
+    let owner = match std::fs::metadata(&path) {
+        Ok(old) => {
+            let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(old.mode()));
+            Some((old.uid(), old.gid()))
+        }
+        Err(_) => procs
+            .config()
+            .user
+            .and_then(|u| users::resolve(&u).ok())
+            .map(|id| (id.uid, id.gid)),
+    };
+    if let Some((uid, gid)) = owner {
+        let _ = std::os::unix::fs::chown(&tmp, Some(uid), Some(gid));
+    }
+    tokio::fs::rename(&tmp, &path).await.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        ApiError::io(&format!("cannot write {display}"), &e)
+    })
+}
+
+async fn write_to(tmp: &Path, mut body: Incoming) -> Result<(), ApiError> {
+    let display = tmp.display().to_string();
+    let mut file = tokio::fs::File::create(tmp)
+        .await
+        .map_err(|e| ApiError::io(&format!("cannot create {display}"), &e))?;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::invalid(format!("upload interrupted: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            file.write_all(&data)
+                .await
+                .map_err(|e| ApiError::io("write failed", &e))?;
+        }
+    }
+    file.flush().await.map_err(|e| ApiError::io("write failed", &e))?;
+    Ok(())
+}
+
+pub async fn delete(path: PathBuf) -> Result<(), ApiError> {
+    let display = path.display().to_string();
+    if path == Path::new("/") {
+        return Err(ApiError::invalid("refusing to delete /"));
+    }
+    let meta = tokio::fs::symlink_metadata(&path)
+        .await
+        .map_err(|e| ApiError::io(&format!("cannot delete {display}"), &e))?;
+    let result = if meta.is_dir() {
+        tokio::fs::remove_dir_all(&path).await
+    } else {
+        tokio::fs::remove_file(&path).await
+    };
+    result.map_err(|e| ApiError::io(&format!("cannot delete {display}"), &e))
+}
+
+pub async fn list(path: PathBuf) -> Result<ListDirectoryResponse, ApiError> {
+    let display = path.display().to_string();
+    let mut dir = tokio::fs::read_dir(&path)
+        .await
+        .map_err(|e| ApiError::io(&format!("cannot list {display}"), &e))?;
+    let mut entries = Vec::new();
+    while let Some(entry) = dir
+        .next_entry()
+        .await
+        .map_err(|e| ApiError::io(&format!("cannot list {display}"), &e))?
+    {
+        let Ok(meta) = entry.metadata().await else {
+            continue;
+        };
+        entries.push(DirectoryEntry {
+            name: entry.file_name().to_string_lossy().into_owned(),
+            is_dir: meta.is_dir(),
+            size: (!meta.is_dir()).then_some(meta.len() as i64),
+            modified_at: Some(meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000),
+        });
+    }
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(ListDirectoryResponse {
+        path: display,
+        entries,
+    })
+}
+
+pub async fn stat(path: PathBuf) -> Result<FileStat, ApiError> {
+    let display = path.display().to_string();
+    let meta = tokio::fs::symlink_metadata(&path)
+        .await
+        .map_err(|e| ApiError::io(&format!("cannot stat {display}"), &e))?;
+    let kind = if meta.is_dir() {
+        FileKind::Dir
+    } else if meta.is_file() {
+        FileKind::File
+    } else if meta.file_type().is_symlink() {
+        FileKind::Symlink
+    } else {
+        FileKind::Other
+    };
+    let link_target = match kind {
+        FileKind::Symlink => tokio::fs::read_link(&path)
+            .await
+            .ok()
+            .map(|t| t.to_string_lossy().into_owned()),
+        _ => None,
+    };
+    Ok(FileStat {
+        path: display,
+        kind,
+        size: meta.len(),
+        mode: meta.mode(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        modified_at: meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000,
+        link_target,
+    })
+}
+
+pub async fn mkdir(path: PathBuf) -> Result<(), ApiError> {
+    let display = path.display().to_string();
+    tokio::fs::create_dir_all(&path)
+        .await
+        .map_err(|e| ApiError::io(&format!("cannot create directory {display}"), &e))
+}
+
+pub async fn rename(from: PathBuf, to: PathBuf) -> Result<(), ApiError> {
+    tokio::fs::rename(&from, &to).await.map_err(|e| {
+        ApiError::io(&format!("cannot rename {} to {}", from.display(), to.display()), &e)
+    })
+}

@@ -1,0 +1,535 @@
+//! The process table: spawning, reaping, signalling and the life of every process the agent
+//! starts.
+//!
+//! The agent is PID 1, so it reaps with `waitpid(-1)` itself rather than letting a child
+//! handle do it: orphans re-parented to PID 1 must be reaped too, and a second waiter would
+//! steal exit statuses. A process is *finished* only when its exit status is known and its
+//! output pipes are drained (or a short grace has passed, for children that keep the pipes
+//! open), so followers always see all output before the exit event.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hutch_wire::{
+    AgentConfig, ExitInfo, OutputMode, ProcessExitReason, ProcessInfo, ProcessStatus,
+    ProcessUser, StartProcess, StdinMode,
+};
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+
+use crate::http::ApiError;
+use crate::output::{OutputLog, Stream};
+use crate::users::{self, Identity};
+
+/// How long a process's pipes may stay open after it exited (held by its children).
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
+/// Finished processes kept for `get`/`list` before the oldest are forgotten.
+const KEEP_FINISHED: usize = 1024;
+
+pub type StdinHandle = Arc<tokio::sync::Mutex<Option<pipe::Sender>>>;
+
+pub struct Process {
+    pub pid: i32,
+    pub spec: StartProcess,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub output: OutputLog,
+    pub stdin: StdinHandle,
+    pub exit: Option<ExitInfo>,
+    wait_status: Option<i32>,
+    open_pipes: u8,
+    oom_killed: bool,
+    timed_out: bool,
+}
+
+impl Process {
+    pub fn info(&self) -> ProcessInfo {
+        let stdin_writable = self.exit.is_none()
+            && self.spec.stdin_mode == StdinMode::Pipe
+            && self.stdin.try_lock().map(|s| s.is_some()).unwrap_or(true);
+        let status = match &self.exit {
+            None => ProcessStatus::Running,
+            Some(e) if e.oom_killed => ProcessStatus::OomKilled,
+            Some(e) if e.signal.is_some() => ProcessStatus::Signaled,
+            Some(_) => ProcessStatus::Exited,
+        };
+        ProcessInfo {
+            pid: self.pid as i64,
+            status,
+            exit_code: self.exit.as_ref().and_then(|e| e.exit_code),
+            signal: self.exit.as_ref().and_then(|e| e.signal),
+            oom_killed: self.exit.as_ref().is_some_and(|e| e.oom_killed),
+            stdin_writable,
+            command: self.spec.command.clone(),
+            args: self.spec.args.clone(),
+            started_at: self.started_at,
+            ended_at: self.ended_at,
+            name: self.spec.name.clone(),
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.exit.is_none()
+    }
+
+    fn maybe_finish(&mut self) {
+        let Some(status) = self.wait_status else {
+            return;
+        };
+        if self.open_pipes > 0 || self.exit.is_some() {
+            return;
+        }
+        self.finish(status);
+    }
+
+    fn finish(&mut self, status: i32) {
+        let (exit_code, signal) = if libc::WIFSIGNALED(status) {
+            (None, Some(libc::WTERMSIG(status) as i64))
+        } else {
+            (Some(libc::WEXITSTATUS(status) as i64), None)
+        };
+        let reason = if self.oom_killed {
+            ProcessExitReason::OomKilled
+        } else if self.timed_out {
+            ProcessExitReason::TimedOut
+        } else if signal.is_some() {
+            ProcessExitReason::Signaled
+        } else {
+            ProcessExitReason::Exited
+        };
+        self.exit = Some(ExitInfo {
+            exit_code,
+            signal,
+            oom_killed: self.oom_killed,
+            reason,
+        });
+        self.ended_at = Some(now_ms());
+        self.output.close();
+    }
+}
+
+pub struct Table {
+    procs: BTreeMap<i32, Process>,
+    names: HashMap<String, i32>,
+    config: AgentConfig,
+    pub total_started: u64,
+    pub boot_ms: i64,
+}
+
+#[derive(Clone)]
+pub struct Processes(Arc<Mutex<Table>>);
+
+impl Processes {
+    pub fn new(config: AgentConfig) -> Self {
+        Self(Arc::new(Mutex::new(Table {
+            procs: BTreeMap::new(),
+            names: HashMap::new(),
+            config,
+            total_started: 0,
+            boot_ms: now_ms(),
+        })))
+    }
+
+    /// The table, even if a panicking holder poisoned the lock: its data stays consistent
+    /// because every mutation is a single assignment.
+    pub fn lock(&self) -> MutexGuard<'_, Table> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn config(&self) -> AgentConfig {
+        self.lock().config.clone()
+    }
+
+    /// Resolves a `{pid_or_name}` path segment.
+    pub fn resolve(&self, reference: &str) -> Result<i32, ApiError> {
+        let table = self.lock();
+        if !reference.is_empty() && reference.bytes().all(|b| b.is_ascii_digit()) {
+            let pid: i32 = reference
+                .parse()
+                .map_err(|_| ApiError::not_found(format!("no process {reference}")))?;
+            return if table.procs.contains_key(&pid) {
+                Ok(pid)
+            } else {
+                Err(ApiError::not_found(format!("no process with pid {pid}")))
+            };
+        }
+        table
+            .names
+            .get(reference)
+            .copied()
+            .ok_or_else(|| ApiError::not_found(format!("no process named {reference:?}")))
+    }
+
+    pub fn with<R>(&self, pid: i32, f: impl FnOnce(&mut Process) -> R) -> Result<R, ApiError> {
+        let mut table = self.lock();
+        table
+            .procs
+            .get_mut(&pid)
+            .map(f)
+            .ok_or_else(|| ApiError::not_found(format!("no process with pid {pid}")))
+    }
+
+    pub fn list(&self) -> Vec<ProcessInfo> {
+        self.lock().procs.values().map(Process::info).collect()
+    }
+
+    pub fn counts(&self) -> (i64, i64, i64) {
+        let table = self.lock();
+        let running = table.procs.values().filter(|p| p.is_running()).count() as i64;
+        (running, table.total_started as i64, table.boot_ms)
+    }
+
+    pub fn running_pids(&self) -> Vec<i32> {
+        let table = self.lock();
+        table.procs.values().filter(|p| p.is_running()).map(|p| p.pid).collect()
+    }
+
+    /// Starts a process; everything that can be checked is checked before `fork`.
+    pub fn spawn(&self, spec: StartProcess) -> Result<ProcessInfo, ApiError> {
+        if spec.restart.is_some() || spec.health_check.is_some() {
+            return Err(ApiError::unsupported(
+                "supervised processes (restart policies and health checks) are not supported \
+                 by this agent; start the process without `restart`/`health_check`",
+            ));
+        }
+        if spec.command.is_empty() {
+            return Err(ApiError::invalid("`command` must not be empty"));
+        }
+        if let Some(name) = &spec.name {
+            validate_name(name)?;
+            let table = self.lock();
+            if let Some(pid) = table.names.get(name)
+                && table.procs.get(pid).is_some_and(Process::is_running)
+            {
+                return Err(ApiError::conflict(format!(
+                    "a running process is already named {name:?} (pid {pid})"
+                )));
+            }
+        }
+        let config = self.config();
+        let identity = resolve_identity(spec.user.as_ref(), config.user.as_deref())?;
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        for kv in &config.env {
+            if let Some((k, v)) = kv.split_once('=') {
+                env.insert(k.to_string(), v.to_string());
+            }
+        }
+        env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
+        if let Some(home) = &identity.home {
+            env.entry("HOME".into()).or_insert_with(|| home.clone());
+        }
+        if let Some(extra) = &spec.env {
+            env.extend(extra.clone());
+        }
+        let working_dir = spec
+            .working_dir
+            .clone()
+            .or(config.working_dir.clone())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| "/".into());
+        if !std::path::Path::new(&working_dir).is_dir() {
+            return Err(ApiError::invalid(format!(
+                "working directory {working_dir:?} does not exist in the sandbox"
+            )));
+        }
+
+        let mut cmd = Command::new(&spec.command);
+        cmd.args(&spec.args)
+            .env_clear()
+            .envs(&env)
+            .current_dir(&working_dir)
+            .stdin(stdio(spec.stdin_mode == StdinMode::Pipe))
+            .stdout(stdio(spec.stdout_mode == OutputMode::Capture))
+            .stderr(stdio(spec.stderr_mode == OutputMode::Capture));
+        let ids = identity.clone();
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || drop_privileges(&ids));
+        }
+        let mut child = cmd.spawn().map_err(|e| spawn_error(&spec.command, e))?;
+        let pid = child.id() as i32;
+        let stdin = child.stdin.take().map(OwnedFd::from);
+        let stdout = child.stdout.take().map(OwnedFd::from);
+        let stderr = child.stderr.take().map(OwnedFd::from);
+        // The child handle is dropped unwaited on purpose: the reaper owns waitpid.
+        drop(child);
+
+        let stdin_sender = stdin.and_then(|fd| pipe::Sender::from_owned_fd(fd).ok());
+        let capacity = config.output_buffer_bytes.unwrap_or(DEFAULT_OUTPUT_BUFFER);
+        let timeout = spec.timeout;
+        let mut process = Process {
+            pid,
+            spec,
+            started_at: now_ms(),
+            ended_at: None,
+            output: OutputLog::new(capacity),
+            stdin: Arc::new(tokio::sync::Mutex::new(stdin_sender)),
+            exit: None,
+            wait_status: None,
+            open_pipes: 0,
+            oom_killed: false,
+            timed_out: false,
+        };
+        for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
+            if let Some(fd) = fd {
+                process.open_pipes += 1;
+                self.spawn_reader(pid, fd, stream);
+            }
+        }
+        let info = process.info();
+        {
+            let mut table = self.lock();
+            if let Some(name) = &process.spec.name {
+                table.names.insert(name.clone(), pid);
+            }
+            // A pid is reused only after its previous holder was reaped and finished.
+            table.procs.insert(pid, process);
+            table.total_started += 1;
+            table.forget_oldest_finished();
+        }
+        if let Some(secs) = timeout.filter(|s| *s > 0.0 && s.is_finite()) {
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                let still_running = this
+                    .with(pid, |p| {
+                        if p.is_running() {
+                            p.timed_out = true;
+                        }
+                        p.is_running()
+                    })
+                    .unwrap_or(false);
+                if still_running {
+                    signal_group(pid, libc::SIGKILL);
+                }
+            });
+        }
+        Ok(info)
+    }
+
+    fn spawn_reader(&self, pid: i32, fd: OwnedFd, stream: Stream) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match rx.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let chunk = Bytes::copy_from_slice(&buf[..n]);
+                            let open = this
+                                .with(pid, |p| {
+                                    p.output.push(stream, chunk, now_ms());
+                                    !p.output.is_closed()
+                                })
+                                .unwrap_or(false);
+                            if !open {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            let _ = this.with(pid, |p| {
+                p.open_pipes = p.open_pipes.saturating_sub(1);
+                p.maybe_finish();
+            });
+        });
+    }
+
+    /// Called by the reaper with each `waitpid` result.
+    pub fn on_exit(&self, pid: i32, status: i32) {
+        let pending = self
+            .with(pid, |p| {
+                p.wait_status = Some(status);
+                p.maybe_finish();
+                p.exit.is_none()
+            })
+            .unwrap_or(false);
+        if pending {
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(DRAIN_GRACE).await;
+                let _ = this.with(pid, |p| {
+                    if p.exit.is_none() {
+                        p.finish(status);
+                    }
+                });
+            });
+        }
+    }
+
+    /// Marks the tracked process whose group holds `victim` as killed for memory.
+    pub fn mark_oom(&self, victim: i32) {
+        // SAFETY: getpgid only reads the process table.
+        let pgid = unsafe { libc::getpgid(victim) };
+        let mut table = self.lock();
+        for p in table.procs.values_mut() {
+            if p.is_running() && (p.pid == victim || p.pid == pgid) {
+                p.oom_killed = true;
+            }
+        }
+    }
+
+    /// Re-runs a process's spec (after stopping it if it still runs).
+    pub async fn restart(&self, pid: i32) -> Result<ProcessInfo, ApiError> {
+        let (spec, mut done) = self.with(pid, |p| (p.spec.clone(), p.output.subscribe()))?;
+        if self.with(pid, |p| p.is_running())? {
+            signal_group(pid, libc::SIGKILL);
+            while self.with(pid, |p| p.is_running())? {
+                if done.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        self.spawn(spec)
+    }
+}
+
+impl Table {
+    fn forget_oldest_finished(&mut self) {
+        let finished: Vec<i32> = self
+            .procs
+            .values()
+            .filter(|p| !p.is_running())
+            .map(|p| p.pid)
+            .collect();
+        if finished.len() <= KEEP_FINISHED {
+            return;
+        }
+        let mut by_end: Vec<(i64, i32)> = finished
+            .iter()
+            .filter_map(|pid| self.procs.get(pid).map(|p| (p.ended_at.unwrap_or(0), *pid)))
+            .collect();
+        by_end.sort_unstable();
+        for (_, pid) in by_end.iter().take(finished.len() - KEEP_FINISHED) {
+            if let Some(p) = self.procs.remove(pid)
+                && let Some(name) = p.spec.name
+                && self.names.get(&name) == Some(pid)
+            {
+                self.names.remove(&name);
+            }
+        }
+    }
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const DEFAULT_OUTPUT_BUFFER: usize = 8 << 20;
+
+fn stdio(piped: bool) -> Stdio {
+    if piped { Stdio::piped() } else { Stdio::null() }
+}
+
+fn validate_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.contains('/') || name.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::invalid(
+            "a process name must be non-empty, contain no '/', and not be all digits",
+        ));
+    }
+    Ok(())
+}
+
+fn resolve_identity(
+    requested: Option<&ProcessUser>,
+    default: Option<&str>,
+) -> Result<Identity, ApiError> {
+    let resolved = match requested {
+        Some(ProcessUser::Spec(spec)) => users::resolve(spec),
+        Some(ProcessUser::Ids { name, uid, gid }) => {
+            let base = match (name, uid) {
+                (Some(name), _) => users::resolve(name),
+                (None, Some(uid)) => users::resolve(&uid.to_string()),
+                (None, None) => Ok(Identity::root()),
+            };
+            base.map(|mut id| {
+                if let Some(uid) = uid {
+                    id.uid = *uid;
+                }
+                if let Some(gid) = gid {
+                    id.gid = *gid;
+                    id.groups = vec![*gid];
+                }
+                id
+            })
+        }
+        None => users::resolve(default.unwrap_or("")),
+    };
+    resolved.map_err(ApiError::invalid)
+}
+
+fn drop_privileges(id: &Identity) -> std::io::Result<()> {
+    // SAFETY: plain syscalls on values owned by the closure; no allocation.
+    unsafe {
+        if libc::setsid() < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::setgroups(id.groups.len(), id.groups.as_ptr()) < 0
+            || libc::setgid(id.gid) < 0
+            || libc::setuid(id.uid) < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn spawn_error(command: &str, err: std::io::Error) -> ApiError {
+    match err.kind() {
+        std::io::ErrorKind::NotFound => ApiError::new(
+            hyper::StatusCode::BAD_REQUEST,
+            "command_not_found",
+            format!("command not found: {command}"),
+        ),
+        std::io::ErrorKind::PermissionDenied => ApiError::new(
+            hyper::StatusCode::BAD_REQUEST,
+            "command_not_executable",
+            format!("permission denied executing {command}"),
+        ),
+        _ => ApiError::new(
+            hyper::StatusCode::BAD_REQUEST,
+            "spawn_failed",
+            format!("could not start {command}: {err}"),
+        ),
+    }
+}
+
+/// Sends `signal` to the process group led by `pid` (every process is a session leader).
+pub fn signal_group(pid: i32, signal: i32) -> bool {
+    // SAFETY: kill(2) with a negative pid signals a process group.
+    unsafe { libc::kill(-pid, signal) == 0 || libc::kill(pid, signal) == 0 }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Reaps every child, ours or re-parented, forever.
+pub async fn reap(processes: Processes) {
+    let Ok(mut sigchld) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+    else {
+        return;
+    };
+    loop {
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid writes only to `status`.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+            processes.on_exit(pid, status);
+        }
+        if sigchld.recv().await.is_none() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! `hutch`: the command line. Glue only: images live in `hutch-store`, sandboxes in
+//! `hutch-runtime`; this crate parses arguments, wires them together and prints.
+
+mod agent_binary;
+mod image;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "hutch", version, about = "Run untrusted code in gVisor sandboxes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a command in a new sandbox and exit with its exit code.
+    ///
+    /// Uses the embedded runtime: the sandbox is created by this process (root required).
+    Run(run::RunArgs),
+    /// Manage images in the local store.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Show the runtime backend and its capabilities.
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The state directory: `$HUTCH_HOME`, else `/var/lib/hutch`.
+pub fn home() -> PathBuf {
+    std::env::var_os("HUTCH_HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/hutch"))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HUTCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hutch: cannot start: {e}");
+            return ExitCode::from(125);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Image(cmd) => image::dispatch(cmd).map(|()| 0),
+            Command::Info { json } => run::info(json).map(|()| 0),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("hutch: {e:#}");
+            ExitCode::from(125)
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! `hutch run`: one command in a fresh sandbox, Docker's semantics for entrypoint and
+//! command, live output with stdout and stderr kept apart, stdin passed through, and the
+//! command's exit code (128 + signal when it was killed) as ours.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Args;
+use hutch_runtime::agent::{AgentClient, ExecEvent, channel_body};
+use hutch_runtime::gvisor::{GvisorBackend, GvisorConfig};
+use hutch_runtime::{Backend, RuntimeError, SandboxSpec};
+use hutch_wire::{StartProcess, StdinMode};
+use tokio::io::AsyncReadExt;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// CPUs the sandbox may use (fractions allowed).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Memory limit in MiB; the process that exceeds it is killed and reported oom_killed.
+    #[arg(long, value_name = "MIB")]
+    memory: Option<u64>,
+    /// Environment variable for the command (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    env: Vec<String>,
+    /// Working directory inside the sandbox.
+    #[arg(long, short = 'w')]
+    workdir: Option<String>,
+    /// User to run as: name, uid, name:group or uid:gid.
+    #[arg(long, short = 'u')]
+    user: Option<String>,
+    /// Replace the image's ENTRYPOINT ("" clears it).
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Keep the sandbox after the command exits.
+    #[arg(long)]
+    keep: bool,
+    /// Pass stdin through even when it is a terminal.
+    #[arg(long, short = 'i')]
+    interactive: bool,
+    /// Image name in the local store.
+    image: String,
+    /// Command and arguments (replace the image's CMD).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+fn backend() -> anyhow::Result<GvisorBackend> {
+    let home = crate::home();
+    let store = crate::image::open_store()?;
+    let agent_binary = crate::agent_binary::ensure(&home)?;
+    Ok(GvisorBackend::new(GvisorConfig { home, agent_binary }, store)?)
+}
+
+pub fn info(json: bool) -> anyhow::Result<()> {
+    let backend = backend()?;
+    let caps = backend.capabilities();
+    if json {
+        let value = serde_json::json!({
+            "backend": backend.name(),
+            "platform": backend.runsc().platform,
+            "capabilities": caps,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("backend: {} (platform {})", backend.name(), backend.runsc().platform);
+    for (name, cap) in caps.iter() {
+        match cap {
+            hutch_runtime::Capability::Supported => println!("  {name:<24} supported"),
+            hutch_runtime::Capability::Unsupported { reason } => {
+                println!("  {name:<24} unsupported: {reason}")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Docker's rule: `--entrypoint` replaces the image's and drops its CMD; a command given on
+/// the line replaces CMD.
+fn argv(args: &RunArgs, config: &hutch_store::ImageConfig) -> anyhow::Result<Vec<String>> {
+    let entrypoint: Vec<String> = match &args.entrypoint {
+        Some(e) if e.is_empty() => Vec::new(),
+        Some(e) => vec![e.clone()],
+        None => config.entrypoint.clone().unwrap_or_default(),
+    };
+    let cmd = if !args.command.is_empty() {
+        args.command.clone()
+    } else if args.entrypoint.is_some() {
+        Vec::new()
+    } else {
+        config.cmd.clone().unwrap_or_default()
+    };
+    let argv: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    anyhow::ensure!(
+        !argv.is_empty(),
+        "no command given and the image {} has no ENTRYPOINT or CMD",
+        args.image
+    );
+    Ok(argv)
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let backend = backend()?;
+    let image = backend.store().image(&args.image)?;
+    let argv = argv(&args, &image.config)?;
+    let spec = SandboxSpec {
+        image: image.name.clone(),
+        cpus: args.cpus,
+        memory_mb: args.memory,
+        env: args.env.clone(),
+        working_dir: args.workdir.clone(),
+        user: args.user.clone(),
+        ..SandboxSpec::default()
+    };
+    let sandbox = backend.create(spec).await.context("creating the sandbox")?;
+    let id = sandbox.info.id.clone();
+    let forward_stdin = args.interactive || !std::io::stdin().is_terminal();
+    let process = StartProcess {
+        command: argv[0].clone(),
+        args: argv[1..].to_vec(),
+        stdin_mode: if forward_stdin { StdinMode::Pipe } else { StdinMode::Closed },
+        ..StartProcess::default()
+    };
+    let outcome = drive(&sandbox.agent, &process, forward_stdin).await;
+    if args.keep {
+        eprintln!("hutch: kept sandbox {id}");
+    } else if let Err(e) = backend.delete(&id).await {
+        eprintln!("hutch: removing sandbox {id}: {e}");
+    }
+    outcome
+}
+
+/// Runs the process to completion, reattaching if the agent's connection drops.
+async fn drive(agent: &AgentClient, process: &StartProcess, forward_stdin: bool) -> anyhow::Result<u8> {
+    let mut stream = match agent.exec(process).await {
+        Ok(stream) => stream,
+        Err(RuntimeError::ProcessFailure { code, message }) => {
+            eprintln!("hutch: {message}");
+            return Ok(match code.as_str() {
+                "command_not_found" => 127,
+                "command_not_executable" => 126,
+                _ => 125,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut pid = None;
+    let mut next_seq = 0u64;
+    let mut interrupts = 0u32;
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    let mut reconnect_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let event = tokio::select! {
+            event = stream.next() => event,
+            _ = tokio::signal::ctrl_c() => {
+                interrupts += 1;
+                if let Some(pid) = pid {
+                    let signal = if interrupts > 1 { libc::SIGKILL } else { libc::SIGINT };
+                    let _ = agent.signal(pid, signal).await;
+                }
+                continue;
+            }
+        };
+        match event {
+            Ok(Some(ExecEvent::Started { pid: p })) => {
+                pid = Some(p);
+                if forward_stdin {
+                    tokio::spawn(pump_stdin(agent.clone(), p));
+                }
+            }
+            Ok(Some(ExecEvent::Stdout { seq, data })) => {
+                next_seq = seq + 1;
+                stdout.write_all(&data).context("writing stdout")?;
+                stdout.flush().ok();
+            }
+            Ok(Some(ExecEvent::Stderr { seq, data })) => {
+                next_seq = seq + 1;
+                stderr.write_all(&data).context("writing stderr")?;
+            }
+            Ok(Some(ExecEvent::Gap { first_available })) => {
+                eprintln!(
+                    "hutch: output lost while disconnected (chunks {next_seq}..{first_available})"
+                );
+                next_seq = first_available;
+            }
+            Ok(Some(ExecEvent::Exit(exit))) => {
+                stdout.flush().ok();
+                if exit.oom_killed {
+                    eprintln!("hutch: the process was killed: out of memory");
+                }
+                return Ok(exit.shell_code().clamp(0, 255) as u8);
+            }
+            Ok(None) => anyhow::bail!("the process stream ended without an exit status"),
+            Err(RuntimeError::AgentUnavailable { reason }) => {
+                let Some(pid) = pid else {
+                    anyhow::bail!("lost the sandbox before the process started: {reason}");
+                };
+                let deadline = *reconnect_deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_secs(30));
+                if tokio::time::Instant::now() > deadline {
+                    anyhow::bail!("lost the sandbox's agent and it did not come back: {reason}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if let Ok(resumed) = agent.attach(pid, next_seq).await {
+                    stream = resumed;
+                    reconnect_deadline = None;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn pump_stdin(agent: AgentClient, pid: i64) {
+    let (tx, body) = channel_body(8);
+    let upload = tokio::spawn({
+        let agent = agent.clone();
+        async move { agent.write_stdin(pid, body).await }
+    });
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = upload.await;
+    let _ = agent.close_stdin(pid).await;
+}

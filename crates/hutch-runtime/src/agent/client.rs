@@ -1,0 +1,339 @@
+//! A typed client for the agent's data-plane API, over an [`AgentLink`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hutch_wire::{
+    ErrorBody, ExitInfo, FileStat, FrameDecoder, FrameKind, HealthResponse, ListDirectoryResponse,
+    ListProcessesResponse, ProcessInfo, SendSignalResponse, StartProcess,
+};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+
+use super::link::{AgentLink, BoxError, RequestBody};
+use crate::error::{Result, RuntimeError};
+
+/// How long a request waits for the agent to (re)connect.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct AgentClient {
+    link: AgentLink,
+}
+
+#[derive(Clone, Copy)]
+enum Domain {
+    Process,
+    Files,
+}
+
+impl AgentClient {
+    pub fn new(link: AgentLink) -> Self {
+        Self { link }
+    }
+
+    pub fn link(&self) -> &AgentLink {
+        &self.link
+    }
+
+    /// Sends a raw request; the proxy uses this to forward client requests unchanged.
+    pub async fn request(&self, req: Request<RequestBody>) -> Result<Response<Incoming>> {
+        self.link.send(req, CONNECT_WAIT).await
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        body: RequestBody,
+        domain: Domain,
+    ) -> Result<Response<Incoming>> {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(body)
+            .map_err(|e| RuntimeError::InvalidSpec {
+                reason: format!("bad request to agent: {e}"),
+            })?;
+        let resp = self.link.send(req, CONNECT_WAIT).await?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let bytes = collect(resp.into_body()).await.unwrap_or_default();
+        let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            ErrorBody::new("agent_error", format!("agent answered {status}"))
+        });
+        Err(match domain {
+            Domain::Process => RuntimeError::ProcessFailure {
+                code: body.code,
+                message: body.error,
+            },
+            Domain::Files => RuntimeError::FilesystemFailure {
+                code: body.code,
+                message: body.error,
+            },
+        })
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        uri: &str,
+        body: RequestBody,
+        domain: Domain,
+    ) -> Result<T> {
+        let resp = self.call(method, uri, body, domain).await?;
+        let bytes = collect(resp.into_body()).await?;
+        serde_json::from_slice(&bytes).map_err(|e| RuntimeError::AgentUnavailable {
+            reason: format!("agent sent malformed JSON: {e}"),
+        })
+    }
+
+    pub async fn health(&self) -> Result<bool> {
+        let h: HealthResponse = self
+            .json(Method::GET, "/api/v1/health", empty(), Domain::Process)
+            .await?;
+        Ok(h.healthy)
+    }
+
+    pub async fn start(&self, spec: &StartProcess) -> Result<ProcessInfo> {
+        self.json(Method::POST, "/api/v1/processes", json_body(spec), Domain::Process)
+            .await
+    }
+
+    /// Starts a process and streams its framed output until it exits.
+    pub async fn exec(&self, spec: &StartProcess) -> Result<ExecStream> {
+        let resp = self
+            .call(Method::POST, "/hutch/v1/processes/exec", json_body(spec), Domain::Process)
+            .await?;
+        Ok(ExecStream::new(resp.into_body()))
+    }
+
+    /// Output of `pid` from sequence number `from` on, then its exit.
+    pub async fn attach(&self, pid: i64, from: u64) -> Result<ExecStream> {
+        let uri = format!("/hutch/v1/processes/{pid}/attach?from={from}");
+        let resp = self.call(Method::GET, &uri, empty(), Domain::Process).await?;
+        Ok(ExecStream::new(resp.into_body()))
+    }
+
+    pub async fn process(&self, pid: i64) -> Result<ProcessInfo> {
+        let uri = format!("/api/v1/processes/{pid}");
+        self.json(Method::GET, &uri, empty(), Domain::Process).await
+    }
+
+    pub async fn processes(&self) -> Result<Vec<ProcessInfo>> {
+        let list: ListProcessesResponse = self
+            .json(Method::GET, "/api/v1/processes", empty(), Domain::Process)
+            .await?;
+        Ok(list.processes)
+    }
+
+    pub async fn signal(&self, pid: i64, signal: i32) -> Result<bool> {
+        let uri = format!("/api/v1/processes/{pid}/signal");
+        let body = json_body(&serde_json::json!({ "signal": signal }));
+        let resp: SendSignalResponse = self.json(Method::POST, &uri, body, Domain::Process).await?;
+        Ok(resp.success)
+    }
+
+    pub async fn kill_process(&self, pid: i64) -> Result<()> {
+        let uri = format!("/api/v1/processes/{pid}");
+        self.call(Method::DELETE, &uri, empty(), Domain::Process).await.map(drop)
+    }
+
+    /// Streams `body` into the process's stdin (it stays open afterwards).
+    pub async fn write_stdin(&self, pid: i64, body: RequestBody) -> Result<()> {
+        let uri = format!("/api/v1/processes/{pid}/stdin");
+        self.call(Method::POST, &uri, body, Domain::Process).await.map(drop)
+    }
+
+    pub async fn close_stdin(&self, pid: i64) -> Result<()> {
+        let uri = format!("/api/v1/processes/{pid}/stdin/close");
+        self.call(Method::POST, &uri, empty(), Domain::Process).await.map(drop)
+    }
+
+    /// The file's content as a stream of chunks.
+    pub async fn read_file(&self, path: &str) -> Result<Incoming> {
+        let uri = format!("/api/v1/files?path={}", encode(path));
+        Ok(self.call(Method::GET, &uri, empty(), Domain::Files).await?.into_body())
+    }
+
+    pub async fn write_file(&self, path: &str, body: RequestBody) -> Result<()> {
+        let uri = format!("/api/v1/files?path={}", encode(path));
+        self.call(Method::PUT, &uri, body, Domain::Files).await.map(drop)
+    }
+
+    pub async fn delete_file(&self, path: &str) -> Result<()> {
+        let uri = format!("/api/v1/files?path={}", encode(path));
+        self.call(Method::DELETE, &uri, empty(), Domain::Files).await.map(drop)
+    }
+
+    pub async fn list_dir(&self, path: &str) -> Result<ListDirectoryResponse> {
+        let uri = format!("/api/v1/files/list?path={}", encode(path));
+        self.json(Method::GET, &uri, empty(), Domain::Files).await
+    }
+
+    pub async fn stat(&self, path: &str) -> Result<FileStat> {
+        let uri = format!("/hutch/v1/files/stat?path={}", encode(path));
+        self.json(Method::GET, &uri, empty(), Domain::Files).await
+    }
+
+    pub async fn mkdir(&self, path: &str) -> Result<()> {
+        let uri = format!("/hutch/v1/files/mkdir?path={}", encode(path));
+        self.call(Method::POST, &uri, empty(), Domain::Files).await.map(drop)
+    }
+}
+
+/// Events of a framed process stream.
+#[derive(Debug, PartialEq)]
+pub enum ExecEvent {
+    Started { pid: i64 },
+    Stdout { seq: u64, data: Vec<u8> },
+    Stderr { seq: u64, data: Vec<u8> },
+    /// Output before `first_available` was evicted from the agent's buffer.
+    Gap { first_available: u64 },
+    Exit(ExitInfo),
+}
+
+pub struct ExecStream {
+    body: Incoming,
+    decoder: FrameDecoder,
+    finished: bool,
+}
+
+impl ExecStream {
+    fn new(body: Incoming) -> Self {
+        Self {
+            body,
+            decoder: FrameDecoder::default(),
+            finished: false,
+        }
+    }
+
+    /// The next event; `Ok(None)` after the exit event. An error means the connection was
+    /// lost mid-stream: reattach from the last sequence number seen plus one.
+    pub async fn next(&mut self) -> Result<Option<ExecEvent>> {
+        loop {
+            if self.finished {
+                return Ok(None);
+            }
+            let frame = self.decoder.next_frame().map_err(|e| RuntimeError::AgentUnavailable {
+                reason: format!("corrupt stream: {e}"),
+            })?;
+            if let Some(frame) = frame {
+                let event = match frame.kind {
+                    FrameKind::Started => {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&frame.payload).unwrap_or_default();
+                        ExecEvent::Started {
+                            pid: v["pid"].as_i64().unwrap_or(-1),
+                        }
+                    }
+                    FrameKind::Stdout => ExecEvent::Stdout {
+                        seq: frame.seq,
+                        data: frame.payload,
+                    },
+                    FrameKind::Stderr => ExecEvent::Stderr {
+                        seq: frame.seq,
+                        data: frame.payload,
+                    },
+                    FrameKind::Gap => ExecEvent::Gap {
+                        first_available: frame.seq,
+                    },
+                    FrameKind::Exit => {
+                        self.finished = true;
+                        let exit = serde_json::from_slice(&frame.payload).map_err(|e| {
+                            RuntimeError::AgentUnavailable {
+                                reason: format!("malformed exit frame: {e}"),
+                            }
+                        })?;
+                        ExecEvent::Exit(exit)
+                    }
+                    FrameKind::Error => {
+                        self.finished = true;
+                        let body: ErrorBody = serde_json::from_slice(&frame.payload)
+                            .unwrap_or_else(|_| ErrorBody::new("agent_error", "stream failed"));
+                        return Err(RuntimeError::ProcessFailure {
+                            code: body.code,
+                            message: body.error,
+                        });
+                    }
+                };
+                return Ok(Some(event));
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.decoder.push(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(RuntimeError::AgentUnavailable {
+                        reason: format!("stream interrupted: {e}"),
+                    });
+                }
+                None => {
+                    return Err(RuntimeError::AgentUnavailable {
+                        reason: "stream ended before the process's exit".into(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+pub fn empty() -> RequestBody {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> RequestBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+fn json_body<T: serde::Serialize>(value: &T) -> RequestBody {
+    full(serde_json::to_vec(value).unwrap_or_default())
+}
+
+async fn collect(body: Incoming) -> Result<Bytes> {
+    body.collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| RuntimeError::AgentUnavailable {
+            reason: format!("reading the agent's answer: {e}"),
+        })
+}
+
+/// Percent-encodes a query value.
+fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A request body fed chunk by chunk through the returned sender (stdin, uploads).
+pub fn channel_body(capacity: usize) -> (tokio::sync::mpsc::Sender<Bytes>, RequestBody) {
+    struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+    impl hyper::body::Body for ChannelBody {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Bytes>, BoxError>>>
+        {
+            self.0
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|b| Ok(hyper::body::Frame::data(b))))
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    (tx, ChannelBody(rx).boxed())
+}

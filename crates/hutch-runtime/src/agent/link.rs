@@ -1,0 +1,192 @@
+//! The host end of an agent's dial-home connection.
+//!
+//! The link owns a unix listener at the sandbox's socket path. Whenever the agent connects
+//! (at boot, or again after the connection dropped) the link performs the HTTP/2 client
+//! handshake and makes that connection current; requests wait for a current connection up to
+//! a deadline. Because the agent dials, a caller that restarts simply listens again and the
+//! agent finds it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::error::{Result, RuntimeError};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body of requests sent to the agent: anything from a full buffer to a live stream.
+pub type RequestBody = BoxBody<Bytes, BoxError>;
+
+struct Current {
+    sender: SendRequest<RequestBody>,
+    connection: JoinHandle<()>,
+}
+
+struct Inner {
+    current: Mutex<Option<Current>>,
+    /// Bumped on every new connection.
+    generation: watch::Sender<u64>,
+    acceptor: Mutex<Option<JoinHandle<()>>>,
+    path: PathBuf,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut acceptor) = self.acceptor.lock()
+            && let Some(task) = acceptor.take()
+        {
+            task.abort();
+        }
+        if let Ok(mut current) = self.current.lock()
+            && let Some(cur) = current.take()
+        {
+            cur.connection.abort();
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AgentLink(Arc<Inner>);
+
+impl AgentLink {
+    /// Listens at `path`, replacing a stale socket left by an earlier owner.
+    pub fn listen(path: &Path) -> Result<Self> {
+        if path.as_os_str().len() >= 104 {
+            return Err(RuntimeError::InvalidSpec {
+                reason: format!(
+                    "agent socket path {} is too long for a unix socket; use a shorter HUTCH_HOME",
+                    path.display()
+                ),
+            });
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(RuntimeError::io(format!("removing {}", path.display()), e)),
+        }
+        let listener = UnixListener::bind(path)
+            .map_err(|e| RuntimeError::io(format!("listening on {}", path.display()), e))?;
+        let (generation, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            current: Mutex::new(None),
+            generation,
+            acceptor: Mutex::new(None),
+            path: path.to_path_buf(),
+        });
+        let weak = Arc::downgrade(&inner);
+        let task = tokio::spawn(async move {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(_) => {
+                        // Out of descriptors or similar: do not spin.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+                builder.timer(TokioTimer::new());
+                builder
+                    .initial_stream_window_size(4 << 20)
+                    .initial_connection_window_size(16 << 20)
+                    .max_frame_size(256 << 10)
+                    .keep_alive_interval(Duration::from_secs(15))
+                    .keep_alive_timeout(Duration::from_secs(30));
+                let Ok((sender, conn)) = builder.handshake(TokioIo::new(stream)).await else {
+                    continue;
+                };
+                let connection = tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                let previous = inner
+                    .current
+                    .lock()
+                    .ok()
+                    .and_then(|mut cur| cur.replace(Current { sender, connection }));
+                if let Some(prev) = previous {
+                    prev.connection.abort();
+                }
+                inner.generation.send_modify(|g| *g += 1);
+            }
+        });
+        if let Ok(mut acceptor) = inner.acceptor.lock() {
+            *acceptor = Some(task);
+        }
+        Ok(Self(inner))
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.0.path
+    }
+
+    /// How many connections the agent has made so far.
+    pub fn generation(&self) -> u64 {
+        *self.0.generation.borrow()
+    }
+
+    fn ready_sender(&self) -> Option<SendRequest<RequestBody>> {
+        let current = self.0.current.lock().ok()?;
+        let cur = current.as_ref()?;
+        (!cur.sender.is_closed()).then(|| cur.sender.clone())
+    }
+
+    /// Waits until a live connection exists.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
+        self.sender(timeout).await.map(|_| ())
+    }
+
+    async fn sender(&self, timeout: Duration) -> Result<SendRequest<RequestBody>> {
+        let mut generation = self.0.generation.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(sender) = self.ready_sender() {
+                return Ok(sender);
+            }
+            match tokio::time::timeout_at(deadline, generation.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => {
+                    return Err(RuntimeError::AgentUnavailable {
+                        reason: format!("the agent did not connect within {timeout:?}"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sends one request over the current connection, waiting up to `wait` for one.
+    pub async fn send(&self, req: Request<RequestBody>, wait: Duration) -> Result<Response<Incoming>> {
+        let mut sender = self.sender(wait).await?;
+        sender
+            .ready()
+            .await
+            .map_err(|e| RuntimeError::AgentUnavailable {
+                reason: format!("connection lost: {e}"),
+            })?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| RuntimeError::AgentUnavailable {
+                reason: format!("request failed: {e}"),
+            })
+    }
+
+    /// Closes the current connection; the agent notices and dials again.
+    pub fn disconnect(&self) {
+        let previous = self.0.current.lock().ok().and_then(|mut cur| cur.take());
+        if let Some(prev) = previous {
+            prev.connection.abort();
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Talking to a sandbox's agent: the dial-home link and a typed client over it.
+
+mod client;
+mod link;
+
+pub use client::{AgentClient, ExecEvent, ExecStream, channel_body, empty, full};
+pub use link::{AgentLink, BoxError, RequestBody};

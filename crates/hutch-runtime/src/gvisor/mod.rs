@@ -1,0 +1,479 @@
+//! The gVisor backend: each sandbox is a `runsc` container whose rootfs is an overlay of the
+//! image's layers, whose PID 1 is `hutch-agent`, and whose agent dials home over a unix
+//! socket in the sandbox's directory.
+//!
+//! Layout under `<home>/sandboxes/<id>/`: `sandbox.json` (the record), `bundle/config.json`,
+//! `rootfs/` (the overlay mount), `upper/` and `work/` (the overlay's writable side), `run/`
+//! (bind-mounted at `/run/hutch`, holds `agent.sock`) and `console.log` (the agent's stdio).
+
+mod bundle;
+mod persist;
+mod rootfs;
+mod runsc;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hutch_store::Store;
+use hutch_wire::AgentConfig;
+
+use crate::agent::{AgentClient, AgentLink};
+use crate::backend::{Backend, NetworkMode, Sandbox, SandboxInfo, SandboxSpec, SandboxState};
+use crate::capability::{Capabilities, CapabilityName as C, CapabilityReason};
+use crate::error::{Result, RuntimeError};
+use persist::SandboxRecord;
+pub use runsc::Runsc;
+
+const BACKEND: &str = "gvisor";
+/// How long a new sandbox's agent has to dial home.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where the backend keeps its state, and the agent binary it mounts into sandboxes.
+#[derive(Clone, Debug)]
+pub struct GvisorConfig {
+    pub home: PathBuf,
+    pub agent_binary: PathBuf,
+}
+
+pub struct GvisorBackend {
+    home: PathBuf,
+    store: Store,
+    runsc: Runsc,
+    agent_binary: PathBuf,
+    links: Mutex<HashMap<String, AgentLink>>,
+}
+
+impl GvisorBackend {
+    pub fn new(config: GvisorConfig, store: Store) -> Result<Self> {
+        if !config.agent_binary.is_file() {
+            return Err(RuntimeError::BackendFailure {
+                backend: BACKEND,
+                message: format!("agent binary {} not found", config.agent_binary.display()),
+            });
+        }
+        let sandboxes = config.home.join("sandboxes");
+        std::fs::create_dir_all(&sandboxes)
+            .map_err(|e| RuntimeError::io(format!("creating {}", sandboxes.display()), e))?;
+        let runsc = Runsc::detect(config.home.join("runsc"))?;
+        Ok(Self {
+            home: config.home,
+            store,
+            runsc,
+            agent_binary: config.agent_binary,
+            links: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn runsc(&self) -> &Runsc {
+        &self.runsc
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.home.join("sandboxes").join(id)
+    }
+
+    fn cached_link(&self, id: &str) -> Option<AgentLink> {
+        self.links.lock().ok()?.get(id).cloned()
+    }
+
+    fn forget_link(&self, id: &str) {
+        let link = self.links.lock().ok().and_then(|mut l| l.remove(id));
+        if let Some(link) = link {
+            link.disconnect();
+        }
+    }
+
+    async fn provision(&self, id: &str, spec: &SandboxSpec) -> Result<Sandbox> {
+        let image = self.store.image(&spec.image)?;
+        let dir = self.dir(id);
+        let (rootfs_dir, upper, work, run) =
+            (dir.join("rootfs"), dir.join("upper"), dir.join("work"), dir.join("run"));
+        for d in [&rootfs_dir, &upper, &work, &run] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| RuntimeError::io(format!("creating {}", d.display()), e))?;
+        }
+        let created_at = now_ms();
+        let record = SandboxRecord {
+            id: id.to_string(),
+            image: image.name.clone(),
+            image_id: image.id.to_string(),
+            layers: image.layers.iter().map(ToString::to_string).collect(),
+            created_at,
+            spec: spec.clone(),
+        };
+        record.save(&dir)?;
+        self.store.pin(id, &image.layers)?;
+        let lower: Vec<PathBuf> = image.layers.iter().map(|l| self.store.layer_dir(l)).collect();
+        let lower = if lower.is_empty() {
+            let empty = self.home.join("empty-layer");
+            std::fs::create_dir_all(&empty)
+                .map_err(|e| RuntimeError::io("creating the empty layer", e))?;
+            vec![empty]
+        } else {
+            lower
+        };
+        rootfs::mount_overlay(&lower, &upper, &work, &rootfs_dir)?;
+
+        let agent_config = AgentConfig {
+            env: merge_env(&image.config.env, &spec.env),
+            working_dir: spec.working_dir.clone().or(image.config.working_dir.clone()),
+            user: spec.user.clone().or(image.config.user.clone()).filter(|u| !u.is_empty()),
+            memory_limit_bytes: spec.memory_mb.map(|mb| mb << 20),
+            output_buffer_bytes: None,
+        };
+        let hostname = spec.hostname.clone().unwrap_or_else(|| id.chars().take(12).collect());
+        let oci = bundle::build(&bundle::BundleSpec {
+            rootfs: &rootfs_dir,
+            agent_binary: &self.agent_binary,
+            socket_dir: &run,
+            hostname: &hostname,
+            agent_config: &agent_config,
+            cpus: spec.cpus,
+            memory_backstop_bytes: spec.memory_mb.map(|mb| {
+                let user = mb << 20;
+                user + (user / 2).max(256 << 20)
+            }),
+            cgroup: Some(PathBuf::from(format!("/hutch/{id}"))),
+        })?;
+        bundle::write(&oci, &dir.join("bundle"))?;
+
+        let link = AgentLink::listen(&run.join(hutch_wire::AGENT_SOCKET_NAME))?;
+        self.runsc
+            .run_detached(id, &dir.join("bundle"), &dir.join("console.log"))
+            .await?;
+        if let Err(e) = link.wait_connected(BOOT_TIMEOUT).await {
+            let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+            return Err(RuntimeError::BackendFailure {
+                backend: BACKEND,
+                message: format!("{e}; sandbox console: {}", console.trim()),
+            });
+        }
+        if let Ok(mut links) = self.links.lock() {
+            links.insert(id.to_string(), link.clone());
+        }
+        Ok(Sandbox {
+            info: SandboxInfo {
+                id: id.to_string(),
+                state: SandboxState::Running,
+                image: image.name,
+                image_id: image.id.to_string(),
+                created_at,
+                spec: spec.clone(),
+            },
+            agent: AgentClient::new(link),
+        })
+    }
+
+    /// Removes every trace of `id`, best effort, reporting the first failure.
+    async fn teardown(&self, id: &str) -> Result<()> {
+        self.forget_link(id);
+        let dir = self.dir(id);
+        let mut first_error = self.runsc.delete_force(id).await.err();
+        if let Err(e) = rootfs::unmount(&dir.join("rootfs")) {
+            first_error.get_or_insert(e);
+        }
+        for leftover in rootfs::mounts_under(&dir) {
+            let _ = rootfs::unmount(&leftover);
+        }
+        if dir.exists()
+            && rootfs::mounts_under(&dir).is_empty()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            first_error.get_or_insert(RuntimeError::io(format!("removing {}", dir.display()), e));
+        }
+        if let Err(e) = self.store.unpin(id) {
+            first_error.get_or_insert(e.into());
+        }
+        remove_cgroups(id);
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn wait_stopped(&self, id: &str, timeout: Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.runsc.state(id).await? {
+                None => return Ok(true),
+                Some(s) if s.status == "stopped" => return Ok(true),
+                Some(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn record(&self, id: &str) -> Result<SandboxRecord> {
+        validate_id(id)?;
+        let dir = self.dir(id);
+        if !dir.join(persist::RECORD_FILE).exists() {
+            return Err(RuntimeError::NotFound { id: id.to_string() });
+        }
+        SandboxRecord::load(&dir)
+    }
+
+    fn info(record: SandboxRecord, state: SandboxState) -> SandboxInfo {
+        SandboxInfo {
+            id: record.id,
+            state,
+            image: record.image,
+            image_id: record.image_id,
+            created_at: record.created_at,
+            spec: record.spec,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for GvisorBackend {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let later = |feature: &str| CapabilityReason::FeatureGated {
+            feature: feature.into(),
+        };
+        Capabilities::default()
+            .supported(&[
+                C::SandboxCreate,
+                C::SandboxStop,
+                C::SandboxKill,
+                C::SandboxDelete,
+                C::SandboxList,
+                C::CpuLimit,
+                C::MemoryLimit,
+                C::ProcessOomReporting,
+                C::NetworkNone,
+                C::ProcessRun,
+                C::ProcessStart,
+                C::ProcessStream,
+                C::ProcessStdin,
+                C::ProcessSignal,
+                C::ProcessReattach,
+                C::FilesystemRead,
+                C::FilesystemWrite,
+                C::FilesystemList,
+                C::FilesystemStat,
+            ])
+            .unsupported(C::NetworkEgress, later("network policy"))
+            .unsupported(C::ProcessPty, later("pty sessions"))
+            .unsupported(C::FilesystemWatch, later("file watches"))
+            .unsupported(C::SandboxSuspend, later("suspend and resume"))
+            .unsupported(C::SnapshotFilesystem, later("filesystem snapshots"))
+            .unsupported(C::SnapshotMemory, later("memory snapshots"))
+            .unsupported(C::WarmPool, later("warm pools"))
+    }
+
+    async fn create(&self, mut spec: SandboxSpec) -> Result<Sandbox> {
+        if spec.network == NetworkMode::Egress {
+            return Err(RuntimeError::UnsupportedCapability {
+                backend: BACKEND,
+                capability: C::NetworkEgress,
+                reason: CapabilityReason::FeatureGated {
+                    feature: "network policy".into(),
+                },
+            });
+        }
+        if let Some(cpus) = spec.cpus
+            && !(cpus > 0.0 && cpus <= 1024.0)
+        {
+            return Err(RuntimeError::InvalidSpec {
+                reason: format!("cpus must be between 0 and 1024, got {cpus}"),
+            });
+        }
+        if let Some(mb) = spec.memory_mb
+            && !(16..=1 << 22).contains(&mb)
+        {
+            return Err(RuntimeError::InvalidSpec {
+                reason: format!("memory must be at least 16 MiB, got {mb} MiB"),
+            });
+        }
+        for kv in &spec.env {
+            if !kv.contains('=') || kv.starts_with('=') {
+                return Err(RuntimeError::InvalidSpec {
+                    reason: format!("environment entry {kv:?} is not KEY=VALUE"),
+                });
+            }
+        }
+        let id = match spec.id.clone() {
+            Some(id) => {
+                validate_id(&id)?;
+                id
+            }
+            None => random_id()?,
+        };
+        spec.id = Some(id.clone());
+        if self.dir(&id).exists() || self.runsc.state(&id).await?.is_some() {
+            return Err(RuntimeError::AlreadyExists { id });
+        }
+        match self.provision(&id, &spec).await {
+            Ok(sandbox) => Ok(sandbox),
+            Err(e) => {
+                if let Err(cleanup) = self.teardown(&id).await {
+                    tracing::warn!(%id, error = %cleanup, "cleanup after a failed create");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn attach(&self, id: &str) -> Result<Sandbox> {
+        let record = self.record(id)?;
+        let state = self.inspect(id).await?.state;
+        if state != SandboxState::Running {
+            return Err(RuntimeError::NotRunning {
+                id: id.to_string(),
+                state: state.to_string(),
+            });
+        }
+        let link = match self.cached_link(id) {
+            Some(link) => link,
+            None => {
+                let link =
+                    AgentLink::listen(&self.dir(id).join("run").join(hutch_wire::AGENT_SOCKET_NAME))?;
+                link.wait_connected(BOOT_TIMEOUT).await?;
+                if let Ok(mut links) = self.links.lock() {
+                    links.insert(id.to_string(), link.clone());
+                }
+                link
+            }
+        };
+        Ok(Sandbox {
+            info: Self::info(record, SandboxState::Running),
+            agent: AgentClient::new(link),
+        })
+    }
+
+    async fn inspect(&self, id: &str) -> Result<SandboxInfo> {
+        let record = self.record(id)?;
+        let state = match self.runsc.state(id).await? {
+            None => SandboxState::Lost,
+            Some(s) => runsc_state(&s.status),
+        };
+        Ok(Self::info(record, state))
+    }
+
+    async fn list(&self) -> Result<Vec<SandboxInfo>> {
+        let states: HashMap<String, String> = self
+            .runsc
+            .list()
+            .await?
+            .into_iter()
+            .map(|c| (c.id, c.status))
+            .collect();
+        let dir = self.home.join("sandboxes");
+        let mut out = Vec::new();
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| RuntimeError::io(format!("reading {}", dir.display()), e))?;
+        for entry in entries.flatten() {
+            let Ok(record) = SandboxRecord::load(&entry.path()) else {
+                continue;
+            };
+            let state = states
+                .get(&record.id)
+                .map_or(SandboxState::Lost, |s| runsc_state(s));
+            out.push(Self::info(record, state));
+        }
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        self.record(id)?;
+        if self.runsc.state(id).await?.is_some_and(|s| s.status == "running") {
+            let _ = self.runsc.kill(id, "TERM").await;
+            if !self.wait_stopped(id, grace).await? {
+                let _ = self.runsc.kill(id, "KILL").await;
+                self.wait_stopped(id, Duration::from_secs(10)).await?;
+            }
+        }
+        self.forget_link(id);
+        Ok(())
+    }
+
+    async fn kill(&self, id: &str) -> Result<()> {
+        self.stop(id, Duration::ZERO).await
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        if !self.dir(id).exists() && self.runsc.state(id).await?.is_none() {
+            return Err(RuntimeError::NotFound { id: id.to_string() });
+        }
+        self.teardown(id).await
+    }
+}
+
+fn runsc_state(status: &str) -> SandboxState {
+    match status {
+        "running" => SandboxState::Running,
+        "created" | "creating" => SandboxState::Creating,
+        "stopped" | "paused" => SandboxState::Stopped,
+        _ => SandboxState::Lost,
+    }
+}
+
+fn merge_env(image: &[String], overrides: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(image.len() + overrides.len());
+    for kv in image.iter().chain(overrides) {
+        let key = kv.split('=').next().unwrap_or_default();
+        out.retain(|existing| existing.split('=').next() != Some(key));
+        out.push(kv.clone());
+    }
+    out
+}
+
+/// Sandbox ids name directories and runsc containers: keep them boring.
+pub fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !id.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::InvalidSpec {
+            reason: format!(
+                "sandbox id {id:?} must be 1-64 characters of a-z, 0-9, '-' and '_'"
+            ),
+        })
+    }
+}
+
+fn random_id() -> Result<String> {
+    let mut bytes = [0u8; 10];
+    let file = std::fs::File::open("/dev/urandom")
+        .map_err(|e| RuntimeError::io("opening /dev/urandom", e))?;
+    std::io::Read::read_exact(&mut &file, &mut bytes)
+        .map_err(|e| RuntimeError::io("reading /dev/urandom", e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn remove_cgroups(id: &str) {
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for controller in controllers.flatten() {
+        let dir: PathBuf = controller.path().join("hutch").join(id);
+        if dir.exists() {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+

@@ -1,0 +1,52 @@
+//! Hutch's content-addressed image store on local disk.
+//!
+//! The store turns image archives into directories that can be stacked as overlayfs lower dirs
+//! for a sandbox's root filesystem, keeps each layer once however many images share it, and
+//! frees layers once no image and no running sandbox uses them. Everything lives under one
+//! root directory:
+//!
+//! ```text
+//! <root>/
+//!   blobs/sha256/<hex>        manifests, configs and (compressed) layer blobs, by digest
+//!   layers/<hex>/fs/          a layer unpacked for overlayfs (<hex> = its diff_id)
+//!   layers/<hex>/layer.json   {diff_id, size_bytes, blob, unpacked_at}
+//!   images/<name>.json        an [`Image`] record ('/' in the name stored as '+')
+//!   pins/<holder>.json        layers a running sandbox uses
+//!   tmp/                      private staging area of imports
+//!   store.lock                flock(2)ed around every mutation of the shared state
+//! ```
+//!
+//! Invariants:
+//! - A blob is verified (size and sha256) while it is streamed into `tmp/`, and only then
+//!   renamed into `blobs/`; a partial or unverified blob is never visible.
+//! - A layer directory exists only if complete: it is unpacked into `tmp/`, its uncompressed
+//!   stream is verified against the image config's diff_id while unpacking, and it is renamed
+//!   into `layers/` in one step. Gc moves a layer back into `tmp/` before deleting it.
+//! - Layer extraction never writes outside the layer directory, whatever the archive holds
+//!   (see the `unpack` module), and turns OCI whiteouts into overlayfs ones.
+//! - Publishing an import (layers, blobs, record), removing an image, gc and pin changes all
+//!   happen under `store.lock`, so several processes can use one store concurrently, and a
+//!   layer is never collected between being published and being referenced.
+//! - A failed import leaves no record, no layer and nothing in `tmp/`.
+
+mod blob;
+mod digest;
+mod docker;
+mod error;
+mod gc;
+mod image;
+mod import;
+mod name;
+mod oci;
+mod source;
+mod staging;
+mod store;
+mod syscalls;
+mod unpack;
+
+pub use digest::Digest;
+pub use error::StoreError;
+pub use gc::Removal;
+pub use image::{Image, ImageConfig};
+pub use name::normalize_name;
+pub use store::Store;

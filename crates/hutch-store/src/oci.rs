@@ -1,0 +1,347 @@
+//! Reading an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/*`): choosing the
+//! manifest for the requested tag and platform (through nested indexes) and verifying the
+//! manifest and config blobs against their descriptors. The same manifest types describe the
+//! manifests the store keeps in its own `blobs/`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::blob::{not_an_image, read_small, read_verified};
+use crate::digest::Digest;
+use crate::error::StoreError;
+use crate::name::normalize_name;
+
+pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub(crate) const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub(crate) const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+const CONTAINERD_NAME: &str = "io.containerd.image.name";
+/// Bounds index recursion so a cyclic or absurdly deep index cannot loop forever.
+const MAX_INDEX_DEPTH: usize = 4;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Descriptor {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) media_type: Option<String>,
+    pub(crate) digest: Digest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) size: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) platform: Option<Platform>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Platform {
+    pub(crate) architecture: String,
+    pub(crate) os: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Manifest {
+    pub(crate) schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) media_type: Option<String>,
+    pub(crate) config: Descriptor,
+    pub(crate) layers: Vec<Descriptor>,
+}
+
+/// An index or a manifest: which one a blob is can only be told after reading it when the
+/// referencing descriptor omits its media type.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IndexOrManifest {
+    #[serde(default)]
+    schema_version: Option<u32>,
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OciLayoutFile {
+    image_layout_version: String,
+}
+
+/// The manifest chosen in a layout, with its verified bytes and those of its config.
+pub(crate) struct ResolvedOci {
+    pub(crate) manifest_bytes: Vec<u8>,
+    pub(crate) manifest: Manifest,
+    pub(crate) config_bytes: Vec<u8>,
+}
+
+pub(crate) fn blob_in(dir: &Path, digest: &Digest) -> PathBuf {
+    dir.join("blobs").join("sha256").join(digest.hex())
+}
+
+/// Picks and verifies the manifest for `name` (normalized) in the layout at `dir`.
+pub(crate) fn resolve(dir: &Path, name: &str, source: &Path) -> Result<ResolvedOci, StoreError> {
+    let layout_bytes = read_small(&dir.join("oci-layout"), "oci-layout", source)?;
+    let layout: OciLayoutFile = serde_json::from_slice(&layout_bytes)
+        .map_err(|e| not_an_image(source, format!("oci-layout is not valid JSON: {e}")))?;
+    if !layout.image_layout_version.starts_with("1.") {
+        return Err(StoreError::Unsupported {
+            what: format!("OCI image layout version {:?}", layout.image_layout_version),
+        });
+    }
+    let index_bytes = read_small(&dir.join("index.json"), "index.json", source)?;
+    let mut current = parse_index_or_manifest(&index_bytes, "index.json", source)?;
+    let mut what = "index.json".to_string();
+    for _ in 0..=MAX_INDEX_DEPTH {
+        let Some(manifests) = current.manifests.take() else {
+            return Err(not_an_image(
+                source,
+                format!("{what} is not an image index"),
+            ));
+        };
+        let chosen =
+            select(&manifests, name).map_err(|r| not_an_image(source, format!("{what} {r}")))?;
+        let chosen_what = format!("manifest {}", chosen.digest);
+        let bytes = read_verified(
+            &blob_in(dir, &chosen.digest),
+            &chosen.digest,
+            chosen.size,
+            &chosen_what,
+            source,
+        )?;
+        let parsed = parse_index_or_manifest(&bytes, &chosen_what, source)?;
+        if parsed.manifests.is_some() {
+            current = parsed;
+            what = format!("nested index {}", chosen.digest);
+            continue;
+        }
+        let manifest = into_manifest(parsed, &chosen_what, source)?;
+        let config = &manifest.config;
+        let config_bytes = read_verified(
+            &blob_in(dir, &config.digest),
+            &config.digest,
+            config.size,
+            &format!("config {}", config.digest),
+            source,
+        )?;
+        return Ok(ResolvedOci {
+            manifest_bytes: bytes,
+            manifest,
+            config_bytes,
+        });
+    }
+    Err(not_an_image(
+        source,
+        format!("image indexes are nested more than {MAX_INDEX_DEPTH} deep"),
+    ))
+}
+
+fn parse_index_or_manifest(
+    bytes: &[u8],
+    what: &str,
+    source: &Path,
+) -> Result<IndexOrManifest, StoreError> {
+    let parsed: IndexOrManifest = serde_json::from_slice(bytes).map_err(|e| {
+        not_an_image(
+            source,
+            format!("{what} is not a valid image index or manifest: {e}"),
+        )
+    })?;
+    if let Some(media_type) = parsed.media_type.as_deref() {
+        let known = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
+        if !known.contains(&media_type) {
+            return Err(StoreError::Unsupported {
+                what: format!("{what} of media type {media_type:?}"),
+            });
+        }
+    }
+    if parsed.schema_version.is_some_and(|v| v != 2) {
+        return Err(StoreError::Unsupported {
+            what: format!("{what} with schemaVersion other than 2"),
+        });
+    }
+    Ok(parsed)
+}
+
+fn into_manifest(
+    parsed: IndexOrManifest,
+    what: &str,
+    source: &Path,
+) -> Result<Manifest, StoreError> {
+    let (Some(config), Some(layers)) = (parsed.config, parsed.layers) else {
+        return Err(not_an_image(
+            source,
+            format!("{what} is neither an image index nor an image manifest"),
+        ));
+    };
+    check_config_media_type(&config, source)?;
+    Ok(Manifest {
+        schema_version: 2,
+        media_type: parsed.media_type,
+        config,
+        layers,
+    })
+}
+
+fn check_config_media_type(config: &Descriptor, source: &Path) -> Result<(), StoreError> {
+    match config.media_type.as_deref() {
+        None | Some(OCI_CONFIG) | Some(DOCKER_CONFIG) => Ok(()),
+        Some(other) => Err(not_an_image(
+            source,
+            format!(
+                "its config has media type {other:?}, which is not a container image config (an OCI artifact?)"
+            ),
+        )),
+    }
+}
+
+/// The platform imports prefer when an index lists several: this host's architecture.
+pub(crate) fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// Chooses one entry of an index: the one whose ref name matches the requested name or tag,
+/// else the one for this host's linux platform, else the only one.
+fn select<'a>(manifests: &'a [Descriptor], name: &str) -> Result<&'a Descriptor, String> {
+    if manifests.is_empty() {
+        return Err("lists no manifests".into());
+    }
+    let tag = name.rsplit_once(':').map_or("latest", |(_, tag)| tag);
+    let by_ref: Vec<&Descriptor> = manifests
+        .iter()
+        .filter(|d| ref_matches(d, name, tag))
+        .collect();
+    let candidates: Vec<&Descriptor> = if by_ref.is_empty() {
+        manifests.iter().collect()
+    } else {
+        by_ref
+    };
+    if let [only] = candidates.as_slice() {
+        return Ok(only);
+    }
+    let arch = host_architecture();
+    let for_host = candidates.iter().find(|d| {
+        d.platform
+            .as_ref()
+            .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+    });
+    if let Some(found) = for_host {
+        return Ok(found);
+    }
+    // Attestation manifests (buildx) carry platform unknown/unknown and are never the image.
+    let real: Vec<&&Descriptor> = candidates
+        .iter()
+        .filter(|d| d.platform.as_ref().is_none_or(|p| p.os != "unknown"))
+        .collect();
+    if let [only] = real.as_slice() {
+        return Ok(only);
+    }
+    Err(format!(
+        "lists {} manifests and none is tagged {tag:?} or for linux/{arch}",
+        candidates.len()
+    ))
+}
+
+fn ref_matches(descriptor: &Descriptor, name: &str, tag: &str) -> bool {
+    let names_image = |value: &str| {
+        let short = value
+            .strip_prefix("docker.io/library/")
+            .or_else(|| value.strip_prefix("docker.io/"))
+            .unwrap_or(value);
+        normalize_name(short).is_ok_and(|n| n == name)
+    };
+    let ref_name = descriptor.annotations.get(REF_NAME);
+    let containerd = descriptor.annotations.get(CONTAINERD_NAME);
+    ref_name.is_some_and(|r| r == tag || names_image(r))
+        || containerd.is_some_and(|c| names_image(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(n: u8, ref_name: Option<&str>, platform: Option<(&str, &str)>) -> Descriptor {
+        Descriptor {
+            media_type: Some(OCI_MANIFEST.into()),
+            digest: Digest::of_bytes(&[n]),
+            size: None,
+            annotations: ref_name
+                .map(|r| BTreeMap::from([(REF_NAME.to_string(), r.to_string())]))
+                .unwrap_or_default(),
+            platform: platform.map(|(os, architecture)| Platform {
+                architecture: architecture.into(),
+                os: os.into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn selects_by_tag_then_platform_then_only() {
+        let arch = host_architecture();
+        let tagged = [desc(1, Some("old"), None), desc(2, Some("latest"), None)];
+        assert_eq!(
+            select(&tagged, "x:latest").expect("tag").digest,
+            tagged[1].digest
+        );
+        assert_eq!(
+            select(&tagged, "x:old").expect("tag").digest,
+            tagged[0].digest
+        );
+
+        let multi = [
+            desc(3, None, Some(("linux", "s390x"))),
+            desc(4, None, Some(("linux", arch))),
+            desc(5, None, Some(("unknown", "unknown"))),
+        ];
+        assert_eq!(
+            select(&multi, "x:latest").expect("platform").digest,
+            multi[1].digest
+        );
+
+        let single = [desc(6, Some("other"), None)];
+        assert_eq!(
+            select(&single, "x:latest").expect("only").digest,
+            single[0].digest
+        );
+
+        let attested = [
+            desc(7, None, None),
+            desc(8, None, Some(("unknown", "unknown"))),
+        ];
+        assert_eq!(
+            select(&attested, "x:latest").expect("real").digest,
+            attested[0].digest
+        );
+
+        let ambiguous = [
+            desc(9, None, Some(("linux", "s390x"))),
+            desc(10, None, Some(("linux", "riscv64"))),
+        ];
+        assert!(select(&ambiguous, "x:latest").is_err());
+        assert!(select(&[], "x:latest").is_err());
+    }
+
+    #[test]
+    fn matches_full_references() {
+        let d = desc(1, Some("docker.io/library/busybox:1.36"), None);
+        assert!(ref_matches(&d, "busybox:1.36", "1.36"));
+        assert!(!ref_matches(&d, "busybox:latest", "latest"));
+    }
+}

@@ -1,0 +1,50 @@
+//! Wire types shared by `hutch-agent`, the runtime and the server.
+//!
+//! This crate owns the *shapes* of the data-plane API, nothing else: the JSON bodies the
+//! Tensorlake sandbox SDKs send to and parse from `/api/v1/...` (kept field-for-field
+//! compatible with the `tensorlake` crate 0.5.160), Hutch's own extensions under
+//! `/hutch/v1/...`, and the binary framing of raw output streams. It has no I/O and no
+//! async: the agent, which must stay small, depends on it and on nothing else of Hutch.
+
+pub mod error;
+pub mod files;
+pub mod frame;
+pub mod process;
+
+pub use error::ErrorBody;
+pub use files::{DirectoryEntry, FileKind, FileStat, ListDirectoryResponse};
+pub use frame::{Frame, FrameDecoder, FrameKind};
+pub use process::{
+    DaemonInfo, ExitInfo, HealthResponse, ListProcessesResponse, OutputEvent, OutputMode,
+    OutputResponse, ProcessExitReason, ProcessInfo, ProcessStatus, ProcessUser, RunEvent,
+    SendSignalRequest, SendSignalResponse, StartProcess, StdinMode,
+};
+
+/// Path, inside the sandbox, of the directory holding the agent's dial-home socket.
+pub const AGENT_SOCKET_DIR: &str = "/run/hutch";
+/// File name of the dial-home socket inside [`AGENT_SOCKET_DIR`].
+pub const AGENT_SOCKET_NAME: &str = "agent.sock";
+/// Environment variable through which the runtime hands the agent its boot configuration.
+pub const AGENT_CONFIG_ENV: &str = "HUTCH_AGENT_CONFIG";
+
+/// What the runtime tells the agent at boot (JSON in [`AGENT_CONFIG_ENV`]).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AgentConfig {
+    /// Environment every process starts with (the image's, then the sandbox request's).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Default working directory for processes.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// Default user for processes: `name`, `uid`, `name:group` or `uid:gid`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The user's memory limit for the whole sandbox, in bytes. The agent kills the largest
+    /// process (and reports it `oom_killed`) before the host cgroup limit, which is set
+    /// higher as a backstop, would take down the whole sandbox.
+    #[serde(default)]
+    pub memory_limit_bytes: Option<u64>,
+    /// Bytes of output kept per process for late followers.
+    #[serde(default)]
+    pub output_buffer_bytes: Option<usize>,
+}
