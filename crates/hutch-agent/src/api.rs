@@ -114,6 +114,12 @@ async fn route(req: Request<Incoming>, procs: Processes) -> Result<Response<Body
             files::rename(field("from")?, field("to")?).await?;
             Ok(empty(StatusCode::OK))
         }
+        (&Method::POST, ["hutch", "v1", "shutdown"]) => {
+            let grace = http::query_param(&req, "grace_ms")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            Ok(shutdown(procs, Duration::from_millis(grace)).await)
+        }
         (_, ["api", "v1", "pty", ..]) => Err(ApiError::unsupported(
             "PTY sessions are not available from this agent yet",
         )),
@@ -121,6 +127,29 @@ async fn route(req: Request<Incoming>, procs: Processes) -> Result<Response<Body
             "no route for {method} {path}"
         ))),
     }
+}
+
+/// Ends the sandbox: SIGTERM to every process group, SIGKILL to what is left after `grace`,
+/// then the agent (PID 1) exits, which the runtime's supervisor turns into a teardown.
+async fn shutdown(procs: Processes, grace: Duration) -> Response<Body> {
+    if !grace.is_zero() {
+        for pid in procs.running_pids() {
+            process::signal_group(pid, libc::SIGTERM);
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while !procs.running_pids().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    for pid in procs.running_pids() {
+        process::signal_group(pid, libc::SIGKILL);
+    }
+    tokio::spawn(async {
+        // Let the response reach the host before PID 1 goes.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        std::process::exit(0);
+    });
+    empty(StatusCode::OK)
 }
 
 fn path_str(segs: &[&str]) -> String {

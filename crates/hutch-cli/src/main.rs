@@ -31,6 +31,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the path of the agent binary (extracting it first); for tests and tools.
+    #[command(hide = true)]
+    AgentPath,
 }
 
 /// The state directory: `$HUTCH_HOME`, else `/var/lib/hutch`.
@@ -66,6 +69,10 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Image(cmd) => image::dispatch(cmd).map(|()| 0),
             Command::Info { json } => run::info(json).map(|()| 0),
+            Command::AgentPath => agent_binary::ensure(&home()).map(|p| {
+                println!("{}", p.display());
+                0
+            }),
         }
     });
     match result {

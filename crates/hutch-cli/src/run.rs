@@ -104,6 +104,7 @@ fn argv(args: &RunArgs, config: &hutch_store::ImageConfig) -> anyhow::Result<Vec
 
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let backend = backend()?;
+    tracing::debug!("backend ready");
     let image = backend.store().image(&args.image)?;
     let argv = argv(&args, &image.config)?;
     let spec = SandboxSpec {
@@ -125,11 +126,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         ..StartProcess::default()
     };
     let outcome = drive(&sandbox.agent, &process, forward_stdin).await;
+    tracing::debug!(%id, "process finished");
     if args.keep {
         eprintln!("hutch: kept sandbox {id}");
     } else if let Err(e) = backend.delete(&id).await {
         eprintln!("hutch: removing sandbox {id}: {e}");
     }
+    tracing::debug!(%id, "sandbox removed");
     outcome
 }
 

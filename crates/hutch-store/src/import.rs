@@ -10,6 +10,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::blob::{StagedBlob, blob_path, not_an_image, stage_bytes, stage_file};
+use crate::compression::{Compression, detect_compression};
 use crate::digest::Digest;
 use crate::docker;
 use crate::error::{IoContext, StoreError};
@@ -22,7 +23,7 @@ use crate::source::{self, Layout, SourceDir};
 use crate::staging::{Staging, write_atomic};
 use crate::store::{Store, now_secs};
 use crate::syscalls;
-use crate::unpack::{Compression, detect_compression, unpack_layer};
+use crate::unpack::unpack_layer;
 
 /// Everything verified and staged, ready to be published.
 struct Plan {

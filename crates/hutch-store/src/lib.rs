@@ -30,6 +30,7 @@
 //! - A failed import leaves no record, no layer and nothing in `tmp/`.
 
 mod blob;
+mod compression;
 mod digest;
 mod docker;
 mod error;

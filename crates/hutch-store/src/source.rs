@@ -16,8 +16,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::blob::not_an_image;
+use crate::compression::decompressed;
 use crate::error::{IoContext, StoreError};
-use crate::unpack::{decompressed, normalize};
+use crate::unpack::normalize;
 
 /// What an import source turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,9 +104,10 @@ fn stage_archive(source: &Path, scratch: &Path) -> Result<(), StoreError> {
     let stream = decompressed(file, "import archive")?;
     let mut archive = tar::Archive::new(stream);
     let mut links = Vec::new();
-    let mut members = 0usize;
-    let unreadable = |members: usize, err: io::Error| {
-        if members == 0 {
+    // A failure before the first member means the file was never a tar at all.
+    let mut seen_member = false;
+    let unreadable = |seen_member: bool, err: io::Error| {
+        if !seen_member {
             not_an_image(source, "it is not a tar archive")
         } else {
             not_an_image(
@@ -114,10 +116,10 @@ fn stage_archive(source: &Path, scratch: &Path) -> Result<(), StoreError> {
             )
         }
     };
-    let entries = archive.entries().map_err(|e| unreadable(members, e))?;
+    let entries = archive.entries().map_err(|e| unreadable(false, e))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| unreadable(members, e))?;
-        members += 1;
+        let mut entry = entry.map_err(|e| unreadable(seen_member, e))?;
+        seen_member = true;
         let kind = entry.header().entry_type();
         if kind.is_pax_global_extensions() {
             continue;
@@ -146,7 +148,7 @@ fn stage_archive(source: &Path, scratch: &Path) -> Result<(), StoreError> {
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(&target)
                 .ctx(|| format!("staging archive member {shown:?}"))?;
-            io::copy(&mut entry, &mut out).map_err(|e| unreadable(members, e))?;
+            io::copy(&mut entry, &mut out).map_err(|e| unreadable(true, e))?;
         } else if kind.is_symlink() || kind.is_hard_link() {
             let link = entry
                 .link_name_bytes()

@@ -40,8 +40,10 @@ impl Store {
         let root = fs::canonicalize(root).ctx(|| format!("resolving {}", root.display()))?;
         let store = Store { root };
         for (dir, mode) in [
-            (store.blobs_dir(), 0o755),
-            (store.layers_dir(), 0o755),
+            // Layers hold image-controlled setuid binaries and device nodes, and blobs the
+            // same content packed: unprivileged host users must not be able to reach them.
+            (store.blobs_dir(), 0o700),
+            (store.layers_dir(), 0o700),
             (store.images_dir(), 0o755),
             (store.pins_dir(), 0o755),
             (store.tmp_dir(), 0o700),

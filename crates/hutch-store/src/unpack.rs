@@ -11,13 +11,12 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use flate2::read::MultiGzDecoder;
-
+use crate::compression::decompressed;
 use crate::digest::{Digest, HashingReader};
 use crate::error::{IoContext, StoreError};
 use crate::syscalls;
@@ -29,48 +28,6 @@ const OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
 /// whiteout conversion here may set them, never a layer's own PAX records.
 const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
 const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
-
-/// Compression of a layer blob, detected from its first bytes rather than its media type,
-/// because media types in the wild are not reliable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Compression {
-    None,
-    Gzip,
-}
-
-/// Detects the compression of a stream from its magic bytes; formats not handled yet are
-/// reported as `Unsupported`, naming the format.
-pub(crate) fn detect_compression(head: &[u8], what: &str) -> Result<Compression, StoreError> {
-    let unsupported = |format: &str| StoreError::Unsupported {
-        what: format!("{format}-compressed {what}"),
-    };
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Ok(Compression::Gzip)
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Err(unsupported("zstd"))
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
-        Err(unsupported("xz"))
-    } else if head.starts_with(b"BZh") {
-        Err(unsupported("bzip2"))
-    } else {
-        Ok(Compression::None)
-    }
-}
-
-/// Opens `reader` as a (possibly gzip-compressed) stream of tar bytes.
-pub(crate) fn decompressed<'a, R: Read + 'a>(
-    reader: R,
-    what: &str,
-) -> Result<Box<dyn Read + 'a>, StoreError> {
-    let mut buffered = BufReader::with_capacity(64 * 1024, reader);
-    let head = buffered
-        .fill_buf()
-        .ctx(|| format!("reading the start of {what}"))?;
-    Ok(match detect_compression(head, what)? {
-        Compression::Gzip => Box::new(MultiGzDecoder::new(buffered)),
-        Compression::None => Box::new(buffered),
-    })
-}
 
 /// Unpacks the layer blob at `blob` into `dest` (an existing, empty directory) and returns the
 /// total size of its regular files. Fails with `DigestMismatch` when the decompressed stream
@@ -212,8 +169,10 @@ impl Extractor<'_> {
                 libc::S_IFIFO
             };
             let header = entry.header();
-            let major = header.device_major().ok().flatten().unwrap_or(0);
-            let minor = header.device_minor().ok().flatten().unwrap_or(0);
+            let bad = || self.unsafe_entry(&shown, "has an unreadable device number");
+            // `None` only for pre-POSIX headers, which have no device fields at all.
+            let major = header.device_major().map_err(|_| bad())?.unwrap_or(0);
+            let minor = header.device_minor().map_err(|_| bad())?.unwrap_or(0);
             self.clear(&target, false, &shown)?;
             syscalls::mknod(&target, node_kind, major, minor)
                 .ctx(|| ctx("creating device node"))?;
@@ -475,9 +434,9 @@ impl Extractor<'_> {
         let mut dirs: Vec<(PathBuf, (i64, u32))> = self.dir_times.drain().collect();
         dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
         for (path, time) in dirs {
-            // A later entry may have replaced the directory with something else.
-            let still_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
-            if still_dir {
+            // A later entry may have replaced the directory, or one of its parents, with
+            // something else (even a symlink out of the layer): re-walk before touching it.
+            if self.is_real_dir(&path) {
                 let shown = path
                     .strip_prefix(self.root)
                     .unwrap_or(&path)
@@ -487,6 +446,19 @@ impl Extractor<'_> {
             }
         }
         Ok(())
+    }
+
+    /// True if `path` and every directory between it and the layer root is a directory
+    /// (checked with lstat, so never through a symlink).
+    fn is_real_dir(&self, path: &Path) -> bool {
+        let Ok(relative) = path.strip_prefix(self.root) else {
+            return false;
+        };
+        let mut current = self.root.to_path_buf();
+        relative.components().all(|component| {
+            current.push(component);
+            fs::symlink_metadata(&current).is_ok_and(|m| m.is_dir())
+        })
     }
 }
 
@@ -569,21 +541,5 @@ mod tests {
         assert_eq!(parse_pax_time("1.0000000019"), Some((1, 1)));
         assert_eq!(parse_pax_time("x"), None);
         assert_eq!(parse_pax_time("1.x"), None);
-    }
-
-    #[test]
-    fn detects_compression_by_magic() {
-        assert_eq!(
-            detect_compression(&[0x1f, 0x8b, 8], "x").expect("gzip"),
-            Compression::Gzip
-        );
-        assert_eq!(
-            detect_compression(b"ustar", "x").expect("plain"),
-            Compression::None
-        );
-        match detect_compression(&[0x28, 0xb5, 0x2f, 0xfd], "layer") {
-            Err(StoreError::Unsupported { what }) => assert!(what.contains("zstd")),
-            other => panic!("expected Unsupported, got {other:?}"),
-        }
     }
 }

@@ -367,3 +367,32 @@ fn non_directory_layer_root_is_refused() {
     let (_env, err) = import_layer_fails(Layer::new().symlink(".", "/").bytes());
     assert_unsafe(&err, ".", "layer root");
 }
+
+#[test]
+fn hostile_directory_time_is_not_applied_through_a_replaced_parent() {
+    let env = Env::new();
+    let victim = env.top.path().join("victim");
+    fs::create_dir_all(victim.join("b")).expect("victim");
+    let before = fs::metadata(victim.join("b")).expect("victim").mtime();
+    let img = image(vec![
+        Layer::new()
+            .dir("a")
+            .entry(Entry {
+                mtime: 1000,
+                ..Entry::new("a/b", EntryType::Directory)
+            })
+            .symlink("a", &victim.display().to_string())
+            .bytes(),
+    ])
+    .build();
+    let layout = env.layout(&img.oci_files("latest"));
+    let outside = env.outside_store();
+    env.store
+        .import(&layout, "times")
+        .expect("a symlink replacing a directory is legal");
+    assert_eq!(env.outside_store(), outside);
+    assert_eq!(
+        fs::metadata(victim.join("b")).expect("victim").mtime(),
+        before
+    );
+}

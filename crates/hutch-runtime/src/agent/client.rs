@@ -180,6 +180,27 @@ impl AgentClient {
         self.json(Method::GET, &uri, empty(), Domain::Files).await
     }
 
+    /// Asks the agent to end the sandbox: SIGTERM, SIGKILL after `grace`, then exit.
+    pub async fn shutdown(&self, grace: Duration) -> Result<()> {
+        let uri = format!("/hutch/v1/shutdown?grace_ms={}", grace.as_millis());
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .body(empty())
+            .map_err(|e| RuntimeError::InvalidSpec {
+                reason: e.to_string(),
+            })?;
+        // A short wait: if the agent is gone, the caller falls back to runsc.
+        let wait = Duration::from_millis(200);
+        let resp = tokio::time::timeout(grace + Duration::from_secs(2), self.link.send(req, wait))
+            .await
+            .map_err(|_| RuntimeError::AgentUnavailable {
+                reason: "the agent did not answer the shutdown request".into(),
+            })??;
+        drop(resp);
+        Ok(())
+    }
+
     pub async fn mkdir(&self, path: &str) -> Result<()> {
         let uri = format!("/hutch/v1/files/mkdir?path={}", encode(path));
         self.call(Method::POST, &uri, empty(), Domain::Files).await.map(drop)

@@ -29,6 +29,8 @@ pub use runsc::Runsc;
 const BACKEND: &str = "gvisor";
 /// How long a new sandbox's agent has to dial home.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the supervisor may take to tear a sandbox down after its agent exited.
+const SUPERVISOR_EXIT: Duration = Duration::from_secs(10);
 
 /// Where the backend keeps its state, and the agent binary it mounts into sandboxes.
 #[derive(Clone, Debug)]
@@ -43,6 +45,8 @@ pub struct GvisorBackend {
     runsc: Runsc,
     agent_binary: PathBuf,
     links: Mutex<HashMap<String, AgentLink>>,
+    /// `runsc run` supervisors this process started, to reap them and learn of their exit.
+    supervisors: Mutex<HashMap<String, tokio::process::Child>>,
 }
 
 impl GvisorBackend {
@@ -63,6 +67,7 @@ impl GvisorBackend {
             runsc,
             agent_binary: config.agent_binary,
             links: Mutex::new(HashMap::new()),
+            supervisors: Mutex::new(HashMap::new()),
         })
     }
 
@@ -119,6 +124,7 @@ impl GvisorBackend {
             lower
         };
         rootfs::mount_overlay(&lower, &upper, &work, &rootfs_dir)?;
+        tracing::debug!(%id, "rootfs mounted");
 
         let agent_config = AgentConfig {
             env: merge_env(&image.config.env, &spec.env),
@@ -144,16 +150,30 @@ impl GvisorBackend {
         bundle::write(&oci, &dir.join("bundle"))?;
 
         let link = AgentLink::listen(&run.join(hutch_wire::AGENT_SOCKET_NAME))?;
-        self.runsc
-            .run_detached(id, &dir.join("bundle"), &dir.join("console.log"))
-            .await?;
-        if let Err(e) = link.wait_connected(BOOT_TIMEOUT).await {
+        let mut supervisor =
+            self.runsc
+                .spawn_supervisor(id, &dir.join("bundle"), &dir.join("console.log"))?;
+        // Ready when the agent dials home; a supervisor that exits first failed to boot.
+        let failure = tokio::select! {
+            connected = link.wait_connected(BOOT_TIMEOUT) => connected.err().map(|e| e.to_string()),
+            status = supervisor.wait() => Some(match status {
+                Ok(status) => format!("runsc exited during boot ({status})"),
+                Err(e) => format!("waiting for runsc: {e}"),
+            }),
+        };
+        if let Some(reason) = failure {
+            let _ = supervisor.start_kill();
+            let _ = supervisor.wait().await;
             let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
             return Err(RuntimeError::BackendFailure {
                 backend: BACKEND,
-                message: format!("{e}; sandbox console: {}", console.trim()),
+                message: format!("{reason}; sandbox console: {}", last_lines(&console, 6)),
             });
         }
+        if let Ok(mut supervisors) = self.supervisors.lock() {
+            supervisors.insert(id.to_string(), supervisor);
+        }
+        tracing::debug!(%id, "agent connected");
         if let Ok(mut links) = self.links.lock() {
             links.insert(id.to_string(), link.clone());
         }
@@ -170,11 +190,44 @@ impl GvisorBackend {
         })
     }
 
+    /// Ends the sandbox: the agent is asked to exit (SIGTERM to everything, SIGKILL after
+    /// `grace`), which makes the `runsc run` supervisor tear it down; runsc's own kill and
+    /// delete are the fallback when the agent does not answer.
+    async fn end(&self, id: &str, grace: Duration) -> Result<()> {
+        let link = self.cached_link(id).or_else(|| {
+            // Not ours yet (created by another process): connect briefly if it runs.
+            let socket = self.dir(id).join("run").join(hutch_wire::AGENT_SOCKET_NAME);
+            (self.runsc.knows(id) && socket.exists())
+                .then(|| AgentLink::listen(&socket).ok())
+                .flatten()
+        });
+        if let Some(link) = link {
+            let _ = AgentClient::new(link).shutdown(grace).await;
+        }
+        let supervisor = self.supervisors.lock().ok().and_then(|mut s| s.remove(id));
+        let exited = match supervisor {
+            Some(mut child) => {
+                let done = tokio::time::timeout(SUPERVISOR_EXIT, child.wait()).await.is_ok();
+                if !done {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                }
+                done
+            }
+            None => self.wait_gone(id, SUPERVISOR_EXIT).await,
+        };
+        self.forget_link(id);
+        if !exited || self.runsc.knows(id) {
+            tracing::debug!(%id, "agent did not end the sandbox; using runsc delete");
+            self.runsc.delete_force(id).await?;
+        }
+        Ok(())
+    }
+
     /// Removes every trace of `id`, best effort, reporting the first failure.
     async fn teardown(&self, id: &str) -> Result<()> {
-        self.forget_link(id);
+        let mut first_error = self.end(id, Duration::ZERO).await.err();
         let dir = self.dir(id);
-        let mut first_error = self.runsc.delete_force(id).await.err();
         if let Err(e) = rootfs::unmount(&dir.join("rootfs")) {
             first_error.get_or_insert(e);
         }
@@ -194,19 +247,16 @@ impl GvisorBackend {
         first_error.map_or(Ok(()), Err)
     }
 
-    async fn wait_stopped(&self, id: &str, timeout: Duration) -> Result<bool> {
+    /// Waits until runsc no longer holds state for `id`.
+    async fn wait_gone(&self, id: &str, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match self.runsc.state(id).await? {
-                None => return Ok(true),
-                Some(s) if s.status == "stopped" => return Ok(true),
-                Some(_) => {}
-            }
+        while self.runsc.knows(id) {
             if tokio::time::Instant::now() >= deadline {
-                return Ok(false);
+                return false;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        true
     }
 
     fn record(&self, id: &str) -> Result<SandboxRecord> {
@@ -310,7 +360,7 @@ impl Backend for GvisorBackend {
             None => random_id()?,
         };
         spec.id = Some(id.clone());
-        if self.dir(&id).exists() || self.runsc.state(&id).await?.is_some() {
+        if self.dir(&id).exists() || self.runsc.knows(&id) {
             return Err(RuntimeError::AlreadyExists { id });
         }
         match self.provision(&id, &spec).await {
@@ -354,7 +404,7 @@ impl Backend for GvisorBackend {
     async fn inspect(&self, id: &str) -> Result<SandboxInfo> {
         let record = self.record(id)?;
         let state = match self.runsc.state(id).await? {
-            None => SandboxState::Lost,
+            None => SandboxState::Stopped,
             Some(s) => runsc_state(&s.status),
         };
         Ok(Self::info(record, state))
@@ -378,7 +428,7 @@ impl Backend for GvisorBackend {
             };
             let state = states
                 .get(&record.id)
-                .map_or(SandboxState::Lost, |s| runsc_state(s));
+                .map_or(SandboxState::Stopped, |s| runsc_state(s));
             out.push(Self::info(record, state));
         }
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
@@ -387,15 +437,7 @@ impl Backend for GvisorBackend {
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
         self.record(id)?;
-        if self.runsc.state(id).await?.is_some_and(|s| s.status == "running") {
-            let _ = self.runsc.kill(id, "TERM").await;
-            if !self.wait_stopped(id, grace).await? {
-                let _ = self.runsc.kill(id, "KILL").await;
-                self.wait_stopped(id, Duration::from_secs(10)).await?;
-            }
-        }
-        self.forget_link(id);
-        Ok(())
+        self.end(id, grace).await
     }
 
     async fn kill(&self, id: &str) -> Result<()> {
@@ -404,11 +446,16 @@ impl Backend for GvisorBackend {
 
     async fn delete(&self, id: &str) -> Result<()> {
         validate_id(id)?;
-        if !self.dir(id).exists() && self.runsc.state(id).await?.is_none() {
+        if !self.dir(id).exists() && !self.runsc.knows(id) {
             return Err(RuntimeError::NotFound { id: id.to_string() });
         }
         self.teardown(id).await
     }
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 fn runsc_state(status: &str) -> SandboxState {

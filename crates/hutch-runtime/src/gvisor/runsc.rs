@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use serde::Deserialize;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
 use crate::error::{Result, RuntimeError};
 
@@ -37,16 +37,12 @@ impl Runsc {
                 backend: BACKEND,
                 message: "runsc (gVisor) is not installed: apt-get install runsc".into(),
             })?;
-        let platform = std::env::var("HUTCH_RUNSC_PLATFORM").unwrap_or_else(|_| {
-            let help = std::process::Command::new(&binary)
-                .arg("flags")
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            if help.contains("systrap") { "systrap" } else { "ptrace" }.to_string()
-        });
         std::fs::create_dir_all(&root)
             .map_err(|e| RuntimeError::io(format!("creating {}", root.display()), e))?;
+        let platform = match std::env::var("HUTCH_RUNSC_PLATFORM") {
+            Ok(p) => p,
+            Err(_) => detect_platform(&binary, &root),
+        };
         Ok(Self {
             binary,
             root,
@@ -65,8 +61,11 @@ impl Runsc {
         cmd
     }
 
-    /// Creates and starts the container; its init's stdio goes to `console_log`.
-    pub async fn run_detached(&self, id: &str, bundle: &Path, console_log: &Path) -> Result<()> {
+    /// Starts `runsc run` in the foreground, in its own session, as the sandbox's supervisor:
+    /// it lives as long as the sandbox (outliving the caller if need be) and, when the agent
+    /// exits, tears the sandbox down and removes runsc's state itself. That teardown is the
+    /// same fast path a plain `runsc run` takes; `runsc delete --force` is seconds slower.
+    pub fn spawn_supervisor(&self, id: &str, bundle: &Path, console_log: &Path) -> Result<Child> {
         let log = std::fs::File::create(console_log)
             .map_err(|e| RuntimeError::io(format!("creating {}", console_log.display()), e))?;
         let log_err = log
@@ -74,23 +73,15 @@ impl Runsc {
             .map_err(|e| RuntimeError::io("duplicating the console log", e))?;
         let mut cmd = self.command();
         cmd.arg("run")
-            .arg("--detach")
             .arg(format!("--bundle={}", bundle.display()))
             .arg(id)
             .stdout(log)
-            .stderr(log_err);
-        let status = cmd
-            .status()
-            .await
-            .map_err(|e| RuntimeError::io("running runsc", e))?;
-        if status.success() {
-            return Ok(());
-        }
-        let tail = std::fs::read_to_string(console_log).unwrap_or_default();
-        Err(RuntimeError::BackendFailure {
-            backend: BACKEND,
-            message: format!("runsc run failed ({status}): {}", last_lines(&tail, 6)),
-        })
+            .stderr(log_err)
+            .kill_on_drop(false)
+            // Its own process group: a Ctrl-C meant for the caller must not reach it.
+            .process_group(0);
+        cmd.spawn()
+            .map_err(|e| RuntimeError::io("starting runsc", e))
     }
 
     async fn simple(&self, args: &[&str]) -> Result<String> {
@@ -149,6 +140,11 @@ impl Runsc {
         }
     }
 
+    /// Whether runsc holds state for `id`, read from its state directory without running it.
+    pub fn knows(&self, id: &str) -> bool {
+        self.has_state_file(id)
+    }
+
     fn has_state_file(&self, id: &str) -> bool {
         std::fs::read_dir(&self.root)
             .map(|d| {
@@ -168,6 +164,35 @@ impl Runsc {
             message: format!("unreadable runsc list: {e}"),
         })
     }
+}
+
+/// Asks runsc which platforms it has, remembering the answer per runsc binary: the probe
+/// costs a Go process start, which `hutch run` should not pay every time.
+fn detect_platform(binary: &Path, root: &Path) -> String {
+    let fingerprint = std::fs::metadata(binary)
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            format!("{}:{}:{}", binary.display(), m.size(), m.mtime())
+        })
+        .unwrap_or_default();
+    let cache = root.join("platform");
+    if let Ok(cached) = std::fs::read_to_string(&cache)
+        && let Some((fp, platform)) = cached.trim().rsplit_once(' ')
+        && fp == fingerprint
+    {
+        return platform.to_string();
+    }
+    let help = std::process::Command::new(binary)
+        .arg("flags")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let platform = if help.contains("systrap") { "systrap" } else { "ptrace" };
+    let tmp = root.join(format!(".platform.{}", std::process::id()));
+    if std::fs::write(&tmp, format!("{fingerprint} {platform}\n")).is_ok() {
+        let _ = std::fs::rename(&tmp, &cache);
+    }
+    platform.to_string()
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
