@@ -35,7 +35,14 @@ fn main() {
             let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
                 .current_dir(&workspace)
-                .args(["build", "--release", "-p", "hutch-agent", "--target", TARGET])
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "hutch-agent",
+                    "--target",
+                    TARGET,
+                ])
                 .arg("--target-dir")
                 .arg(&target_dir)
                 .env_remove("RUSTFLAGS")

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hutch_wire::frame::encode_parts;
 use hutch_wire::{
-    DaemonInfo, ErrorBody, ExitInfo, FrameKind, HealthResponse, ListProcessesResponse,
-    OutputEvent, OutputResponse, RunEvent, SendSignalRequest, SendSignalResponse, StartProcess,
+    DaemonInfo, ErrorBody, ExitInfo, FrameKind, HealthResponse, ListProcessesResponse, OutputEvent,
+    OutputResponse, RunEvent, SendSignalRequest, SendSignalResponse, StartProcess,
 };
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -26,7 +26,9 @@ use crate::process::{self, Processes};
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
 pub async fn handle(req: Request<Incoming>, procs: Processes) -> Response<Body> {
-    route(req, procs).await.unwrap_or_else(ApiError::into_response)
+    route(req, procs)
+        .await
+        .unwrap_or_else(ApiError::into_response)
 }
 
 async fn route(req: Request<Incoming>, procs: Processes) -> Result<Response<Body>, ApiError> {
@@ -123,9 +125,7 @@ async fn route(req: Request<Incoming>, procs: Processes) -> Result<Response<Body
         (_, ["api", "v1", "pty", ..]) => Err(ApiError::unsupported(
             "PTY sessions are not available from this agent yet",
         )),
-        _ => Err(ApiError::not_found(format!(
-            "no route for {method} {path}"
-        ))),
+        _ => Err(ApiError::not_found(format!("no route for {method} {path}"))),
     }
 }
 
@@ -209,7 +209,10 @@ async fn process_route(
         (&Method::GET, [stream @ ("stdout" | "stderr" | "output"), "follow"]) => {
             Ok(follow_sse(procs, pid, stream_filter(stream)))
         }
-        _ => Err(method_not_allowed(method, &format!("/api/v1/processes/{pid}/{}", rest.join("/")))),
+        _ => Err(method_not_allowed(
+            method,
+            &format!("/api/v1/processes/{pid}/{}", rest.join("/")),
+        )),
     }
 }
 
@@ -230,7 +233,8 @@ async fn write_stdin(procs: &Processes, pid: i32, mut body: Incoming) -> Result<
         )
     })?;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::invalid(format!("stdin upload interrupted: {e}")))?;
+        let frame =
+            frame.map_err(|e| ApiError::invalid(format!("stdin upload interrupted: {e}")))?;
         if let Ok(data) = frame.into_data()
             && let Err(e) = pipe.write_all(&data).await
         {
@@ -251,7 +255,11 @@ fn snapshot_lines(
     let slice = procs.with(pid, |p| p.output.read_from(0))?;
     let mut split = LineSplitter::default();
     let mut lines = Vec::new();
-    for chunk in slice.chunks.iter().filter(|c| filter.is_none_or(|f| f == c.stream)) {
+    for chunk in slice
+        .chunks
+        .iter()
+        .filter(|c| filter.is_none_or(|f| f == c.stream))
+    {
         lines.extend(split.push(chunk.stream, &chunk.data));
     }
     for stream in [Stream::Stdout, Stream::Stderr] {
@@ -396,7 +404,12 @@ fn framed(procs: Processes, pid: i32, from: u64, started_at: Option<i64>) -> Res
         if let Some(started_at) = started_at {
             let payload = serde_json::json!({ "pid": pid, "started_at": started_at });
             let mut out = Vec::new();
-            encode_parts(FrameKind::Started, 0, payload.to_string().as_bytes(), &mut out);
+            encode_parts(
+                FrameKind::Started,
+                0,
+                payload.to_string().as_bytes(),
+                &mut out,
+            );
             if tx.send(Bytes::from(out)).await.is_err() {
                 return;
             }

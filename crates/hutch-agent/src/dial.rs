@@ -52,5 +52,7 @@ async fn serve(stream: UnixStream, procs: Processes) {
         .max_concurrent_streams(4096)
         .keep_alive_interval(Some(Duration::from_secs(15)))
         .keep_alive_timeout(Duration::from_secs(30));
-    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+    let _ = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }

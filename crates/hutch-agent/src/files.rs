@@ -88,7 +88,8 @@ pub async fn read(path: PathBuf) -> Result<Response<Body>, ApiError> {
     });
     let mut resp = http::streaming("application/octet-stream", body);
     if let Ok(len) = hyper::header::HeaderValue::from_str(&meta.len().to_string()) {
-        resp.headers_mut().insert(hyper::header::CONTENT_LENGTH, len);
+        resp.headers_mut()
+            .insert(hyper::header::CONTENT_LENGTH, len);
     }
     Ok(resp)
 }
@@ -110,7 +111,10 @@ pub async fn write(path: PathBuf, body: Incoming, procs: &Processes) -> Result<(
     tokio::fs::create_dir_all(&parent)
         .await
         .map_err(|e| ApiError::io(&format!("cannot create {}", parent.display()), &e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = parent.join(format!(".{name}.hutch-upload-{}", crate::process::now_ms()));
     let result = write_to(&tmp, body).await;
     if let Err(e) = result {
@@ -144,15 +148,16 @@ async fn write_to(tmp: &Path, mut body: Incoming) -> Result<(), ApiError> {
         .await
         .map_err(|e| ApiError::io(&format!("cannot create {display}"), &e))?;
     while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| ApiError::invalid(format!("upload interrupted: {e}")))?;
+        let frame = frame.map_err(|e| ApiError::invalid(format!("upload interrupted: {e}")))?;
         if let Ok(data) = frame.into_data() {
             file.write_all(&data)
                 .await
                 .map_err(|e| ApiError::io("write failed", &e))?;
         }
     }
-    file.flush().await.map_err(|e| ApiError::io("write failed", &e))?;
+    file.flush()
+        .await
+        .map_err(|e| ApiError::io("write failed", &e))?;
     Ok(())
 }
 
@@ -242,6 +247,9 @@ pub async fn mkdir(path: PathBuf) -> Result<(), ApiError> {
 
 pub async fn rename(from: PathBuf, to: PathBuf) -> Result<(), ApiError> {
     tokio::fs::rename(&from, &to).await.map_err(|e| {
-        ApiError::io(&format!("cannot rename {} to {}", from.display(), to.display()), &e)
+        ApiError::io(
+            &format!("cannot rename {} to {}", from.display(), to.display()),
+            &e,
+        )
     })
 }

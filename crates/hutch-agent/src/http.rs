@@ -26,7 +26,9 @@ impl hyper::body::Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
     }
 }
 
@@ -106,8 +108,14 @@ pub fn empty(status: StatusCode) -> Response<Body> {
 pub fn streaming(content_type: &'static str, body: Body) -> Response<Body> {
     let mut resp = Response::new(body);
     let headers = resp.headers_mut();
-    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
     resp
 }
 
@@ -127,7 +135,9 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> 
             "payload_too_large",
             format!("request body exceeds {limit} bytes"),
         )),
-        Err(e) => Err(ApiError::invalid(format!("could not read request body: {e}"))),
+        Err(e) => Err(ApiError::invalid(format!(
+            "could not read request body: {e}"
+        ))),
     }
 }
 

@@ -134,7 +134,9 @@ impl LineSplitter {
         let mut start = 0;
         while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
             let end = start + pos;
-            let line = buf[start..end].strip_suffix(b"\r").unwrap_or(&buf[start..end]);
+            let line = buf[start..end]
+                .strip_suffix(b"\r")
+                .unwrap_or(&buf[start..end]);
             lines.push(String::from_utf8_lossy(line).into_owned());
             start = end + 1;
         }

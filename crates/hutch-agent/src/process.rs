@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hutch_wire::{
-    AgentConfig, ExitInfo, OutputMode, ProcessExitReason, ProcessInfo, ProcessStatus,
-    ProcessUser, StartProcess, StdinMode,
+    AgentConfig, ExitInfo, OutputMode, ProcessExitReason, ProcessInfo, ProcessStatus, ProcessUser,
+    StartProcess, StdinMode,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
@@ -186,7 +186,12 @@ impl Processes {
 
     pub fn running_pids(&self) -> Vec<i32> {
         let table = self.lock();
-        table.procs.values().filter(|p| p.is_running()).map(|p| p.pid).collect()
+        table
+            .procs
+            .values()
+            .filter(|p| p.is_running())
+            .map(|p| p.pid)
+            .collect()
     }
 
     /// Starts a process; everything that can be checked is checked before `fork`.
@@ -219,7 +224,8 @@ impl Processes {
                 env.insert(k.to_string(), v.to_string());
             }
         }
-        env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
+        env.entry("PATH".into())
+            .or_insert_with(|| DEFAULT_PATH.into());
         if let Some(home) = &identity.home {
             env.entry("HOME".into()).or_insert_with(|| home.clone());
         }
@@ -513,8 +519,7 @@ pub fn now_ms() -> i64 {
 
 /// Reaps every child, ours or re-parented, forever.
 pub async fn reap(processes: Processes) {
-    let Ok(mut sigchld) =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+    let Ok(mut sigchld) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
     else {
         return;
     };

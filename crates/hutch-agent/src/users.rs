@@ -69,7 +69,12 @@ fn groups() -> Vec<GroupEntry> {
                 gid: f[2].parse().ok()?,
                 members: f
                     .get(3)
-                    .map(|m| m.split(',').filter(|s| !s.is_empty()).map(String::from).collect())
+                    .map(|m| {
+                        m.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(String::from)
+                            .collect()
+                    })
                     .unwrap_or_default(),
             })
         })
@@ -94,7 +99,11 @@ pub fn resolve(spec: &str) -> Result<Identity, String> {
         },
         Err(_) => match users.iter().find(|u| u.name == user_part) {
             Some(u) => (u.uid, u.gid, Some(u.home.clone()), Some(u.name.clone())),
-            None => return Err(format!("unknown user {user_part:?}: no such entry in /etc/passwd")),
+            None => {
+                return Err(format!(
+                    "unknown user {user_part:?}: no such entry in /etc/passwd"
+                ));
+            }
         },
     };
     let all_groups = groups();
@@ -103,7 +112,11 @@ pub fn resolve(spec: &str) -> Result<Identity, String> {
             Ok(gid) => gid,
             Err(_) => match all_groups.iter().find(|g| g.name == group) {
                 Some(g) => g.gid,
-                None => return Err(format!("unknown group {group:?}: no such entry in /etc/group")),
+                None => {
+                    return Err(format!(
+                        "unknown group {group:?}: no such entry in /etc/group"
+                    ));
+                }
             },
         };
     }

@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "hutch", version, about = "Run untrusted code in gVisor sandboxes")]
+#[command(
+    name = "hutch",
+    version,
+    about = "Run untrusted code in gVisor sandboxes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

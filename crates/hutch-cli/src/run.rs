@@ -51,7 +51,10 @@ fn backend() -> anyhow::Result<GvisorBackend> {
     let home = crate::home();
     let store = crate::image::open_store()?;
     let agent_binary = crate::agent_binary::ensure(&home)?;
-    Ok(GvisorBackend::new(GvisorConfig { home, agent_binary }, store)?)
+    Ok(GvisorBackend::new(
+        GvisorConfig { home, agent_binary },
+        store,
+    )?)
 }
 
 pub fn info(json: bool) -> anyhow::Result<()> {
@@ -66,7 +69,11 @@ pub fn info(json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    println!("backend: {} (platform {})", backend.name(), backend.runsc().platform);
+    println!(
+        "backend: {} (platform {})",
+        backend.name(),
+        backend.runsc().platform
+    );
     for (name, cap) in caps.iter() {
         match cap {
             hutch_runtime::Capability::Supported => println!("  {name:<24} supported"),
@@ -122,7 +129,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let process = StartProcess {
         command: argv[0].clone(),
         args: argv[1..].to_vec(),
-        stdin_mode: if forward_stdin { StdinMode::Pipe } else { StdinMode::Closed },
+        stdin_mode: if forward_stdin {
+            StdinMode::Pipe
+        } else {
+            StdinMode::Closed
+        },
         ..StartProcess::default()
     };
     let outcome = drive(&sandbox.agent, &process, forward_stdin).await;
@@ -137,7 +148,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
 }
 
 /// Runs the process to completion, reattaching if the agent's connection drops.
-async fn drive(agent: &AgentClient, process: &StartProcess, forward_stdin: bool) -> anyhow::Result<u8> {
+async fn drive(
+    agent: &AgentClient,
+    process: &StartProcess,
+    forward_stdin: bool,
+) -> anyhow::Result<u8> {
     let mut stream = match agent.exec(process).await {
         Ok(stream) => stream,
         Err(RuntimeError::ProcessFailure { code, message }) => {

@@ -40,7 +40,10 @@ pub enum CapabilityName {
 impl fmt::Display for CapabilityName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let json = serde_json::to_value(self).ok();
-        let name = json.as_ref().and_then(|v| v.as_str()).unwrap_or("capability");
+        let name = json
+            .as_ref()
+            .and_then(|v| v.as_str())
+            .unwrap_or("capability");
         f.write_str(name)
     }
 }
@@ -95,11 +98,14 @@ impl Capabilities {
 
     /// The entry for `name`; a capability a backend does not mention is unsupported.
     pub fn get(&self, name: CapabilityName) -> Capability {
-        self.0.get(&name).cloned().unwrap_or(Capability::Unsupported {
-            reason: CapabilityReason::Permanent {
-                detail: "not offered by this backend".into(),
-            },
-        })
+        self.0
+            .get(&name)
+            .cloned()
+            .unwrap_or(Capability::Unsupported {
+                reason: CapabilityReason::Permanent {
+                    detail: "not offered by this backend".into(),
+                },
+            })
     }
 
     pub fn is_supported(&self, name: CapabilityName) -> bool {

@@ -175,6 +175,9 @@ mod tests {
         wire.extend_from_slice(&0u64.to_be_bytes());
         wire.extend_from_slice(&u32::MAX.to_be_bytes());
         dec.push(&wire);
-        assert_eq!(dec.next_frame(), Err(FrameError::TooLarge(u32::MAX as usize)));
+        assert_eq!(
+            dec.next_frame(),
+            Err(FrameError::TooLarge(u32::MAX as usize))
+        );
     }
 }

@@ -63,9 +63,8 @@ impl AgentClient {
         }
         let status = resp.status();
         let bytes = collect(resp.into_body()).await.unwrap_or_default();
-        let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-            ErrorBody::new("agent_error", format!("agent answered {status}"))
-        });
+        let body: ErrorBody = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| ErrorBody::new("agent_error", format!("agent answered {status}")));
         Err(match domain {
             Domain::Process => RuntimeError::ProcessFailure {
                 code: body.code,
@@ -100,14 +99,24 @@ impl AgentClient {
     }
 
     pub async fn start(&self, spec: &StartProcess) -> Result<ProcessInfo> {
-        self.json(Method::POST, "/api/v1/processes", json_body(spec), Domain::Process)
-            .await
+        self.json(
+            Method::POST,
+            "/api/v1/processes",
+            json_body(spec),
+            Domain::Process,
+        )
+        .await
     }
 
     /// Starts a process and streams its framed output until it exits.
     pub async fn exec(&self, spec: &StartProcess) -> Result<ExecStream> {
         let resp = self
-            .call(Method::POST, "/hutch/v1/processes/exec", json_body(spec), Domain::Process)
+            .call(
+                Method::POST,
+                "/hutch/v1/processes/exec",
+                json_body(spec),
+                Domain::Process,
+            )
             .await?;
         Ok(ExecStream::new(resp.into_body()))
     }
@@ -115,7 +124,9 @@ impl AgentClient {
     /// Output of `pid` from sequence number `from` on, then its exit.
     pub async fn attach(&self, pid: i64, from: u64) -> Result<ExecStream> {
         let uri = format!("/hutch/v1/processes/{pid}/attach?from={from}");
-        let resp = self.call(Method::GET, &uri, empty(), Domain::Process).await?;
+        let resp = self
+            .call(Method::GET, &uri, empty(), Domain::Process)
+            .await?;
         Ok(ExecStream::new(resp.into_body()))
     }
 
@@ -140,34 +151,47 @@ impl AgentClient {
 
     pub async fn kill_process(&self, pid: i64) -> Result<()> {
         let uri = format!("/api/v1/processes/{pid}");
-        self.call(Method::DELETE, &uri, empty(), Domain::Process).await.map(drop)
+        self.call(Method::DELETE, &uri, empty(), Domain::Process)
+            .await
+            .map(drop)
     }
 
     /// Streams `body` into the process's stdin (it stays open afterwards).
     pub async fn write_stdin(&self, pid: i64, body: RequestBody) -> Result<()> {
         let uri = format!("/api/v1/processes/{pid}/stdin");
-        self.call(Method::POST, &uri, body, Domain::Process).await.map(drop)
+        self.call(Method::POST, &uri, body, Domain::Process)
+            .await
+            .map(drop)
     }
 
     pub async fn close_stdin(&self, pid: i64) -> Result<()> {
         let uri = format!("/api/v1/processes/{pid}/stdin/close");
-        self.call(Method::POST, &uri, empty(), Domain::Process).await.map(drop)
+        self.call(Method::POST, &uri, empty(), Domain::Process)
+            .await
+            .map(drop)
     }
 
     /// The file's content as a stream of chunks.
     pub async fn read_file(&self, path: &str) -> Result<Incoming> {
         let uri = format!("/api/v1/files?path={}", encode(path));
-        Ok(self.call(Method::GET, &uri, empty(), Domain::Files).await?.into_body())
+        Ok(self
+            .call(Method::GET, &uri, empty(), Domain::Files)
+            .await?
+            .into_body())
     }
 
     pub async fn write_file(&self, path: &str, body: RequestBody) -> Result<()> {
         let uri = format!("/api/v1/files?path={}", encode(path));
-        self.call(Method::PUT, &uri, body, Domain::Files).await.map(drop)
+        self.call(Method::PUT, &uri, body, Domain::Files)
+            .await
+            .map(drop)
     }
 
     pub async fn delete_file(&self, path: &str) -> Result<()> {
         let uri = format!("/api/v1/files?path={}", encode(path));
-        self.call(Method::DELETE, &uri, empty(), Domain::Files).await.map(drop)
+        self.call(Method::DELETE, &uri, empty(), Domain::Files)
+            .await
+            .map(drop)
     }
 
     pub async fn list_dir(&self, path: &str) -> Result<ListDirectoryResponse> {
@@ -203,18 +227,30 @@ impl AgentClient {
 
     pub async fn mkdir(&self, path: &str) -> Result<()> {
         let uri = format!("/hutch/v1/files/mkdir?path={}", encode(path));
-        self.call(Method::POST, &uri, empty(), Domain::Files).await.map(drop)
+        self.call(Method::POST, &uri, empty(), Domain::Files)
+            .await
+            .map(drop)
     }
 }
 
 /// Events of a framed process stream.
 #[derive(Debug, PartialEq)]
 pub enum ExecEvent {
-    Started { pid: i64 },
-    Stdout { seq: u64, data: Vec<u8> },
-    Stderr { seq: u64, data: Vec<u8> },
+    Started {
+        pid: i64,
+    },
+    Stdout {
+        seq: u64,
+        data: Vec<u8>,
+    },
+    Stderr {
+        seq: u64,
+        data: Vec<u8>,
+    },
     /// Output before `first_available` was evicted from the agent's buffer.
-    Gap { first_available: u64 },
+    Gap {
+        first_available: u64,
+    },
     Exit(ExitInfo),
 }
 
@@ -240,9 +276,12 @@ impl ExecStream {
             if self.finished {
                 return Ok(None);
             }
-            let frame = self.decoder.next_frame().map_err(|e| RuntimeError::AgentUnavailable {
-                reason: format!("corrupt stream: {e}"),
-            })?;
+            let frame = self
+                .decoder
+                .next_frame()
+                .map_err(|e| RuntimeError::AgentUnavailable {
+                    reason: format!("corrupt stream: {e}"),
+                })?;
             if let Some(frame) = frame {
                 let event = match frame.kind {
                     FrameKind::Started => {
@@ -306,11 +345,15 @@ impl ExecStream {
 }
 
 pub fn empty() -> RequestBody {
-    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> RequestBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn json_body<T: serde::Serialize>(value: &T) -> RequestBody {

@@ -6,6 +6,7 @@
 //! a deadline. Because the agent dials, a caller that restarts simply listens again and the
 //! agent finds it.
 
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +30,17 @@ pub type RequestBody = BoxBody<Bytes, BoxError>;
 struct Current {
     sender: SendRequest<RequestBody>,
     connection: JoinHandle<()>,
+    /// A duplicate of the socket: hyper drives HTTP/2 in tasks of its own, so closing the
+    /// connection for real takes a `shutdown(2)` on the socket itself.
+    socket: OwnedFd,
+}
+
+impl Current {
+    fn close(self) {
+        // SAFETY: shutdown on a descriptor we own.
+        unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
+        self.connection.abort();
+    }
 }
 
 struct Inner {
@@ -49,7 +61,7 @@ impl Drop for Inner {
         if let Ok(mut current) = self.current.lock()
             && let Some(cur) = current.take()
         {
-            cur.connection.abort();
+            cur.close();
         }
     }
 }
@@ -104,19 +116,24 @@ impl AgentLink {
                     .max_frame_size(256 << 10)
                     .keep_alive_interval(Duration::from_secs(15))
                     .keep_alive_timeout(Duration::from_secs(30));
+                let Ok(socket) = stream.as_fd().try_clone_to_owned() else {
+                    continue;
+                };
                 let Ok((sender, conn)) = builder.handshake(TokioIo::new(stream)).await else {
                     continue;
                 };
                 let connection = tokio::spawn(async move {
                     let _ = conn.await;
                 });
-                let previous = inner
-                    .current
-                    .lock()
-                    .ok()
-                    .and_then(|mut cur| cur.replace(Current { sender, connection }));
+                let previous = inner.current.lock().ok().and_then(|mut cur| {
+                    cur.replace(Current {
+                        sender,
+                        connection,
+                        socket,
+                    })
+                });
                 if let Some(prev) = previous {
-                    prev.connection.abort();
+                    prev.close();
                 }
                 inner.generation.send_modify(|g| *g += 1);
             }
@@ -166,7 +183,11 @@ impl AgentLink {
     }
 
     /// Sends one request over the current connection, waiting up to `wait` for one.
-    pub async fn send(&self, req: Request<RequestBody>, wait: Duration) -> Result<Response<Incoming>> {
+    pub async fn send(
+        &self,
+        req: Request<RequestBody>,
+        wait: Duration,
+    ) -> Result<Response<Incoming>> {
         let mut sender = self.sender(wait).await?;
         sender
             .ready()
@@ -186,7 +207,7 @@ impl AgentLink {
     pub fn disconnect(&self) {
         let previous = self.0.current.lock().ok().and_then(|mut cur| cur.take());
         if let Some(prev) = previous {
-            prev.connection.abort();
+            prev.close();
         }
     }
 }

@@ -68,7 +68,13 @@ pub fn build(spec: &BundleSpec<'_>) -> Result<Spec> {
     let config_json = serde_json::to_string(spec.agent_config).map_err(invalid)?;
     let process = ProcessBuilder::default()
         .terminal(false)
-        .user(UserBuilder::default().uid(0u32).gid(0u32).build().map_err(invalid)?)
+        .user(
+            UserBuilder::default()
+                .uid(0u32)
+                .gid(0u32)
+                .build()
+                .map_err(invalid)?,
+        )
         .args(vec![AGENT_PATH_IN_SANDBOX.to_string()])
         .env(vec![
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
@@ -111,11 +117,10 @@ pub fn build(spec: &BundleSpec<'_>) -> Result<Spec> {
     );
     oci.set_mounts(Some(mounts));
 
-    let mut linux = oci.linux().clone().unwrap_or_else(|| {
-        LinuxBuilder::default()
-            .build()
-            .unwrap_or_default()
-    });
+    let mut linux = oci
+        .linux()
+        .clone()
+        .unwrap_or_else(|| LinuxBuilder::default().build().unwrap_or_default());
     if spec.cpus.is_some() || spec.memory_backstop_bytes.is_some() {
         let mut resources = LinuxResourcesBuilder::default();
         if let Some(bytes) = spec.memory_backstop_bytes {

@@ -97,8 +97,12 @@ impl GvisorBackend {
     async fn provision(&self, id: &str, spec: &SandboxSpec) -> Result<Sandbox> {
         let image = self.store.image(&spec.image)?;
         let dir = self.dir(id);
-        let (rootfs_dir, upper, work, run) =
-            (dir.join("rootfs"), dir.join("upper"), dir.join("work"), dir.join("run"));
+        let (rootfs_dir, upper, work, run) = (
+            dir.join("rootfs"),
+            dir.join("upper"),
+            dir.join("work"),
+            dir.join("run"),
+        );
         for d in [&rootfs_dir, &upper, &work, &run] {
             std::fs::create_dir_all(d)
                 .map_err(|e| RuntimeError::io(format!("creating {}", d.display()), e))?;
@@ -114,7 +118,11 @@ impl GvisorBackend {
         };
         record.save(&dir)?;
         self.store.pin(id, &image.layers)?;
-        let lower: Vec<PathBuf> = image.layers.iter().map(|l| self.store.layer_dir(l)).collect();
+        let lower: Vec<PathBuf> = image
+            .layers
+            .iter()
+            .map(|l| self.store.layer_dir(l))
+            .collect();
         let lower = if lower.is_empty() {
             let empty = self.home.join("empty-layer");
             std::fs::create_dir_all(&empty)
@@ -128,12 +136,22 @@ impl GvisorBackend {
 
         let agent_config = AgentConfig {
             env: merge_env(&image.config.env, &spec.env),
-            working_dir: spec.working_dir.clone().or(image.config.working_dir.clone()),
-            user: spec.user.clone().or(image.config.user.clone()).filter(|u| !u.is_empty()),
+            working_dir: spec
+                .working_dir
+                .clone()
+                .or(image.config.working_dir.clone()),
+            user: spec
+                .user
+                .clone()
+                .or(image.config.user.clone())
+                .filter(|u| !u.is_empty()),
             memory_limit_bytes: spec.memory_mb.map(|mb| mb << 20),
             output_buffer_bytes: None,
         };
-        let hostname = spec.hostname.clone().unwrap_or_else(|| id.chars().take(12).collect());
+        let hostname = spec
+            .hostname
+            .clone()
+            .unwrap_or_else(|| id.chars().take(12).collect());
         let oci = bundle::build(&bundle::BundleSpec {
             rootfs: &rootfs_dir,
             agent_binary: &self.agent_binary,
@@ -207,7 +225,9 @@ impl GvisorBackend {
         let supervisor = self.supervisors.lock().ok().and_then(|mut s| s.remove(id));
         let exited = match supervisor {
             Some(mut child) => {
-                let done = tokio::time::timeout(SUPERVISOR_EXIT, child.wait()).await.is_ok();
+                let done = tokio::time::timeout(SUPERVISOR_EXIT, child.wait())
+                    .await
+                    .is_ok();
                 if !done {
                     let _ = child.start_kill();
                     let _ = child.wait().await;
@@ -386,8 +406,9 @@ impl Backend for GvisorBackend {
         let link = match self.cached_link(id) {
             Some(link) => link,
             None => {
-                let link =
-                    AgentLink::listen(&self.dir(id).join("run").join(hutch_wire::AGENT_SOCKET_NAME))?;
+                let link = AgentLink::listen(
+                    &self.dir(id).join("run").join(hutch_wire::AGENT_SOCKET_NAME),
+                )?;
                 link.wait_connected(BOOT_TIMEOUT).await?;
                 if let Ok(mut links) = self.links.lock() {
                     links.insert(id.to_string(), link.clone());
@@ -489,9 +510,7 @@ pub fn validate_id(id: &str) -> Result<()> {
         Ok(())
     } else {
         Err(RuntimeError::InvalidSpec {
-            reason: format!(
-                "sandbox id {id:?} must be 1-64 characters of a-z, 0-9, '-' and '_'"
-            ),
+            reason: format!("sandbox id {id:?} must be 1-64 characters of a-z, 0-9, '-' and '_'"),
         })
     }
 }
@@ -523,4 +542,3 @@ pub(crate) fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
-

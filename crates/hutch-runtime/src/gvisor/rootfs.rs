@@ -19,7 +19,11 @@ pub fn mount_overlay(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path
         });
     }
     // overlayfs lists lower dirs top-most first.
-    let lowerdir: Vec<String> = lower.iter().rev().map(|p| p.display().to_string()).collect();
+    let lowerdir: Vec<String> = lower
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
     let data = format!(
         "lowerdir={},upperdir={},workdir={}",
         lowerdir.join(":"),
@@ -82,7 +86,10 @@ pub fn unmount(target: &Path) -> Result<()> {
                 ))
             }
         }
-        _ => Err(RuntimeError::io(format!("unmounting {}", target.display()), err)),
+        _ => Err(RuntimeError::io(
+            format!("unmounting {}", target.display()),
+            err,
+        )),
     }
 }
 

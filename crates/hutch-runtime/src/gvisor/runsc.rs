@@ -123,12 +123,14 @@ impl Runsc {
     /// The container's state, `None` if runsc does not know it.
     pub async fn state(&self, id: &str) -> Result<Option<ContainerState>> {
         match self.simple(&["state", id]).await {
-            Ok(json) => serde_json::from_str(&json).map(Some).map_err(|e| {
-                RuntimeError::BackendFailure {
-                    backend: BACKEND,
-                    message: format!("unreadable runsc state: {e}"),
-                }
-            }),
+            Ok(json) => {
+                serde_json::from_str(&json)
+                    .map(Some)
+                    .map_err(|e| RuntimeError::BackendFailure {
+                        backend: BACKEND,
+                        message: format!("unreadable runsc state: {e}"),
+                    })
+            }
             Err(_) if !self.root.join(id).exists() && !self.has_state_file(id) => Ok(None),
             Err(e) => {
                 if self.list().await?.iter().any(|c| c.id == id) {
@@ -187,7 +189,11 @@ fn detect_platform(binary: &Path, root: &Path) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    let platform = if help.contains("systrap") { "systrap" } else { "ptrace" };
+    let platform = if help.contains("systrap") {
+        "systrap"
+    } else {
+        "ptrace"
+    };
     let tmp = root.join(format!(".platform.{}", std::process::id()));
     if std::fs::write(&tmp, format!("{fingerprint} {platform}\n")).is_ok() {
         let _ = std::fs::rename(&tmp, &cache);
