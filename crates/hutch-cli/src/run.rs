@@ -136,7 +136,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         },
         ..StartProcess::default()
     };
-    let outcome = drive(&sandbox.agent, &process, forward_stdin).await;
+    let alive = || backend.runsc().knows(&id);
+    let outcome = drive(&sandbox.agent, &process, forward_stdin, &alive).await;
     tracing::debug!(%id, "process finished");
     if args.keep {
         eprintln!("hutch: kept sandbox {id}");
@@ -152,6 +153,7 @@ async fn drive(
     agent: &AgentClient,
     process: &StartProcess,
     forward_stdin: bool,
+    sandbox_alive: &dyn Fn() -> bool,
 ) -> anyhow::Result<u8> {
     let mut stream = match agent.exec(process).await {
         Ok(stream) => stream,
@@ -217,6 +219,10 @@ async fn drive(
                 let Some(pid) = pid else {
                     anyhow::bail!("lost the sandbox before the process started: {reason}");
                 };
+                if !sandbox_alive() {
+                    eprintln!("hutch: the sandbox was killed while the command ran ({reason})");
+                    return Ok(137);
+                }
                 let deadline = *reconnect_deadline
                     .get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_secs(30));
                 if tokio::time::Instant::now() > deadline {
