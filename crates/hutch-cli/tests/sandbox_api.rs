@@ -239,3 +239,46 @@ async fn capabilities_and_typed_errors() {
     assert_eq!(err.code(), "image_not_found");
     home.assert_clean();
 }
+
+#[tokio::test]
+async fn stop_is_graceful_then_forceful() {
+    let home = Home::with(&["busybox"]);
+    let backend = home.backend();
+    let sandbox = backend.create(busybox()).await.unwrap();
+    let id = sandbox.info.id.clone();
+    // One process leaves a note on SIGTERM; the other ignores SIGTERM and must be killed.
+    sandbox
+        .agent
+        .start(&sh(
+            "trap 'echo bye > /root/bye; exit 0' TERM; while true; do sleep 0.05; done",
+        ))
+        .await
+        .unwrap();
+    sandbox
+        .agent
+        .start(&sh("trap '' TERM; while true; do sleep 0.05; done"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    backend.stop(&id, Duration::from_secs(2)).await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "the grace period was skipped ({took:?})"
+    );
+    assert!(took < Duration::from_secs(15), "stop hung ({took:?})");
+    assert_eq!(
+        backend.inspect(&id).await.unwrap().state,
+        hutch_runtime::SandboxState::Stopped
+    );
+    // The sandbox's writes stay in its upper directory until it is deleted.
+    let note = home
+        .path()
+        .join("sandboxes")
+        .join(&id)
+        .join("upper/root/bye");
+    assert_eq!(std::fs::read_to_string(note).unwrap(), "bye\n");
+    backend.delete(&id).await.unwrap();
+    home.assert_clean();
+}
