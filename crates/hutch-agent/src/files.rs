@@ -86,12 +86,9 @@ pub async fn read(path: PathBuf) -> Result<Response<Body>, ApiError> {
             }
         }
     });
-    let mut resp = http::streaming("application/octet-stream", body);
-    if let Ok(len) = hyper::header::HeaderValue::from_str(&meta.len().to_string()) {
-        resp.headers_mut()
-            .insert(hyper::header::CONTENT_LENGTH, len);
-    }
-    Ok(resp)
+    // No Content-Length: a file's stat size need not be what reading it yields (procfs
+    // reports 0, a log grows while it streams), and a mismatch breaks the HTTP/2 stream.
+    Ok(http::streaming("application/octet-stream", body))
 }
 
 pub async fn write(path: PathBuf, body: Incoming, procs: &Processes) -> Result<(), ApiError> {

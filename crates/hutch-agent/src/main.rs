@@ -23,6 +23,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::process::Processes;
 
 fn main() {
+    // One malloc arena: per-thread arenas of the blocking pool would stay resident.
+    // SAFETY: mallopt before any other thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let config: AgentConfig = std::env::var(hutch_wire::AGENT_CONFIG_ENV)
         .ok()
         .and_then(|raw| serde_json::from_str(&raw).ok())
@@ -30,7 +33,10 @@ fn main() {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(4)
-        .thread_keep_alive(Duration::from_secs(2))
+        // gVisor counts a thread's whole stack as resident: keep file-I/O threads small
+        // and short-lived so the idle agent stays within a few MiB.
+        .thread_stack_size(256 << 10)
+        .thread_keep_alive(Duration::from_millis(500))
         .build()
     {
         Ok(rt) => rt,

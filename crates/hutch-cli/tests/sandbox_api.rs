@@ -62,6 +62,16 @@ async fn files_stream_50_mib_both_ways_and_list_stat_and_404() {
     assert_eq!(len, 50 << 20);
     assert_eq!(sent, received.finalize(), "content differs");
 
+    // procfs files report size 0 but have content.
+    let mut status = agent.read_file("/proc/1/status").await.unwrap();
+    let mut text = Vec::new();
+    while let Some(frame) = status.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            text.extend_from_slice(&data);
+        }
+    }
+    assert!(String::from_utf8_lossy(&text).contains("VmRSS"), "{text:?}");
+
     let root = agent.list_dir("/").await.unwrap();
     let names: Vec<&str> = root.entries.iter().map(|e| e.name.as_str()).collect();
     for expected in ["bin", "data", "etc"] {

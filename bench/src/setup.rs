@@ -1,0 +1,242 @@
+//! Everything the measurements need, found or prepared up front, with errors that say which
+//! command builds what is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail, ensure};
+use hutch_runtime::gvisor::Runsc;
+
+/// The agent's static build, as hutch-cli's build script leaves it.
+const AGENT_TARGET_PATH: &str = "target/agent/x86_64-unknown-linux-gnu/release/hutch-agent";
+
+pub struct Setup {
+    /// The release `hutch` binary under test.
+    pub hutch: PathBuf,
+    /// `HUTCH_HOME` for everything ours: the CLI runs and the library backend.
+    pub home: PathBuf,
+    /// The busybox OCI layout (tag `latest`).
+    pub fixture: PathBuf,
+    /// The agent binary the library backend mounts (the one `hutch` embeds).
+    pub agent: PathBuf,
+    /// The `runsc` that hutch uses, and the platform it picked; the floor uses both too.
+    pub runsc: PathBuf,
+    pub platform: String,
+    /// runsc's state directory for the raw (floor) containers.
+    pub raw_root: PathBuf,
+    /// Raw OCI bundles of the same busybox rootfs, one per command.
+    pub bundle_true: PathBuf,
+    pub bundle_echo: PathBuf,
+}
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+impl Setup {
+    pub fn prepare() -> anyhow::Result<Self> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        ensure!(
+            unsafe { libc::geteuid() } == 0,
+            "hutch-bench must run as root: runsc and the overlay mounts need it"
+        );
+        let ws = workspace();
+        let hutch = env_path("HUTCH_BIN").unwrap_or_else(|| ws.join("target/release/hutch"));
+        ensure!(
+            hutch.is_file(),
+            "the release hutch binary {} is missing; build it with `cargo build --release` \
+             (or `cargo build --release -p hutch-cli`) in {}, or point HUTCH_BIN at one",
+            hutch.display(),
+            ws.display()
+        );
+        let fixtures = env_path("HUTCH_FIXTURES").unwrap_or_else(|| {
+            env_path("HOME")
+                .unwrap_or_else(|| PathBuf::from("/root"))
+                .join(".cache/hutch/fixtures")
+        });
+        let fixture = fixtures.join("busybox");
+        ensure!(
+            fixture.join("index.json").is_file(),
+            "the busybox fixture {} is missing; build it with `{}`",
+            fixture.display(),
+            ws.join("fixtures/build-all.sh").display()
+        );
+        let umoci = find_on_path("umoci").context(
+            "umoci is not installed (it unpacks the floor's bundle): apt-get install umoci",
+        )?;
+
+        let home =
+            env_path("HUTCH_BENCH_HOME").unwrap_or_else(|| PathBuf::from("/tmp/hutch-bench-home"));
+        // The agent's socket lives under the home: a unix socket path has 108 bytes at most.
+        ensure!(
+            home.as_os_str().len() <= 40,
+            "HUTCH_BENCH_HOME {} is too long for the sandbox socket paths below it; \
+             use a short one such as /tmp/hutch-bench-home",
+            home.display()
+        );
+        std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
+
+        let runsc = Runsc::detect(home.join("runsc")).context("finding runsc")?;
+
+        eprintln!("hutch-bench: importing {} as busybox", fixture.display());
+        let out = hutch_command(&hutch, &home)
+            .args(["image", "import"])
+            .arg(&fixture)
+            .args(["--name", "busybox"])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", hutch.display()))?;
+        ensure!(
+            out.status.success(),
+            "`hutch image import` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+
+        let agent = agent_binary(&hutch, &home, &ws)?;
+
+        let raw = home.join("raw");
+        let raw_root = raw.join("runsc");
+        std::fs::create_dir_all(&raw_root)
+            .with_context(|| format!("creating {}", raw_root.display()))?;
+        let bundle_true = raw.join("true");
+        let bundle_echo = raw.join("echo");
+        unpack_bundle(&umoci, &fixture, &bundle_true, &["/bin/true"])?;
+        unpack_bundle(&umoci, &fixture, &bundle_echo, &["/bin/echo", "hi"])?;
+
+        Ok(Self {
+            hutch,
+            home,
+            fixture,
+            agent,
+            runsc: runsc.binary,
+            platform: runsc.platform,
+            raw_root,
+            bundle_true,
+            bundle_echo,
+        })
+    }
+
+    /// `hutch ARGS...` against the bench's home.
+    pub fn hutch(&self) -> Command {
+        hutch_command(&self.hutch, &self.home)
+    }
+
+    /// `runsc run` of a raw bundle, the floor of figures 1 and 2.
+    pub fn raw_run(&self, bundle: &Path, id: &str) -> Command {
+        let mut cmd = Command::new(&self.runsc);
+        cmd.arg(format!("--root={}", self.raw_root.display()))
+            .arg(format!("--platform={}", self.platform))
+            .arg("--network=none")
+            .arg("run")
+            .arg(format!("--bundle={}", bundle.display()))
+            .arg(id);
+        cmd
+    }
+
+    /// `runsc exec` into a sandbox the library made (its runsc root is `HOME/runsc`).
+    pub fn raw_exec(&self, id: &str, argv: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.runsc);
+        cmd.arg(format!("--root={}", self.home.join("runsc").display()))
+            .arg(format!("--platform={}", self.platform))
+            .arg("exec")
+            .arg(id)
+            .args(argv);
+        cmd
+    }
+
+    /// Removes raw containers an interrupted earlier run left behind.
+    pub fn clean_raw(&self) {
+        let listed = Command::new(&self.runsc)
+            .arg(format!("--root={}", self.raw_root.display()))
+            .args(["list", "--quiet"])
+            .stdin(Stdio::null())
+            .output();
+        let Ok(listed) = listed else { return };
+        for id in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+            eprintln!("hutch-bench: removing leftover raw container {id}");
+            let _ = Command::new(&self.runsc)
+                .arg(format!("--root={}", self.raw_root.display()))
+                .args(["delete", "--force", id])
+                .stdin(Stdio::null())
+                .output();
+        }
+    }
+}
+
+fn hutch_command(hutch: &Path, home: &Path) -> Command {
+    let mut cmd = Command::new(hutch);
+    cmd.env("HUTCH_HOME", home).env_remove("HUTCH_LOG");
+    cmd
+}
+
+/// The agent `hutch` embeds (`hutch agent-path`), else `$HUTCH_AGENT_BIN`, else the build
+/// script's output.
+fn agent_binary(hutch: &Path, home: &Path, ws: &Path) -> anyhow::Result<PathBuf> {
+    let out = hutch_command(hutch, home)
+        .arg("agent-path")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", hutch.display()))?;
+    if out.status.success() {
+        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    let fallback = env_path("HUTCH_AGENT_BIN").unwrap_or_else(|| ws.join(AGENT_TARGET_PATH));
+    if fallback.is_file() {
+        return Ok(fallback);
+    }
+    bail!(
+        "no agent binary: `hutch agent-path` did not give one and {} is missing; \
+         `cargo build --release -p hutch-cli` builds it",
+        fallback.display()
+    )
+}
+
+/// `umoci unpack` of the fixture into `dir`, then a config.json fit for a plain `runsc run`:
+/// writable rootfs at `rootfs`, no terminal, `argv` as the process.
+fn unpack_bundle(umoci: &Path, fixture: &Path, dir: &Path, argv: &[&str]) -> anyhow::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let out = Command::new(umoci)
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:latest", fixture.display()))
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .context("running umoci")?;
+    ensure!(
+        out.status.success(),
+        "umoci unpack of {} failed: {}",
+        fixture.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let path = dir.join("config.json");
+    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
+    config["root"] = serde_json::json!({ "path": "rootfs", "readonly": false });
+    config["process"]["terminal"] = serde_json::json!(false);
+    config["process"]["args"] = serde_json::json!(argv);
+    std::fs::write(&path, serde_json::to_vec_pretty(&config)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
