@@ -25,6 +25,7 @@ use crate::capability::{Capabilities, CapabilityName as C, CapabilityReason};
 use crate::error::{Result, RuntimeError};
 use persist::SandboxRecord;
 pub use runsc::Runsc;
+use runsc::last_lines;
 
 const BACKEND: &str = "gvisor";
 /// How long a new sandbox's agent has to dial home.
@@ -472,11 +473,6 @@ impl Backend for GvisorBackend {
         }
         self.teardown(id).await
     }
-}
-
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 fn runsc_state(status: &str) -> SandboxState {

@@ -122,32 +122,20 @@ impl Runsc {
 
     /// The container's state, `None` if runsc does not know it.
     pub async fn state(&self, id: &str) -> Result<Option<ContainerState>> {
-        match self.simple(&["state", id]).await {
-            Ok(json) => {
-                serde_json::from_str(&json)
-                    .map(Some)
-                    .map_err(|e| RuntimeError::BackendFailure {
-                        backend: BACKEND,
-                        message: format!("unreadable runsc state: {e}"),
-                    })
-            }
-            Err(_) if !self.root.join(id).exists() && !self.has_state_file(id) => Ok(None),
-            Err(e) => {
-                if self.list().await?.iter().any(|c| c.id == id) {
-                    Err(e)
-                } else {
-                    Ok(None)
-                }
-            }
+        if !self.knows(id) {
+            return Ok(None);
         }
+        let json = self.simple(&["state", id]).await?;
+        serde_json::from_str(&json)
+            .map(Some)
+            .map_err(|e| RuntimeError::BackendFailure {
+                backend: BACKEND,
+                message: format!("unreadable runsc state: {e}"),
+            })
     }
 
     /// Whether runsc holds state for `id`, read from its state directory without running it.
     pub fn knows(&self, id: &str) -> bool {
-        self.has_state_file(id)
-    }
-
-    fn has_state_file(&self, id: &str) -> bool {
         std::fs::read_dir(&self.root)
             .map(|d| {
                 d.flatten()
@@ -209,7 +197,7 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
     })
 }
 
-fn last_lines(text: &str, n: usize) -> String {
+pub(crate) fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
