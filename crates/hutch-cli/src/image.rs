@@ -25,7 +25,11 @@ pub enum ImageCommand {
 }
 
 pub fn open_store() -> anyhow::Result<Store> {
-    let root = crate::home().join("store");
+    open_store_at(&crate::home())
+}
+
+pub fn open_store_at(home: &std::path::Path) -> anyhow::Result<Store> {
+    let root = home.join("store");
     Store::open(&root).with_context(|| format!("opening the image store at {}", root.display()))
 }
 

@@ -4,6 +4,7 @@
 mod agent_binary;
 mod image;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +36,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the lifecycle API (:8900) and the sandbox proxy (:9443) with embedded state.
+    ///
+    /// Sandboxes outlive the server: stopping it leaves them running, and the next start
+    /// adopts them.
+    Serve(serve::ServeArgs),
+    /// Manage the server's API keys.
+    #[command(subcommand)]
+    Key(serve::KeyCommand),
     /// Print the path of the agent binary (extracting it first); for tests and tools.
     #[command(hide = true)]
     AgentPath,
@@ -49,14 +58,20 @@ pub fn home() -> PathBuf {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The server logs its work; one-shot commands only warn.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HUTCH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -73,6 +88,8 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Image(cmd) => image::dispatch(cmd).map(|()| 0),
             Command::Info { json } => run::info(json).map(|()| 0),
+            Command::Serve(args) => serve::serve(args).await,
+            Command::Key(cmd) => serve::key(cmd),
             Command::AgentPath => agent_binary::ensure(&home()).map(|p| {
                 println!("{}", p.display());
                 0

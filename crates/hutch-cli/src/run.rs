@@ -48,8 +48,12 @@ pub struct RunArgs {
 }
 
 fn backend() -> anyhow::Result<GvisorBackend> {
-    let home = crate::home();
-    let store = crate::image::open_store()?;
+    backend_at(crate::home())
+}
+
+/// The gVisor backend over the state directory `home` (its store is `home/store`).
+pub fn backend_at(home: std::path::PathBuf) -> anyhow::Result<GvisorBackend> {
+    let store = crate::image::open_store_at(&home)?;
     let agent_binary = crate::agent_binary::ensure(&home)?;
     Ok(GvisorBackend::new(
         GvisorConfig { home, agent_binary },

@@ -1,5 +1,6 @@
 //! The one runtime API every backend implements, and the types it speaks.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,9 @@ pub struct SandboxSpec {
     pub hostname: Option<String>,
     #[serde(default)]
     pub network: NetworkMode,
+    /// Caller's bookkeeping, kept with the sandbox's record (e.g. which server owns it).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,135 @@
+//! API keys. Only a key's SHA-256 is stored; the secret is shown once, at creation.
+//!
+//! Keys are required whenever the server listens on a non-loopback address (or when asked
+//! to require them). On loopback without that, requests without a key pass, so
+//! `SandboxClient.for_localhost()` works as is; a key that is presented is still checked.
+
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+use crate::db::{ApiKey, Db};
+use crate::error::ApiError;
+use crate::sandboxes::now_ms;
+
+/// What every secret starts with, so a leaked one is recognizable.
+pub const SECRET_PREFIX: &str = "hutch_";
+
+#[derive(Clone)]
+pub struct Auth {
+    db: Arc<Db>,
+    required: bool,
+}
+
+impl Auth {
+    pub fn new(db: Arc<Db>, required: bool) -> Self {
+        Self { db, required }
+    }
+
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
+    /// The key a request presents, if valid; an error when it is invalid or missing but
+    /// required.
+    pub fn check(&self, headers: &HeaderMap) -> Result<Option<ApiKey>, ApiError> {
+        let presented = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        let Some(secret) = presented else {
+            return if self.required {
+                Err(ApiError::unauthorized(
+                    "an API key is required: send Authorization: Bearer <key> (create one with `hutch key create`)",
+                ))
+            } else {
+                Ok(None)
+            };
+        };
+        match self.db.key_by_secret(&hash(secret), now_ms())? {
+            Some(key) => Ok(Some(key)),
+            None if !self.required && !secret.starts_with(SECRET_PREFIX) => {
+                // A loopback client configured with some other service's key (the SDKs
+                // send whatever TENSORLAKE_API_KEY holds): keys are not required here.
+                Ok(None)
+            }
+            None => Err(ApiError::unauthorized("invalid API key")),
+        }
+    }
+}
+
+fn hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Creates a key; returns it with its secret, which is not stored.
+pub fn create_key(db: &Db, name: &str) -> Result<(ApiKey, String), ApiError> {
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "a key name must be 1-64 printable characters",
+        ));
+    }
+    let mut bytes = [0u8; 24];
+    let file = std::fs::File::open("/dev/urandom").map_err(ApiError::internal)?;
+    std::io::Read::read_exact(&mut &file, &mut bytes).map_err(ApiError::internal)?;
+    let secret = format!("{SECRET_PREFIX}{}", hex::encode(bytes));
+    let id = format!(
+        "key_{}",
+        &hex::encode(Sha256::digest(secret.as_bytes()))[..12]
+    );
+    let at = now_ms();
+    db.insert_key(&id, name, &hash(&secret), at)?;
+    Ok((
+        ApiKey {
+            id,
+            name: name.to_string(),
+            created_at: at,
+            last_used_at: None,
+        },
+        secret,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bearer(secret: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::header::AUTHORIZATION,
+            format!("Bearer {secret}").parse().unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn required_keys_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&dir.path().join("s.db")).unwrap());
+        let (key, secret) = create_key(&db, "ci").unwrap();
+        let auth = Auth::new(Arc::clone(&db), true);
+        assert_eq!(auth.check(&bearer(&secret)).unwrap().unwrap().id, key.id);
+        assert_eq!(auth.check(&HeaderMap::new()).unwrap_err().status, 401);
+        assert_eq!(auth.check(&bearer("hutch_nope")).unwrap_err().status, 401);
+        assert_eq!(auth.check(&bearer("other")).unwrap_err().status, 401);
+        db.remove_key(&key.id).unwrap();
+        assert!(auth.check(&bearer(&secret)).is_err());
+    }
+
+    #[test]
+    fn loopback_without_keys_lets_requests_pass_but_checks_hutch_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&dir.path().join("s.db")).unwrap());
+        let auth = Auth::new(db, false);
+        assert!(auth.check(&HeaderMap::new()).unwrap().is_none());
+        assert!(auth.check(&bearer("tl_some_cloud_key")).unwrap().is_none());
+        assert!(auth.check(&bearer("hutch_forged")).is_err());
+    }
+}

@@ -1,0 +1,232 @@
+//! The built-in default template: what a create that names no image gets.
+//!
+//! It is made offline at first start from the host's static busybox (Debian's
+//! `busybox-static`), as a one-layer `docker save` archive imported into the store like any
+//! other image, so it is content-addressed, pinned and garbage-collected the same way.
+
+use std::io::Write;
+use std::path::Path;
+
+use hutch_store::{Image, Store};
+use sha2::{Digest, Sha256};
+
+/// The store name of the default template.
+pub const DEFAULT_IMAGE: &str = "hutch/default:latest";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DefaultImageError {
+    #[error(
+        "cannot build the default image: {path} is missing or not statically linked \
+         (install it with: apt-get install -y busybox-static)"
+    )]
+    NoBusybox { path: String },
+    #[error("cannot build the default image: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot import the default image: {0}")]
+    Store(#[from] hutch_store::StoreError),
+}
+
+/// Returns the default image, building it first if the store lacks it.
+pub fn ensure(store: &Store, busybox: &Path) -> Result<Image, DefaultImageError> {
+    if let Ok(image) = store.image(DEFAULT_IMAGE) {
+        return Ok(image);
+    }
+    let binary = std::fs::read(busybox).map_err(|_| no_busybox(busybox))?;
+    if !is_static_elf(&binary) {
+        return Err(no_busybox(busybox));
+    }
+    let applets = applets(busybox)?;
+    let layer = layer_tar(&binary, &applets)?;
+    let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"],
+            "Cmd": ["sh"],
+            "WorkingDir": "/",
+        },
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created_by": "hutch: default image from the host's busybox-static"}],
+    })
+    .to_string();
+    let config_name = format!("{}.json", hex::encode(Sha256::digest(config.as_bytes())));
+    let manifest = serde_json::json!([{
+        "Config": config_name,
+        "RepoTags": [DEFAULT_IMAGE],
+        "Layers": ["layer.tar"],
+    }])
+    .to_string();
+
+    let dir = tempfile::Builder::new()
+        .prefix("default-image")
+        .tempdir_in(store.root().join("tmp"))?;
+    let archive_path = dir.path().join("image.tar");
+    let mut archive = tar::Builder::new(std::fs::File::create(&archive_path)?);
+    append(&mut archive, "manifest.json", manifest.as_bytes(), 0o644)?;
+    append(&mut archive, &config_name, config.as_bytes(), 0o644)?;
+    append(&mut archive, "layer.tar", &layer, 0o644)?;
+    archive.into_inner()?.flush()?;
+    let image = store.import(&archive_path, DEFAULT_IMAGE)?;
+    tracing::info!(
+        image = DEFAULT_IMAGE,
+        applets = applets.len(),
+        "built the default image"
+    );
+    Ok(image)
+}
+
+fn no_busybox(path: &Path) -> DefaultImageError {
+    DefaultImageError::NoBusybox {
+        path: path.display().to_string(),
+    }
+}
+
+/// An ELF with no `PT_INTERP` program header runs without a dynamic loader.
+fn is_static_elf(bytes: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 {
+        return false;
+    }
+    let u64_at = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..phnum as usize).all(|i| {
+        let at = phoff as usize + i * phentsize as usize;
+        bytes
+            .get(at..at + 4)
+            .is_some_and(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != PT_INTERP)
+    })
+}
+
+fn applets(busybox: &Path) -> Result<Vec<String>, DefaultImageError> {
+    let out = std::process::Command::new(busybox).arg("--list").output()?;
+    let list: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox" && !a.contains('/'))
+        .map(String::from)
+        .collect();
+    if !out.status.success() || !list.iter().any(|a| a == "sh") {
+        return Err(no_busybox(busybox));
+    }
+    Ok(list)
+}
+
+fn layer_tar(busybox: &[u8], applets: &[String]) -> std::io::Result<Vec<u8>> {
+    let mut layer = tar::Builder::new(Vec::new());
+    for (dir, mode, owner) in [
+        ("bin", 0o755, 0),
+        ("etc", 0o755, 0),
+        ("dev", 0o755, 0),
+        ("proc", 0o755, 0),
+        ("sys", 0o755, 0),
+        ("run", 0o755, 0),
+        ("var", 0o755, 0),
+        ("usr", 0o755, 0),
+        ("usr/bin", 0o755, 0),
+        ("home", 0o755, 0),
+        ("home/user", 0o755, 1000),
+        ("root", 0o700, 0),
+        ("tmp", 0o1777, 0),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(mode);
+        header.set_uid(owner);
+        header.set_gid(owner);
+        header.set_size(0);
+        header.set_mtime(0);
+        layer.append_data(&mut header, format!("{dir}/"), std::io::empty())?;
+    }
+    append(&mut layer, "bin/busybox", busybox, 0o755)?;
+    for applet in applets {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_mode(0o777);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_size(0);
+        header.set_mtime(0);
+        layer.append_link(&mut header, format!("bin/{applet}"), "busybox")?;
+    }
+    append(
+        &mut layer,
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        0o644,
+    )?;
+    append(
+        &mut layer,
+        "etc/group",
+        b"root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n",
+        0o644,
+    )?;
+    layer.into_inner()
+}
+
+fn append<W: Write>(
+    archive: &mut tar::Builder<W>,
+    path: &str,
+    data: &[u8],
+    mode: u32,
+) -> std::io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    archive.append_data(&mut header, path, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_detection_reads_program_headers() {
+        let static_busybox = std::fs::read("/bin/busybox").unwrap();
+        assert!(is_static_elf(&static_busybox));
+        let dynamic = std::fs::read("/bin/ls").unwrap();
+        assert!(!is_static_elf(&dynamic));
+        assert!(!is_static_elf(b"#!/bin/sh\n"));
+    }
+
+    #[test]
+    fn builds_once_and_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = ensure(&store, Path::new("/bin/busybox")).unwrap();
+        assert_eq!(first.layers.len(), 1);
+        let again = ensure(&store, Path::new("/bin/busybox")).unwrap();
+        assert_eq!(first.id, again.id);
+        let layer = store.layer_dir(&first.layers[0]);
+        assert!(layer.join("bin/sh").is_symlink());
+        assert!(
+            std::fs::read_to_string(layer.join("etc/passwd"))
+                .unwrap()
+                .starts_with("root:")
+        );
+    }
+
+    #[test]
+    fn a_dynamic_binary_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let err = ensure(&store, Path::new("/bin/ls")).unwrap_err();
+        assert!(err.to_string().contains("busybox-static"), "{err}");
+    }
+}

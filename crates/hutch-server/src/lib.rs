@@ -1,0 +1,150 @@
+//! `hutch serve`: the platform over the runtime.
+//!
+//! - [`lifecycle`]: the Tensorlake-compatible lifecycle API (`/v1/namespaces/{ns}/sandboxes`),
+//!   key introspection and the OpenAPI document, on the API listener (:8900).
+//! - [`proxy`] and [`pty`]: the sandbox proxy (:9443), forwarding to each sandbox's agent.
+//! - [`sandboxes`]: the lifecycle itself, reconciliation after a restart, timeouts.
+//! - [`db`]: the embedded SQLite state; [`auth`]: API keys.
+//!
+//! This is the only crate that knows HTTP routes served to users, and the only one that
+//! touches SQLite. Sandboxes outlive the server: stopping it (gracefully or by `kill -9`)
+//! leaves them running, and the next start adopts them.
+
+pub mod auth;
+pub mod db;
+pub mod default_image;
+mod error;
+pub mod lifecycle;
+mod openapi;
+pub mod proxy;
+pub mod pty;
+pub mod sandboxes;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use hutch_runtime::Backend;
+use hutch_store::Store;
+
+pub use error::ApiError;
+pub use sandboxes::{Limits, Sandboxes};
+
+/// The state database's file name inside the state directory.
+pub const DB_FILE: &str = "hutch.db";
+
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// The state directory (`$HUTCH_HOME`): database, store, sandboxes.
+    pub home: PathBuf,
+    pub listen: SocketAddr,
+    pub proxy_listen: SocketAddr,
+    /// Require API keys even on loopback.
+    pub require_keys: bool,
+    /// The static busybox the default image is made from.
+    pub busybox: PathBuf,
+    pub limits: Limits,
+}
+
+/// Everything the handlers share.
+pub struct App {
+    pub sandboxes: Arc<Sandboxes>,
+    pub auth: auth::Auth,
+    /// What `sandbox_url` says: where clients reach the proxy.
+    pub proxy_url: String,
+}
+
+/// Opens the state, reconciles, and serves until `shutdown` resolves. Sandboxes keep running
+/// after it returns.
+pub async fn serve(
+    config: ServeConfig,
+    backend: Arc<dyn Backend>,
+    store: Store,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let db = Arc::new(db::Db::open(&config.home.join(DB_FILE))?);
+    let image = default_image::ensure(&store, &config.busybox)?;
+    let sandboxes = Sandboxes::new(
+        Arc::clone(&db),
+        backend,
+        store,
+        image.name.clone(),
+        config.limits.clone(),
+    );
+    let started = std::time::Instant::now();
+    let (adopted, ended, orphans) = sandboxes
+        .reconcile()
+        .await
+        .map_err(|e| anyhow::anyhow!("reconciling with the runtime: {e}"))?;
+    tracing::info!(
+        adopted,
+        ended,
+        orphans,
+        ms = started.elapsed().as_millis() as u64,
+        "reconciled state with the runtime"
+    );
+    tokio::spawn(Arc::clone(&sandboxes).monitor());
+
+    let loopback = config.listen.ip().is_loopback() && config.proxy_listen.ip().is_loopback();
+    let auth = auth::Auth::new(Arc::clone(&db), config.require_keys || !loopback);
+    let proxy_host =
+        if config.proxy_listen.ip().is_loopback() || config.proxy_listen.ip().is_unspecified() {
+            "localhost".to_string()
+        } else {
+            config.proxy_listen.ip().to_string()
+        };
+    let app = Arc::new(App {
+        sandboxes,
+        auth,
+        proxy_url: format!("http://{proxy_host}:{}", config.proxy_listen.port()),
+    });
+
+    let api = bind(config.listen).await?;
+    let proxy = bind(config.proxy_listen).await?;
+    tracing::info!(api = %config.listen, proxy = %config.proxy_listen, keys_required = app.auth.required(), "serving");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for (listeners, router) in [
+        (api, lifecycle::router(Arc::clone(&app))),
+        (proxy, proxy::router(Arc::clone(&app))),
+    ] {
+        for listener in listeners {
+            let router = router.clone();
+            let mut stop = stop_rx.clone();
+            tasks.spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+            });
+        }
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.context("server task")?.context("serving")?;
+    }
+    tracing::info!("stopped; sandboxes keep running");
+    Ok(())
+}
+
+/// Binds `addr`; a loopback `localhost`-style address also gets its IPv6 twin, because
+/// clients resolve `localhost` themselves and may try `::1` first.
+async fn bind(addr: SocketAddr) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
+    let first = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let mut listeners = vec![first];
+    if addr.ip() == std::net::Ipv4Addr::LOCALHOST {
+        let twin = SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), addr.port());
+        match tokio::net::TcpListener::bind(twin).await {
+            Ok(l) => listeners.push(l),
+            Err(e) => tracing::debug!(%twin, error = %e, "no IPv6 loopback listener"),
+        }
+    }
+    Ok(listeners)
+}

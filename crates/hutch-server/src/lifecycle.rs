@@ -1,0 +1,697 @@
+//! The lifecycle API (:8900), in the shapes the Tensorlake SDKs send and parse:
+//! `/v1/namespaces/{ns}/sandboxes[/{id-or-name}]` and the flat `/sandboxes…` form (namespace
+//! `default`), plus `POST /platform/v1/keys/introspect` and `GET /openapi.json`.
+//!
+//! Bodies are read and parsed here rather than by extractors so that every malformed,
+//! oversized or mistyped request gets a JSON error the SDK can parse, never a plain-text one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hutch_runtime::NetworkMode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::App;
+use crate::db::{SandboxRow, Status};
+use crate::error::ApiError;
+use crate::sandboxes::CreateParams;
+
+/// Largest lifecycle request body.
+const BODY_LIMIT: usize = 1 << 20;
+/// How long a blocking create waits when the client states no timeout.
+const DEFAULT_CREATE_WAIT: Duration = Duration::from_secs(300);
+const DEFAULT_CPUS: f64 = 1.0;
+const DEFAULT_MEMORY_MB: u64 = 1024;
+const PAGE_DEFAULT: usize = 100;
+const PAGE_MAX: usize = 1000;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route(
+            "/v1/namespaces/{ns}/sandboxes",
+            post(create_ns).get(list_ns),
+        )
+        .route(
+            "/v1/namespaces/{ns}/sandboxes/{id}",
+            get(get_ns).patch(update_ns).delete(delete_ns),
+        )
+        .route(
+            "/v1/namespaces/{ns}/sandboxes/{id}/{action}",
+            post(action_ns),
+        )
+        .route("/sandboxes", post(create_flat).get(list_flat))
+        .route(
+            "/sandboxes/{id}",
+            get(get_flat).patch(update_flat).delete(delete_flat),
+        )
+        .route("/sandboxes/{id}/{action}", post(action_flat))
+        .route("/platform/v1/keys/introspect", post(introspect))
+        .route("/openapi.json", get(crate::openapi::document))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
+        })
+        .with_state(app)
+}
+
+const DEFAULT_NS: &str = "default";
+
+fn check_namespace(ns: &str) -> Result<(), ApiError> {
+    let ok = !ns.is_empty()
+        && ns.len() <= 63
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_namespace",
+            format!("invalid namespace {ns:?}: use 1-63 characters of a-z, 0-9, '-' and '_'"),
+        ))
+    }
+}
+
+/// Reads a JSON body under the limit; every failure is a typed 4xx.
+async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes: Bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is over the {BODY_LIMIT}-byte limit"),
+        )
+    })?;
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    app.auth.check(headers).map(|_| ())
+}
+
+// ---- create ------------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    image: Option<String>,
+    #[serde(default)]
+    resources: Option<ResourcesBody>,
+    timeout_secs: Option<i64>,
+    entrypoint: Option<Vec<String>>,
+    network: Option<NetworkBody>,
+    snapshot_id: Option<String>,
+    auto_resume: Option<bool>,
+    allow_unauthenticated_access: Option<bool>,
+    exposed_ports: Option<Vec<u16>>,
+    name: Option<String>,
+    #[serde(default)]
+    file_systems: Vec<Value>,
+    wait: Option<bool>,
+    max_pending_secs: Option<u64>,
+    /// Hutch extension: environment for the entrypoint and processes.
+    #[serde(default)]
+    env: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ResourcesBody {
+    cpus: Option<f64>,
+    memory_mb: Option<i64>,
+    disk_mb: Option<u64>,
+    gpus: Option<Vec<Value>>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct NetworkBody {
+    #[serde(default = "yes")]
+    allow_internet_access: bool,
+    #[serde(default)]
+    allow_out: Vec<String>,
+    #[serde(default)]
+    deny_out: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn unsupported(feature: &str, hint: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "unsupported_capability",
+        format!("{feature} is not supported by this server yet: {hint}"),
+    )
+}
+
+/// The network mode a policy asks for: only "no internet" can be honoured today.
+fn network_mode(network: Option<&NetworkBody>) -> Result<NetworkMode, ApiError> {
+    match network {
+        None => Ok(NetworkMode::None),
+        Some(n) if !n.allow_internet_access && n.allow_out.is_empty() => Ok(NetworkMode::None),
+        Some(_) => Err(unsupported(
+            "network egress",
+            "sandboxes have loopback only; send {\"allow_internet_access\": false} or omit network",
+        )),
+    }
+}
+
+fn validate_create(body: &CreateBody) -> Result<(), ApiError> {
+    if body.snapshot_id.is_some() {
+        return Err(unsupported(
+            "snapshot restore",
+            "create from an image instead",
+        ));
+    }
+    if !body.file_systems.is_empty() {
+        return Err(unsupported(
+            "file system mounts",
+            "copy files in through the proxy",
+        ));
+    }
+    if body.exposed_ports.as_ref().is_some_and(|p| !p.is_empty()) {
+        return Err(unsupported(
+            "exposed ports",
+            "sandboxes have no network yet",
+        ));
+    }
+    if body.auto_resume == Some(false) && body.name.is_none() {
+        return Err(ApiError::bad_request(
+            "auto_resume: false requires a named sandbox",
+        ));
+    }
+    if let Some(r) = &body.resources {
+        if r.gpus.as_ref().is_some_and(|g| !g.is_empty()) {
+            return Err(unsupported("GPUs", "this host has none to give"));
+        }
+        if let Some(cpus) = r.cpus
+            && cpus != -1.0
+            && !(cpus > 0.0 && cpus <= 1024.0)
+        {
+            return Err(ApiError::bad_request(format!(
+                "resources.cpus must be between 0 and 1024, got {cpus}"
+            )));
+        }
+        if let Some(mb) = r.memory_mb
+            && mb != -1
+            && !(16..=(1 << 22)).contains(&mb)
+        {
+            return Err(ApiError::bad_request(format!(
+                "resources.memory_mb must be between 16 and 4194304, got {mb}"
+            )));
+        }
+    }
+    if body.timeout_secs.is_some_and(|t| t < 0) {
+        return Err(ApiError::bad_request("timeout_secs must not be negative"));
+    }
+    if body
+        .entrypoint
+        .as_ref()
+        .is_some_and(|e| e.iter().any(|a| a.contains('\0')))
+    {
+        return Err(ApiError::bad_request(
+            "entrypoint arguments must not contain NUL",
+        ));
+    }
+    Ok(())
+}
+
+async fn create_ns(State(app): State<Arc<App>>, Path(ns): Path<String>, req: Request) -> Response {
+    create(app, ns, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn create_flat(State(app): State<Arc<App>>, req: Request) -> Response {
+    create(app, DEFAULT_NS.into(), req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// How long a blocking create may hold the request: the client's timeout less its grace.
+fn create_wait(headers: &HeaderMap) -> Duration {
+    let ms = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    match ms("x-tensorlake-request-timeout-ms") {
+        Some(timeout) => {
+            let grace = ms("x-tensorlake-request-timeout-grace-ms")
+                .unwrap_or_else(|| (timeout / 4).min(5000));
+            Duration::from_millis(timeout.saturating_sub(grace).max(100))
+        }
+        None => DEFAULT_CREATE_WAIT,
+    }
+}
+
+async fn create(app: Arc<App>, ns: String, req: Request) -> Result<Response, ApiError> {
+    check_namespace(&ns)?;
+    authorize(&app, req.headers())?;
+    let wait_for = create_wait(req.headers());
+    let body: CreateBody = json_body(req.into_body()).await?;
+    validate_create(&body)?;
+    let network = network_mode(body.network.as_ref())?;
+    let resources = body.resources.unwrap_or_default();
+    let cpus = resources
+        .cpus
+        .filter(|c| *c != -1.0)
+        .unwrap_or(DEFAULT_CPUS);
+    let memory_mb = resources
+        .memory_mb
+        .filter(|m| *m != -1)
+        .map_or(DEFAULT_MEMORY_MB, |m| m as u64);
+    let spec = json!({
+        "cpus": cpus,
+        "memory_mb": memory_mb,
+        "disk_mb": resources.disk_mb,
+        "entrypoint": body.entrypoint,
+        "allow_internet_access": false,
+        "deny_out": body.network.as_ref().map(|n| n.deny_out.clone()).unwrap_or_default(),
+        "auto_resume": body.auto_resume.unwrap_or(true),
+        "allow_unauthenticated_access": body.allow_unauthenticated_access.unwrap_or(false),
+    });
+    let params = CreateParams {
+        namespace: ns,
+        name: body.name,
+        image: body.image,
+        cpus: Some(cpus),
+        memory_mb: Some(memory_mb),
+        disk_mb: resources.disk_mb,
+        timeout_secs: body.timeout_secs,
+        entrypoint: body.entrypoint,
+        network,
+        max_pending_secs: body.max_pending_secs,
+        env: body
+            .env
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
+        spec,
+    };
+    let row = app.sandboxes.create(params)?;
+    if body.wait == Some(false) {
+        let mut accepted = json!({
+            "sandbox_id": row.id,
+            "state": "pending",
+            "pending_reason": "scheduling",
+        });
+        if let Some(name) = &row.name {
+            accepted["name"] = json!(name);
+        }
+        return Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response());
+    }
+    let row = app.sandboxes.settle(&row.id, wait_for).await?;
+    let mut answer = json!({"sandbox_id": row.id, "status": row.status.as_str()});
+    if let Some(name) = &row.name {
+        answer["name"] = json!(name);
+    }
+    let status = match row.status {
+        Status::Running => {
+            answer["sandbox_url"] = json!(app.proxy_url);
+            StatusCode::OK
+        }
+        Status::Pending => {
+            answer["status"] = json!("timeout");
+            StatusCode::GATEWAY_TIMEOUT
+        }
+        Status::Terminated => {
+            answer["status"] = json!("failed");
+            answer["reason"] = json!(row.reason);
+            answer["termination_reason"] = json!(row.reason);
+            answer["error_details"] = json!({"message": row.error});
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+    };
+    Ok((status, axum::Json(answer)).into_response())
+}
+
+// ---- get / list --------------------------------------------------------------------------
+
+/// A row in the SDK's `SandboxInfo` shape.
+pub fn sandbox_info(row: &SandboxRow, proxy_url: &str) -> Value {
+    let spec = &row.spec;
+    let mut info = json!({
+        "sandbox_id": row.id,
+        "id": row.id,
+        "namespace": row.namespace,
+        "status": row.status.as_str(),
+        "image": row.image,
+        "runtime": "gvisor",
+        "resources": {
+            "cpus": spec["cpus"].as_f64().unwrap_or(DEFAULT_CPUS),
+            "memory_mb": spec["memory_mb"].as_i64().unwrap_or(DEFAULT_MEMORY_MB as i64),
+            "disk_mb": spec["disk_mb"].as_i64().unwrap_or(0),
+        },
+        "timeout_secs": row.timeout_secs,
+        "network_policy": {
+            "allow_internet_access": spec["allow_internet_access"].as_bool().unwrap_or(false),
+            "allow_out": [],
+            "deny_out": spec.get("deny_out").filter(|d| d.is_array()).cloned().unwrap_or(json!([])),
+        },
+        "auto_resume": spec["auto_resume"].as_bool().unwrap_or(true),
+        "allow_unauthenticated_access": spec["allow_unauthenticated_access"].as_bool().unwrap_or(false),
+        "file_systems": [],
+        "created_at": row.created_at,
+    });
+    if let Some(entrypoint) = spec.get("entrypoint").filter(|e| !e.is_null()) {
+        info["entrypoint"] = entrypoint.clone();
+    }
+    if let Some(name) = &row.name {
+        info["name"] = json!(name);
+    }
+    match row.status {
+        Status::Running => info["sandbox_url"] = json!(proxy_url),
+        Status::Pending => info["pending_reason"] = json!("scheduling"),
+        Status::Terminated => {
+            info["termination_reason"] = json!(row.reason);
+            info["outcome"] = json!(row.reason);
+            if let Some(at) = row.terminated_at {
+                info["terminated_at"] = json!(at);
+            }
+            if let Some(error) = &row.error {
+                info["error_details"] = json!({"message": error});
+            }
+        }
+    }
+    info
+}
+
+async fn get_ns(
+    State(app): State<Arc<App>>,
+    Path((ns, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    get_one(&app, &ns, &id, &headers)
+}
+
+async fn get_flat(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    get_one(&app, DEFAULT_NS, &id, &headers)
+}
+
+fn get_one(app: &App, ns: &str, id: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+    check_namespace(ns)?;
+    authorize(app, headers)?;
+    let row = app.sandboxes.get(ns, id)?;
+    Ok(axum::Json(sandbox_info(&row, &app.proxy_url)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
+    /// Hutch extension: include terminated sandboxes.
+    #[serde(default)]
+    include_terminated: bool,
+}
+
+async fn list_ns(
+    State(app): State<Arc<App>>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    list(&app, &ns, &headers, query)
+}
+
+async fn list_flat(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    list(&app, DEFAULT_NS, &headers, query)
+}
+
+fn list(
+    app: &App,
+    ns: &str,
+    headers: &HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    check_namespace(ns)?;
+    authorize(app, headers)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = q.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
+    let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => Some(decode_cursor(c)?),
+        None => None,
+    };
+    let rows = app.sandboxes.db().list_sandboxes(
+        Some(ns),
+        after.as_ref().map(|(t, id)| (*t, id.as_str())),
+        limit + 1,
+        q.include_terminated,
+    )?;
+    let more = rows.len() > limit;
+    let page = &rows[..rows.len().min(limit)];
+    let mut answer = json!({
+        "sandboxes": page.iter().map(|r| sandbox_info(r, &app.proxy_url)).collect::<Vec<_>>(),
+    });
+    if more && let Some(last) = page.last() {
+        answer["cursor"] = json!(format!("{}.{}", last.created_at, last.id));
+    }
+    Ok(axum::Json(answer).into_response())
+}
+
+fn decode_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
+    cursor
+        .split_once('.')
+        .and_then(|(t, id)| Some((t.parse().ok()?, id.to_string())))
+        .ok_or_else(|| ApiError::bad_request(format!("invalid cursor {cursor:?}")))
+}
+
+// ---- update / delete / actions -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    name: Option<String>,
+    auto_resume: Option<bool>,
+    allow_unauthenticated_access: Option<bool>,
+    exposed_ports: Option<Vec<u16>>,
+    /// Absent: keep; `null`: unrestricted; object: replace.
+    #[serde(default, deserialize_with = "present")]
+    network: Option<Option<NetworkBody>>,
+    resources: Option<ResourcesBody>,
+    /// Hutch extension: a new lifetime, counted from the start.
+    timeout_secs: Option<i64>,
+}
+
+/// Distinguishes a present `null` from an absent key.
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<NetworkBody>>, D::Error> {
+    Option::<NetworkBody>::deserialize(d).map(Some)
+}
+
+async fn update_ns(
+    State(app): State<Arc<App>>,
+    Path((ns, id)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    update(&app, &ns, &id, req).await
+}
+
+async fn update_flat(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    update(&app, DEFAULT_NS, &id, req).await
+}
+
+async fn update(app: &App, ns: &str, id: &str, req: Request) -> Result<Response, ApiError> {
+    check_namespace(ns)?;
+    authorize(app, req.headers())?;
+    let body: UpdateBody = json_body(req.into_body()).await?;
+    if body.resources.is_some() {
+        return Err(unsupported(
+            "live resize",
+            "create a new sandbox with the resources you need",
+        ));
+    }
+    if body.exposed_ports.as_ref().is_some_and(|p| !p.is_empty()) {
+        return Err(unsupported(
+            "exposed ports",
+            "sandboxes have no network yet",
+        ));
+    }
+    match &body.network {
+        None => {}
+        Some(None) => network_mode(Some(&NetworkBody {
+            allow_internet_access: true,
+            allow_out: vec![],
+            deny_out: vec![],
+        }))
+        .map(|_| ())?,
+        Some(Some(n)) => network_mode(Some(n)).map(|_| ())?,
+    }
+    let _ = (body.auto_resume, body.allow_unauthenticated_access);
+    let row = app
+        .sandboxes
+        .update(ns, id, body.name.as_deref(), body.timeout_secs)?;
+    Ok(axum::Json(sandbox_info(&row, &app.proxy_url)).into_response())
+}
+
+async fn delete_ns(
+    State(app): State<Arc<App>>,
+    Path((ns, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    delete(&app, &ns, &id, &headers).await
+}
+
+async fn delete_flat(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    delete(&app, DEFAULT_NS, &id, &headers).await
+}
+
+async fn delete(app: &App, ns: &str, id: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+    check_namespace(ns)?;
+    authorize(app, headers)?;
+    let row = app.sandboxes.delete(ns, id).await?;
+    Ok(axum::Json(sandbox_info(&row, &app.proxy_url)).into_response())
+}
+
+async fn action_ns(
+    State(app): State<Arc<App>>,
+    Path((ns, id, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    lifecycle_action(&app, &ns, &id, &action, &headers)
+}
+
+async fn action_flat(
+    State(app): State<Arc<App>>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    lifecycle_action(&app, DEFAULT_NS, &id, &action, &headers)
+}
+
+/// Lifecycle actions this server does not offer yet get a typed refusal after the sandbox
+/// is found (so an unknown sandbox is still a 404 the SDK maps to not-found).
+fn lifecycle_action(
+    app: &App,
+    ns: &str,
+    id: &str,
+    action: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    check_namespace(ns)?;
+    authorize(app, headers)?;
+    let feature = match action {
+        "suspend" | "resume" => "suspend and resume",
+        "snapshot" | "snapshots" => "snapshots",
+        "copy" => "sandbox copy",
+        "file_systems" => "file system mounts",
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "route_not_found",
+                format!("no action {action:?}"),
+            ));
+        }
+    };
+    app.sandboxes.get(ns, id)?;
+    Err(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "unsupported_capability",
+        format!("{feature} is not supported by the gvisor backend yet"),
+    ))
+}
+
+// ---- keys --------------------------------------------------------------------------------
+
+async fn introspect(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    match app.auth.check(&headers)? {
+        Some(key) => Ok(axum::Json(json!({
+            "id": key.id,
+            "name": key.name,
+            "organizationId": "local",
+            "projectId": "default",
+            "organization_id": "local",
+            "project_id": "default",
+        }))
+        .into_response()),
+        None => Err(ApiError::unauthorized(
+            "no API key presented: send Authorization: Bearer <key>",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocking_create_answers_before_the_client_gives_up() {
+        let mut h = HeaderMap::new();
+        assert_eq!(create_wait(&h), DEFAULT_CREATE_WAIT);
+        h.insert("x-tensorlake-request-timeout-ms", "8000".parse().unwrap());
+        assert_eq!(create_wait(&h), Duration::from_millis(6000));
+        h.insert(
+            "x-tensorlake-request-timeout-grace-ms",
+            "5000".parse().unwrap(),
+        );
+        assert_eq!(create_wait(&h), Duration::from_millis(3000));
+    }
+
+    #[test]
+    fn only_no_internet_policies_are_honoured() {
+        assert_eq!(network_mode(None).unwrap(), NetworkMode::None);
+        let closed = NetworkBody {
+            allow_internet_access: false,
+            allow_out: vec![],
+            deny_out: vec!["10.0.0.0/8".into()],
+        };
+        assert_eq!(network_mode(Some(&closed)).unwrap(), NetworkMode::None);
+        let open = NetworkBody {
+            allow_internet_access: true,
+            ..closed
+        };
+        assert_eq!(
+            network_mode(Some(&open)).unwrap_err().code,
+            "unsupported_capability"
+        );
+    }
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        assert_eq!(decode_cursor("17.abc").unwrap(), (17, "abc".to_string()));
+        assert!(decode_cursor("nope").is_err());
+    }
+}
