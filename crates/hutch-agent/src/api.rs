@@ -2,13 +2,15 @@
 //!
 //! `/api/v1/...` is the Tensorlake sandbox daemon's API, shape for shape; `/hutch/v1/...` adds
 //! what those shapes cannot carry: byte-exact framed output with resumable sequence numbers
-//! (`exec`, `attach`), `stat`, `mkdir` and `rename`.
+//! (`exec`, `attach`), `stat`, `mkdir` and `rename`, and the PTY stream the host proxy bridges
+//! the SDK's PTY websocket onto (`/hutch/v1/pty/{id}/stream`).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hutch_wire::frame::encode_parts;
+use hutch_wire::{CreatePty, ListPtySessions, pty::PTY_TOKEN_HEADER};
 use hutch_wire::{
     DaemonInfo, ErrorBody, ExitInfo, FrameKind, HealthResponse, ListProcessesResponse, OutputEvent,
     OutputResponse, RunEvent, SendSignalRequest, SendSignalResponse, StartProcess,
@@ -22,16 +24,21 @@ use crate::files;
 use crate::http::{self, ApiError, Body, empty, ok_json};
 use crate::output::{Chunk, LineSplitter, Stream};
 use crate::process::{self, Processes};
+use crate::pty::{self, PtySessions};
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
-pub async fn handle(req: Request<Incoming>, procs: Processes) -> Response<Body> {
-    route(req, procs)
+pub async fn handle(req: Request<Incoming>, procs: Processes, ptys: PtySessions) -> Response<Body> {
+    route(req, procs, ptys)
         .await
         .unwrap_or_else(ApiError::into_response)
 }
 
-async fn route(req: Request<Incoming>, procs: Processes) -> Result<Response<Body>, ApiError> {
+async fn route(
+    req: Request<Incoming>,
+    procs: Processes,
+    ptys: PtySessions,
+) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let segments: Vec<String> = path
@@ -122,9 +129,33 @@ async fn route(req: Request<Incoming>, procs: Processes) -> Result<Response<Body
                 .unwrap_or(0);
             Ok(shutdown(procs, Duration::from_millis(grace)).await)
         }
-        (_, ["api", "v1", "pty", ..]) => Err(ApiError::unsupported(
-            "PTY sessions are not available from this agent yet",
-        )),
+        (&Method::GET, ["api", "v1", "pty"]) => ok_json(&ListPtySessions {
+            sessions: ptys.list(),
+        }),
+        (&Method::POST, ["api", "v1", "pty"]) => {
+            let spec: CreatePty = http::read_json(req.into_body()).await?;
+            Ok(http::json_response(
+                StatusCode::CREATED,
+                &ptys.create(spec)?,
+            ))
+        }
+        (&Method::GET, ["api", "v1", "pty", id]) => ok_json(&ptys.info(id)?),
+        (&Method::DELETE, ["api", "v1", "pty", id]) => {
+            ptys.kill(id)?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (&Method::POST, ["hutch", "v1", "pty", id, "stream"]) => {
+            let token = http::query_param(&req, "token").or_else(|| {
+                req.headers()
+                    .get(PTY_TOKEN_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            });
+            pty::attach(&ptys, id, token, req.into_body())
+        }
+        (_, ["api", "v1", "pty", ..] | ["hutch", "v1", "pty", ..]) => {
+            Err(method_not_allowed(&method, &path))
+        }
         _ => Err(ApiError::not_found(format!("no route for {method} {path}"))),
     }
 }

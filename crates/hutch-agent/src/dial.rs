@@ -13,6 +13,7 @@ use tokio::net::UnixStream;
 
 use crate::api;
 use crate::process::Processes;
+use crate::pty::PtySessions;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(2);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
@@ -21,14 +22,14 @@ pub fn socket_path() -> PathBuf {
     PathBuf::from(hutch_wire::AGENT_SOCKET_DIR).join(hutch_wire::AGENT_SOCKET_NAME)
 }
 
-pub async fn serve_forever(procs: Processes) {
+pub async fn serve_forever(procs: Processes, ptys: PtySessions) {
     let path = socket_path();
     let mut backoff = FIRST_BACKOFF;
     loop {
         match UnixStream::connect(&path).await {
             Ok(stream) => {
                 backoff = FIRST_BACKOFF;
-                serve(stream, procs.clone()).await;
+                serve(stream, procs.clone(), ptys.clone()).await;
             }
             Err(_) => {
                 tokio::time::sleep(backoff).await;
@@ -38,10 +39,11 @@ pub async fn serve_forever(procs: Processes) {
     }
 }
 
-async fn serve(stream: UnixStream, procs: Processes) {
+async fn serve(stream: UnixStream, procs: Processes, ptys: PtySessions) {
     let service = service_fn(move |req| {
         let procs = procs.clone();
-        async move { Ok::<_, Infallible>(api::handle(req, procs).await) }
+        let ptys = ptys.clone();
+        async move { Ok::<_, Infallible>(api::handle(req, procs, ptys).await) }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());

@@ -13,6 +13,7 @@ mod http;
 mod memory;
 mod output;
 mod process;
+mod pty;
 mod users;
 
 use std::time::Duration;
@@ -53,7 +54,8 @@ fn main() {
         if let Some(limit) = limit {
             tokio::spawn(memory::watch(procs.clone(), limit));
         }
-        dial::serve_forever(procs).await;
+        let ptys = pty::PtySessions::new(procs.clone());
+        dial::serve_forever(procs, ptys).await;
     });
 }
 

@@ -21,6 +21,7 @@ use hutch_wire::{
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
+use tokio::sync::oneshot;
 
 use crate::http::ApiError;
 use crate::output::{OutputLog, Stream};
@@ -113,9 +114,18 @@ impl Process {
     }
 }
 
+/// What [`Processes::prepare_launch`] resolved for a new process.
+pub struct Launch {
+    pub identity: Identity,
+    pub env: BTreeMap<String, String>,
+    pub working_dir: String,
+}
+
 pub struct Table {
     procs: BTreeMap<i32, Process>,
     names: HashMap<String, i32>,
+    /// Children reaped on behalf of someone else (see [`Processes::watch_exit`]).
+    exit_watchers: HashMap<i32, oneshot::Sender<i32>>,
     config: AgentConfig,
     pub total_started: u64,
     pub boot_ms: i64,
@@ -129,6 +139,7 @@ impl Processes {
         Self(Arc::new(Mutex::new(Table {
             procs: BTreeMap::new(),
             names: HashMap::new(),
+            exit_watchers: HashMap::new(),
             config,
             total_started: 0,
             boot_ms: now_ms(),
@@ -191,6 +202,7 @@ impl Processes {
             .values()
             .filter(|p| p.is_running())
             .map(|p| p.pid)
+            .chain(table.exit_watchers.keys().copied())
             .collect()
     }
 
@@ -217,45 +229,24 @@ impl Processes {
             }
         }
         let config = self.config();
-        let identity = resolve_identity(spec.user.as_ref(), config.user.as_deref())?;
-        let mut env: BTreeMap<String, String> = BTreeMap::new();
-        for kv in &config.env {
-            if let Some((k, v)) = kv.split_once('=') {
-                env.insert(k.to_string(), v.to_string());
-            }
-        }
-        env.entry("PATH".into())
-            .or_insert_with(|| DEFAULT_PATH.into());
-        if let Some(home) = &identity.home {
-            env.entry("HOME".into()).or_insert_with(|| home.clone());
-        }
-        if let Some(extra) = &spec.env {
-            env.extend(extra.clone());
-        }
-        let working_dir = spec
-            .working_dir
-            .clone()
-            .or(config.working_dir.clone())
-            .filter(|d| !d.is_empty())
-            .unwrap_or_else(|| "/".into());
-        if !std::path::Path::new(&working_dir).is_dir() {
-            return Err(ApiError::invalid(format!(
-                "working directory {working_dir:?} does not exist in the sandbox"
-            )));
-        }
+        let launch = self.prepare_launch(
+            spec.user.as_ref(),
+            spec.env.as_ref(),
+            spec.working_dir.as_deref(),
+        )?;
 
         let mut cmd = Command::new(&spec.command);
         cmd.args(&spec.args)
             .env_clear()
-            .envs(&env)
-            .current_dir(&working_dir)
+            .envs(&launch.env)
+            .current_dir(&launch.working_dir)
             .stdin(stdio(spec.stdin_mode == StdinMode::Pipe))
             .stdout(stdio(spec.stdout_mode == OutputMode::Capture))
             .stderr(stdio(spec.stderr_mode == OutputMode::Capture));
-        let ids = identity.clone();
+        let ids = launch.identity;
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
-            cmd.pre_exec(move || drop_privileges(&ids));
+            cmd.pre_exec(move || enter_session(&ids, false));
         }
         let mut child = cmd.spawn().map_err(|e| spawn_error(&spec.command, e))?;
         let pid = child.id() as i32;
@@ -318,6 +309,58 @@ impl Processes {
         Ok(info)
     }
 
+    /// The identity, environment and working directory a new process starts with: the
+    /// sandbox's defaults (image env, `PATH`, the user's `HOME`) overlaid by the request's.
+    pub fn prepare_launch(
+        &self,
+        user: Option<&ProcessUser>,
+        extra_env: Option<&BTreeMap<String, String>>,
+        working_dir: Option<&str>,
+    ) -> Result<Launch, ApiError> {
+        let config = self.config();
+        let identity = resolve_identity(user, config.user.as_deref())?;
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        for kv in &config.env {
+            if let Some((k, v)) = kv.split_once('=') {
+                env.insert(k.to_string(), v.to_string());
+            }
+        }
+        env.entry("PATH".into())
+            .or_insert_with(|| DEFAULT_PATH.into());
+        if let Some(home) = &identity.home {
+            env.entry("HOME".into()).or_insert_with(|| home.clone());
+        }
+        if let Some(extra) = extra_env {
+            env.extend(extra.clone());
+        }
+        let working_dir = working_dir
+            .map(str::to_string)
+            .or(config.working_dir)
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| "/".into());
+        if !std::path::Path::new(&working_dir).is_dir() {
+            return Err(ApiError::invalid(format!(
+                "working directory {working_dir:?} does not exist in the sandbox"
+            )));
+        }
+        Ok(Launch {
+            identity,
+            env,
+            working_dir,
+        })
+    }
+
+    /// Hands `pid`'s wait status to the returned receiver instead of the process table:
+    /// for children the table does not track (PTY sessions), which the reaper would
+    /// otherwise reap into the void. Call it before the next `.await` after the fork, so the
+    /// reaper cannot run in between. Such children count as running for signal forwarding
+    /// and shutdown until they are reaped.
+    pub fn watch_exit(&self, pid: i32) -> oneshot::Receiver<i32> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().exit_watchers.insert(pid, tx);
+        rx
+    }
+
     fn spawn_reader(&self, pid: i32, fd: OwnedFd, stream: Stream) {
         let this = self.clone();
         tokio::spawn(async move {
@@ -350,6 +393,11 @@ impl Processes {
 
     /// Called by the reaper with each `waitpid` result.
     pub fn on_exit(&self, pid: i32, status: i32) {
+        let watcher = self.lock().exit_watchers.remove(&pid);
+        if let Some(tx) = watcher {
+            let _ = tx.send(status);
+            return;
+        }
         let pending = self
             .with(pid, |p| {
                 p.wait_status = Some(status);
@@ -468,10 +516,16 @@ fn resolve_identity(
     resolved.map_err(ApiError::invalid)
 }
 
-fn drop_privileges(id: &Identity) -> std::io::Result<()> {
+/// Runs in the child between `fork` and `exec`: a session of its own (so the agent can
+/// signal the whole group), the terminal on fd 0 as controlling terminal if asked, then the
+/// user's ids.
+pub fn enter_session(id: &Identity, controlling_tty: bool) -> std::io::Result<()> {
     // SAFETY: plain syscalls on values owned by the closure; no allocation.
     unsafe {
         if libc::setsid() < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if controlling_tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
             return Err(std::io::Error::last_os_error());
         }
         if libc::setgroups(id.groups.len(), id.groups.as_ptr()) < 0
@@ -484,7 +538,7 @@ fn drop_privileges(id: &Identity) -> std::io::Result<()> {
     Ok(())
 }
 
-fn spawn_error(command: &str, err: std::io::Error) -> ApiError {
+pub fn spawn_error(command: &str, err: std::io::Error) -> ApiError {
     match err.kind() {
         std::io::ErrorKind::NotFound => ApiError::new(
             hyper::StatusCode::BAD_REQUEST,

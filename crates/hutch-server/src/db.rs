@@ -550,8 +550,14 @@ mod tests {
             "b"
         );
         assert!(db.insert_sandbox(&row("c", Some("api"), 3)).unwrap());
-        assert!(!db.set_name("b", Some("api")).unwrap(), "two live sandboxes named api");
-        assert!(db.set_name("a", Some("web")).unwrap(), "a terminated one may keep any name");
+        assert!(
+            !db.set_name("b", Some("api")).unwrap(),
+            "two live sandboxes named api"
+        );
+        assert!(
+            db.set_name("a", Some("web")).unwrap(),
+            "a terminated one may keep any name"
+        );
     }
 
     #[test]

@@ -357,8 +357,8 @@ async fn create(app: Arc<App>, ns: String, req: Request) -> Result<Response, Api
 pub fn sandbox_info(row: &SandboxRow, proxy_url: &str) -> Value {
     let spec = &row.spec;
     let mut info = json!({
+        // Only one of the two names: the SDK takes `id` as an alias and refuses duplicates.
         "sandbox_id": row.id,
-        "id": row.id,
         "namespace": row.namespace,
         "status": row.status.as_str(),
         "image": row.image,

@@ -3,13 +3,15 @@
 //! This crate owns the *shapes* of the data-plane API, nothing else: the JSON bodies the
 //! Tensorlake sandbox SDKs send to and parse from `/api/v1/...` (kept field-for-field
 //! compatible with the `tensorlake` crate 0.5.160), Hutch's own extensions under
-//! `/hutch/v1/...`, and the binary framing of raw output streams. It has no I/O and no
+//! `/hutch/v1/...`, the binary framing of raw output streams, and the PTY protocol (the SDK's
+//! websocket messages and the length-prefixed stream that carries them). It has no I/O and no
 //! async: the agent, which must stay small, depends on it and on nothing else of Hutch.
 
 pub mod error;
 pub mod files;
 pub mod frame;
 pub mod process;
+pub mod pty;
 
 pub use error::ErrorBody;
 pub use files::{DirectoryEntry, FileKind, FileStat, ListDirectoryResponse};
@@ -18,6 +20,9 @@ pub use process::{
     DaemonInfo, ExitInfo, HealthResponse, ListProcessesResponse, OutputEvent, OutputMode,
     OutputResponse, ProcessExitReason, ProcessInfo, ProcessStatus, ProcessUser, RunEvent,
     SendSignalRequest, SendSignalResponse, StartProcess, StdinMode,
+};
+pub use pty::{
+    CreatePty, ListPtySessions, PtyFrameDecoder, PtyMessage, PtyMessageError, PtySession, PtyStatus,
 };
 
 /// Path, inside the sandbox, of the directory holding the agent's dial-home socket.

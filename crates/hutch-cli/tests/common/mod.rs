@@ -9,6 +9,8 @@ use std::sync::OnceLock;
 use hutch_runtime::gvisor::{GvisorBackend, GvisorConfig};
 use hutch_store::Store;
 
+pub mod server;
+
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }

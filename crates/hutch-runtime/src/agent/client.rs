@@ -5,13 +5,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hutch_wire::{
-    ErrorBody, ExitInfo, FileStat, FrameDecoder, FrameKind, HealthResponse, ListDirectoryResponse,
-    ListProcessesResponse, ProcessInfo, SendSignalResponse, StartProcess,
+    CreatePty, ErrorBody, ExitInfo, FileStat, FrameDecoder, FrameKind, HealthResponse,
+    ListDirectoryResponse, ListProcessesResponse, ListPtySessions, ProcessInfo, PtySession,
+    SendSignalResponse, StartProcess,
 };
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
 use super::link::{AgentLink, BoxError, RequestBody};
+use super::pty::PtyStream;
 use crate::error::{Result, RuntimeError};
 
 /// How long a request waits for the agent to (re)connect.
@@ -167,6 +169,49 @@ impl AgentClient {
     pub async fn close_stdin(&self, pid: i64) -> Result<()> {
         let uri = format!("/api/v1/processes/{pid}/stdin/close");
         self.call(Method::POST, &uri, empty(), Domain::Process)
+            .await
+            .map(drop)
+    }
+
+    /// Starts a command on a new pseudo-terminal; the answer carries the session's id and
+    /// the token every attach must present.
+    pub async fn create_pty(&self, req: &CreatePty) -> Result<PtySession> {
+        self.json(Method::POST, "/api/v1/pty", json_body(req), Domain::Process)
+            .await
+    }
+
+    /// Every PTY session, running or ended but not yet forgotten (without tokens).
+    pub async fn pty_sessions(&self) -> Result<Vec<PtySession>> {
+        let list: ListPtySessions = self
+            .json(Method::GET, "/api/v1/pty", empty(), Domain::Process)
+            .await?;
+        Ok(list.sessions)
+    }
+
+    /// Attaches to a PTY session: `input` (see [`super::PtyInput::channel`]) carries the
+    /// client's messages, the returned stream the agent's. The agent sends nothing until it
+    /// received READY. Attaching replaces a stream attached before.
+    pub async fn pty_stream(
+        &self,
+        session_id: &str,
+        token: &str,
+        input: RequestBody,
+    ) -> Result<PtyStream> {
+        let uri = format!(
+            "/hutch/v1/pty/{}/stream?token={}",
+            encode(session_id),
+            encode(token)
+        );
+        let resp = self
+            .call(Method::POST, &uri, input, Domain::Process)
+            .await?;
+        Ok(PtyStream::new(resp.into_body()))
+    }
+
+    /// Ends a PTY session: SIGHUP, then SIGKILL, to its processes; attached streams end.
+    pub async fn kill_pty(&self, session_id: &str) -> Result<()> {
+        let uri = format!("/api/v1/pty/{}", encode(session_id));
+        self.call(Method::DELETE, &uri, empty(), Domain::Process)
             .await
             .map(drop)
     }

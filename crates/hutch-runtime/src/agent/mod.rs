@@ -2,6 +2,8 @@
 
 mod client;
 mod link;
+mod pty;
 
 pub use client::{AgentClient, ExecEvent, ExecStream, channel_body, empty, full};
 pub use link::{AgentLink, BoxError, RequestBody};
+pub use pty::{PtyInput, PtyStream};

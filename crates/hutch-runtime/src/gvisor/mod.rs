@@ -328,13 +328,13 @@ impl Backend for GvisorBackend {
                 C::ProcessStdin,
                 C::ProcessSignal,
                 C::ProcessReattach,
+                C::ProcessPty,
                 C::FilesystemRead,
                 C::FilesystemWrite,
                 C::FilesystemList,
                 C::FilesystemStat,
             ])
             .unsupported(C::NetworkEgress, later("network policy"))
-            .unsupported(C::ProcessPty, later("pty sessions"))
             .unsupported(C::FilesystemWatch, later("file watches"))
             .unsupported(C::SandboxSuspend, later("suspend and resume"))
             .unsupported(C::SnapshotFilesystem, later("filesystem snapshots"))

@@ -1,0 +1,140 @@
+//! A real `hutch serve` process over a test's home, on free ports.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{Home, hutch_bin};
+
+pub struct Server {
+    pub child: Child,
+    pub api_port: u16,
+    pub proxy_port: u16,
+    pub home: PathBuf,
+    pub log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Home {
+    /// Starts `hutch serve` on fresh ports and waits until it answers.
+    pub fn serve(&self) -> Server {
+        self.serve_on(free_port(), free_port(), &[])
+    }
+
+    pub fn serve_on(&self, api_port: u16, proxy_port: u16, extra: &[&str]) -> Server {
+        let log = self.path().join(format!("serve-{api_port}.log"));
+        let child = Command::new(hutch_bin())
+            .env("HUTCH_HOME", self.path())
+            .env("HUTCH_LOG", "info,hutch_server=debug")
+            .args(["serve", "--listen"])
+            .arg(format!("127.0.0.1:{api_port}"))
+            .arg("--proxy-listen")
+            .arg(format!("127.0.0.1:{proxy_port}"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut server = Server {
+            child,
+            api_port,
+            proxy_port,
+            home: self.path().to_path_buf(),
+            log,
+        };
+        server.wait_ready();
+        server
+    }
+}
+
+impl Server {
+    pub fn api_url(&self) -> String {
+        format!("http://localhost:{}", self.api_port)
+    }
+
+    pub fn proxy_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.proxy_port)
+    }
+
+    pub fn sandboxes_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}/v1/namespaces/default/sandboxes",
+            self.api_port
+        )
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("hutch serve exited ({status}):\n{}", self.log());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.api_port)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", self.proxy_port)).is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hutch serve did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9`: no chance to clean up anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait: the graceful path.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+
+    /// Deletes every sandbox the server lists, over HTTP.
+    pub fn delete_all(&self) {
+        let out = Command::new("curl")
+            .args(["-sf", &self.sandboxes_url()])
+            .output()
+            .unwrap();
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        for sb in list["sandboxes"].as_array().cloned().unwrap_or_default() {
+            let id = sb["sandbox_id"].as_str().unwrap_or_default().to_string();
+            let _ = Command::new("curl")
+                .args(["-sf", "-XDELETE", &format!("{}/{id}", self.sandboxes_url())])
+                .output();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.delete_all();
+            self.kill9();
+        }
+    }
+}
+
+/// An HTTP client for tests: the SDK's own transport (it installs the TLS provider that
+/// feature unification makes reqwest require).
+pub fn http() -> reqwest::Client {
+    tensorlake::http_transport::https_builder().build().unwrap()
+}
