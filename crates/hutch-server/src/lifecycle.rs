@@ -25,6 +25,8 @@ use crate::sandboxes::CreateParams;
 
 /// Largest lifecycle request body.
 const BODY_LIMIT: usize = 1 << 20;
+/// How much of an oversized body is read and dropped before answering.
+const DRAIN_LIMIT: usize = 64 << 20;
 /// How long a blocking create waits when the client states no timeout.
 const DEFAULT_CREATE_WAIT: Duration = Duration::from_secs(300);
 const DEFAULT_CPUS: f64 = 1.0;
@@ -85,13 +87,34 @@ fn check_namespace(ns: &str) -> Result<(), ApiError> {
 
 /// Reads a JSON body under the limit; every failure is a typed 4xx.
 async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let bytes: Bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
-        ApiError::new(
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(ApiError::bad_request("the request body was cut short"));
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen <= BODY_LIMIT {
+            buf.extend_from_slice(&data);
+        } else if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    // Oversized bodies are read to the end (up to a bound) so the client sees the answer
+    // instead of a connection reset mid-upload.
+    if seen > BODY_LIMIT {
+        return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("request body is over the {BODY_LIMIT}-byte limit"),
-        )
-    })?;
+        ));
+    }
+    let bytes = Bytes::from(buf);
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {

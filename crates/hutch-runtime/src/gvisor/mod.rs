@@ -265,6 +265,7 @@ impl GvisorBackend {
             first_error.get_or_insert(e.into());
         }
         remove_cgroups(id);
+        self.runsc.remove_stale_locks(id);
         first_error.map_or(Ok(()), Err)
     }
 
@@ -435,8 +436,7 @@ impl Backend for GvisorBackend {
     async fn list(&self) -> Result<Vec<SandboxInfo>> {
         let states: HashMap<String, String> = self
             .runsc
-            .list()
-            .await?
+            .scan()
             .into_iter()
             .map(|c| (c.id, c.status))
             .collect();

@@ -135,13 +135,71 @@ impl Runsc {
     }
 
     /// Whether runsc holds state for `id`, read from its state directory without running it.
+    /// A lock file alone does not count: `runsc list` and `state` re-create the lock of a
+    /// container that is being destroyed (see [`Self::remove_stale_locks`]).
     pub fn knows(&self, id: &str) -> bool {
         std::fs::read_dir(&self.root)
             .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().contains(id))
+                d.flatten().any(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with(&format!("{id}_")) && !name.ends_with(".lock")
+                })
             })
             .unwrap_or(false)
+    }
+
+    /// Removes lock files of `id` once no state remains for it.
+    pub fn remove_stale_locks(&self, id: &str) {
+        if self.knows(id) {
+            return;
+        }
+        let Ok(dir) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&format!("{id}_")) && name.ends_with(".lock") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Every container runsc keeps state for, read from the state files without running
+    /// runsc (which would take locks, and costs a Go process start). A container whose
+    /// sandbox process is gone is reported `stopped`, whatever its file says.
+    pub fn scan(&self) -> Vec<ContainerState> {
+        #[derive(Deserialize)]
+        struct StateFile {
+            id: String,
+            status: String,
+            #[serde(default)]
+            sandbox: Option<SandboxPid>,
+        }
+        #[derive(Deserialize)]
+        struct SandboxPid {
+            #[serde(default)]
+            pid: i64,
+        }
+        let Ok(dir) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".state"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|bytes| serde_json::from_slice::<StateFile>(&bytes).ok())
+            .map(|f| {
+                let pid = f.sandbox.map_or(0, |s| s.pid);
+                // SAFETY: signal 0 only checks that the process exists.
+                let alive = pid > 0 && unsafe { libc::kill(pid as i32, 0) } == 0;
+                ContainerState {
+                    id: f.id,
+                    status: if alive { f.status } else { "stopped".into() },
+                    pid,
+                }
+            })
+            .collect()
     }
 
     pub async fn list(&self) -> Result<Vec<ContainerState>> {
