@@ -1,10 +1,12 @@
 # Developer tasks, in one place. Every target installs what it needs (idempotent).
 SHELL := /bin/bash
-APT_PACKAGES := runsc busybox-static debootstrap umoci skopeo hyperfine
+APT_PACKAGES := runsc busybox-static debootstrap umoci skopeo hyperfine curl python3-venv
 FIXTURES ?= $(HOME)/.cache/hutch/fixtures
 DEMO_HOME ?= /tmp/hutch-demo
+# The Python SDK conformance suite (tests/python) runs in its own venv.
+PYVENV := target/pyvenv
 
-.PHONY: setup fixtures build test lint demo bench
+.PHONY: setup fixtures build test lint demo bench pytest
 
 ## setup: system packages (gVisor, fixture tools) and cargo-nextest
 setup:
@@ -25,16 +27,30 @@ build:
 ## test: everything the project checks, against real gVisor sandboxes
 test: setup fixtures
 	cargo nextest run --workspace --no-fail-fast
+	$(MAKE) pytest
+
+## pytest: the published Tensorlake Python SDK against a real `hutch serve` (tests/python).
+## pytest exits 5 when it collects nothing; like any non-zero exit, that fails the target.
+## It uses the debug binary the Rust tests already built.
+pytest: setup $(PYVENV)/.installed
+	cargo build -p hutch-cli
+	HUTCH_BIN=$(CURDIR)/target/debug/hutch $(PYVENV)/bin/python -m pytest -q tests/python
+
+$(PYVENV)/.installed: tests/python/requirements.txt | setup
+	python3 -m venv $(PYVENV)
+	$(PYVENV)/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
 
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-## demo: the main job: python3 in a gVisor sandbox from the Debian image
+## demo: the main job: `hutch serve` with embedded state, then python3 in a gVisor sandbox
+## created through its API (the server is stopped afterwards; sandboxes would outlive it).
 demo: setup fixtures build
 	@HUTCH_HOME=$(DEMO_HOME) target/release/hutch image ls | grep -q '^debian:latest' || \
 	  HUTCH_HOME=$(DEMO_HOME) target/release/hutch image import $(FIXTURES)/debian --name debian
-	HUTCH_HOME=$(DEMO_HOME) target/release/hutch run debian -- python3 -c 'import platform; print("hello from python", platform.python_version(), "in a gVisor sandbox")'
+	bash scripts/demo.sh target/release/hutch $(DEMO_HOME)
 
 ## bench: figures against raw runsc (see docs/benchmarks.md)
 bench: setup fixtures build

@@ -2,8 +2,10 @@
 //! `hutch-runtime`; this crate parses arguments, wires them together and prints.
 
 mod agent_binary;
+mod client;
 mod image;
 mod run;
+mod sbx;
 mod serve;
 
 use std::path::PathBuf;
@@ -41,6 +43,10 @@ enum Command {
     /// Sandboxes outlive the server: stopping it leaves them running, and the next start
     /// adopts them.
     Serve(serve::ServeArgs),
+    /// Sandboxes on a running `hutch serve` ($HUTCH_SERVER, default http://127.0.0.1:8900;
+    /// key from $HUTCH_API_KEY).
+    #[command(subcommand)]
+    Sbx(sbx::SbxCommand),
     /// Manage the server's API keys.
     #[command(subcommand)]
     Key(serve::KeyCommand),
@@ -90,6 +96,7 @@ fn main() -> ExitCode {
             Command::Info { json } => run::info(json).map(|()| 0),
             Command::Serve(args) => serve::serve(args).await,
             Command::Key(cmd) => serve::key(cmd),
+            Command::Sbx(cmd) => sbx::dispatch(cmd).await,
             Command::AgentPath => agent_binary::ensure(&home()).map(|p| {
                 println!("{}", p.display());
                 0

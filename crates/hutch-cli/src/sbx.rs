@@ -1,0 +1,322 @@
+//! `hutch sbx`: sandboxes on a running `hutch serve`, through its lifecycle API and proxy.
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Subcommand;
+use http_body_util::BodyExt;
+use hutch_wire::{FrameDecoder, FrameKind, StartProcess, StdinMode};
+use hyper::Method;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use crate::client::{self, full};
+
+#[derive(Subcommand)]
+pub enum SbxCommand {
+    /// Create a sandbox and print its id.
+    Create {
+        /// Image in the server's store [default: the built-in default image]
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// Memory limit in MiB.
+        #[arg(long)]
+        memory: Option<i64>,
+        /// Lifetime in seconds (0: none).
+        #[arg(long)]
+        timeout: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List sandboxes.
+    Ls {
+        /// Include terminated sandboxes.
+        #[arg(long, short)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one sandbox (by id or name).
+    Get {
+        sandbox: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Terminate and remove sandboxes.
+    Rm { sandboxes: Vec<String> },
+    /// Run a command in a sandbox; exits with its exit code.
+    Exec {
+        sandbox: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Copy a file in or out: `hutch sbx cp LOCAL SANDBOX:/path` or `SANDBOX:/path LOCAL`.
+    Cp { from: String, to: String },
+    /// Print the output of a sandbox's processes.
+    Logs {
+        sandbox: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+const NS: &str = "/v1/namespaces/default/sandboxes";
+
+/// The sandbox's proxy address and Host label, from the lifecycle API.
+async fn route(api: &str, sandbox: &str) -> anyhow::Result<(String, String, Value)> {
+    let info = client::json(api, Method::GET, &format!("{NS}/{sandbox}"), None, None).await?;
+    let id = info["sandbox_id"].as_str().unwrap_or_default().to_string();
+    let Some(url) = info["sandbox_url"].as_str() else {
+        bail!(
+            "sandbox {sandbox} is {}, not running",
+            info["status"].as_str().unwrap_or("?")
+        );
+    };
+    Ok((
+        url.replace("//localhost:", "//127.0.0.1:"),
+        format!("{id}.local"),
+        info,
+    ))
+}
+
+fn row(info: &Value) -> String {
+    format!(
+        "{:<22} {:<16} {:<11} {:<24} {}",
+        info["sandbox_id"].as_str().unwrap_or("-"),
+        info["name"].as_str().unwrap_or("-"),
+        info["status"].as_str().unwrap_or("-"),
+        info["image"].as_str().unwrap_or("-"),
+        info["termination_reason"].as_str().unwrap_or(""),
+    )
+}
+
+pub async fn dispatch(cmd: SbxCommand) -> anyhow::Result<u8> {
+    let api = client::server_url();
+    match cmd {
+        SbxCommand::Create {
+            image,
+            name,
+            cpus,
+            memory,
+            timeout,
+            json,
+        } => {
+            let mut body = json!({});
+            if let Some(image) = image {
+                body["image"] = json!(image);
+            }
+            if let Some(name) = name {
+                body["name"] = json!(name);
+            }
+            if let Some(t) = timeout {
+                body["timeout_secs"] = json!(t);
+            }
+            let mut resources = json!({});
+            if let Some(c) = cpus {
+                resources["cpus"] = json!(c);
+            }
+            if let Some(m) = memory {
+                resources["memory_mb"] = json!(m);
+            }
+            body["resources"] = resources;
+            let created = client::json(&api, Method::POST, NS, None, Some(body)).await?;
+            if json {
+                println!("{created}");
+            } else {
+                println!("{}", created["sandbox_id"].as_str().unwrap_or_default());
+            }
+        }
+        SbxCommand::Ls { all, json } => {
+            let mut sandboxes = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut path = format!("{NS}?include_terminated={all}");
+                if let Some(c) = &cursor {
+                    path.push_str(&format!("&cursor={c}"));
+                }
+                let page = client::json(&api, Method::GET, &path, None, None).await?;
+                sandboxes.extend(page["sandboxes"].as_array().cloned().unwrap_or_default());
+                match page["cursor"].as_str() {
+                    Some(c) if !c.is_empty() => cursor = Some(c.to_string()),
+                    _ => break,
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sandboxes)?);
+            } else {
+                println!(
+                    "{:<22} {:<16} {:<11} {:<24} REASON",
+                    "ID", "NAME", "STATUS", "IMAGE"
+                );
+                for s in &sandboxes {
+                    println!("{}", row(s));
+                }
+            }
+        }
+        SbxCommand::Get { sandbox, json } => {
+            let info =
+                client::json(&api, Method::GET, &format!("{NS}/{sandbox}"), None, None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!("{}", row(&info));
+            }
+        }
+        SbxCommand::Rm { sandboxes } => {
+            for s in sandboxes {
+                client::json(&api, Method::DELETE, &format!("{NS}/{s}"), None, None).await?;
+            }
+        }
+        SbxCommand::Exec { sandbox, command } => return exec(&api, &sandbox, command).await,
+        SbxCommand::Cp { from, to } => copy(&api, &from, &to).await?,
+        SbxCommand::Logs { sandbox, json } => {
+            let (proxy, host, _) = route(&api, &sandbox).await?;
+            let procs =
+                client::json(&proxy, Method::GET, "/api/v1/processes", Some(&host), None).await?;
+            let mut out = Vec::new();
+            for p in procs["processes"].as_array().cloned().unwrap_or_default() {
+                let pid = p["pid"].as_i64().unwrap_or_default();
+                let output = client::json(
+                    &proxy,
+                    Method::GET,
+                    &format!("/api/v1/processes/{pid}/output"),
+                    Some(&host),
+                    None,
+                )
+                .await?;
+                out.push(json!({"process": p, "lines": output["lines"]}));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                for entry in &out {
+                    let p = &entry["process"];
+                    println!(
+                        "==> pid {} {} ({})",
+                        p["pid"],
+                        p["command"].as_str().unwrap_or(""),
+                        p["status"].as_str().unwrap_or("")
+                    );
+                    for line in entry["lines"].as_array().cloned().unwrap_or_default() {
+                        println!("{}", line.as_str().unwrap_or_default());
+                    }
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Runs `command` through the proxy's byte-exact framed exec; stdout and stderr stay apart.
+async fn exec(api: &str, sandbox: &str, command: Vec<String>) -> anyhow::Result<u8> {
+    let (proxy, host, _) = route(api, sandbox).await?;
+    let spec = StartProcess {
+        command: command[0].clone(),
+        args: command[1..].to_vec(),
+        stdin_mode: StdinMode::Closed,
+        ..StartProcess::default()
+    };
+    let resp = client::send(
+        &proxy,
+        Method::POST,
+        "/hutch/v1/processes/exec",
+        Some(&host),
+        full(serde_json::to_vec(&spec)?),
+    )
+    .await?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        bail!("{} (HTTP {status})", String::from_utf8_lossy(&body));
+    }
+    let mut body = resp.into_body();
+    let mut decoder = FrameDecoder::default();
+    let (mut stdout, mut stderr) = (tokio::io::stdout(), tokio::io::stderr());
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.context("the stream broke")?.into_data() else {
+            continue;
+        };
+        decoder.push(&data);
+        while let Some(frame) = decoder.next_frame()? {
+            match frame.kind {
+                FrameKind::Stdout => stdout.write_all(&frame.payload).await?,
+                FrameKind::Stderr => stderr.write_all(&frame.payload).await?,
+                FrameKind::Exit => {
+                    stdout.flush().await?;
+                    stderr.flush().await?;
+                    let exit: hutch_wire::ExitInfo = serde_json::from_slice(&frame.payload)?;
+                    return Ok(exit.shell_code().clamp(0, 255) as u8);
+                }
+                FrameKind::Error => bail!("{}", String::from_utf8_lossy(&frame.payload)),
+                _ => {}
+            }
+        }
+    }
+    bail!("the stream ended before the process exited")
+}
+
+async fn copy(api: &str, from: &str, to: &str) -> anyhow::Result<()> {
+    let remote = |s: &str| {
+        s.split_once(':')
+            .filter(|(id, path)| !id.is_empty() && path.starts_with('/'))
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+    };
+    match (remote(from), remote(to)) {
+        (Some((sandbox, path)), None) => {
+            let (proxy, host, _) = route(api, &sandbox).await?;
+            let resp = client::send(
+                &proxy,
+                Method::GET,
+                &format!("/api/v1/files?path={}", encode(&path)),
+                Some(&host),
+                full(Bytes::new()),
+            )
+            .await?;
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            if !status.is_success() {
+                bail!("{} (HTTP {status})", String::from_utf8_lossy(&bytes));
+            }
+            if to == "-" {
+                tokio::io::stdout().write_all(&bytes).await?;
+            } else {
+                std::fs::write(to, &bytes).with_context(|| format!("writing {to}"))?;
+            }
+        }
+        (None, Some((sandbox, path))) => {
+            let (proxy, host, _) = route(api, &sandbox).await?;
+            let bytes = std::fs::read(from).with_context(|| format!("reading {from}"))?;
+            let resp = client::send(
+                &proxy,
+                Method::PUT,
+                &format!("/api/v1/files?path={}", encode(&path)),
+                Some(&host),
+                full(bytes),
+            )
+            .await?;
+            let status = resp.status();
+            if !status.is_success() {
+                let body = resp.into_body().collect().await?.to_bytes();
+                bail!("{} (HTTP {status})", String::from_utf8_lossy(&body));
+            }
+        }
+        _ => bail!("name exactly one side as SANDBOX:/absolute/path"),
+    }
+    Ok(())
+}
+
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
