@@ -54,4 +54,6 @@ demo: setup fixtures build
 
 ## bench: figures against raw runsc (see docs/benchmarks.md)
 bench: setup fixtures build
-	cargo run --release -p hutch-bench
+	cargo run --release -p hutch-bench --bin hutch-bench
+	cargo build --release -p hutch-bench --bin hutch-bench-server
+	target/release/hutch-bench-server target/release/hutch
