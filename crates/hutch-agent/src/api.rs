@@ -44,7 +44,7 @@ async fn route(
     let segments: Vec<String> = path
         .trim_start_matches('/')
         .split('/')
-        .map(http::percent_decode)
+        .map(hutch_wire::query::decode)
         .collect();
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     match (&method, segs.as_slice()) {

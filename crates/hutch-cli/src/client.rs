@@ -3,14 +3,13 @@
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub use hutch_runtime::agent::{RequestBody as Body, full};
 
 /// Where the server is: `$HUTCH_SERVER`, else the default lifecycle address.
 pub fn server_url() -> String {
@@ -18,12 +17,6 @@ pub fn server_url() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "http://127.0.0.1:8900".into())
-}
-
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
 }
 
 /// `http://host:port` → `host:port`, refusing what this client cannot speak.

@@ -4,6 +4,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Subcommand;
 use http_body_util::BodyExt;
+use hutch_wire::query::encode;
 use hutch_wire::{FrameDecoder, FrameKind, StartProcess, StdinMode};
 use hyper::Method;
 use serde_json::{Value, json};
@@ -306,17 +307,4 @@ async fn copy(api: &str, from: &str, to: &str) -> anyhow::Result<()> {
         _ => bail!("name exactly one side as SANDBOX:/absolute/path"),
     }
     Ok(())
-}
-
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }

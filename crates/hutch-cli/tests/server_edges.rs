@@ -226,7 +226,11 @@ async fn keys_are_required_when_asked_and_introspect() {
     assert!(out.status.success(), "{}", common::stderr(&out));
     let key: Value = serde_json::from_slice(&out.stdout).unwrap();
     let secret = key["secret"].as_str().unwrap().to_string();
-    let server = home.serve_on(portpicker(), portpicker(), &["--require-keys"]);
+    let server = home.serve_on(
+        common::server::free_port(),
+        common::server::free_port(),
+        &["--require-keys"],
+    );
     let http = common::server::http();
     let api = server.sandboxes_url();
     let resp = http.get(&api).send().await.unwrap();
@@ -264,14 +268,6 @@ async fn keys_are_required_when_asked_and_introspect() {
     expect_error(resp, 401, "unauthorized").await;
     drop(server);
     home.assert_clean();
-}
-
-fn portpicker() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

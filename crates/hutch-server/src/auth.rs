@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::db::{ApiKey, Db};
 use crate::error::ApiError;
-use crate::sandboxes::now_ms;
+use crate::sandboxes::{now_ms, random_hex};
 
 /// What every secret starts with, so a leaked one is recognizable.
 pub const SECRET_PREFIX: &str = "hutch_";
@@ -75,10 +75,7 @@ pub fn create_key(db: &Db, name: &str) -> Result<(ApiKey, String), ApiError> {
             "a key name must be 1-64 printable characters",
         ));
     }
-    let mut bytes = [0u8; 24];
-    let file = std::fs::File::open("/dev/urandom").map_err(ApiError::internal)?;
-    std::io::Read::read_exact(&mut &file, &mut bytes).map_err(ApiError::internal)?;
-    let secret = format!("{SECRET_PREFIX}{}", hex::encode(bytes));
+    let secret = format!("{SECRET_PREFIX}{}", random_hex(24)?);
     let id = format!(
         "key_{}",
         &hex::encode(Sha256::digest(secret.as_bytes()))[..12]

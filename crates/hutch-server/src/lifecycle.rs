@@ -195,11 +195,15 @@ fn network_mode(network: Option<&NetworkBody>) -> Result<NetworkMode, ApiError> 
     match network {
         None => Ok(NetworkMode::None),
         Some(n) if !n.allow_internet_access && n.allow_out.is_empty() => Ok(NetworkMode::None),
-        Some(_) => Err(unsupported(
-            "network egress",
-            "sandboxes have loopback only; send {\"allow_internet_access\": false} or omit network",
-        )),
+        Some(_) => Err(egress_refused()),
     }
+}
+
+fn egress_refused() -> ApiError {
+    unsupported(
+        "network egress",
+        "sandboxes have loopback only; send {\"allow_internet_access\": false} or omit network",
+    )
 }
 
 fn validate_create(body: &CreateBody) -> Result<(), ApiError> {
@@ -571,14 +575,11 @@ async fn update(app: &App, ns: &str, id: &str, req: Request) -> Result<Response,
     }
     match &body.network {
         None => {}
-        Some(None) => network_mode(Some(&NetworkBody {
-            allow_internet_access: true,
-            allow_out: vec![],
-            deny_out: vec![],
-        }))
-        .map(|_| ())?,
-        Some(Some(n)) => network_mode(Some(n)).map(|_| ())?,
+        // `null` asks for unrestricted egress.
+        Some(None) => return Err(egress_refused()),
+        Some(Some(n)) => network_mode(Some(n)).map(drop)?,
     }
+    // Accepted for the SDK's sake; nothing depends on them until ports and suspend exist.
     let _ = (body.auto_resume, body.allow_unauthenticated_access);
     let row = app
         .sandboxes

@@ -140,7 +140,7 @@ async fn forward(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
             builder = builder.header(name, value);
         }
     }
-    let body = SyncBody(std::sync::Mutex::new(body)).boxed();
+    let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
     let upstream = match builder.body(body) {
         Ok(req) => req,
         Err(e) => return proxy_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", e.to_string()),
@@ -175,35 +175,6 @@ async fn forward(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
             "PROXY_ERROR",
             format!("sandbox {}: {e}", row.id),
         ),
-    }
-}
-
-/// The agent client takes `Sync` bodies; an incoming body is only `Send`. The mutex is
-/// never contended: polling goes through `&mut`.
-struct SyncBody(std::sync::Mutex<Body>);
-
-impl hyper::body::Body for SyncBody {
-    type Data = bytes::Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, BoxError>>> {
-        let inner = self.0.get_mut().unwrap_or_else(|p| p.into_inner());
-        std::pin::Pin::new(inner)
-            .poll_frame(cx)
-            .map_err(|e| -> BoxError { Box::new(e) })
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.try_lock().is_ok_and(|b| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.0
-            .try_lock()
-            .map_or_else(|_| hyper::body::SizeHint::default(), |b| b.size_hint())
     }
 }
 

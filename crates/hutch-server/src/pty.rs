@@ -1,28 +1,24 @@
 //! PTY websockets: the SDK opens `GET /api/v1/pty/{session}/ws?token=…` on the proxy; the
-//! proxy opens the agent's full-duplex `POST /hutch/v1/pty/{session}/stream?token=…` and
-//! moves the SDK's binary messages across unchanged, each one length-prefixed (u32 BE) on
-//! the HTTP/2 stream. The agent checks the token; its refusal is returned before the
-//! upgrade, so a bad token is an HTTP error the client can read.
+//! proxy opens the agent's PTY stream ([`AgentClient::pty_stream`]) and moves the SDK's
+//! binary messages across unchanged. The agent checks the token; its refusal is returned
+//! before the upgrade, so a bad token is an HTTP error the client can read.
 
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::WebSocketUpgrade;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use bytes::{Buf, Bytes, BytesMut};
-use http_body_util::BodyExt;
-use hutch_runtime::agent::{AgentClient, channel_body};
+use bytes::Bytes;
+use hutch_runtime::RuntimeError;
+use hutch_runtime::agent::{AgentClient, PtyInput, PtyStream};
+use hutch_wire::PtyMessage;
+use hutch_wire::pty::{OP_DATA, OP_EXIT, PTY_TOKEN_HEADER};
 
 use crate::error::ApiError;
 
-/// The SDK's opcodes (first byte of each binary message).
-const OP_EXIT: u8 = 0x03;
 /// More often than the Python client's 10 s read timeout, so a quiet terminal stays open.
 const PING_EVERY: Duration = Duration::from_secs(4);
-/// Largest message accepted from the agent.
-const MAX_MESSAGE: usize = 4 << 20;
 
 /// The session id, when `path` is a PTY websocket path.
 pub fn websocket_session(path: &str) -> Option<String> {
@@ -33,57 +29,15 @@ pub fn websocket_session(path: &str) -> Option<String> {
 
 /// The session token: `?token=` or the `X-PTY-Token` header.
 pub fn token(uri: &Uri, headers: &HeaderMap) -> String {
-    let from_query = uri.query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("token="))
-            .map(percent_decode)
-    });
-    from_query
+    uri.query()
+        .and_then(|q| hutch_wire::query::param(q, "token"))
         .or_else(|| {
             headers
-                .get("x-pty-token")
+                .get(PTY_TOKEN_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .map(String::from)
         })
         .unwrap_or_default()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn encode_query(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// Opens the agent's stream, then upgrades the client's connection and bridges the two.
@@ -93,21 +47,25 @@ pub async fn bridge(
     token: String,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let (to_agent, body) = channel_body(64);
-    let request = hyper::Request::builder()
-        .method("POST")
-        .uri(format!(
-            "/hutch/v1/pty/{}/stream?token={}",
-            encode_query(&session),
-            encode_query(&token)
-        ))
-        .body(body);
-    let request = match request {
-        Ok(r) => r,
-        Err(e) => return ApiError::bad_request(e.to_string()).into_response(),
-    };
-    let response = match agent.request(request).await {
-        Ok(r) => r,
+    let (input, body) = PtyInput::channel(64);
+    let output = match agent.pty_stream(&session, &token, body).await {
+        Ok(output) => output,
+        // The agent's refusal, with the status it stands for.
+        Err(RuntimeError::ProcessFailure { code, message }) => {
+            let status = match code.as_str() {
+                "unauthorized" => StatusCode::UNAUTHORIZED,
+                "forbidden" => StatusCode::FORBIDDEN,
+                "not_found" => StatusCode::NOT_FOUND,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            let code = match status {
+                StatusCode::UNAUTHORIZED => "unauthorized",
+                StatusCode::FORBIDDEN => "forbidden",
+                StatusCode::NOT_FOUND => "not_found",
+                _ => "agent_error",
+            };
+            return ApiError::new(status, code, message).into_response();
+        }
         Err(e) => {
             return ApiError::new(
                 StatusCode::BAD_GATEWAY,
@@ -117,25 +75,12 @@ pub async fn bridge(
             .into_response();
         }
     };
-    if !response.status().is_success() {
-        // The agent's refusal (unknown session, bad token) as it gave it.
-        let (parts, body) = response.into_parts();
-        return Response::from_parts(parts, Body::new(body));
-    }
-    let from_agent = response.into_body();
     upgrade
-        .on_upgrade(move |socket| async move {
-            run(socket, to_agent, from_agent).await;
-        })
+        .on_upgrade(move |socket| run(socket, input, output))
         .into_response()
 }
 
-async fn run(
-    mut socket: WebSocket,
-    to_agent: tokio::sync::mpsc::Sender<Bytes>,
-    mut from_agent: hyper::body::Incoming,
-) {
-    let mut pending = BytesMut::new();
+async fn run(mut socket: WebSocket, input: PtyInput, mut output: PtyStream) {
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut exit_code: Option<i32> = None;
@@ -147,41 +92,33 @@ async fn run(
                     // Text is typed input from simple clients.
                     Some(Ok(Message::Text(t))) => {
                         let mut b = Vec::with_capacity(t.len() + 1);
-                        b.push(0x00);
+                        b.push(OP_DATA);
                         b.extend_from_slice(t.as_bytes());
                         Bytes::from(b)
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
                 };
-                let mut framed = BytesMut::with_capacity(payload.len() + 4);
-                framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-                framed.extend_from_slice(&payload);
-                if to_agent.send(framed.freeze()).await.is_err() {
+                if input.send_payload(&payload).await.is_err() {
                     break;
                 }
             }
-            frame = from_agent.frame() => {
-                let Some(Ok(frame)) = frame else { break };
-                let Ok(data) = frame.into_data() else { continue };
-                pending.extend_from_slice(&data);
-                while pending.len() >= 4 {
-                    let len = u32::from_be_bytes([pending[0], pending[1], pending[2], pending[3]]) as usize;
-                    if len > MAX_MESSAGE {
+            message = output.next_payload() => {
+                let message = match message {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    Err(_) => {
                         close(&mut socket, 1011, "bad message from the sandbox").await;
                         return;
                     }
-                    if pending.len() < 4 + len {
-                        break;
-                    }
-                    pending.advance(4);
-                    let message = pending.split_to(len).freeze();
-                    if message.first() == Some(&OP_EXIT) && message.len() >= 5 {
-                        exit_code = Some(i32::from_be_bytes([message[1], message[2], message[3], message[4]]));
-                    }
-                    if socket.send(Message::Binary(message)).await.is_err() {
-                        return;
-                    }
+                };
+                if message.first() == Some(&OP_EXIT)
+                    && let Ok(PtyMessage::Exit(code)) = PtyMessage::decode(&message)
+                {
+                    exit_code = Some(code);
+                }
+                if socket.send(Message::Binary(message.into())).await.is_err() {
+                    return;
                 }
             }
             _ = ping.tick() => {

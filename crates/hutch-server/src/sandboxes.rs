@@ -547,10 +547,15 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
 }
 
 fn new_id() -> Result<String, ApiError> {
-    let mut bytes = [0u8; 10];
+    random_hex(10)
+}
+
+/// `len` random bytes, hex-encoded (ids, key secrets).
+pub(crate) fn random_hex(len: usize) -> Result<String, ApiError> {
+    let mut bytes = vec![0u8; len];
     let file = std::fs::File::open("/dev/urandom").map_err(ApiError::internal)?;
     std::io::Read::read_exact(&mut &file, &mut bytes).map_err(ApiError::internal)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(bytes))
 }
 
 pub fn now_ms() -> i64 {

@@ -12,6 +12,7 @@ pub mod files;
 pub mod frame;
 pub mod process;
 pub mod pty;
+pub mod query;
 
 pub use error::ErrorBody;
 pub use files::{DirectoryEntry, FileKind, FileStat, ListDirectoryResponse};

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
+use hutch_wire::query::encode;
 use hutch_wire::{
     CreatePty, ErrorBody, ExitInfo, FileStat, FrameDecoder, FrameKind, HealthResponse,
     ListDirectoryResponse, ListProcessesResponse, ListPtySessions, ProcessInfo, PtySession,
@@ -392,13 +393,13 @@ impl ExecStream {
 pub fn empty() -> RequestBody {
     Empty::<Bytes>::new()
         .map_err(|never| match never {})
-        .boxed()
+        .boxed_unsync()
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> RequestBody {
     Full::new(bytes.into())
         .map_err(|never| match never {})
-        .boxed()
+        .boxed_unsync()
 }
 
 fn json_body<T: serde::Serialize>(value: &T) -> RequestBody {
@@ -412,19 +413,6 @@ async fn collect(body: Incoming) -> Result<Bytes> {
         .map_err(|e| RuntimeError::AgentUnavailable {
             reason: format!("reading the agent's answer: {e}"),
         })
-}
-
-/// Percent-encodes a query value.
-fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A request body fed chunk by chunk through the returned sender (stdin, uploads).
@@ -444,5 +432,5 @@ pub fn channel_body(capacity: usize) -> (tokio::sync::mpsc::Sender<Bytes>, Reque
         }
     }
     let (tx, rx) = tokio::sync::mpsc::channel(capacity);
-    (tx, ChannelBody(rx).boxed())
+    (tx, ChannelBody(rx).boxed_unsync())
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper::{Request, Response};
@@ -24,8 +24,9 @@ use tokio::task::JoinHandle;
 use crate::error::{Result, RuntimeError};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Body of requests sent to the agent: anything from a full buffer to a live stream.
-pub type RequestBody = BoxBody<Bytes, BoxError>;
+/// Body of requests sent to the agent: anything from a full buffer to a live stream,
+/// including a client's incoming body forwarded by the proxy (which is `Send` only).
+pub type RequestBody = UnsyncBoxBody<Bytes, BoxError>;
 
 struct Current {
     sender: SendRequest<RequestBody>,

@@ -426,10 +426,13 @@ impl Backend for GvisorBackend {
 
     async fn inspect(&self, id: &str) -> Result<SandboxInfo> {
         let record = self.record(id)?;
-        let state = match self.runsc.state(id).await? {
-            None => SandboxState::Stopped,
-            Some(s) => runsc_state(&s.status),
-        };
+        // From the state files, like `list`: no Go process start and no lock taken.
+        let state = self
+            .runsc
+            .scan()
+            .into_iter()
+            .find(|c| c.id == id)
+            .map_or(SandboxState::Stopped, |c| runsc_state(&c.status));
         Ok(Self::info(record, state))
     }
 
