@@ -28,7 +28,11 @@ struct Cli {
 enum Command {
     /// Run a command in a new sandbox and exit with its exit code.
     ///
-    /// Uses the embedded runtime: the sandbox is created by this process (root required).
+    /// Runs through a running `hutch serve` when $HUTCH_SERVER names one, or when the
+    /// server at the default address (127.0.0.1:8900) serves this same state directory
+    /// ($HUTCH_HOME); the sandbox is then the server's, created and deleted through its
+    /// API. Otherwise, or with --local, the embedded runtime creates the sandbox in this
+    /// process (root required). HUTCH_LOG=debug says which path was taken.
     Run(run::RunArgs),
     /// Manage images in the local store.
     #[command(subcommand)]

@@ -12,7 +12,11 @@ use hutch_runtime::agent::{AgentClient, ExecEvent, channel_body};
 use hutch_runtime::gvisor::{GvisorBackend, GvisorConfig};
 use hutch_runtime::{Backend, RuntimeError, SandboxSpec};
 use hutch_wire::{StartProcess, StdinMode};
+use hyper::Method;
+use serde_json::json;
 use tokio::io::AsyncReadExt;
+
+use crate::client;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -22,7 +26,7 @@ pub struct RunArgs {
     /// Memory limit in MiB; the process that exceeds it is killed and reported oom_killed.
     #[arg(long, value_name = "MIB")]
     memory: Option<u64>,
-    /// Environment variable for the command (repeatable).
+    /// Environment variable for the command (repeatable); a bare NAME passes ours through.
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     env: Vec<String>,
     /// Working directory inside the sandbox.
@@ -40,6 +44,9 @@ pub struct RunArgs {
     /// Pass stdin through even when it is a terminal.
     #[arg(long, short = 'i')]
     interactive: bool,
+    /// Use the embedded runtime even when a server is running.
+    #[arg(long)]
+    local: bool,
     /// Image name in the local store.
     image: String,
     /// Command and arguments (replace the image's CMD).
@@ -89,6 +96,20 @@ pub fn info(json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--env` values as `K=V`; Docker's rule for a bare `K`: the caller's value passes through,
+/// and a variable the caller does not have is left out.
+fn env_pairs(env: &[String]) -> Vec<String> {
+    env.iter()
+        .filter_map(|kv| {
+            if kv.contains('=') {
+                Some(kv.clone())
+            } else {
+                std::env::var(kv).ok().map(|v| format!("{kv}={v}"))
+            }
+        })
+        .collect()
+}
+
 /// Docker's rule: `--entrypoint` replaces the image's and drops its CMD; a command given on
 /// the line replaces CMD.
 fn argv(args: &RunArgs, config: &hutch_store::ImageConfig) -> anyhow::Result<Vec<String>> {
@@ -113,7 +134,126 @@ fn argv(args: &RunArgs, config: &hutch_store::ImageConfig) -> anyhow::Result<Vec
     Ok(argv)
 }
 
+/// Runs through a server when one is found (see [`find_server`]), else embedded.
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    if !args.local
+        && let Some(api) = find_server().await?
+    {
+        tracing::debug!(%api, "running through the server");
+        return run_on_server(args, &api).await;
+    }
+    tracing::debug!("running with the embedded runtime");
+    run_embedded(args).await
+}
+
+/// The server `hutch run` should use: `$HUTCH_SERVER` when set (it must answer), else the
+/// default address when the server there serves this same state directory. A server over
+/// another state directory has another image store, so it is not used implicitly.
+async fn find_server() -> anyhow::Result<Option<String>> {
+    if let Ok(url) = std::env::var("HUTCH_SERVER")
+        && !url.is_empty()
+    {
+        client::json(&url, Method::GET, "/healthz", None, None)
+            .await
+            .with_context(|| format!("HUTCH_SERVER={url} does not answer"))?;
+        return Ok(Some(url));
+    }
+    let url = client::server_url();
+    let probe = client::json(&url, Method::GET, "/healthz", None, None);
+    match tokio::time::timeout(Duration::from_millis(500), probe).await {
+        Ok(Ok(health))
+            if health["state_id"].as_str()
+                == Some(hutch_server::state_id(&crate::home()).as_str()) =>
+        {
+            Ok(Some(url))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `hutch run` against a server: create through the lifecycle API, run through the proxy
+/// with the same framed, reattachable exec the embedded path uses, then delete.
+async fn run_on_server(args: RunArgs, api: &str) -> anyhow::Result<u8> {
+    let image = client::json(
+        api,
+        Method::GET,
+        &format!("/hutch/v1/images/{}", args.image),
+        None,
+        None,
+    )
+    .await
+    .with_context(|| format!("looking up image {}", args.image))?;
+    let config: hutch_store::ImageConfig = serde_json::from_value(image["config"].clone())
+        .context("the server sent a malformed image record")?;
+    let argv = argv(&args, &config)?;
+    let mut resources = json!({});
+    if let Some(c) = args.cpus {
+        resources["cpus"] = json!(c);
+    }
+    if let Some(m) = args.memory {
+        resources["memory_mb"] = json!(m);
+    }
+    let body = json!({"image": args.image, "resources": resources});
+    let created = client::json(api, Method::POST, crate::sbx::NS, None, Some(body))
+        .await
+        .context("creating the sandbox")?;
+    let id = created["sandbox_id"]
+        .as_str()
+        .context("the server's create answer has no sandbox_id")?
+        .to_string();
+    let outcome = async {
+        let (proxy, _, _) = crate::sbx::route(api, &id).await?;
+        let key = std::env::var("HUTCH_API_KEY").ok();
+        let agent = AgentClient::via_proxy(&proxy, &id, key.as_deref())?;
+        let forward_stdin = args.interactive || !std::io::stdin().is_terminal();
+        let env: std::collections::BTreeMap<String, String> = env_pairs(&args.env)
+            .into_iter()
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_string(), v.to_string()))
+            })
+            .collect();
+        let process = StartProcess {
+            command: argv[0].clone(),
+            args: argv[1..].to_vec(),
+            env: (!env.is_empty()).then_some(env),
+            working_dir: args.workdir.clone(),
+            user: args.user.clone().map(hutch_wire::ProcessUser::Spec),
+            stdin_mode: if forward_stdin {
+                StdinMode::Pipe
+            } else {
+                StdinMode::Closed
+            },
+            ..StartProcess::default()
+        };
+        let alive = async || {
+            let path = format!("{}/{id}", crate::sbx::NS);
+            match client::json(api, Method::GET, &path, None, None).await {
+                Ok(info) => info["status"] == "running",
+                // The server itself may be restarting; the sandbox outlives it.
+                Err(_) => true,
+            }
+        };
+        drive(&agent, &process, forward_stdin, alive).await
+    }
+    .await;
+    if args.keep {
+        eprintln!("hutch: kept sandbox {id}");
+    } else if let Err(e) = client::json(
+        api,
+        Method::DELETE,
+        &format!("{}/{id}", crate::sbx::NS),
+        None,
+        None,
+    )
+    .await
+    {
+        eprintln!("hutch: removing sandbox {id}: {e}");
+    }
+    outcome
+}
+
+async fn run_embedded(args: RunArgs) -> anyhow::Result<u8> {
     let backend = backend()?;
     tracing::debug!("backend ready");
     let image = backend.store().image(&args.image)?;
@@ -122,7 +262,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         image: image.name.clone(),
         cpus: args.cpus,
         memory_mb: args.memory,
-        env: args.env.clone(),
+        env: env_pairs(&args.env),
         working_dir: args.workdir.clone(),
         user: args.user.clone(),
         ..SandboxSpec::default()
@@ -140,8 +280,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         },
         ..StartProcess::default()
     };
-    let alive = || backend.runsc().knows(&id);
-    let outcome = drive(&sandbox.agent, &process, forward_stdin, &alive).await;
+    let alive = async || backend.runsc().knows(&id);
+    let outcome = drive(&sandbox.agent, &process, forward_stdin, alive).await;
     tracing::debug!(%id, "process finished");
     if args.keep {
         eprintln!("hutch: kept sandbox {id}");
@@ -157,7 +297,7 @@ async fn drive(
     agent: &AgentClient,
     process: &StartProcess,
     forward_stdin: bool,
-    sandbox_alive: &dyn Fn() -> bool,
+    sandbox_alive: impl AsyncFn() -> bool,
 ) -> anyhow::Result<u8> {
     let mut stream = match agent.exec(process).await {
         Ok(stream) => stream,
@@ -223,7 +363,7 @@ async fn drive(
                 let Some(pid) = pid else {
                     anyhow::bail!("lost the sandbox before the process started: {reason}");
                 };
-                if !sandbox_alive() {
+                if !sandbox_alive().await {
                     eprintln!("hutch: the sandbox was killed while the command ran ({reason})");
                     return Ok(137);
                 }

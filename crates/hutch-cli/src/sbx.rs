@@ -64,10 +64,10 @@ pub enum SbxCommand {
     },
 }
 
-const NS: &str = "/v1/namespaces/default/sandboxes";
+pub const NS: &str = "/v1/namespaces/default/sandboxes";
 
 /// The sandbox's proxy address and Host label, from the lifecycle API.
-async fn route(api: &str, sandbox: &str) -> anyhow::Result<(String, String, Value)> {
+pub async fn route(api: &str, sandbox: &str) -> anyhow::Result<(String, String, Value)> {
     let info = client::json(api, Method::GET, &format!("{NS}/{sandbox}"), None, None).await?;
     let id = info["sandbox_id"].as_str().unwrap_or_default().to_string();
     let Some(url) = info["sandbox_url"].as_str() else {

@@ -101,7 +101,7 @@ async fn a_cut_connection_heals_and_output_is_replayed_exactly_once() {
     let backend = home.backend();
     let sandbox = backend.create(busybox()).await.unwrap();
     let agent = &sandbox.agent;
-    let generation = agent.link().generation();
+    let generation = agent.link().expect("a dial-home link").generation();
     let mut stream = agent
         .exec(&sh(
             "i=1; while [ $i -le 300 ]; do echo line $i; i=$((i+1)); sleep 0.005; done",
@@ -118,7 +118,7 @@ async fn a_cut_connection_heals_and_output_is_replayed_exactly_once() {
                 out.extend(data);
                 if !cut && out.len() > 200 {
                     cut = true;
-                    agent.link().disconnect();
+                    agent.link().expect("a dial-home link").disconnect();
                 }
             }
             Ok(Some(ExecEvent::Exit(exit))) => break exit,
@@ -136,7 +136,7 @@ async fn a_cut_connection_heals_and_output_is_replayed_exactly_once() {
     };
     assert!(cut, "the connection was never cut");
     assert!(
-        agent.link().generation() > generation,
+        agent.link().expect("a dial-home link").generation() > generation,
         "the agent did not reconnect"
     );
     assert_eq!(exit.exit_code, Some(0));

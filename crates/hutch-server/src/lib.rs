@@ -53,6 +53,18 @@ pub struct App {
     pub auth: auth::Auth,
     /// What `sandbox_url` says: where clients reach the proxy.
     pub proxy_url: String,
+    /// [`state_id`] of the state directory, reported by `/healthz`.
+    pub state_id: String,
+}
+
+/// A fingerprint of the state directory `home`: the CLI compares its own with the one a
+/// running server reports to know that both see the same store. The path itself is not
+/// disclosed.
+pub fn state_id(home: &std::path::Path) -> String {
+    use sha2::Digest as _;
+    let canonical = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_path_buf());
+    let digest = sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..8])
 }
 
 /// Opens the state, reconciles, and serves until `shutdown` resolves. Sandboxes keep running
@@ -98,6 +110,7 @@ pub async fn serve(
         sandboxes,
         auth,
         proxy_url: format!("http://{proxy_host}:{}", config.proxy_listen.port()),
+        state_id: state_id(&config.home),
     });
 
     let api = bind(config.listen).await?;

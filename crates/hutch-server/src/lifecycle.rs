@@ -58,8 +58,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/openapi.json", get(crate::openapi::document))
         .route(
             "/healthz",
-            get(|| async { axum::Json(json!({"status": "ok"})) }),
+            get(|State(app): State<Arc<App>>| async move {
+                axum::Json(json!({"status": "ok", "state_id": app.state_id}))
+            }),
         )
+        .route("/hutch/v1/images/{*name}", get(image))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
         })
@@ -443,6 +446,17 @@ async fn get_flat(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     get_one(&app, DEFAULT_NS, &id, &headers)
+}
+
+/// The image record a client needs to run the image's own ENTRYPOINT and CMD.
+async fn image(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    let image = app.sandboxes.image(Some(&name))?;
+    Ok(axum::Json(image).into_response())
 }
 
 fn get_one(app: &App, ns: &str, id: &str, headers: &HeaderMap) -> Result<Response, ApiError> {

@@ -72,7 +72,13 @@ pub fn spec() -> Value {
     paths.insert("/openapi.json".into(), json!({"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}));
     paths.insert(
         "/healthz".into(),
-        json!({"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}}),
+        json!({"get": {"summary": "Liveness, and which state directory this server serves (state_id: a fingerprint the CLI compares with its own)", "responses": {"200": {"description": "{status: ok, state_id}"}}}}),
+    );
+    paths.insert(
+        "/hutch/v1/images/{name}".into(),
+        json!({"get": {"summary": "An image in the server's store: its layers and config (entrypoint, cmd, env, working_dir, user)",
+                       "parameters": [{"name": "name", "in": "path", "required": true, "description": "image reference; may contain '/' and ':'", "schema": {"type": "string"}}],
+                       "responses": {"200": {"description": "the image record"}, "404": error_response("no such image")}}}),
     );
 
     json!({
@@ -146,6 +152,7 @@ mod tests {
         "/platform/v1/keys/introspect",
         "/openapi.json",
         "/healthz",
+        "/hutch/v1/images/{name}",
     ];
 
     #[test]

@@ -117,25 +117,27 @@ impl Sandboxes {
     }
 
     /// Records the sandbox as `pending` and starts it in the background.
-    pub fn create(self: &Arc<Self>, p: CreateParams) -> Result<SandboxRow, ApiError> {
-        if let Some(name) = &p.name {
-            validate_name(name)?;
-        }
-        let image_name = p
-            .image
-            .clone()
-            .unwrap_or_else(|| self.default_image.clone());
-        let image = self.store.image(&image_name).map_err(|e| {
+    /// The image `name` names in the store, or the default image.
+    pub fn image(&self, name: Option<&str>) -> Result<hutch_store::Image, ApiError> {
+        let name = name.unwrap_or(&self.default_image);
+        self.store.image(name).map_err(|e| {
             if e.is_not_found() {
                 ApiError::new(
                     StatusCode::NOT_FOUND,
                     "image_not_found",
-                    format!("image {image_name:?} not found; import or pull it first"),
+                    format!("image {name:?} not found; import or pull it first"),
                 )
             } else {
                 ApiError::bad_request(e.to_string())
             }
-        })?;
+        })
+    }
+
+    pub fn create(self: &Arc<Self>, p: CreateParams) -> Result<SandboxRow, ApiError> {
+        if let Some(name) = &p.name {
+            validate_name(name)?;
+        }
+        let image = self.image(p.image.as_deref())?;
         let id = new_id()?;
         let row = SandboxRow {
             id: id.clone(),

@@ -15,6 +15,7 @@ use hyper::{Method, Request, Response};
 
 use super::link::{AgentLink, BoxError, RequestBody};
 use super::pty::PtyStream;
+use super::remote::ProxyRoute;
 use crate::error::{Result, RuntimeError};
 
 /// How long a request waits for the agent to (re)connect.
@@ -22,7 +23,16 @@ const CONNECT_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct AgentClient {
-    link: AgentLink,
+    route: Route,
+}
+
+/// How requests reach the agent.
+#[derive(Clone)]
+enum Route {
+    /// The sandbox's own dial-home link (this process owns the sandbox).
+    Link(AgentLink),
+    /// A `hutch serve` sandbox proxy (a server owns the sandbox).
+    Proxy(std::sync::Arc<ProxyRoute>),
 }
 
 #[derive(Clone, Copy)]
@@ -33,16 +43,38 @@ enum Domain {
 
 impl AgentClient {
     pub fn new(link: AgentLink) -> Self {
-        Self { link }
+        Self {
+            route: Route::Link(link),
+        }
     }
 
-    pub fn link(&self) -> &AgentLink {
-        &self.link
+    /// A client for a sandbox a `hutch serve` owns, through its proxy at `proxy_url`.
+    pub fn via_proxy(proxy_url: &str, sandbox_id: &str, api_key: Option<&str>) -> Result<Self> {
+        Ok(Self {
+            route: Route::Proxy(std::sync::Arc::new(ProxyRoute::new(
+                proxy_url, sandbox_id, api_key,
+            )?)),
+        })
+    }
+
+    /// The dial-home link, when this client uses one.
+    pub fn link(&self) -> Option<&AgentLink> {
+        match &self.route {
+            Route::Link(link) => Some(link),
+            Route::Proxy(_) => None,
+        }
+    }
+
+    async fn send(&self, req: Request<RequestBody>, wait: Duration) -> Result<Response<Incoming>> {
+        match &self.route {
+            Route::Link(link) => link.send(req, wait).await,
+            Route::Proxy(proxy) => proxy.send(req, wait).await,
+        }
     }
 
     /// Sends a raw request; the proxy uses this to forward client requests unchanged.
     pub async fn request(&self, req: Request<RequestBody>) -> Result<Response<Incoming>> {
-        self.link.send(req, CONNECT_WAIT).await
+        self.send(req, CONNECT_WAIT).await
     }
 
     async fn call(
@@ -60,7 +92,7 @@ impl AgentClient {
             .map_err(|e| RuntimeError::InvalidSpec {
                 reason: format!("bad request to agent: {e}"),
             })?;
-        let resp = self.link.send(req, CONNECT_WAIT).await?;
+        let resp = self.send(req, CONNECT_WAIT).await?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -262,7 +294,7 @@ impl AgentClient {
             })?;
         // A short wait: if the agent is gone, the caller falls back to runsc.
         let wait = Duration::from_millis(200);
-        let resp = tokio::time::timeout(grace + Duration::from_secs(2), self.link.send(req, wait))
+        let resp = tokio::time::timeout(grace + Duration::from_secs(2), self.send(req, wait))
             .await
             .map_err(|_| RuntimeError::AgentUnavailable {
                 reason: "the agent did not answer the shutdown request".into(),
@@ -406,7 +438,7 @@ fn json_body<T: serde::Serialize>(value: &T) -> RequestBody {
     full(serde_json::to_vec(value).unwrap_or_default())
 }
 
-async fn collect(body: Incoming) -> Result<Bytes> {
+pub(super) async fn collect(body: Incoming) -> Result<Bytes> {
     body.collect()
         .await
         .map(|c| c.to_bytes())

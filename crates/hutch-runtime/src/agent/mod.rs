@@ -3,6 +3,7 @@
 mod client;
 mod link;
 mod pty;
+mod remote;
 
 pub use client::{AgentClient, ExecEvent, ExecStream, channel_body, empty, full};
 pub use link::{AgentLink, BoxError, RequestBody};
