@@ -128,12 +128,50 @@ pub fn run_true(setup: &Setup, n: usize) -> anyhow::Result<Latency> {
         ours,
         floor,
         goal: Some(1.15),
-        ours_is: "wall time of the `hutch run busybox -- true` process (create, exec, delete)"
+        ours_is: "wall time of the `hutch run busybox -- true` process (a one-shot sandbox: `true` is the agent's boot process, on the CLI's stdio; the sandbox ends with it and is removed; no limit was asked, so runsc runs with --ignore-cgroups, where the floor's runsc creates and joins a cgroup: 1b compares both with one)"
             .into(),
         floor_is: format!(
             "wall time of `runsc --platform={} --network=none run` of an umoci-unpacked bundle \
              of the same image running /bin/true",
             setup.platform
+        ),
+    })
+}
+
+/// Figure 1b: the same with a memory limit on both sides, so that both pay for a cgroup.
+pub fn run_true_limited(setup: &Setup, n: usize) -> anyhow::Result<Latency> {
+    let limit = crate::setup::LIMIT_MIB.to_string();
+    eprintln!(
+        "hutch-bench: figure 1b, `hutch run --memory {limit}` vs `runsc run` with a limit ({n} iterations)"
+    );
+    let mut ours = Samples::default();
+    let mut floor = Samples::default();
+    for i in 0..=n {
+        let o = timed(
+            setup
+                .hutch()
+                .args(["run", "--memory", &limit, "busybox", "--", "true"]),
+            "hutch run --memory busybox -- true",
+        )?;
+        let f = timed(
+            &mut setup.raw_run(&setup.bundle_true_limited, &raw_id()),
+            "runsc run (true, memory limit)",
+        )?;
+        if i > 0 {
+            ours.push(o.total);
+            floor.push(f.total);
+        }
+    }
+    Ok(Latency {
+        figure: format!("1b. `hutch run --memory {limit} busybox -- true`, whole command"),
+        n,
+        ours,
+        floor,
+        goal: Some(1.15),
+        ours_is: "as in 1, with a memory limit: runsc creates and joins a cgroup for the sandbox"
+            .into(),
+        floor_is: format!(
+            "as in 1, with `linux.resources.memory.limit` of {limit} MiB in the bundle"
         ),
     })
 }
@@ -337,7 +375,8 @@ pub fn cli_overhead(setup: &Setup, n: usize) -> anyhow::Result<(String, Samples)
     ))
 }
 
-/// `hutch run`'s phases through the library: create, exec of `true`, delete.
+/// `hutch run`'s phases through the library: a kept sandbox's create, exec of `true` and
+/// delete, then the one-shot path (`run_attached`, `wait_attached`).
 pub async fn phases(backend: &GvisorBackend, n: usize) -> anyhow::Result<Vec<(String, Samples)>> {
     eprintln!("hutch-bench: phases of create + exec + delete through the library ({n} iterations)");
     let mut create = Samples::default();
@@ -367,16 +406,64 @@ pub async fn phases(backend: &GvisorBackend, n: usize) -> anyhow::Result<Vec<(St
             total.push(t3 - t0);
         }
     }
+    // The one-shot path `hutch run` takes without --keep.
+    let mut launch = Samples::default();
+    let mut finish = Samples::default();
+    let mut one_shot = Samples::default();
+    let process = hutch_wire::StartProcess {
+        command: "true".into(),
+        ..Default::default()
+    };
+    for i in 0..=n {
+        let t0 = Instant::now();
+        let run = backend
+            .run_attached(
+                SandboxSpec {
+                    image: "busybox:latest".into(),
+                    ..Default::default()
+                },
+                &process,
+                false,
+            )
+            .await
+            .context("starting a one-shot sandbox")?;
+        let t1 = Instant::now();
+        let outcome = backend.wait_attached(run).await;
+        let t2 = Instant::now();
+        match outcome.context("a one-shot sandbox")? {
+            hutch_wire::BootOutcome::Exit(exit) if exit.shell_code() == 0 => {}
+            other => anyhow::bail!("one-shot `true` failed: {other:?}"),
+        }
+        if i > 0 {
+            launch.push(t1 - t0);
+            finish.push(t2 - t1);
+            one_shot.push(t2 - t0);
+        }
+    }
     Ok(vec![
         (
-            "`backend.create` (mount, bundle, `runsc run`, agent dials home)".into(),
+            "one-shot: `run_attached` (mount, bundle, start `runsc run`)".into(),
+            launch,
+        ),
+        (
+            "one-shot: `wait_attached` (boot, the agent starts `true` first, sandbox ends, unmount)"
+                .into(),
+            finish,
+        ),
+        ("library total, one-shot (what `hutch run` does)".into(), one_shot),
+        (
+            "kept: `backend.create` (mount, bundle, `runsc run`, agent dials home)".into(),
             create,
         ),
-        ("exec of `true` (first one in the sandbox)".into(), exec),
+        ("kept: exec of `true` (first one in the sandbox)".into(), exec),
         (
-            "`backend.delete` (agent shutdown, runsc teardown, unmount)".into(),
+            "kept: `backend.delete` (agent shutdown, runsc teardown, unmount)".into(),
             delete,
         ),
-        ("library total (create + exec + delete)".into(), total),
+        (
+            "library total, kept (create + exec + delete: `hutch run --keep` and the server)"
+                .into(),
+            total,
+        ),
     ])
 }

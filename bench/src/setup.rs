@@ -27,6 +27,8 @@ pub struct Setup {
     /// Raw OCI bundles of the same busybox rootfs, one per command.
     pub bundle_true: PathBuf,
     pub bundle_echo: PathBuf,
+    /// `bundle_true` with a memory limit: runsc puts it in a cgroup with that limit.
+    pub bundle_true_limited: PathBuf,
 }
 
 pub fn workspace() -> PathBuf {
@@ -115,8 +117,16 @@ impl Setup {
             .with_context(|| format!("creating {}", raw_root.display()))?;
         let bundle_true = raw.join("true");
         let bundle_echo = raw.join("echo");
-        unpack_bundle(&umoci, &fixture, &bundle_true, &["/bin/true"])?;
-        unpack_bundle(&umoci, &fixture, &bundle_echo, &["/bin/echo", "hi"])?;
+        let bundle_true_limited = raw.join("true-limited");
+        unpack_bundle(&umoci, &fixture, &bundle_true, &["/bin/true"], None)?;
+        unpack_bundle(&umoci, &fixture, &bundle_echo, &["/bin/echo", "hi"], None)?;
+        unpack_bundle(
+            &umoci,
+            &fixture,
+            &bundle_true_limited,
+            &["/bin/true"],
+            Some(LIMIT_MIB << 20),
+        )?;
 
         Ok(Self {
             hutch,
@@ -128,6 +138,7 @@ impl Setup {
             raw_root,
             bundle_true,
             bundle_echo,
+            bundle_true_limited,
         })
     }
 
@@ -209,9 +220,20 @@ fn agent_binary(hutch: &Path, home: &Path, ws: &Path) -> anyhow::Result<PathBuf>
     )
 }
 
+/// The memory limit of the limited figure, in MiB (`hutch run --memory` and the floor's
+/// `linux.resources.memory.limit`).
+pub const LIMIT_MIB: u64 = 256;
+
 /// `umoci unpack` of the fixture into `dir`, then a config.json fit for a plain `runsc run`:
-/// writable rootfs at `rootfs`, no terminal, `argv` as the process.
-fn unpack_bundle(umoci: &Path, fixture: &Path, dir: &Path, argv: &[&str]) -> anyhow::Result<()> {
+/// writable rootfs at `rootfs`, no terminal, `argv` as the process, and a memory limit if
+/// given (which makes runsc create and join a cgroup for it).
+fn unpack_bundle(
+    umoci: &Path,
+    fixture: &Path,
+    dir: &Path,
+    argv: &[&str],
+    memory_limit: Option<u64>,
+) -> anyhow::Result<()> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
@@ -236,6 +258,9 @@ fn unpack_bundle(umoci: &Path, fixture: &Path, dir: &Path, argv: &[&str]) -> any
     config["root"] = serde_json::json!({ "path": "rootfs", "readonly": false });
     config["process"]["terminal"] = serde_json::json!(false);
     config["process"]["args"] = serde_json::json!(argv);
+    if let Some(limit) = memory_limit {
+        config["linux"]["resources"]["memory"] = serde_json::json!({ "limit": limit });
+    }
     std::fs::write(&path, serde_json::to_vec_pretty(&config)?)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())

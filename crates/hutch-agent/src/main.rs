@@ -46,10 +46,16 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let mut config = config;
+    let boot = config.boot.take();
     runtime.block_on(async move {
         let limit = config.memory_limit_bytes;
         let procs = Processes::new(config);
         tokio::spawn(process::reap(procs.clone()));
+        // First, before the dial home: a one-shot sandbox's command does not wait for it.
+        if let Some(spec) = boot {
+            start_boot(&procs, spec);
+        }
         tokio::spawn(forward_signals(procs.clone()));
         if let Some(limit) = limit {
             tokio::spawn(memory::watch(procs.clone(), limit));
@@ -57,6 +63,76 @@ fn main() {
         let ptys = pty::PtySessions::new(procs.clone());
         dial::serve_forever(procs, ptys).await;
     });
+}
+
+/// Starts the boot process on the agent's stdio, then hands that stdio over for good: the
+/// agent's own messages go to [`hutch_wire::AGENT_LOG_FILE`]. When the process ends, the
+/// agent exits with its shell exit code, which ends the sandbox; the outcome file is written
+/// first when the code does not say everything (a signal, out of memory, a failed start).
+fn start_boot(procs: &Processes, spec: hutch_wire::StartProcess) {
+    let dir = std::path::Path::new(hutch_wire::AGENT_SOCKET_DIR);
+    let started = procs.spawn_boot(spec);
+    release_stdio(&dir.join(hutch_wire::AGENT_LOG_FILE));
+    match started {
+        Ok(info) => {
+            let procs = procs.clone();
+            tokio::spawn(async move {
+                let exit = procs.wait_exit(info.pid as i32).await;
+                let code = exit.shell_code().clamp(0, 255);
+                // A plain exit is all in the exit code; the file (a few gofer round trips
+                // on the way out) only when there is more to say.
+                if exit.oom_killed || exit.reason != hutch_wire::ProcessExitReason::Exited {
+                    write_outcome(dir, &hutch_wire::BootOutcome::Exit(exit));
+                }
+                std::process::exit(code);
+            });
+        }
+        Err(e) => {
+            let code = match e.code {
+                "command_not_found" => 127,
+                "command_not_executable" => 126,
+                _ => 125,
+            };
+            write_outcome(
+                dir,
+                &hutch_wire::BootOutcome::Error(hutch_wire::ErrorBody::new(e.code, e.message)),
+            );
+            std::process::exit(code);
+        }
+    }
+}
+
+/// Points the agent's fds 0, 1 and 2 away from the boot process's terminal or pipes.
+fn release_stdio(log: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .or_else(|_| std::fs::OpenOptions::new().write(true).open("/dev/null"));
+    let null = std::fs::File::open("/dev/null");
+    // SAFETY: dup2 onto the standard descriptors; the sources stay open until it returns.
+    unsafe {
+        if let Ok(null) = &null {
+            libc::dup2(null.as_raw_fd(), 0);
+        }
+        if let Ok(log) = &log {
+            libc::dup2(log.as_raw_fd(), 1);
+            libc::dup2(log.as_raw_fd(), 2);
+        }
+    }
+}
+
+/// Writes `outcome` atomically (temporary file, then rename).
+fn write_outcome(dir: &std::path::Path, outcome: &hutch_wire::BootOutcome) {
+    let path = dir.join(hutch_wire::BOOT_OUTCOME_FILE);
+    let tmp = dir.join(format!(".{}.tmp", hutch_wire::BOOT_OUTCOME_FILE));
+    let Ok(json) = serde_json::to_vec(outcome) else {
+        return;
+    };
+    if std::fs::write(&tmp, json).is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
+    }
 }
 
 /// Forwards termination signals to every process group; on SIGTERM/SIGINT, exits once they
@@ -88,7 +164,8 @@ async fn forward_signals(procs: Processes) {
         for pid in procs.running_pids() {
             process::signal_group(pid, number);
         }
-        if terminal {
+        // A one-shot sandbox ends when its boot process does, and with its exit code.
+        if terminal && procs.resolve(hutch_wire::BOOT_PROCESS_NAME).is_err() {
             while !procs.running_pids().is_empty() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -208,6 +208,18 @@ impl Processes {
 
     /// Starts a process; everything that can be checked is checked before `fork`.
     pub fn spawn(&self, spec: StartProcess) -> Result<ProcessInfo, ApiError> {
+        self.launch(spec, false)
+    }
+
+    /// Starts the boot process (see [`AgentConfig::boot`]) with the agent's own stdin,
+    /// stdout and stderr.
+    pub fn spawn_boot(&self, mut spec: StartProcess) -> Result<ProcessInfo, ApiError> {
+        spec.name = Some(hutch_wire::BOOT_PROCESS_NAME.into());
+        spec.stdin_mode = StdinMode::Closed;
+        self.launch(spec, true)
+    }
+
+    fn launch(&self, spec: StartProcess, inherit_stdio: bool) -> Result<ProcessInfo, ApiError> {
         if spec.restart.is_some() || spec.health_check.is_some() {
             return Err(ApiError::unsupported(
                 "supervised processes (restart policies and health checks) are not supported \
@@ -239,10 +251,16 @@ impl Processes {
         cmd.args(&spec.args)
             .env_clear()
             .envs(&launch.env)
-            .current_dir(&launch.working_dir)
-            .stdin(stdio(spec.stdin_mode == StdinMode::Pipe))
-            .stdout(stdio(spec.stdout_mode == OutputMode::Capture))
-            .stderr(stdio(spec.stderr_mode == OutputMode::Capture));
+            .current_dir(&launch.working_dir);
+        if inherit_stdio {
+            cmd.stdin(Stdio::inherit())
+                .stdout(Stdio::inherit())
+                .stderr(Stdio::inherit());
+        } else {
+            cmd.stdin(stdio(spec.stdin_mode == StdinMode::Pipe))
+                .stdout(stdio(spec.stdout_mode == OutputMode::Capture))
+                .stderr(stdio(spec.stderr_mode == OutputMode::Capture));
+        }
         let ids = launch.identity;
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
@@ -430,6 +448,27 @@ impl Processes {
         }
     }
 
+    /// Waits until `pid` has finished (exit status known, output drained) and returns how.
+    pub async fn wait_exit(&self, pid: i32) -> ExitInfo {
+        let Ok(mut done) = self.with(pid, |p| p.output.subscribe()) else {
+            return vanished();
+        };
+        loop {
+            match self.with(pid, |p| p.exit.clone()) {
+                Ok(Some(exit)) => return exit,
+                Ok(None) => {}
+                Err(_) => return vanished(),
+            }
+            if done.changed().await.is_err() {
+                return self
+                    .with(pid, |p| p.exit.clone())
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(vanished);
+            }
+        }
+    }
+
     /// Re-runs a process's spec (after stopping it if it still runs).
     pub async fn restart(&self, pid: i32) -> Result<ProcessInfo, ApiError> {
         let (spec, mut done) = self.with(pid, |p| (p.spec.clone(), p.output.subscribe()))?;
@@ -474,6 +513,16 @@ impl Table {
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const DEFAULT_OUTPUT_BUFFER: usize = 8 << 20;
+
+/// The exit of a process the table no longer knows: reported as killed.
+fn vanished() -> ExitInfo {
+    ExitInfo {
+        exit_code: None,
+        signal: Some(libc::SIGKILL as i64),
+        oom_killed: false,
+        reason: ProcessExitReason::Signaled,
+    }
+}
 
 fn stdio(piped: bool) -> Stdio {
     if piped { Stdio::piped() } else { Stdio::null() }

@@ -11,7 +11,7 @@ use clap::Args;
 use hutch_runtime::agent::{AgentClient, ExecEvent, channel_body};
 use hutch_runtime::gvisor::{GvisorBackend, GvisorConfig};
 use hutch_runtime::{Backend, RuntimeError, SandboxSpec};
-use hutch_wire::{StartProcess, StdinMode};
+use hutch_wire::{BootOutcome, StartProcess, StdinMode};
 use hyper::Method;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
@@ -267,8 +267,6 @@ async fn run_embedded(args: RunArgs) -> anyhow::Result<u8> {
         user: args.user.clone(),
         ..SandboxSpec::default()
     };
-    let sandbox = backend.create(spec).await.context("creating the sandbox")?;
-    let id = sandbox.info.id.clone();
     let forward_stdin = args.interactive || !std::io::stdin().is_terminal();
     let process = StartProcess {
         command: argv[0].clone(),
@@ -280,6 +278,11 @@ async fn run_embedded(args: RunArgs) -> anyhow::Result<u8> {
         },
         ..StartProcess::default()
     };
+    if !args.keep {
+        return run_one_shot(&backend, spec, &process, forward_stdin).await;
+    }
+    let sandbox = backend.create(spec).await.context("creating the sandbox")?;
+    let id = sandbox.info.id.clone();
     let alive = async || backend.runsc().knows(&id);
     let outcome = drive(&sandbox.agent, &process, forward_stdin, alive).await;
     tracing::debug!(%id, "process finished");
@@ -290,6 +293,66 @@ async fn run_embedded(args: RunArgs) -> anyhow::Result<u8> {
     }
     tracing::debug!(%id, "sandbox removed");
     outcome
+}
+
+/// A sandbox that lives as long as its command (no `--keep`): the command is the agent's
+/// boot process on our own stdio, as `runsc run` would run it, so no exec round trip and no
+/// shutdown request stand between the user and the floor.
+async fn run_one_shot(
+    backend: &GvisorBackend,
+    spec: SandboxSpec,
+    process: &StartProcess,
+    forward_stdin: bool,
+) -> anyhow::Result<u8> {
+    let run = backend
+        .run_attached(spec, process, forward_stdin)
+        .await
+        .context("creating the sandbox")?;
+    tracing::debug!(id = %run.info.id, "one-shot sandbox started");
+    let agent = run.agent.clone();
+    let mut finished = std::pin::pin!(backend.wait_attached(run));
+    let mut interrupts = 0u32;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut finished => break outcome,
+            _ = tokio::signal::ctrl_c() => {
+                interrupts += 1;
+                let signal = if interrupts > 1 { libc::SIGKILL } else { libc::SIGINT };
+                let agent = agent.clone();
+                tokio::spawn(async move {
+                    let _ = agent.signal(hutch_wire::BOOT_PROCESS_NAME, signal).await;
+                });
+            }
+        }
+    };
+    tracing::debug!("one-shot sandbox removed");
+    match outcome {
+        Ok(BootOutcome::Exit(exit)) => {
+            if exit.oom_killed {
+                eprintln!(
+                    "hutch: out of memory: the memory limit killed the command or one of its processes"
+                );
+            }
+            Ok(exit.shell_code().clamp(0, 255) as u8)
+        }
+        Ok(BootOutcome::Error(e)) => {
+            eprintln!("hutch: {}", e.error);
+            Ok(failure_code(&e.code))
+        }
+        Err(e) => {
+            eprintln!("hutch: {e}");
+            Ok(137)
+        }
+    }
+}
+
+/// Docker's codes for a command that could not start.
+fn failure_code(code: &str) -> u8 {
+    match code {
+        "command_not_found" => 127,
+        "command_not_executable" => 126,
+        _ => 125,
+    }
 }
 
 /// Runs the process to completion, reattaching if the agent's connection drops.
@@ -303,11 +366,7 @@ async fn drive(
         Ok(stream) => stream,
         Err(RuntimeError::ProcessFailure { code, message }) => {
             eprintln!("hutch: {message}");
-            return Ok(match code.as_str() {
-                "command_not_found" => 127,
-                "command_not_executable" => 126,
-                _ => 125,
-            });
+            return Ok(failure_code(&code));
         }
         Err(e) => return Err(e.into()),
     };
@@ -354,7 +413,9 @@ async fn drive(
             Ok(Some(ExecEvent::Exit(exit))) => {
                 stdout.flush().ok();
                 if exit.oom_killed {
-                    eprintln!("hutch: the process was killed: out of memory");
+                    eprintln!(
+                        "hutch: out of memory: the memory limit killed the command or one of its processes"
+                    );
                 }
                 return Ok(exit.shell_code().clamp(0, 255) as u8);
             }

@@ -173,3 +173,78 @@ fn python_runs_in_the_debian_image() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "42\n");
 }
+
+#[test]
+fn output_redirected_into_one_file_keeps_its_order() {
+    // gVisor writes a host file at offsets of its own; `hutch run` must not overwrite what
+    // the file already holds, nor let stdout and stderr overwrite each other.
+    let home = Home::with(&["busybox"]);
+    let file = home.path().join("out.txt");
+    let script = format!(
+        "(echo first; {} run busybox -- sh -c 'echo second; sleep 0.2; echo err >&2; sleep 0.2; echo fourth'; echo fifth) > {} 2>&1",
+        common::hutch_bin(),
+        file.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env("HUTCH_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "first\nsecond\nerr\nfourth\nfifth\n"
+    );
+    home.assert_clean();
+}
+
+#[test]
+fn an_interrupt_reaches_the_command() {
+    let home = Home::with(&["busybox"]);
+    let mut child = home
+        .hutch()
+        .args([
+            "run",
+            "busybox",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got INT; exit 9' INT; echo ready; while :; do sleep 0.1; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout_pipe = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout_pipe, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout_pipe, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(rest, "got INT\n");
+    assert_eq!(status.code(), Some(9));
+    home.assert_clean();
+}
+
+#[test]
+fn a_command_over_its_memory_limit_is_reported_out_of_memory() {
+    let home = Home::with(&["busybox"]);
+    let out = home.run(&[
+        "run",
+        "--memory",
+        "32",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo start; exec dd if=/dev/zero of=/dev/null bs=100M count=1",
+    ]);
+    assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "start\n");
+    assert!(stderr(&out).contains("out of memory"), "{}", stderr(&out));
+    home.assert_clean();
+}

@@ -32,6 +32,23 @@ pub const AGENT_SOCKET_DIR: &str = "/run/hutch";
 pub const AGENT_SOCKET_NAME: &str = "agent.sock";
 /// Environment variable through which the runtime hands the agent its boot configuration.
 pub const AGENT_CONFIG_ENV: &str = "HUTCH_AGENT_CONFIG";
+/// File name, inside [`AGENT_SOCKET_DIR`], of the [`BootOutcome`] the agent writes when its
+/// boot process (see [`AgentConfig::boot`]) ended in a way its exit code does not tell: a
+/// signal, out of memory, or a failed start.
+pub const BOOT_OUTCOME_FILE: &str = "boot-outcome.json";
+/// File name, inside [`AGENT_SOCKET_DIR`], of the agent's own log while its stdio belongs to
+/// the boot process.
+pub const AGENT_LOG_FILE: &str = "agent.log";
+/// The managed-process name of the boot process.
+pub const BOOT_PROCESS_NAME: &str = "hutch-boot";
+
+/// How the boot process ended: its exit, or why it could not start.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootOutcome {
+    Exit(ExitInfo),
+    Error(ErrorBody),
+}
 
 /// What the runtime tells the agent at boot (JSON in [`AGENT_CONFIG_ENV`]).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -53,4 +70,11 @@ pub struct AgentConfig {
     /// Bytes of output kept per process for late followers.
     #[serde(default)]
     pub output_buffer_bytes: Option<usize>,
+    /// A one-shot sandbox's command: the agent starts it before anything else, with the
+    /// agent's own stdin, stdout and stderr (those of `runsc run`, so the caller's), and
+    /// when it ends exits with its shell exit code, which ends the sandbox (after writing
+    /// [`BOOT_OUTCOME_FILE`] if the code does not say everything). Its output is not
+    /// captured: it is already the caller's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<StartProcess>,
 }

@@ -177,8 +177,9 @@ impl AgentClient {
         Ok(list.processes)
     }
 
-    pub async fn signal(&self, pid: i64, signal: i32) -> Result<bool> {
-        let uri = format!("/api/v1/processes/{pid}/signal");
+    /// Signals a process by pid or by managed-process name.
+    pub async fn signal(&self, process: impl std::fmt::Display, signal: i32) -> Result<bool> {
+        let uri = format!("/api/v1/processes/{}/signal", encode(&process.to_string()));
         let body = json_body(&serde_json::json!({ "signal": signal }));
         let resp: SendSignalResponse = self.json(Method::POST, &uri, body, Domain::Process).await?;
         Ok(resp.success)

@@ -13,11 +13,12 @@ mod runsc;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use hutch_store::Store;
-use hutch_wire::AgentConfig;
+use hutch_wire::{AgentConfig, BootOutcome, StartProcess};
 
 use crate::agent::{AgentClient, AgentLink};
 use crate::backend::{Backend, NetworkMode, Sandbox, SandboxInfo, SandboxSpec, SandboxState};
@@ -25,6 +26,64 @@ use crate::capability::{Capabilities, CapabilityName as C, CapabilityReason};
 use crate::error::{Result, RuntimeError};
 use persist::SandboxRecord;
 pub use runsc::Runsc;
+
+/// A one-shot sandbox running its command on the caller's stdio
+/// ([`GvisorBackend::run_attached`]).
+pub struct AttachedRun {
+    pub info: SandboxInfo,
+    /// The agent, reachable once it has dialed home (the command does not wait for that).
+    pub agent: AgentClient,
+    supervisor: tokio::process::Child,
+    /// Threads copying the sandbox's output to ours (see [`caller_output`]).
+    copiers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// What a one-shot sandbox writes to our fd `fd` (1 or 2) with. Pipes and terminals are
+/// handed over as they are. A regular file is not: gVisor writes a host file at offsets of
+/// its own, from 0, overwriting what the file already held (`(echo a; runsc run ..) > f`
+/// loses the `a`), so it gets a pipe whose contents a thread appends to the file.
+fn caller_output(fd: i32) -> Result<(Stdio, Option<std::thread::JoinHandle<()>>)> {
+    // SAFETY: fstat on a descriptor number; a closed one just fails.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let is_file = unsafe { libc::fstat(fd, &mut st) } == 0
+        && (st.st_mode & libc::S_IFMT == libc::S_IFREG
+            || st.st_mode & libc::S_IFMT == libc::S_IFBLK);
+    if !is_file {
+        return Ok((Stdio::inherit(), None));
+    }
+    let (read, write) = std::io::pipe().map_err(|e| RuntimeError::io("creating a pipe", e))?;
+    // SAFETY: dup of our own descriptor, owned by the copier from here on.
+    let target = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if target < 0 {
+        return Err(RuntimeError::io(
+            "duplicating an output descriptor",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `target` is a fresh descriptor nothing else owns.
+    let mut target = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(target) };
+    // A plain read/write loop, not `std::io::copy`: that splices, and a splice blocked on
+    // an empty pipe has already taken the file offset, so with stdout and stderr on one file
+    // (`> f 2>&1`) the second stream overwrote the first (seen, then fixed).
+    let copier = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut read = read;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match read.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if target.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    });
+    Ok((Stdio::from(write), Some(copier)))
+}
 use runsc::last_lines;
 
 const BACKEND: &str = "gvisor";
@@ -96,6 +155,52 @@ impl GvisorBackend {
     }
 
     async fn provision(&self, id: &str, spec: &SandboxSpec) -> Result<Sandbox> {
+        let (link, mut supervisor, info, _) = self.launch(id, spec, None)?;
+        let dir = self.dir(id);
+        // Ready when the agent dials home; a supervisor that exits first failed to boot.
+        let failure = tokio::select! {
+            connected = link.wait_connected(BOOT_TIMEOUT) => connected.err().map(|e| e.to_string()),
+            status = supervisor.wait() => Some(match status {
+                Ok(status) => format!("runsc exited during boot ({status})"),
+                Err(e) => format!("waiting for runsc: {e}"),
+            }),
+        };
+        if let Some(reason) = failure {
+            let _ = supervisor.start_kill();
+            let _ = supervisor.wait().await;
+            let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+            return Err(RuntimeError::BackendFailure {
+                backend: BACKEND,
+                message: format!("{reason}; sandbox console: {}", last_lines(&console, 6)),
+            });
+        }
+        if let Ok(mut supervisors) = self.supervisors.lock() {
+            supervisors.insert(id.to_string(), supervisor);
+        }
+        tracing::debug!(%id, "agent connected");
+        if let Ok(mut links) = self.links.lock() {
+            links.insert(id.to_string(), link.clone());
+        }
+        Ok(Sandbox {
+            info,
+            agent: AgentClient::new(link),
+        })
+    }
+
+    /// Prepares the sandbox's directory, rootfs and bundle, listens for its agent and starts
+    /// the `runsc run` supervisor. With `boot`, the agent's first process is that command on
+    /// the supervisor's stdio, which is this process's (stdin only when asked).
+    fn launch(
+        &self,
+        id: &str,
+        spec: &SandboxSpec,
+        boot: Option<(&StartProcess, bool)>,
+    ) -> Result<(
+        AgentLink,
+        tokio::process::Child,
+        SandboxInfo,
+        Vec<std::thread::JoinHandle<()>>,
+    )> {
         let image = self.store.image(&spec.image)?;
         let dir = self.dir(id);
         let (rootfs_dir, upper, work, run) = (
@@ -148,6 +253,7 @@ impl GvisorBackend {
                 .filter(|u| !u.is_empty()),
             memory_limit_bytes: spec.memory_mb.map(|mb| mb << 20),
             output_buffer_bytes: None,
+            boot: boot.map(|(process, _)| process.clone()),
         };
         let hostname = spec
             .hostname
@@ -169,44 +275,157 @@ impl GvisorBackend {
         bundle::write(&oci, &dir.join("bundle"))?;
 
         let link = AgentLink::listen(&run.join(hutch_wire::AGENT_SOCKET_NAME))?;
-        let mut supervisor =
-            self.runsc
-                .spawn_supervisor(id, &dir.join("bundle"), &dir.join("console.log"))?;
-        // Ready when the agent dials home; a supervisor that exits first failed to boot.
-        let failure = tokio::select! {
-            connected = link.wait_connected(BOOT_TIMEOUT) => connected.err().map(|e| e.to_string()),
-            status = supervisor.wait() => Some(match status {
-                Ok(status) => format!("runsc exited during boot ({status})"),
-                Err(e) => format!("waiting for runsc: {e}"),
-            }),
+        let mut copiers = Vec::new();
+        let stdio = match boot {
+            None => runsc::SupervisorStdio::Log(dir.join("console.log")),
+            Some((_, stdin)) => {
+                let (stdout, out_copier) = caller_output(1)?;
+                let (stderr, err_copier) = caller_output(2)?;
+                copiers.extend(out_copier.into_iter().chain(err_copier));
+                runsc::SupervisorStdio::Given {
+                    stdin: if stdin {
+                        Stdio::inherit()
+                    } else {
+                        Stdio::null()
+                    },
+                    stdout,
+                    stderr,
+                }
+            }
         };
-        if let Some(reason) = failure {
-            let _ = supervisor.start_kill();
-            let _ = supervisor.wait().await;
-            let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
-            return Err(RuntimeError::BackendFailure {
+        let limited = spec.cpus.is_some() || spec.memory_mb.is_some();
+        let supervisor = self
+            .runsc
+            .spawn_supervisor(id, &dir.join("bundle"), stdio, limited)?;
+        let info = SandboxInfo {
+            id: id.to_string(),
+            state: SandboxState::Running,
+            image: image.name,
+            image_id: image.id.to_string(),
+            created_at,
+            spec: spec.clone(),
+        };
+        Ok((link, supervisor, info, copiers))
+    }
+
+    /// Runs `process` as a one-shot sandbox's first process, on this process's stdout and
+    /// stderr (and stdin when `stdin`), the way `runsc run` runs a container: no round trip
+    /// to the agent stands between boot and the command, and the sandbox ends when the
+    /// command does. [`Self::wait_attached`] then reports its exit and removes the sandbox.
+    /// The agent still dials home, for signals and the rest of the API while it runs.
+    pub async fn run_attached(
+        &self,
+        mut spec: SandboxSpec,
+        process: &StartProcess,
+        stdin: bool,
+    ) -> Result<AttachedRun> {
+        let id = self.admit(&mut spec)?;
+        match self.launch(&id, &spec, Some((process, stdin))) {
+            Ok((link, supervisor, info, copiers)) => Ok(AttachedRun {
+                info,
+                agent: AgentClient::new(link),
+                supervisor,
+                copiers,
+            }),
+            Err(e) => {
+                if let Err(cleanup) = self.teardown(&id).await {
+                    tracing::warn!(%id, error = %cleanup, "cleanup after a failed create");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits for a one-shot sandbox to end, removes it, and says how its command ended.
+    pub async fn wait_attached(&self, mut run: AttachedRun) -> Result<BootOutcome> {
+        let id = run.info.id.clone();
+        let status = run.supervisor.wait().await;
+        // The sandbox's processes are gone, so the copies reach end of file.
+        for copier in run.copiers.drain(..) {
+            let _ = tokio::task::spawn_blocking(move || copier.join()).await;
+        }
+        let run_dir = self.dir(&id).join("run");
+        let outcome = std::fs::read(run_dir.join(hutch_wire::BOOT_OUTCOME_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<BootOutcome>(&bytes).ok());
+        let log =
+            std::fs::read_to_string(run_dir.join(hutch_wire::AGENT_LOG_FILE)).unwrap_or_default();
+        drop(run.agent);
+        self.forget_link(&id);
+        if let Err(e) = self.teardown(&id).await {
+            tracing::warn!(%id, error = %e, "removing a one-shot sandbox");
+        }
+
+        if let Some(outcome) = outcome {
+            return Ok(outcome);
+        }
+        // No outcome file: a plain exit, whose code the agent made runsc's.
+        match status.as_ref().ok().and_then(|s| s.code()) {
+            Some(code) => Ok(BootOutcome::Exit(hutch_wire::ExitInfo {
+                exit_code: Some(code.into()),
+                signal: None,
+                oom_killed: false,
+                reason: hutch_wire::ProcessExitReason::Exited,
+            })),
+            None => Err(RuntimeError::BackendFailure {
                 backend: BACKEND,
-                message: format!("{reason}; sandbox console: {}", last_lines(&console, 6)),
+                message: format!(
+                    "the sandbox ended before its command did (runsc: {}){}",
+                    status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                    if log.trim().is_empty() {
+                        String::new()
+                    } else {
+                        format!("; agent log: {}", last_lines(&log, 6))
+                    }
+                ),
+            }),
+        }
+    }
+
+    /// Checks a spec and settles the new sandbox's id.
+    fn admit(&self, spec: &mut SandboxSpec) -> Result<String> {
+        if spec.network == NetworkMode::Egress {
+            return Err(RuntimeError::UnsupportedCapability {
+                backend: BACKEND,
+                capability: C::NetworkEgress,
+                reason: CapabilityReason::FeatureGated {
+                    feature: "network policy".into(),
+                },
             });
         }
-        if let Ok(mut supervisors) = self.supervisors.lock() {
-            supervisors.insert(id.to_string(), supervisor);
+        if let Some(cpus) = spec.cpus
+            && !(cpus > 0.0 && cpus <= 1024.0)
+        {
+            return Err(RuntimeError::InvalidSpec {
+                reason: format!("cpus must be between 0 and 1024, got {cpus}"),
+            });
         }
-        tracing::debug!(%id, "agent connected");
-        if let Ok(mut links) = self.links.lock() {
-            links.insert(id.to_string(), link.clone());
+        if let Some(mb) = spec.memory_mb
+            && !(16..=1 << 22).contains(&mb)
+        {
+            return Err(RuntimeError::InvalidSpec {
+                reason: format!("memory must be at least 16 MiB, got {mb} MiB"),
+            });
         }
-        Ok(Sandbox {
-            info: SandboxInfo {
-                id: id.to_string(),
-                state: SandboxState::Running,
-                image: image.name,
-                image_id: image.id.to_string(),
-                created_at,
-                spec: spec.clone(),
-            },
-            agent: AgentClient::new(link),
-        })
+        for kv in &spec.env {
+            if !kv.contains('=') || kv.starts_with('=') {
+                return Err(RuntimeError::InvalidSpec {
+                    reason: format!("environment entry {kv:?} is not KEY=VALUE"),
+                });
+            }
+        }
+        let id = match spec.id.clone() {
+            Some(id) => {
+                validate_id(&id)?;
+                id
+            }
+            None => random_id()?,
+        };
+        spec.id = Some(id.clone());
+        if self.dir(&id).exists() || self.runsc.knows(&id) {
+            return Err(RuntimeError::AlreadyExists { id });
+        }
+        Ok(id)
     }
 
     /// Ends the sandbox: the agent is asked to exit (SIGTERM to everything, SIGKILL after
@@ -344,47 +563,7 @@ impl Backend for GvisorBackend {
     }
 
     async fn create(&self, mut spec: SandboxSpec) -> Result<Sandbox> {
-        if spec.network == NetworkMode::Egress {
-            return Err(RuntimeError::UnsupportedCapability {
-                backend: BACKEND,
-                capability: C::NetworkEgress,
-                reason: CapabilityReason::FeatureGated {
-                    feature: "network policy".into(),
-                },
-            });
-        }
-        if let Some(cpus) = spec.cpus
-            && !(cpus > 0.0 && cpus <= 1024.0)
-        {
-            return Err(RuntimeError::InvalidSpec {
-                reason: format!("cpus must be between 0 and 1024, got {cpus}"),
-            });
-        }
-        if let Some(mb) = spec.memory_mb
-            && !(16..=1 << 22).contains(&mb)
-        {
-            return Err(RuntimeError::InvalidSpec {
-                reason: format!("memory must be at least 16 MiB, got {mb} MiB"),
-            });
-        }
-        for kv in &spec.env {
-            if !kv.contains('=') || kv.starts_with('=') {
-                return Err(RuntimeError::InvalidSpec {
-                    reason: format!("environment entry {kv:?} is not KEY=VALUE"),
-                });
-            }
-        }
-        let id = match spec.id.clone() {
-            Some(id) => {
-                validate_id(&id)?;
-                id
-            }
-            None => random_id()?,
-        };
-        spec.id = Some(id.clone());
-        if self.dir(&id).exists() || self.runsc.knows(&id) {
-            return Err(RuntimeError::AlreadyExists { id });
-        }
+        let id = self.admit(&mut spec)?;
         match self.provision(&id, &spec).await {
             Ok(sandbox) => Ok(sandbox),
             Err(e) => {
