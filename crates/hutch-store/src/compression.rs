@@ -12,6 +12,7 @@ use crate::error::{IoContext, StoreError};
 pub(crate) enum Compression {
     None,
     Gzip,
+    Zstd,
 }
 
 /// Detects the compression of a stream from its magic bytes; formats not handled yet are
@@ -23,7 +24,7 @@ pub(crate) fn detect_compression(head: &[u8], what: &str) -> Result<Compression,
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Compression::Gzip)
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Err(unsupported("zstd"))
+        Ok(Compression::Zstd)
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
         Err(unsupported("xz"))
     } else if head.starts_with(b"BZh") {
@@ -33,7 +34,7 @@ pub(crate) fn detect_compression(head: &[u8], what: &str) -> Result<Compression,
     }
 }
 
-/// Opens `reader` as a (possibly gzip-compressed) stream of tar bytes.
+/// Opens `reader` as a (possibly gzip- or zstd-compressed) stream of tar bytes.
 pub(crate) fn decompressed<'a, R: Read + 'a>(
     reader: R,
     what: &str,
@@ -44,6 +45,10 @@ pub(crate) fn decompressed<'a, R: Read + 'a>(
         .ctx(|| format!("reading the start of {what}"))?;
     Ok(match detect_compression(head, what)? {
         Compression::Gzip => Box::new(MultiGzDecoder::new(buffered)),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(buffered)
+                .ctx(|| format!("starting to decompress {what}"))?,
+        ),
         Compression::None => Box::new(buffered),
     })
 }
@@ -62,8 +67,12 @@ mod tests {
             detect_compression(b"ustar", "x").expect("plain"),
             Compression::None
         );
-        match detect_compression(&[0x28, 0xb5, 0x2f, 0xfd], "layer") {
-            Err(StoreError::Unsupported { what }) => assert!(what.contains("zstd")),
+        assert_eq!(
+            detect_compression(&[0x28, 0xb5, 0x2f, 0xfd], "x").expect("zstd"),
+            Compression::Zstd
+        );
+        match detect_compression(&[0xfd, b'7', b'z', b'X', b'Z', 0], "layer") {
+            Err(StoreError::Unsupported { what }) => assert!(what.contains("xz")),
             other => panic!("expected Unsupported, got {other:?}"),
         }
     }

@@ -17,7 +17,8 @@ use crate::error::{IoContext, StoreError};
 use crate::image::{Image, ImageConfig, LayerRecord, parse_config};
 use crate::name::normalize_name;
 use crate::oci::{
-    self, Descriptor, Manifest, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_MANIFEST,
+    self, Descriptor, Manifest, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD,
+    OCI_MANIFEST,
 };
 use crate::source::{self, Layout, SourceDir};
 use crate::staging::{Staging, write_atomic};
@@ -228,15 +229,6 @@ fn stage_oci(
     let mut layers = Vec::with_capacity(count);
     for (i, desc) in resolved.manifest.layers.iter().enumerate() {
         let what = format!("layer blob {} ({} of {count})", desc.digest, i + 1);
-        if desc
-            .media_type
-            .as_deref()
-            .is_some_and(|m| m.contains("zstd"))
-        {
-            return Err(StoreError::Unsupported {
-                what: format!("zstd-compressed {what}"),
-            });
-        }
         let path = oci::blob_in(&src.dir, &desc.digest);
         let staged = stage_file(
             &path,
@@ -270,6 +262,7 @@ fn stage_docker(
         let staged = stage_file(&member.path, blobs, expected, src.staged, &what, source)?;
         let media_type = match staged_compression(blobs, &staged.digest, &what)? {
             Compression::Gzip => OCI_LAYER_GZIP,
+            Compression::Zstd => OCI_LAYER_ZSTD,
             Compression::None => OCI_LAYER_TAR,
         };
         descriptors.push(descriptor(media_type, &staged));

@@ -39,8 +39,20 @@ pub(crate) fn unpack_layer(
     layer: &str,
 ) -> Result<u64, StoreError> {
     let file = File::open(blob).ctx(|| format!("opening blob of {layer}"))?;
+    unpack_layer_from(file, dest, diff_id, layer)
+}
+
+/// [`unpack_layer`] from any stream of the (possibly compressed) blob: a pull unpacks while
+/// it downloads. The caller must drain `blob` afterwards if it hashes it (a compressed
+/// stream may go on past the end of the tar archive).
+pub(crate) fn unpack_layer_from<R: Read>(
+    blob: R,
+    dest: &Path,
+    diff_id: &Digest,
+    layer: &str,
+) -> Result<u64, StoreError> {
     let what = format!("layer {layer}");
-    let stream = HashingReader::new(decompressed(file, &what)?);
+    let stream = HashingReader::new(decompressed(blob, &what)?);
     let mut archive = tar::Archive::new(stream);
     let mut extractor = Extractor {
         root: dest,

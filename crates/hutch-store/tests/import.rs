@@ -426,3 +426,17 @@ fn concurrent_imports_share_layers() {
         0
     );
 }
+
+#[test]
+fn zstd_layers_unpack() {
+    let env = Env::new();
+    let img = image(vec![base_layer(), top_layer()])
+        .packing(Packing::Zstd)
+        .build();
+    let imported = env
+        .store
+        .import(&env.layout(&img.oci_files("latest")), "zstd")
+        .expect("import");
+    assert_eq!(imported.layers, img.diff_ids);
+    assert_eq!(env.layer_count(), 2);
+}
