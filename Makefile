@@ -1,6 +1,7 @@
 # Developer tasks, in one place. Every target installs what it needs (idempotent).
 SHELL := /bin/bash
-APT_PACKAGES := runsc busybox-static debootstrap umoci skopeo hyperfine curl python3-venv
+APT_PACKAGES := runsc busybox-static debootstrap umoci skopeo hyperfine curl python3-venv \
+	docker-registry buildah apache2-utils attr libcap2-bin openssl
 FIXTURES ?= $(HOME)/.cache/hutch/fixtures
 DEMO_HOME ?= /tmp/hutch-demo
 # The Python SDK conformance suite (tests/python) runs in its own venv.
@@ -17,7 +18,7 @@ setup:
 	fi
 	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 
-## fixtures: the busybox and Debian+python3 test images (built offline, cached)
+## fixtures: the busybox, Debian+python3 and oracle (layer edge cases) test images (built offline, cached)
 fixtures: setup
 	bash fixtures/build-all.sh $(FIXTURES) >/dev/null
 

@@ -4,6 +4,7 @@
 mod agent_binary;
 mod client;
 mod image;
+mod pull;
 mod run;
 mod sbx;
 mod serve;
@@ -96,7 +97,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run::run(args).await,
-            Command::Image(cmd) => image::dispatch(cmd).map(|()| 0),
+            Command::Image(cmd) => image::dispatch(cmd).await,
             Command::Info { json } => run::info(json).map(|()| 0),
             Command::Serve(args) => serve::serve(args).await,
             Command::Key(cmd) => serve::key(cmd),

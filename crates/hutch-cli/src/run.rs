@@ -17,6 +17,7 @@ use serde_json::json;
 use tokio::io::AsyncReadExt;
 
 use crate::client;
+use crate::pull::{PullPolicy, RegistryArgs};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -47,6 +48,12 @@ pub struct RunArgs {
     /// Use the embedded runtime even when a server is running.
     #[arg(long)]
     local: bool,
+    /// When to pull the image from its registry.
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pull: PullPolicy,
+    /// Reach the image's registry over plain HTTP (see `hutch image pull --help`).
+    #[arg(long)]
+    insecure: bool,
     /// Image name in the local store.
     image: String,
     /// Command and arguments (replace the image's CMD).
@@ -171,18 +178,66 @@ async fn find_server() -> anyhow::Result<Option<String>> {
     }
 }
 
+/// Has the server pull `reference`, drawing its progress events.
+async fn server_pull(api: &str, reference: &str) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let body = json!({ "reference": reference }).to_string();
+    let resp = client::send(
+        api,
+        Method::POST,
+        "/hutch/v1/images/pull",
+        None,
+        client::full(body),
+    )
+    .await?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    if !status.is_success() {
+        let bytes = body.collect().await?.to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        anyhow::bail!(
+            "{}",
+            value["message"].as_str().map_or_else(
+                || String::from_utf8_lossy(&bytes).into_owned(),
+                String::from
+            )
+        );
+    }
+    let renderer = hutch_registry::Renderer::new(std::io::stderr().is_terminal());
+    let mut pending = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let value: serde_json::Value = serde_json::from_slice(&line).unwrap_or_default();
+            if value["event"] == "error" {
+                anyhow::bail!("{}", value["message"].as_str().unwrap_or("the pull failed"));
+            }
+            if let Ok(event) = serde_json::from_value::<hutch_registry::Event>(value) {
+                renderer.handle(event);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `hutch run` against a server: create through the lifecycle API, run through the proxy
 /// with the same framed, reattachable exec the embedded path uses, then delete.
 async fn run_on_server(args: RunArgs, api: &str) -> anyhow::Result<u8> {
-    let image = client::json(
-        api,
-        Method::GET,
-        &format!("/hutch/v1/images/{}", args.image),
-        None,
-        None,
-    )
-    .await
-    .with_context(|| format!("looking up image {}", args.image))?;
+    let name = crate::pull::store_name(&args.image);
+    let path = format!("/hutch/v1/images/{name}");
+    let lookup = client::json(api, Method::GET, &path, None, None).await;
+    let image = match (args.pull, lookup) {
+        (PullPolicy::Never, found) => found?,
+        (PullPolicy::Missing, Ok(found)) => found,
+        _ => {
+            server_pull(api, &args.image).await?;
+            client::json(api, Method::GET, &path, None, None).await?
+        }
+    };
     let config: hutch_store::ImageConfig = serde_json::from_value(image["config"].clone())
         .context("the server sent a malformed image record")?;
     let argv = argv(&args, &config)?;
@@ -193,7 +248,7 @@ async fn run_on_server(args: RunArgs, api: &str) -> anyhow::Result<u8> {
     if let Some(m) = args.memory {
         resources["memory_mb"] = json!(m);
     }
-    let body = json!({"image": args.image, "resources": resources});
+    let body = json!({"image": name, "resources": resources});
     let created = client::json(api, Method::POST, crate::sbx::NS, None, Some(body))
         .await
         .context("creating the sandbox")?;
@@ -256,7 +311,11 @@ async fn run_on_server(args: RunArgs, api: &str) -> anyhow::Result<u8> {
 async fn run_embedded(args: RunArgs) -> anyhow::Result<u8> {
     let backend = backend()?;
     tracing::debug!("backend ready");
-    let image = backend.store().image(&args.image)?;
+    let registry = RegistryArgs {
+        insecure: args.insecure,
+        ..RegistryArgs::default()
+    };
+    let image = crate::pull::resolve(backend.store(), &args.image, args.pull, &registry).await?;
     let argv = argv(&args, &image.config)?;
     let spec = SandboxSpec {
         image: image.name.clone(),

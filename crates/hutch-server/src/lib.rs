@@ -14,6 +14,7 @@ pub mod auth;
 pub mod db;
 pub mod default_image;
 mod error;
+mod images;
 pub mod lifecycle;
 mod openapi;
 pub mod proxy;
@@ -55,6 +56,8 @@ pub struct App {
     pub proxy_url: String,
     /// [`state_id`] of the state directory, reported by `/healthz`.
     pub state_id: String,
+    /// Pulls missing images.
+    pub registry: hutch_registry::Client,
 }
 
 /// A fingerprint of the state directory `home`: the CLI compares its own with the one a
@@ -111,6 +114,7 @@ pub async fn serve(
         auth,
         proxy_url: format!("http://{proxy_host}:{}", config.proxy_listen.port()),
         state_id: state_id(&config.home),
+        registry: images::client()?,
     });
 
     let api = bind(config.listen).await?;

@@ -62,6 +62,7 @@ pub fn router(app: Arc<App>) -> Router {
                 axum::Json(json!({"status": "ok", "state_id": app.state_id}))
             }),
         )
+        .route("/hutch/v1/images/pull", post(crate::images::pull))
         .route("/hutch/v1/images/{*name}", get(image))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
@@ -89,7 +90,7 @@ fn check_namespace(ns: &str) -> Result<(), ApiError> {
 }
 
 /// Reads a JSON body under the limit; every failure is a typed 4xx.
-async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     use http_body_util::BodyExt;
     let mut body = body;
     let mut buf = Vec::new();
@@ -325,10 +326,14 @@ async fn create(app: Arc<App>, ns: String, req: Request) -> Result<Response, Api
         "auto_resume": body.auto_resume.unwrap_or(true),
         "allow_unauthenticated_access": body.allow_unauthenticated_access.unwrap_or(false),
     });
+    let image = match &body.image {
+        Some(reference) => Some(crate::images::ensure(&app, reference).await?),
+        None => None,
+    };
     let params = CreateParams {
         namespace: ns,
         name: body.name,
-        image: body.image,
+        image,
         cpus: Some(cpus),
         memory_mb: Some(memory_mb),
         disk_mb: resources.disk_mb,

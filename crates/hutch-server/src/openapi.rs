@@ -75,6 +75,12 @@ pub fn spec() -> Value {
         json!({"get": {"summary": "Liveness, and which state directory this server serves (state_id: a fingerprint the CLI compares with its own)", "responses": {"200": {"description": "{status: ok, state_id}"}}}}),
     );
     paths.insert(
+        "/hutch/v1/images/pull".into(),
+        json!({"post": {"summary": "Pull an image into the server's store; streams progress events, one JSON object per line (resolved, layer_skipped, layer_started, layer_progress, layer_done, layer_retry, done, or error with code and message)",
+                        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["reference"], "properties": {"reference": {"type": "string"}}}}}},
+                        "responses": {"200": {"description": "application/x-ndjson event stream"}, "400": error_response("invalid reference")}}}),
+    );
+    paths.insert(
         "/hutch/v1/images/{name}".into(),
         json!({"get": {"summary": "An image in the server's store: its layers and config (entrypoint, cmd, env, working_dir, user)",
                        "parameters": [{"name": "name", "in": "path", "required": true, "description": "image reference; may contain '/' and ':'", "schema": {"type": "string"}}],
@@ -153,6 +159,7 @@ mod tests {
         "/openapi.json",
         "/healthz",
         "/hutch/v1/images/{name}",
+        "/hutch/v1/images/pull",
     ];
 
     #[test]

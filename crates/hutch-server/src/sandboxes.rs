@@ -117,6 +117,10 @@ impl Sandboxes {
     }
 
     /// Records the sandbox as `pending` and starts it in the background.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The image `name` names in the store, or the default image.
     pub fn image(&self, name: Option<&str>) -> Result<hutch_store::Image, ApiError> {
         let name = name.unwrap_or(&self.default_image);

@@ -53,8 +53,18 @@ pub(crate) fn open_source_file(path: &Path, what: &str, source: &Path) -> Result
 /// the import allocate without limit).
 pub(crate) fn read_small(path: &Path, what: &str, source: &Path) -> Result<Vec<u8>, StoreError> {
     let file = open_source_file(path, what, source)?;
+    read_small_from(file, what, source)
+}
+
+/// [`read_small`] from any stream, e.g. an archive member.
+pub(crate) fn read_small_from(
+    reader: impl Read,
+    what: &str,
+    source: &Path,
+) -> Result<Vec<u8>, StoreError> {
     let mut bytes = Vec::new();
-    file.take(JSON_LIMIT + 1)
+    reader
+        .take(JSON_LIMIT + 1)
         .read_to_end(&mut bytes)
         .ctx(|| format!("reading {what}"))?;
     if bytes.len() as u64 > JSON_LIMIT {

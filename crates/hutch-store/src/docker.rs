@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::blob::{not_an_image, read_small};
 use crate::digest::Digest;
 use crate::error::StoreError;
-use crate::name::normalize_name;
+use crate::name::name_from_reference;
 use crate::unpack::normalize;
 
 #[derive(Deserialize)]
@@ -33,14 +33,38 @@ pub(crate) struct ResolvedDocker {
     pub(crate) layers: Vec<Member>,
 }
 
-pub(crate) fn resolve(dir: &Path, name: &str, source: &Path) -> Result<ResolvedDocker, StoreError> {
-    let bytes = read_small(&dir.join("manifest.json"), "manifest.json", source)?;
-    let entries: Vec<ManifestEntry> = serde_json::from_slice(&bytes).map_err(|e| {
+fn parse_manifest(bytes: &[u8], source: &Path) -> Result<Vec<ManifestEntry>, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| {
         not_an_image(
             source,
             format!("manifest.json is not a valid docker save manifest: {e}"),
         )
-    })?;
+    })
+}
+
+/// The store names of each image of a `manifest.json` (from its `RepoTags`), in order; an
+/// untagged image has none. Invalid tags are skipped.
+pub(crate) fn manifest_names(bytes: &[u8], source: &Path) -> Result<Vec<Vec<String>>, StoreError> {
+    let entries = parse_manifest(bytes, source)?;
+    Ok(entries
+        .iter()
+        .map(|entry| {
+            let mut names: Vec<String> = Vec::new();
+            for tag in entry.repo_tags.iter().flatten() {
+                match name_from_reference(tag) {
+                    Ok(name) if !names.contains(&name) => names.push(name),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(%err, "ignoring an unusable RepoTags entry"),
+                }
+            }
+            names
+        })
+        .collect())
+}
+
+pub(crate) fn resolve(dir: &Path, name: &str, source: &Path) -> Result<ResolvedDocker, StoreError> {
+    let bytes = read_small(&dir.join("manifest.json"), "manifest.json", source)?;
+    let entries = parse_manifest(&bytes, source)?;
     let entry = select(&entries, name).map_err(|reason| not_an_image(source, reason))?;
 
     let config = member(dir, &entry.config, true, source)?;
@@ -70,13 +94,11 @@ pub(crate) fn resolve(dir: &Path, name: &str, source: &Path) -> Result<ResolvedD
 /// The entry tagged with the requested name, or the only entry.
 fn select<'a>(entries: &'a [ManifestEntry], name: &str) -> Result<&'a ManifestEntry, String> {
     let tagged = entries.iter().find(|entry| {
-        entry.repo_tags.iter().flatten().any(|tag| {
-            let short = tag
-                .strip_prefix("docker.io/library/")
-                .or_else(|| tag.strip_prefix("docker.io/"))
-                .unwrap_or(tag);
-            normalize_name(short).is_ok_and(|n| n == name)
-        })
+        entry
+            .repo_tags
+            .iter()
+            .flatten()
+            .any(|tag| name_from_reference(tag).is_ok_and(|n| n == name))
     });
     match (tagged, entries) {
         (Some(entry), _) => Ok(entry),

@@ -53,6 +53,18 @@ pub enum StoreError {
         actual: u64,
     },
 
+    #[error(
+        "blob {digest} of image {image} is not in the store; re-import the image (`hutch image fsck` checks the whole store)"
+    )]
+    BlobMissing { image: String, digest: Digest },
+
+    #[error(
+        "{} names no image (no io.containerd.image.name or full org.opencontainers.image.ref.name annotation, no RepoTags); import it under a name of your choice with `hutch image import --name NAME {}`",
+        path.display(),
+        path.display()
+    )]
+    Unnamed { path: PathBuf },
+
     #[error("{what} is not supported yet")]
     Unsupported { what: String },
 

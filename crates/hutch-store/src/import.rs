@@ -24,24 +24,24 @@ use crate::source::{self, Layout, SourceDir};
 use crate::staging::{Staging, write_atomic};
 use crate::store::{Store, now_secs};
 use crate::syscalls;
-use crate::unpack::unpack_layer;
+use crate::unpack::unpack_layer_from;
 
 /// Everything verified and staged, ready to be published.
-struct Plan {
-    name: String,
-    config: ImageConfig,
-    config_digest: Digest,
-    manifest_digest: Digest,
-    layers: Vec<PlannedLayer>,
-    blobs: PathBuf,
-    unpacked: PathBuf,
+pub(crate) struct Plan {
+    pub(crate) name: String,
+    pub(crate) config: ImageConfig,
+    pub(crate) config_digest: Digest,
+    pub(crate) manifest_digest: Digest,
+    pub(crate) layers: Vec<PlannedLayer>,
+    pub(crate) blobs: PathBuf,
+    pub(crate) unpacked: PathBuf,
 }
 
-struct PlannedLayer {
-    diff_id: Digest,
-    blob: Digest,
+pub(crate) struct PlannedLayer {
+    pub(crate) diff_id: Digest,
+    pub(crate) blob: Digest,
     /// How errors name this layer, e.g. `sha256:... (2 of 3)`.
-    what: String,
+    pub(crate) what: String,
 }
 
 impl Store {
@@ -104,7 +104,7 @@ impl Store {
         Ok(plan)
     }
 
-    fn publish(&self, plan: &Plan, source: &Path) -> Result<Image, StoreError> {
+    pub(crate) fn publish(&self, plan: &Plan, source: &Path) -> Result<Image, StoreError> {
         let _lock = self.lock()?;
         let result = self.publish_locked(plan);
         if result.is_err() {
@@ -185,6 +185,18 @@ fn unpack_staged(plan: &Plan, layer: &PlannedLayer) -> Result<(), StoreError> {
     if dir.join("layer.json").is_file() {
         return Ok(());
     }
+    let blob = blob_path(&plan.blobs, &layer.blob);
+    let file = File::open(&blob).ctx(|| format!("opening blob of {}", layer.what))?;
+    unpack_into(&plan.unpacked, file, layer)
+}
+
+/// Unpacks one layer from a stream of its blob into `<unpacked>/<hex>/fs` plus `layer.json`.
+pub(crate) fn unpack_into<R: Read>(
+    unpacked: &Path,
+    blob: R,
+    layer: &PlannedLayer,
+) -> Result<(), StoreError> {
+    let dir = unpacked.join(layer.diff_id.hex());
     if dir.exists() {
         fs::remove_dir_all(&dir).ctx(|| format!("discarding partial layer {}", layer.what))?;
     }
@@ -194,8 +206,7 @@ fn unpack_staged(plan: &Plan, layer: &PlannedLayer) -> Result<(), StoreError> {
         .mode(0o755)
         .create(&fs_dir)
         .ctx(|| format!("creating layer directory for {}", layer.what))?;
-    let blob = blob_path(&plan.blobs, &layer.blob);
-    let size_bytes = match unpack_layer(&blob, &fs_dir, &layer.diff_id, &layer.what) {
+    let size_bytes = match unpack_layer_from(blob, &fs_dir, &layer.diff_id, &layer.what) {
         Ok(size) => size,
         Err(err) => {
             let _ = fs::remove_dir_all(&dir);

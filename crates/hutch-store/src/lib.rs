@@ -28,17 +28,27 @@
 //!   happen under `store.lock`, so several processes can use one store concurrently, and a
 //!   layer is never collected between being published and being referenced.
 //! - A failed import leaves no record, no layer and nothing in `tmp/`.
+//!
+//! Beyond imports: `save` writes an image back out as an OCI archive (every blob re-verified on
+//! the way), `load` imports every image an archive names, and `fsck` checks the invariants
+//! above on disk; its repair (under `store.lock`) deletes what breaks them and unpacks missing
+//! layers again from intact blobs, but never deletes an image record or a pin.
 
 mod blob;
 mod compression;
 mod digest;
 mod docker;
 mod error;
+mod fsck;
 mod gc;
 mod image;
 mod import;
+mod ingest;
+mod inspect;
+mod load;
 mod name;
 mod oci;
+mod save;
 mod source;
 mod staging;
 mod store;
@@ -47,7 +57,10 @@ mod unpack;
 
 pub use digest::Digest;
 pub use error::StoreError;
+pub use fsck::{Finding, FindingKind, FsckReport};
 pub use gc::Removal;
 pub use image::{Image, ImageConfig};
+pub use ingest::{Ingest, IngestLayer};
+pub use inspect::{Inspection, LayerDetails};
 pub use name::normalize_name;
 pub use store::Store;

@@ -43,6 +43,17 @@ pub fn normalize_name(name: &str) -> Result<String, StoreError> {
     Ok(normalized)
 }
 
+/// The store name of a reference found in an archive (a `RepoTags` entry, an
+/// `io.containerd.image.name` annotation): Docker Hub's implicit `docker.io/library/` and
+/// `docker.io/` prefixes are dropped, so `docker.io/library/busybox:1.36` is `busybox:1.36`.
+pub(crate) fn name_from_reference(reference: &str) -> Result<String, StoreError> {
+    let short = reference
+        .strip_prefix("docker.io/library/")
+        .or_else(|| reference.strip_prefix("docker.io/"))
+        .unwrap_or(reference);
+    normalize_name(short)
+}
+
 fn check_tag(tag: &str) -> Result<(), String> {
     if tag.is_empty() {
         return Err("the tag after ':' is empty".into());
@@ -224,6 +235,19 @@ mod tests {
                 other => panic!("{bad:?} should be InvalidName, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn references_lose_the_docker_hub_prefix() {
+        for (reference, name) in [
+            ("docker.io/library/busybox:1.36", "busybox:1.36"),
+            ("docker.io/org/app", "org/app:latest"),
+            ("ghcr.io/org/app:v1", "ghcr.io/org/app:v1"),
+            ("busybox", "busybox:latest"),
+        ] {
+            assert_eq!(name_from_reference(reference).expect(reference), name);
+        }
+        assert!(name_from_reference("docker.io/library/").is_err());
     }
 
     #[test]

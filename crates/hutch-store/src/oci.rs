@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::blob::{not_an_image, read_small, read_verified};
 use crate::digest::Digest;
 use crate::error::StoreError;
-use crate::name::normalize_name;
+use crate::name::name_from_reference;
 
 pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -22,8 +22,8 @@ pub(crate) const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
-const CONTAINERD_NAME: &str = "io.containerd.image.name";
+pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub(crate) const CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// Bounds index recursion so a cyclic or absurdly deep index cannot loop forever.
 const MAX_INDEX_DEPTH: usize = 4;
 
@@ -218,17 +218,60 @@ pub(crate) fn host_architecture() -> &'static str {
     }
 }
 
-/// Chooses one entry of an index: the one whose ref name matches the requested name or tag,
-/// else the one for this host's linux platform, else the only one.
+/// The store names each entry of an index.json (its top level only) carries, in order; an
+/// unnamed entry has none.
+pub(crate) fn index_names(
+    index_bytes: &[u8],
+    source: &Path,
+) -> Result<Vec<Vec<String>>, StoreError> {
+    let index = parse_index_or_manifest(index_bytes, "index.json", source)?;
+    let manifests = index
+        .manifests
+        .ok_or_else(|| not_an_image(source, "index.json is not an image index"))?;
+    Ok(manifests.iter().map(annotated_names).collect())
+}
+
+/// The store names an index entry's annotations give its image: the containerd name, and the
+/// OCI ref name when it is a full reference rather than a bare tag (a tag holds neither ':'
+/// nor '/'). Invalid names are skipped.
+fn annotated_names(descriptor: &Descriptor) -> Vec<String> {
+    let containerd = descriptor.annotations.get(CONTAINERD_NAME);
+    let full_ref = descriptor
+        .annotations
+        .get(REF_NAME)
+        .filter(|r| r.contains([':', '/']));
+    let mut names: Vec<String> = Vec::new();
+    for reference in containerd.into_iter().chain(full_ref) {
+        match name_from_reference(reference) {
+            Ok(name) if !names.contains(&name) => names.push(name),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(%err, "ignoring an unusable image name in index.json"),
+        }
+    }
+    names
+}
+
+/// Chooses one entry of an index: the one annotated with the requested full name, else the
+/// one whose ref name matches the requested name or tag, else the one for this host's linux
+/// platform, else the only one. Full names come first so that an archive of several images
+/// that share a tag (`docker save a:latest b:latest`) still yields each by its name.
 fn select<'a>(manifests: &'a [Descriptor], name: &str) -> Result<&'a Descriptor, String> {
     if manifests.is_empty() {
         return Err("lists no manifests".into());
     }
     let tag = name.rsplit_once(':').map_or("latest", |(_, tag)| tag);
-    let by_ref: Vec<&Descriptor> = manifests
+    let by_name: Vec<&Descriptor> = manifests
         .iter()
-        .filter(|d| ref_matches(d, name, tag))
+        .filter(|d| annotated_names(d).iter().any(|n| n == name))
         .collect();
+    let by_ref: Vec<&Descriptor> = if by_name.is_empty() {
+        manifests
+            .iter()
+            .filter(|d| ref_matches(d, name, tag))
+            .collect()
+    } else {
+        by_name
+    };
     let candidates: Vec<&Descriptor> = if by_ref.is_empty() {
         manifests.iter().collect()
     } else {
@@ -261,13 +304,7 @@ fn select<'a>(manifests: &'a [Descriptor], name: &str) -> Result<&'a Descriptor,
 }
 
 fn ref_matches(descriptor: &Descriptor, name: &str, tag: &str) -> bool {
-    let names_image = |value: &str| {
-        let short = value
-            .strip_prefix("docker.io/library/")
-            .or_else(|| value.strip_prefix("docker.io/"))
-            .unwrap_or(value);
-        normalize_name(short).is_ok_and(|n| n == name)
-    };
+    let names_image = |value: &str| name_from_reference(value).is_ok_and(|n| n == name);
     let ref_name = descriptor.annotations.get(REF_NAME);
     let containerd = descriptor.annotations.get(CONTAINERD_NAME);
     ref_name.is_some_and(|r| r == tag || names_image(r))
@@ -337,6 +374,33 @@ mod tests {
         ];
         assert!(select(&ambiguous, "x:latest").is_err());
         assert!(select(&[], "x:latest").is_err());
+    }
+
+    #[test]
+    fn full_names_win_over_shared_tags() {
+        let named = |n: u8, full: &str| {
+            let mut d = desc(n, Some("latest"), None);
+            d.annotations
+                .insert(CONTAINERD_NAME.to_string(), full.to_string());
+            d
+        };
+        let both = [
+            named(1, "docker.io/library/a:latest"),
+            named(2, "ghcr.io/org/b:latest"),
+        ];
+        assert_eq!(select(&both, "a:latest").expect("a").digest, both[0].digest);
+        assert_eq!(
+            select(&both, "ghcr.io/org/b:latest").expect("b").digest,
+            both[1].digest
+        );
+        assert!(
+            select(&both, "c:latest").is_err(),
+            "a shared tag is ambiguous"
+        );
+        assert_eq!(annotated_names(&both[0]), ["a:latest"]);
+        let full_ref = desc(3, Some("docker.io/library/busybox:1.36"), None);
+        assert_eq!(annotated_names(&full_ref), ["busybox:1.36"]);
+        assert!(annotated_names(&desc(4, Some("1.36"), None)).is_empty());
     }
 
     #[test]

@@ -37,21 +37,24 @@ pub(crate) struct SourceDir {
     pub(crate) staged: bool,
 }
 
+/// What `source` is; a missing one is not an image.
+pub(crate) fn metadata(source: &Path) -> Result<fs::Metadata, StoreError> {
+    match fs::metadata(source) {
+        Ok(meta) => Ok(meta),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            Err(not_an_image(source, "no such file or directory"))
+        }
+        Err(err) => Err(StoreError::io(
+            format!("inspecting {}", source.display()),
+            err,
+        )),
+    }
+}
+
 /// Resolves `source` to a directory with a recognised layout, staging it into `scratch` first
 /// when it is an archive.
 pub(crate) fn prepare(source: &Path, scratch: &Path) -> Result<SourceDir, StoreError> {
-    let meta = match fs::metadata(source) {
-        Ok(meta) => meta,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            return Err(not_an_image(source, "no such file or directory"));
-        }
-        Err(err) => {
-            return Err(StoreError::io(
-                format!("inspecting {}", source.display()),
-                err,
-            ));
-        }
-    };
+    let meta = metadata(source)?;
     let (dir, staged) = if meta.is_dir() {
         (source.to_path_buf(), false)
     } else if meta.is_file() {

@@ -125,7 +125,34 @@ impl Drop for Staging {
 /// Removes what earlier processes left in `tmp/`: staging directories whose lock is free,
 /// and anything else when we hold the store lock or it is older than an hour.
 pub(crate) fn clean_leftovers(tmp: &Path, holding_store_lock: bool) -> Result<(), StoreError> {
+    for leftover in leftovers(tmp, holding_store_lock)? {
+        let path = &leftover.path;
+        let removed = if leftover.is_dir {
+            fs::remove_dir_all(path)
+        } else {
+            fs::remove_file(path)
+        };
+        match removed {
+            Ok(()) => tracing::debug!(path = %path.display(), "removed leftover staging data"),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::warn!(path = %path.display(), %err, "could not remove leftover staging data")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An entry of `tmp/` that no live import or store-lock holder owns.
+pub(crate) struct Leftover {
+    pub(crate) path: PathBuf,
+    pub(crate) is_dir: bool,
+}
+
+/// What [`clean_leftovers`] would remove, in name order.
+pub(crate) fn leftovers(tmp: &Path, holding_store_lock: bool) -> Result<Vec<Leftover>, StoreError> {
     let entries = fs::read_dir(tmp).ctx(|| format!("listing {}", tmp.display()))?;
+    let mut found = Vec::new();
     for entry in entries {
         let entry = entry.ctx(|| format!("listing {}", tmp.display()))?;
         let path = entry.path();
@@ -140,23 +167,15 @@ pub(crate) fn clean_leftovers(tmp: &Path, holding_store_lock: bool) -> Result<()
         } else {
             holding_store_lock || is_old(&meta)
         };
-        if !abandoned {
-            continue;
-        }
-        let removed = if meta.is_dir() {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        match removed {
-            Ok(()) => tracing::debug!(path = %path.display(), "removed leftover staging data"),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => {
-                tracing::warn!(path = %path.display(), %err, "could not remove leftover staging data")
-            }
+        if abandoned {
+            found.push(Leftover {
+                path,
+                is_dir: meta.is_dir(),
+            });
         }
     }
-    Ok(())
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(found)
 }
 
 fn is_staging_dir(path: &Path) -> bool {

@@ -229,7 +229,7 @@ impl Store {
         self.root.join("tmp")
     }
 
-    fn lock_path(&self) -> PathBuf {
+    pub(crate) fn lock_path(&self) -> PathBuf {
         self.root.join("store.lock")
     }
 

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -29,22 +29,11 @@ const OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
 const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
 const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
 
-/// Unpacks the layer blob at `blob` into `dest` (an existing, empty directory) and returns the
-/// total size of its regular files. Fails with `DigestMismatch` when the decompressed stream
-/// does not hash to `diff_id`; the caller discards `dest` on any error.
-pub(crate) fn unpack_layer(
-    blob: &Path,
-    dest: &Path,
-    diff_id: &Digest,
-    layer: &str,
-) -> Result<u64, StoreError> {
-    let file = File::open(blob).ctx(|| format!("opening blob of {layer}"))?;
-    unpack_layer_from(file, dest, diff_id, layer)
-}
-
-/// [`unpack_layer`] from any stream of the (possibly compressed) blob: a pull unpacks while
-/// it downloads. The caller must drain `blob` afterwards if it hashes it (a compressed
-/// stream may go on past the end of the tar archive).
+/// Unpacks a stream of a (possibly compressed) layer blob into `dest` (an existing, empty
+/// directory) and returns the total size of its regular files. Fails with `DigestMismatch`
+/// when the decompressed stream does not hash to `diff_id`; the caller discards `dest` on any
+/// error. A pull calls this while it downloads; the caller must drain `blob` afterwards if it
+/// hashes it (a compressed stream may go on past the end of the tar archive).
 pub(crate) fn unpack_layer_from<R: Read>(
     blob: R,
     dest: &Path,

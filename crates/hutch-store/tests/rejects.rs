@@ -1,11 +1,12 @@
-//! Imports that must fail: corrupt or non-image sources and hostile layer tars. Every test
-//! checks the typed error, that the store is left exactly empty, and that nothing appeared
-//! anywhere else.
+//! Imports that must fail: corrupt or non-image sources and hostile layer tars. Every failing
+//! import is checked for its typed error, an exactly empty store, and nothing appearing
+//! anywhere else; the hostile layers that are legal are checked for a safe outcome, with
+//! nothing outside the store changed.
 
 mod fixture;
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use fixture::{Entry, Env, Layer, Packing, image, tar_files};
@@ -395,4 +396,507 @@ fn hostile_directory_time_is_not_applied_through_a_replaced_parent() {
         fs::metadata(victim.join("b")).expect("victim").mtime(),
         before
     );
+}
+
+// The hostile layer corpus, continued: every case below either fails with a typed error or
+// has a safe outcome, and in both cases nothing outside the store changes.
+
+/// Imports a one-layer image expecting success; asserts nothing appeared outside the store.
+fn import_layer_safely(env: &Env, layer: Vec<u8>) -> PathBuf {
+    let img = image(vec![layer]).build();
+    let layout = env.layout(&img.oci_files("latest"));
+    let before = env.outside_store();
+    let imported = env
+        .store
+        .import(&layout, "safe")
+        .expect("the layer is legal");
+    assert_eq!(
+        env.outside_store(),
+        before,
+        "files appeared outside the store"
+    );
+    env.store.layer_dir(&imported.layers[0])
+}
+
+/// A directory outside the store holding one file, to prove it is never written through.
+fn sentinel(env: &Env) -> PathBuf {
+    let dir = env.top.path().join("sentinel");
+    fs::create_dir(&dir).expect("sentinel");
+    fs::write(dir.join("victim"), b"intact").expect("victim");
+    dir
+}
+
+fn assert_sentinel_intact(dir: &Path) {
+    assert_eq!(
+        fs::read(dir.join("victim")).expect("victim survives"),
+        b"intact"
+    );
+    assert_eq!(
+        fs::read_dir(dir).expect("ls").count(),
+        1,
+        "sentinel changed"
+    );
+    assert_eq!(
+        fixture::lgetxattr(dir, "trusted.overlay.opaque"),
+        None,
+        "sentinel marked opaque"
+    );
+}
+
+/// Content, link count and mtime of /etc/passwd, to prove it is never touched.
+fn passwd_state() -> (Vec<u8>, u64, i64) {
+    let meta = fs::metadata("/etc/passwd").expect("/etc/passwd");
+    (
+        fs::read("/etc/passwd").expect("/etc/passwd"),
+        meta.nlink(),
+        meta.mtime(),
+    )
+}
+
+#[test]
+fn hostile_symlink_to_etc_then_file_passwd() {
+    let before = passwd_state();
+    let (_env, err) = import_layer_fails(
+        Layer::new()
+            .symlink("etc", "/etc")
+            .file("etc/passwd", b"root::0:0::/:/bin/sh\n")
+            .bytes(),
+    );
+    assert_unsafe(&err, "etc/passwd", "traverses symlink \"etc\"");
+    assert_eq!(passwd_state(), before);
+}
+
+#[test]
+fn hostile_chains_of_dotdot_symlinks() {
+    let cases: [(Layer, &str); 4] = [
+        (
+            Layer::new()
+                .symlink("a", "..")
+                .symlink("b", "a/..")
+                .file("b/escape", b"x"),
+            "b/escape",
+        ),
+        (
+            Layer::new()
+                .dir("d")
+                .dir("d/e")
+                .symlink("d/e/up", "../../../../../../..")
+                .file("d/e/up/escape", b"x"),
+            "d/e/up/escape",
+        ),
+        (
+            Layer::new()
+                .symlink("a", "../../..")
+                .symlink("b", "a")
+                .dir("b/escape.d"),
+            "b/escape.d",
+        ),
+        (
+            Layer::new()
+                .symlink("a", "..")
+                .symlink("a/evil", "/etc/passwd"),
+            "a/evil",
+        ),
+    ];
+    for (layer, entry) in cases {
+        let (_env, err) = import_layer_fails(layer.bytes());
+        assert_unsafe(&err, entry, "traverses symlink");
+    }
+}
+
+#[test]
+fn entries_over_a_symlink_replace_the_link_not_its_target() {
+    let env = Env::new();
+    let sentinel = sentinel(&env);
+    let target = sentinel.display().to_string();
+    let victim = sentinel.join("victim").display().to_string();
+    let before = passwd_state();
+    let fs_dir = import_layer_safely(
+        &env,
+        Layer::new()
+            .symlink("passwd", "/etc/passwd")
+            .file("passwd", b"mine")
+            .symlink("victim", &victim)
+            .entry(Entry {
+                device: (1, 3),
+                ..Entry::new("victim", EntryType::Char)
+            })
+            .symlink("dir", &target)
+            .dir("dir")
+            .file("dir/inside", b"inside")
+            .bytes(),
+    );
+    assert_eq!(passwd_state(), before);
+    assert_sentinel_intact(&sentinel);
+    assert_eq!(fs::read(fs_dir.join("passwd")).expect("file"), b"mine");
+    assert!(
+        fs::symlink_metadata(fs_dir.join("victim"))
+            .expect("node")
+            .file_type()
+            .is_char_device()
+    );
+    assert!(
+        fs::symlink_metadata(fs_dir.join("dir"))
+            .expect("dir")
+            .is_dir()
+    );
+    assert_eq!(
+        fs::read(fs_dir.join("dir/inside")).expect("inside"),
+        b"inside"
+    );
+}
+
+#[test]
+fn hardlink_to_a_symlink_pointing_outside_links_the_symlink_itself() {
+    let env = Env::new();
+    let before = passwd_state();
+    let fs_dir = import_layer_safely(
+        &env,
+        Layer::new()
+            .symlink("s", "/etc/passwd")
+            .hardlink("h", "s")
+            .bytes(),
+    );
+    assert_eq!(passwd_state(), before, "/etc/passwd gained no link");
+    let h = fs::symlink_metadata(fs_dir.join("h")).expect("h");
+    assert!(
+        h.file_type().is_symlink(),
+        "h is the symlink, not its target"
+    );
+    assert_eq!(
+        h.ino(),
+        fs::symlink_metadata(fs_dir.join("s")).expect("s").ino()
+    );
+    assert_eq!(
+        fs::read_link(fs_dir.join("h")).expect("target").to_str(),
+        Some("/etc/passwd")
+    );
+}
+
+#[test]
+fn hostile_hardlinks_to_the_layer_root_or_through_a_replaced_directory() {
+    for root in [".", "./", ""] {
+        let (_env, err) = import_layer_fails(Layer::new().hardlink("x", root).bytes());
+        assert_unsafe(&err, "x", "hardlink");
+    }
+    let before = passwd_state();
+    let (_env, err) = import_layer_fails(
+        Layer::new()
+            .dir("d")
+            .file("d/passwd", b"mine")
+            .symlink("d", "/etc")
+            .hardlink("x", "d/passwd")
+            .bytes(),
+    );
+    assert_unsafe(&err, "x", "traverses symlink \"d\"");
+    assert_eq!(passwd_state(), before);
+}
+
+#[test]
+fn device_nodes_and_setuid_files_stay_inside_the_private_store() {
+    let env = Env::new();
+    let fs_dir = import_layer_safely(
+        &env,
+        Layer::new()
+            .entry(Entry {
+                mode: 0o666,
+                device: (1, 1),
+                ..Entry::new("mem", EntryType::Char)
+            })
+            .entry(Entry {
+                mode: 0o666,
+                device: (8, 0),
+                ..Entry::new("sda", EntryType::Block)
+            })
+            .entry(Entry {
+                mode: 0o4755,
+                data: b"#!suid",
+                ..Entry::new("suid", EntryType::Regular)
+            })
+            .bytes(),
+    );
+    assert_eq!(
+        fs::symlink_metadata(fs_dir.join("mem"))
+            .expect("mem")
+            .rdev(),
+        libc::makedev(1, 1)
+    );
+    assert_eq!(
+        fs::symlink_metadata(fs_dir.join("suid"))
+            .expect("suid")
+            .mode()
+            & 0o7777,
+        0o4755
+    );
+    // Reachable by root only: unprivileged host users cannot use them.
+    for dir in ["layers", "blobs", "tmp"] {
+        let mode = fs::metadata(env.store.root().join(dir)).expect(dir).mode();
+        assert_eq!(mode & 0o777, 0o700, "{dir}");
+    }
+}
+
+#[test]
+fn setgid_directory_does_not_leak_into_implicit_parents() {
+    let env = Env::new();
+    let fs_dir = import_layer_safely(
+        &env,
+        Layer::new()
+            .entry(Entry {
+                mode: 0o2775,
+                gid: 1234,
+                ..Entry::new("g", EntryType::Directory)
+            })
+            .file("g/sub/file", b"x")
+            .bytes(),
+    );
+    let sub = fs::symlink_metadata(fs_dir.join("g/sub")).expect("sub");
+    assert_eq!((sub.uid(), sub.gid(), sub.mode() & 0o7777), (0, 0, 0o755));
+    let file = fs::symlink_metadata(fs_dir.join("g/sub/file")).expect("file");
+    assert_eq!((file.gid(), file.mode() & 0o7777), (0, 0o644));
+}
+
+#[test]
+fn hostile_path_longer_than_path_max() {
+    // 5000 bytes of valid components: each fits NAME_MAX, the whole exceeds PATH_MAX.
+    let long = format!("{}file", format!("{}/", "d".repeat(200)).repeat(25));
+    let (_env, err) = import_layer_fails(
+        Layer::new()
+            .pax(&[("path", long.as_bytes())])
+            .file("placeholder", b"x")
+            .bytes(),
+    );
+    assert_os_error(&err, libc::ENAMETOOLONG);
+    // One component longer than NAME_MAX.
+    let name = "n".repeat(300);
+    let (_env, err) = import_layer_fails(
+        Layer::new()
+            .pax(&[("path", name.as_bytes())])
+            .file("placeholder", b"x")
+            .bytes(),
+    );
+    assert_os_error(&err, libc::ENAMETOOLONG);
+    // A symlink target longer than PATH_MAX.
+    let target = "t/".repeat(3000);
+    let (_env, err) = import_layer_fails(
+        Layer::new()
+            .pax(&[("linkpath", target.as_bytes())])
+            .symlink("s", "placeholder")
+            .bytes(),
+    );
+    assert_os_error(&err, libc::ENAMETOOLONG);
+}
+
+fn assert_os_error(err: &StoreError, errno: i32) {
+    match err {
+        StoreError::Io { source, .. } => assert_eq!(source.raw_os_error(), Some(errno), "{err}"),
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+}
+
+#[test]
+fn hostile_nul_bytes_in_pax_paths() {
+    let (_env, err) = import_layer_fails(
+        Layer::new()
+            .pax(&[("path", b"ok\0/../../escape")])
+            .file("placeholder", b"x")
+            .bytes(),
+    );
+    assert_unsafe(&err, "ok\0/../../escape", "NUL");
+    let (_env, err) = import_layer_fails(
+        Layer::new()
+            .file("f", b"x")
+            .pax(&[("linkpath", b"f\0../../etc/passwd")])
+            .hardlink("h", "placeholder")
+            .bytes(),
+    );
+    assert_unsafe(&err, "h", "NUL");
+    let (_env, err) = import_layer_fails(
+        Layer::new()
+            .pax(&[("linkpath", b"/etc/passwd\0junk")])
+            .symlink("s", "placeholder")
+            .bytes(),
+    );
+    // The symlink target cannot even be passed to symlink(2).
+    match &err {
+        StoreError::Io { source, .. } => {
+            assert_eq!(source.kind(), std::io::ErrorKind::InvalidInput, "{err}")
+        }
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+}
+
+#[test]
+fn hostile_long_names_override_a_benign_header_name() {
+    // A PAX `path` record.
+    let (_env, err) = import_layer_fails(
+        Layer::new()
+            .pax(&[("path", b"../escape")])
+            .file("benign", b"x")
+            .bytes(),
+    );
+    assert_unsafe(&err, "../escape", "'..'");
+    // A GNU long name (`L`) member.
+    let (_env, err) = import_layer_fails(
+        Layer::new()
+            .entry(Entry {
+                path: b"././@LongLink",
+                data: b"/etc/hutch-escape\0",
+                ..Entry::new("x", EntryType::GNULongName)
+            })
+            .file("benign", b"x")
+            .bytes(),
+    );
+    assert_unsafe(&err, "/etc/hutch-escape", "absolute");
+    assert!(!Path::new("/etc/hutch-escape").exists());
+    // A GNU long link name (`K`) on a hardlink.
+    let before = passwd_state();
+    let (_env, err) = import_layer_fails(
+        Layer::new()
+            .entry(Entry {
+                path: b"././@LongLink",
+                data: b"../../../../etc/passwd\0",
+                ..Entry::new("x", EntryType::GNULongLink)
+            })
+            .hardlink("h", "benign")
+            .bytes(),
+    );
+    assert_unsafe(&err, "h", "'..'");
+    assert_eq!(passwd_state(), before);
+}
+
+#[test]
+fn odd_bytes_in_names_stay_inside_the_layer() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    let names: [&[u8]; 6] = [
+        b"latin1-\xe9t\xe9",
+        b"\xff\xfe",
+        b"new\nline",
+        b"back\\slash",
+        b"-rf *",
+        b"tab\there",
+    ];
+    let mut layer = Layer::new();
+    for name in names {
+        layer = layer.entry(Entry {
+            path: name,
+            data: b"odd",
+            ..Entry::new("x", EntryType::Regular)
+        });
+    }
+    let fs_dir = import_layer_safely(&env, layer.bytes());
+    for name in names {
+        assert_eq!(
+            fs::read(fs_dir.join(OsStr::from_bytes(name))).expect("odd name"),
+            b"odd"
+        );
+    }
+    assert_eq!(fs::read_dir(&fs_dir).expect("ls").count(), names.len());
+}
+
+/// The `trusted.overlay.*` xattrs set on `path` (without following symlinks).
+fn overlay_xattrs(path: &Path) -> Vec<String> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let p = CString::new(path.as_os_str().as_bytes()).expect("path");
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: a valid C string and a buffer whose pointer and length match.
+    let len = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(len >= 0, "llistxattr {}", path.display());
+    buf.truncate(len as usize);
+    buf.split(|b| *b == 0)
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .filter(|n| n.starts_with("trusted.overlay."))
+        .collect()
+}
+
+#[test]
+fn overlay_xattrs_in_pax_records_are_never_set() {
+    let env = Env::new();
+    let overlay: [(&str, &[u8]); 10] = [
+        // libarchive's spelling, base64 name: not read at all.
+        ("LIBARCHIVE.xattr.dHJ1c3RlZC5vdmVybGF5Lm9wYXF1ZQ", b"y"),
+        ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+        ("SCHILY.xattr.trusted.overlay.redirect", b"/etc"),
+        ("SCHILY.xattr.trusted.overlay.metacopy", b""),
+        ("SCHILY.xattr.trusted.overlay.origin", b"\x00\xfb"),
+        ("SCHILY.xattr.trusted.overlay.upper", b"\x00\xfb"),
+        ("SCHILY.xattr.trusted.overlay.whiteout", b"y"),
+        ("SCHILY.xattr.trusted.overlay.nlink", b"U+1"),
+        ("SCHILY.xattr.trusted.overlay.impure", b"y"),
+        ("SCHILY.xattr.trusted.hutch-kept", b"1"),
+    ];
+    let fs_dir = import_layer_safely(
+        &env,
+        Layer::new()
+            .pax(&overlay)
+            .dir("dir")
+            .pax(&overlay)
+            .file("dir/file", b"x")
+            .pax(&overlay[..9])
+            .symlink("link", "/etc")
+            .pax(&overlay)
+            .entry(Entry::new("fifo", EntryType::Fifo))
+            .bytes(),
+    );
+    for entry in ["dir", "dir/file", "link", "fifo"] {
+        assert_eq!(
+            overlay_xattrs(&fs_dir.join(entry)),
+            Vec::<String>::new(),
+            "{entry}"
+        );
+    }
+    assert_eq!(
+        fixture::lgetxattr(&fs_dir.join("dir/file"), "trusted.hutch-kept").as_deref(),
+        Some(&b"1"[..]),
+        "other xattrs are still applied"
+    );
+}
+
+#[test]
+fn hostile_whiteouts_of_invalid_names() {
+    for entry in [".wh.", ".wh..", "d/.wh..", ".wh..."] {
+        let (_env, err) = import_layer_fails(Layer::new().dir("d").file(entry, b"").bytes());
+        assert_unsafe(&err, entry, "whiteout of an invalid name");
+    }
+}
+
+#[test]
+fn hostile_whiteouts_through_a_symlinked_directory() {
+    for entry in ["link/.wh.victim", "link/.wh..wh..opq"] {
+        let env = Env::new();
+        let sentinel = sentinel(&env);
+        let img = image(vec![
+            Layer::new()
+                .symlink("link", &sentinel.display().to_string())
+                .file(entry, b"")
+                .bytes(),
+        ])
+        .build();
+        let err = import_fails(&env, &env.layout(&img.oci_files("latest")));
+        assert_unsafe(&err, entry, "traverses symlink \"link\"");
+        assert_sentinel_intact(&sentinel);
+    }
+}
+
+#[test]
+fn whiteout_of_a_symlink_to_a_host_directory_removes_only_the_link() {
+    let env = Env::new();
+    let sentinel = sentinel(&env);
+    let fs_dir = import_layer_safely(
+        &env,
+        Layer::new()
+            .symlink("s", &sentinel.display().to_string())
+            .file(".wh.s", b"")
+            .symlink("t", &sentinel.join("victim").display().to_string())
+            .file(".wh.t", b"")
+            .bytes(),
+    );
+    assert_sentinel_intact(&sentinel);
+    for name in ["s", "t"] {
+        let meta = fs::symlink_metadata(fs_dir.join(name)).expect("whiteout");
+        assert!(meta.file_type().is_char_device(), "{name}");
+        assert_eq!(meta.rdev(), 0);
+    }
 }

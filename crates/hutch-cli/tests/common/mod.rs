@@ -9,7 +9,10 @@ use std::sync::OnceLock;
 use hutch_runtime::gvisor::{GvisorBackend, GvisorConfig};
 use hutch_store::Store;
 
+pub mod faulty;
+pub mod registry;
 pub mod server;
+pub mod tree;
 
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -57,6 +60,14 @@ impl Home {
         std::fs::create_dir_all(shared_store()).unwrap();
         std::os::unix::fs::symlink(shared_store(), dir.path().join("store")).unwrap();
         Self { dir }
+    }
+
+    /// A home with a store of its own, empty: for tests that count, remove or corrupt
+    /// what the store holds, which the store shared by the other tests must never see.
+    pub fn private() -> Self {
+        let home = Self::new();
+        std::fs::remove_file(home.path().join("store")).unwrap();
+        home
     }
 
     /// A home with the named fixture imported (`busybox` or `debian`).

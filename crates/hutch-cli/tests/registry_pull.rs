@@ -1,0 +1,443 @@
+//! Pulls from a real registry (Debian's `docker-registry` on 127.0.0.1, filled by `skopeo`
+//! and by `hutch image push`): the unpacked tree against `umoci unpack` of the same image,
+//! layer dedupe counted in bytes, auth, zstd, and every way a registry can fail.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::faulty::{Fault, Faulty};
+use common::registry::Registry;
+use common::{Home, fixtures, stderr, stdout, tree};
+
+fn pull(home: &Home, reference: &str, extra: &[&str]) -> Output {
+    home.hutch()
+        .args(["image", "pull", "--insecure", reference])
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn fsck_clean(home: &Home) {
+    let out = home.run(&["image", "fsck"]);
+    assert!(
+        out.status.success(),
+        "fsck: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+/// The merged root filesystem of a stored image: its layers stacked read-only by overlayfs,
+/// as a sandbox would see them, at `mountpoint` (unmounted by the returned guard).
+struct Merged(std::path::PathBuf);
+
+impl Merged {
+    fn mount(home: &Home, name: &str, mountpoint: &Path) -> Merged {
+        let store = hutch_store::Store::open(&home.path().join("store")).unwrap();
+        let image = store.image(name).unwrap();
+        let lower: Vec<String> = store
+            .lower_dirs(&image)
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        std::fs::create_dir_all(mountpoint).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!("ro,lowerdir={}", lower.join(":")))
+            .arg(mountpoint)
+            .status()
+            .unwrap();
+        assert!(status.success(), "overlay mount failed");
+        Merged(mountpoint.to_path_buf())
+    }
+}
+
+impl Drop for Merged {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn umoci_rootfs(layout: &Path, dest: &Path) -> std::path::PathBuf {
+    let out = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:latest", layout.display()))
+        .arg(dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "umoci: {}", stderr(&out));
+    dest.join("rootfs")
+}
+
+#[test]
+fn a_pulled_image_equals_umoci_unpack_of_it() {
+    let home = Home::private();
+    let registry = Registry::start();
+    let oracle = fixtures().join("oracle");
+    registry.push_oci_layout(&oracle, "latest", "oracle:1");
+    let reference = registry.reference("oracle:1");
+    let out = pull(&home, &reference, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), reference);
+
+    let scratch = tempfile::tempdir_in("/tmp").unwrap();
+    let merged = Merged::mount(&home, &reference, &scratch.path().join("merged"));
+    let ours = tree::snapshot(&merged.0);
+    let theirs = tree::snapshot(&umoci_rootfs(&oracle, &scratch.path().join("umoci")));
+    let differences = tree::diff(&ours, &theirs);
+    assert!(
+        differences.is_empty(),
+        "hutch vs umoci:\n{}",
+        differences.join("\n")
+    );
+    // The fixture's tricky parts are really there (so an empty diff means something).
+    assert!(ours.keys().any(|p| p.ends_with("oracle/hard-later")));
+    assert!(!ours.keys().any(|p| p.ends_with("oracle/doomed")));
+    drop(merged);
+
+    // And a sandbox runs from it.
+    let out = home.run(&["run", &reference, "--", "cat", "/oracle/owned/file"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    fsck_clean(&home);
+}
+
+#[test]
+fn a_second_pull_downloads_only_the_layers_it_lacks() {
+    let home = Home::private();
+    let registry = Registry::start();
+    registry.push_oci_layout(&fixtures().join("busybox"), "latest", "busybox:1");
+    registry.push_oci_layout(&fixtures().join("oracle"), "latest", "oracle:1");
+    let blobs = |m: &serde_json::Value| -> Vec<(String, u64)> {
+        std::iter::once(&m["config"])
+            .chain(m["layers"].as_array().unwrap())
+            .map(|d| {
+                (
+                    d["digest"].as_str().unwrap().to_string(),
+                    d["size"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (busybox, oracle) = (
+        blobs(&skopeo_raw(&registry, "busybox:1")),
+        blobs(&skopeo_raw(&registry, "oracle:1")),
+    );
+
+    let before = registry.blob_bytes_served();
+    assert!(
+        pull(&home, &registry.reference("busybox:1"), &[])
+            .status
+            .success()
+    );
+    let first = registry.blob_bytes_served() - before;
+    assert_eq!(first, busybox.iter().map(|(_, s)| s).sum::<u64>());
+
+    let before = registry.blob_bytes_served();
+    let out = pull(&home, &registry.reference("oracle:1"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let second = registry.blob_bytes_served() - before;
+    let new: u64 = oracle
+        .iter()
+        .filter(|(d, _)| !busybox.iter().any(|(b, _)| b == d))
+        .map(|(_, s)| s)
+        .sum();
+    assert!(oracle.len() > busybox.len() && new < oracle.iter().map(|(_, s)| s).sum::<u64>());
+    assert_eq!(
+        second, new,
+        "the second pull transferred more than its new blobs"
+    );
+    assert!(stderr(&out).contains("already present"), "{}", stderr(&out));
+
+    // Pulling again transfers no layer at all.
+    let before = registry.blob_bytes_served();
+    assert!(
+        pull(&home, &registry.reference("oracle:1"), &[])
+            .status
+            .success()
+    );
+    let config = oracle[0].1;
+    assert_eq!(registry.blob_bytes_served() - before, config);
+    fsck_clean(&home);
+}
+
+#[test]
+fn zstd_layers_and_docker_v2_manifests_pull() {
+    let home = Home::private();
+    let registry = Registry::start();
+    registry.push_zstd(&fixtures().join("busybox"), "latest", "zstd:1");
+    registry.push_with_format(&fixtures().join("busybox"), "latest", "v2s2:1", "v2s2");
+    for name in ["zstd:1", "v2s2:1"] {
+        let reference = registry.reference(name);
+        let out = pull(&home, &reference, &[]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let out = home.run(&["run", &reference, "--", "echo", name]);
+        assert_eq!(stdout(&out), format!("{name}\n"), "{}", stderr(&out));
+    }
+    fsck_clean(&home);
+}
+
+#[test]
+fn push_then_pull_round_trips_and_digest_pins_hold() {
+    let home = Home::with(&["busybox"]);
+    let registry = Registry::start();
+    let reference = registry.reference("pushed/busybox:v1");
+    let out = home
+        .hutch()
+        .args(["image", "push", "--insecure", "busybox", &reference])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo: {}", stderr(&out));
+    let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let digest = inspected["Digest"].as_str().unwrap().to_string();
+
+    // Into an empty store, by digest, and run from it.
+    let other = Home::private();
+    let pinned = format!("{}@{digest}", registry.reference("pushed/busybox"));
+    let out = pull(&other, &pinned, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = other.run(&["run", &pinned, "--", "echo", "pinned"]);
+    assert_eq!(stdout(&out), "pinned\n", "{}", stderr(&out));
+
+    // A pin the registry cannot honour is refused by name.
+    let wrong = format!(
+        "{}@sha256:{}",
+        registry.reference("pushed/busybox"),
+        "0".repeat(64)
+    );
+    let out = pull(&other, &wrong, &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("pushed/busybox"), "{}", stderr(&out));
+    fsck_clean(&other);
+}
+
+#[test]
+fn credentials_from_docker_config_or_the_command_line() {
+    let home = Home::private();
+    let registry = Registry::start_with_auth("alice", "s3cret");
+    let pushed = registry.try_push(
+        &fixtures().join("busybox"),
+        "latest",
+        "private:1",
+        &[],
+        Some(("alice", "s3cret")),
+    );
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
+    let reference = registry.reference("private:1");
+    let docker = tempfile::tempdir().unwrap();
+
+    // Anonymous: refused, with advice.
+    let out = home
+        .hutch()
+        .env("DOCKER_CONFIG", docker.path())
+        .args(["image", "pull", "--insecure", &reference])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("private") && stderr(&out).contains("docker login"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Explicit credentials.
+    let mut child = home
+        .hutch()
+        .env("DOCKER_CONFIG", docker.path())
+        .args([
+            "image",
+            "pull",
+            "--insecure",
+            "--username",
+            "alice",
+            "--password-stdin",
+            &reference,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Docker's config.
+    let auth = common::registry::base64(b"alice:s3cret");
+    let config = serde_json::json!({"auths": {registry.host(): {"auth": auth}}});
+    std::fs::write(docker.path().join("config.json"), config.to_string()).unwrap();
+    let other = Home::private();
+    let out = other
+        .hutch()
+        .env("DOCKER_CONFIG", docker.path())
+        .args(["image", "pull", "--insecure", &reference])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// A failed pull names the image and the cause, and leaves the store consistent and empty.
+fn assert_fails_cleanly(home: &Home, reference: &str, cause: &str) {
+    let out = pull(home, reference, &[]);
+    assert!(!out.status.success(), "pull of {reference} succeeded");
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            reference
+                .split('@')
+                .next()
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+        ),
+        "no image in: {err}"
+    );
+    assert!(err.contains(cause), "expected {cause:?} in: {err}");
+    let ls = home.run(&["image", "ls", "--json"]);
+    let images: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap_or_default();
+    assert_eq!(images.as_array().map_or(0, Vec::len), 0, "{images}");
+    fsck_clean(home);
+}
+
+#[test]
+fn registry_failures_are_typed_and_leave_the_store_consistent() {
+    let home = Home::private();
+    let registry = Registry::start();
+    registry.push_oci_layout(&fixtures().join("busybox"), "latest", "busybox:1");
+
+    // Unknown repository and tag.
+    assert_fails_cleanly(&home, &registry.reference("nothing:here"), "not found");
+    assert_fails_cleanly(&home, &registry.reference("busybox:nope"), "not found");
+
+    // A 500 on every blob.
+    let failing = Faulty::start(registry.port, Fault::ServerError);
+    assert_fails_cleanly(&home, &format!("{}/busybox:1", failing.host()), "500");
+
+    // A download cut short every time: resumed, then given up, by name.
+    let cut = Faulty::start(
+        registry.port,
+        Fault::Truncate {
+            after: 1000,
+            times: 100,
+        },
+    );
+    assert_fails_cleanly(&home, &format!("{}/busybox:1", cut.host()), "busybox");
+
+    // Cut short once: the pull resumes and succeeds.
+    let once = Faulty::start(
+        registry.port,
+        Fault::Truncate {
+            after: 1000,
+            times: 1,
+        },
+    );
+    let out = pull(&home, &format!("{}/busybox:1", once.host()), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("resuming"), "{}", stderr(&out));
+    assert_eq!(once.broken.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let out = home.run(&["image", "rm", &format!("{}/busybox:1", once.host())]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    home.run(&["image", "prune"]);
+    fsck_clean(&home);
+
+    // A corrupt blob on the registry's disk: a digest mismatch, nothing stored.
+    let manifest = skopeo_raw(&registry, "busybox:1");
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hex = layer.trim_start_matches("sha256:");
+    let data = registry
+        .storage()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    assert_fails_cleanly(&home, &registry.reference("busybox:1"), "mismatch");
+}
+
+fn skopeo_raw(registry: &Registry, name: &str) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}", registry.reference(name)))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// PUTs a manifest (or index) by tag with curl.
+fn put_manifest(registry: &Registry, name_tag: &str, media_type: &str, body: &serde_json::Value) {
+    let (name, tag) = name_tag.split_once(':').unwrap();
+    let out = Command::new("curl")
+        .args(["-sf", "-X", "PUT", "-H"])
+        .arg(format!("Content-Type: {media_type}"))
+        .arg("--data-binary")
+        .arg(body.to_string())
+        .arg(format!(
+            "http://{}/v2/{name}/manifests/{tag}",
+            registry.host()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "PUT manifest: {}", stderr(&out));
+}
+
+#[test]
+fn unknown_media_types_and_foreign_platforms_are_refused_by_name() {
+    let home = Home::private();
+    let registry = Registry::start();
+    registry.push_oci_layout(&fixtures().join("busybox"), "latest", "busybox:1");
+    let mut manifest = skopeo_raw(&registry, "busybox:1");
+    manifest["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+
+    let mut odd = manifest.clone();
+    odd["layers"][0]["mediaType"] = "application/x-hutch-unknown".into();
+    put_manifest(&registry, "busybox:odd", oci, &odd);
+    assert_fails_cleanly(
+        &home,
+        &registry.reference("busybox:odd"),
+        "application/x-hutch-unknown",
+    );
+
+    // An index with only an arm64 image.
+    let arm = serde_json::to_vec(&manifest).unwrap();
+    let arm_digest = format!("sha256:{}", sha256_hex(&arm));
+    put_manifest(&registry, &format!("busybox:{}", "arm"), oci, &manifest);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": oci, "digest": arm_digest, "size": arm.len(),
+                       "platform": {"os": "linux", "architecture": "arm64"}}],
+    });
+    put_manifest(
+        &registry,
+        "busybox:armonly",
+        "application/vnd.oci.image.index.v1+json",
+        &index,
+    );
+    assert_fails_cleanly(&home, &registry.reference("busybox:armonly"), "linux/arm64");
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

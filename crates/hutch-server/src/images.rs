@@ -1,0 +1,90 @@
+//! Images on the server: the implicit pull of a create that names an image the store lacks,
+//! and `POST /hutch/v1/images/pull`, which pulls while streaming the registry client's
+//! progress events as JSON lines.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hutch_registry::{Client, ClientConfig, Event, Reference, RegistryError};
+use serde::Deserialize;
+
+use crate::App;
+use crate::error::ApiError;
+
+/// The registry client the server pulls with (insecure registries from
+/// `HUTCH_INSECURE_REGISTRIES`, credentials from Docker's config of the server's user).
+pub fn client() -> anyhow::Result<Client> {
+    Ok(Client::new(ClientConfig::from_env(&[]))?)
+}
+
+fn pull_failed(reference: &str, e: &RegistryError) -> ApiError {
+    let status = match e {
+        RegistryError::InvalidReference { .. } => StatusCode::BAD_REQUEST,
+        _ => StatusCode::NOT_FOUND,
+    };
+    ApiError::new(
+        status,
+        "image_not_found",
+        format!("image {reference:?} is not in the store and could not be pulled: {e}"),
+    )
+}
+
+/// The store name of `reference`, pulling it first when the store lacks it.
+pub async fn ensure(app: &App, reference: &str) -> Result<String, ApiError> {
+    let parsed = Reference::parse(reference).map_err(|e| pull_failed(reference, &e))?;
+    let name = parsed.store_name();
+    let store = app.sandboxes.store();
+    match store.image(&name) {
+        Ok(image) => return Ok(image.name),
+        Err(e) if !e.is_not_found() => return Err(ApiError::bad_request(e.to_string())),
+        Err(_) => {}
+    }
+    tracing::info!(%reference, "pulling a missing image");
+    let log = |event: Event| tracing::debug!(?event, "pull");
+    let image = hutch_registry::pull(&app.registry, store, &parsed, &log)
+        .await
+        .map_err(|e| pull_failed(reference, &e))?;
+    Ok(image.name)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PullBody {
+    reference: String,
+}
+
+/// `POST /hutch/v1/images/pull {"reference": ...}`: `application/x-ndjson`, one progress
+/// event per line, ending with `done` or `{"event":"error","code":..,"message":..}`.
+pub async fn pull(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
+    app.auth.check(req.headers())?;
+    let body: PullBody = crate::lifecycle::json_body(req.into_body()).await?;
+    let parsed = Reference::parse(&body.reference).map_err(|e| pull_failed(&body.reference, &e))?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let send = tx.clone();
+        let events = move |event: Event| {
+            let _ = send.send(serde_json::to_string(&event).unwrap_or_default() + "\n");
+        };
+        let outcome =
+            hutch_registry::pull(&app.registry, app.sandboxes.store(), &parsed, &events).await;
+        if let Err(e) = outcome {
+            let err = pull_failed(&body.reference, &e);
+            let line =
+                serde_json::json!({"event": "error", "code": err.code, "message": err.message});
+            let _ = tx.send(line.to_string() + "\n");
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
