@@ -58,3 +58,5 @@ bench: setup fixtures build
 	cargo run --release -p hutch-bench --bin hutch-bench
 	cargo build --release -p hutch-bench --bin hutch-bench-server
 	target/release/hutch-bench-server target/release/hutch
+	cargo build --release -p hutch-bench --bin hutch-bench-pull
+	target/release/hutch-bench-pull target/release/hutch

@@ -441,3 +441,85 @@ fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+#[test]
+fn the_server_pulls_on_create_and_streams_pull_progress() {
+    use common::server::free_port;
+    let home = Home::private();
+    let registry = Registry::start();
+    registry.push_oci_layout(&fixtures().join("busybox"), "latest", "busybox:1");
+    registry.push_oci_layout(&fixtures().join("oracle"), "latest", "oracle:1");
+    let server = home.serve_with(
+        free_port(),
+        free_port(),
+        &[],
+        &[("HUTCH_INSECURE_REGISTRIES", registry.host().as_str())],
+    );
+    let api = format!("http://127.0.0.1:{}", server.api_port);
+
+    // The pull endpoint: JSON lines, ending with `done`.
+    let out = Command::new("curl")
+        .args([
+            "-sN",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data",
+        ])
+        .arg(serde_json::json!({"reference": registry.reference("oracle:1")}).to_string())
+        .arg(format!("{api}/hutch/v1/images/pull"))
+        .output()
+        .unwrap();
+    let events: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"resolved"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"done"), "{kinds:?}");
+    assert!(kinds.contains(&"layer_done"), "{kinds:?}");
+
+    // A create that names a missing image pulls it, and `hutch run` through the server works.
+    let out = home
+        .hutch()
+        .env("HUTCH_SERVER", &api)
+        .args([
+            "run",
+            &registry.reference("busybox:1"),
+            "--",
+            "echo",
+            "pulled",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "pulled\n", "{}", stderr(&out));
+
+    // A pull that fails ends the stream with a typed error event.
+    let out = Command::new("curl")
+        .args([
+            "-sN",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data",
+        ])
+        .arg(serde_json::json!({"reference": registry.reference("nothing:1")}).to_string())
+        .arg(format!("{api}/hutch/v1/images/pull"))
+        .output()
+        .unwrap();
+    let last: serde_json::Value =
+        serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "error");
+    assert_eq!(last["code"], "image_not_found");
+    assert!(
+        last["message"].as_str().unwrap().contains("nothing"),
+        "{last}"
+    );
+    drop(server);
+}

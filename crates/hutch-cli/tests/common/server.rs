@@ -30,8 +30,20 @@ impl Home {
     }
 
     pub fn serve_on(&self, api_port: u16, proxy_port: u16, extra: &[&str]) -> Server {
+        self.serve_with(api_port, proxy_port, extra, &[])
+    }
+
+    /// [`Home::serve_on`] with extra environment variables for the server.
+    pub fn serve_with(
+        &self,
+        api_port: u16,
+        proxy_port: u16,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Server {
         let log = self.path().join(format!("serve-{api_port}.log"));
         let child = Command::new(hutch_bin())
+            .envs(envs.iter().copied())
             .env("HUTCH_HOME", self.path())
             .env("HUTCH_LOG", "info,hutch_server=debug")
             .args(["serve", "--listen"])
