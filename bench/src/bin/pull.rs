@@ -28,8 +28,12 @@ struct Registry {
 
 impl Registry {
     fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("hbreg").tempdir_in("/tmp")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = tempfile::Builder::new()
+            .prefix("hbreg")
+            .tempdir_in("/tmp")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
@@ -144,15 +148,18 @@ fn main() -> anyhow::Result<()> {
     }
     let debian = registry.reference("debian:1");
 
-    eprintln!("hutch-bench-pull: {n} pulls of {debian}, alternating with skopeo copy + umoci unpack");
+    eprintln!(
+        "hutch-bench-pull: {n} pulls of {debian}, alternating with skopeo copy + umoci unpack"
+    );
     let (mut ours, mut floor) = (Samples::default(), Samples::default());
     for i in 0..=n {
         let home = fresh("hbpull")?;
-        let o = timed(
-            Command::new(&hutch)
-                .env("HUTCH_HOME", home.path())
-                .args(["image", "pull", "--insecure", &debian]),
-        )?;
+        let o = timed(Command::new(&hutch).env("HUTCH_HOME", home.path()).args([
+            "image",
+            "pull",
+            "--insecure",
+            &debian,
+        ]))?;
         drop(home);
         let scratch = fresh("hbskopeo")?;
         let layout = scratch.path().join("layout");
@@ -180,7 +187,9 @@ fn main() -> anyhow::Result<()> {
         pulled_bytes(&hutch, home.path(), &registry.reference("oracle:1"))?;
 
     println!("### Pulls from a local registry\n");
-    println!("| Figure | N | Ours median | Ours p95 | Floor median | Floor p95 | Ratio median | Goal | Met |");
+    println!(
+        "| Figure | N | Ours median | Ours p95 | Floor median | Floor p95 | Ratio median | Goal | Met |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     let r = ratio(ours.median(), floor.median());
     println!(
