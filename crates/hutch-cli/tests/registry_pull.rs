@@ -31,8 +31,9 @@ fn fsck_clean(home: &Home) {
 }
 
 /// The merged root filesystem of a stored image: its layers stacked read-only by overlayfs,
-/// as a sandbox would see them, at `mountpoint` (unmounted by the returned guard).
-struct Merged(std::path::PathBuf);
+/// as a sandbox would see them, at `mountpoint` (unmounted by the returned guard). A
+/// one-layer image is its layer directory (overlayfs wants two lower dirs without an upper).
+struct Merged(std::path::PathBuf, bool);
 
 impl Merged {
     fn mount(home: &Home, name: &str, mountpoint: &Path) -> Merged {
@@ -43,6 +44,9 @@ impl Merged {
             .iter()
             .map(|d| d.display().to_string())
             .collect();
+        if lower.len() == 1 {
+            return Merged(lower[0].clone().into(), false);
+        }
         std::fs::create_dir_all(mountpoint).unwrap();
         let status = Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o"])
@@ -51,13 +55,15 @@ impl Merged {
             .status()
             .unwrap();
         assert!(status.success(), "overlay mount failed");
-        Merged(mountpoint.to_path_buf())
+        Merged(mountpoint.to_path_buf(), true)
     }
 }
 
 impl Drop for Merged {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        if self.1 {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
     }
 }
 
@@ -102,6 +108,34 @@ fn a_pulled_image_equals_umoci_unpack_of_it() {
     let out = home.run(&["run", &reference, "--", "cat", "/oracle/owned/file"]);
     assert!(out.status.success(), "{}", stderr(&out));
     fsck_clean(&home);
+}
+
+#[test]
+fn pulled_fixture_images_equal_umoci_unpack_of_them() {
+    let home = Home::private();
+    let registry = Registry::start();
+    let scratch = tempfile::tempdir_in("/tmp").unwrap();
+    for name in ["busybox", "debian"] {
+        let layout = fixtures().join(name);
+        registry.push_oci_layout(&layout, "latest", &format!("{name}:1"));
+        let reference = registry.reference(&format!("{name}:1"));
+        let out = pull(&home, &reference, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let merged = Merged::mount(
+            &home,
+            &reference,
+            &scratch.path().join(format!("{name}-merged")),
+        );
+        let ours = tree::snapshot(&merged.0);
+        let theirs = tree::snapshot(&umoci_rootfs(&layout, &scratch.path().join(name)));
+        let differences = tree::diff(&ours, &theirs);
+        assert!(
+            differences.is_empty(),
+            "{name}: hutch vs umoci:\n{}",
+            differences.join("\n")
+        );
+        assert!(ours.len() > 100, "{name}: {} entries", ours.len());
+    }
 }
 
 #[test]
@@ -286,6 +320,47 @@ fn credentials_from_docker_config_or_the_command_line() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+
+    // A credential helper named in Docker's config: a real program on PATH, asked with the
+    // registry on stdin, as Docker asks it.
+    let bin = tempfile::tempdir().unwrap();
+    let helper = bin.path().join("docker-credential-hutchtest");
+    let asked = bin.path().join("asked");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\ncat > {}\necho '{{\"Username\":\"alice\",\"Secret\":\"s3cret\"}}'\n",
+            asked.display()
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&helper).unwrap().permissions(),
+        0o755,
+    );
+    Command::new("chmod")
+        .arg("755")
+        .arg(&helper)
+        .status()
+        .unwrap();
+    let config = serde_json::json!({"credHelpers": {registry.host(): "hutchtest"}});
+    std::fs::write(docker.path().join("config.json"), config.to_string()).unwrap();
+    let third = Home::private();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let out = third
+        .hutch()
+        .env("DOCKER_CONFIG", docker.path())
+        .env("PATH", path)
+        .args(["image", "pull", "--insecure", &reference])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&asked).unwrap(), registry.host());
 }
 
 /// A failed pull names the image and the cause, and leaves the store consistent and empty.
