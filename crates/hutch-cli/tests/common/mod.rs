@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use hutch_runtime::gvisor::{GvisorBackend, GvisorConfig};
 use hutch_store::Store;
 
+pub mod buildah;
 pub mod faulty;
 pub mod registry;
 pub mod server;

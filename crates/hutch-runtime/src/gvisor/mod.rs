@@ -382,6 +382,26 @@ impl GvisorBackend {
         }
     }
 
+    /// The sandbox's writable layer: an overlayfs upper directory (whiteouts are 0/0
+    /// character devices, opaque directories carry `trusted.overlay.opaque=y`), and the
+    /// paths in it, relative, that are Hutch's mount points rather than the sandbox's
+    /// writes. Complete once the sandbox has stopped; a build turns it into a layer.
+    pub fn writable_layer(&self, id: &str) -> Result<(PathBuf, Vec<PathBuf>)> {
+        let record = self.record(id)?;
+        let upper = self.dir(id).join("upper");
+        let mut mount_points = vec![PathBuf::from("run/hutch"), PathBuf::from("run/hutch-agent")];
+        // runsc creates `/run` for those two when the image has none: not content either.
+        let image_has_run = record.layers.iter().any(|l| {
+            hutch_store::Digest::parse(l)
+                .map(|d| self.store.layer_dir(&d).join("run").exists())
+                .unwrap_or(false)
+        });
+        if !image_has_run {
+            mount_points.push(PathBuf::from("run"));
+        }
+        Ok((upper, mount_points))
+    }
+
     /// Checks a spec and settles the new sandbox's id.
     fn admit(&self, spec: &mut SandboxSpec) -> Result<String> {
         if spec.network == NetworkMode::Egress {

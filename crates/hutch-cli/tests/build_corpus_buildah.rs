@@ -1,0 +1,538 @@
+//! The Dockerfile build corpus under buildah, the reference builder: every case of
+//! `fixtures/builds` builds, and holds the files, owners, modes and config it was designed
+//! to; every case of `fixtures/builds-bad` that buildah is known to reject fails. Hutch's own
+//! builds are compared with these results elsewhere; this proves the reference side works.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::buildah::{
+    Built, bad_cases, case_build_args, cases, expected_failure, try_buildah_build,
+};
+use common::fixtures;
+use common::registry::Registry;
+use common::tree::{self, Kind, Node};
+use serde_json::json;
+
+/// A registry holding the two bases the corpus builds on, as `busybox:1` and `debian:1`.
+fn corpus_registry() -> Registry {
+    let registry = Registry::start();
+    registry.push_oci_layout(&fixtures().join("busybox"), "latest", "busybox:1");
+    registry.push_oci_layout(&fixtures().join("debian"), "latest", "debian:1");
+    registry
+}
+
+/// Runs `job` on every item, a few at a time (each buildah build has a storage of its own),
+/// returning the results in item order.
+fn in_parallel<T: Sync, R: Send>(items: &[T], job: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new(items.iter().map(|_| None).collect());
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get() + 1);
+    std::thread::scope(|scope| {
+        for _ in 0..workers.min(items.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let result = job(item);
+                    results.lock().unwrap()[i] = Some(result);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(Option::unwrap)
+        .collect()
+}
+
+fn name(case: &Path) -> String {
+    case.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+#[test]
+fn every_case_builds_under_buildah_as_designed() {
+    let registry = corpus_registry();
+    let cases = cases();
+    assert!(cases.len() >= 16, "only {} cases", cases.len());
+    let built = in_parallel(&cases, |case| {
+        let args = case_build_args(case);
+        let args: Vec<(&str, &str)> = args.iter().map(|(k, v)| (&**k, &**v)).collect();
+        try_buildah_build(case, &registry, &args)
+    });
+    let mut failures = Vec::new();
+    for (case, built) in cases.iter().zip(built) {
+        match built {
+            Ok(built) => check(&name(case), &Image::new(built)),
+            Err(log) => failures.push(format!("{}:\n{log}", name(case))),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "buildah failed:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// Bad cases buildah builds anyway, though Docker rejects them (Hutch must too).
+const BUILDAH_ACCEPTS: &[&str] = &[
+    // buildah 1.28 silently drops a RUN before the first FROM.
+    "instruction-before-from",
+];
+
+#[test]
+fn every_bad_case_is_well_formed_and_fails_under_buildah() {
+    let cases = bad_cases();
+    assert!(cases.len() >= 8, "only {} bad cases", cases.len());
+    for case in &cases {
+        let expected = expected_failure(case);
+        let lines = std::fs::read_to_string(case.join("Dockerfile"))
+            .unwrap()
+            .lines()
+            .count();
+        assert!(
+            (1..=lines).contains(&expected.line) && !expected.error.is_empty(),
+            "{}: {expected:?} (the Dockerfile has {lines} lines)",
+            name(case)
+        );
+    }
+    let registry = corpus_registry();
+    let rejected: Vec<PathBuf> = cases
+        .into_iter()
+        .filter(|c| !BUILDAH_ACCEPTS.contains(&name(c).as_str()))
+        .collect();
+    let results = in_parallel(&rejected, |case| try_buildah_build(case, &registry, &[]));
+    for (case, result) in rejected.iter().zip(results) {
+        assert!(result.is_err(), "buildah built the bad case {}", name(case));
+    }
+}
+
+/// A built image with its tree snapshotted, and assertions that name the path they fail on.
+struct Image {
+    built: Built,
+    nodes: BTreeMap<PathBuf, Node>,
+}
+
+impl Image {
+    fn new(built: Built) -> Image {
+        let nodes = tree::snapshot(&built.rootfs);
+        Image { built, nodes }
+    }
+
+    fn node(&self, path: &str) -> &Node {
+        self.nodes
+            .get(Path::new(path))
+            .unwrap_or_else(|| panic!("{path} missing; config {}", self.built.config))
+    }
+
+    fn absent(&self, path: &str) {
+        assert!(
+            !self.nodes.contains_key(Path::new(path)),
+            "{path} should not be there"
+        );
+    }
+
+    fn file(&self, path: &str, content: &str) {
+        assert_eq!(self.node(path).kind, Kind::File, "{path}");
+        let got = std::fs::read_to_string(self.built.rootfs.join(&path[1..])).unwrap();
+        assert_eq!(got, content, "{path}");
+    }
+
+    fn kind(&self, path: &str, kind: Kind) {
+        assert_eq!(self.node(path).kind, kind, "{path}");
+    }
+
+    fn owner(&self, path: &str, uid: u32, gid: u32) {
+        let node = self.node(path);
+        assert_eq!((node.uid, node.gid), (uid, gid), "owner of {path}");
+    }
+
+    fn mode(&self, path: &str, mode: u32) {
+        assert_eq!(
+            self.node(path).mode,
+            mode,
+            "mode of {path}: {:o}",
+            self.node(path).mode
+        );
+    }
+
+    fn symlink(&self, path: &str, target: &str) {
+        let node = self.node(path);
+        assert_eq!(node.kind, Kind::Symlink, "{path}");
+        assert_eq!(node.target.as_deref(), Some(Path::new(target)), "{path}");
+    }
+
+    fn same_inode(&self, a: &str, b: &str) {
+        let (x, y) = (self.node(a), self.node(b));
+        assert!(
+            x.same_inode_as.is_some() && x.same_inode_as == y.same_inode_as,
+            "{a} and {b} should be one inode"
+        );
+    }
+
+    /// The names directly inside a directory, sorted.
+    fn children(&self, dir: &str) -> Vec<String> {
+        self.node(dir);
+        self.nodes
+            .keys()
+            .filter(|p| p.parent() == Some(Path::new(dir)))
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn config(&self, key: &str) -> &serde_json::Value {
+        &self.built.config[key]
+    }
+
+    fn env(&self) -> Vec<&str> {
+        self.config("Env")
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default()
+    }
+
+    fn has_env(&self, entries: &[&str]) {
+        let env = self.env();
+        for entry in entries {
+            assert!(env.contains(entry), "Env lacks {entry:?}: {env:?}");
+        }
+    }
+}
+
+/// What each case was designed to produce (see the comment at the top of its Dockerfile).
+fn check(case: &str, image: &Image) {
+    let shell = if case.contains("debian") {
+        "/usr/bin/bash"
+    } else {
+        "/bin/busybox"
+    };
+    image.kind(shell, Kind::File);
+    assert!(
+        image.env().iter().any(|e| e.starts_with("PATH=")),
+        "{case}: no PATH in {}",
+        image.built.config
+    );
+    match case {
+        "01-copy-basics" => {
+            assert_eq!(
+                image.children("/copied/src-contents"),
+                [".hidden", ".hidden-dir", "file", "sub"]
+            );
+            image.file(
+                "/copied/src-contents/.hidden-dir/inside",
+                "hidden in a hidden dir\n",
+            );
+            image.file("/copied/src-slash/sub/nested", "nested\n");
+            image.file("/copied/renamed", "top file\n");
+            image.file("/copied/into-dir/top.txt", "top file\n");
+            assert_eq!(
+                image.children("/copied/glob"),
+                ["a.txt", "b.txt", "top.txt", "with space.txt"]
+            );
+            assert_eq!(
+                image.children("/copied/charclass"),
+                ["a.txt", "b.txt", "c.md"]
+            );
+            image.file("/copied/.dotfile", "dotfile\n");
+            image.file("/copied/json form/with space.txt", "spaces in the name\n");
+            image.file("/etc/hutch-layer2", "replaces busybox layer 2 file\n");
+            image.file("/etc/nested", "nested\n");
+            image.kind("/etc/passwd", Kind::File);
+            assert_ne!(image.node("/usr/local/bin/script.sh").mode & 0o111, 0);
+            image.file(
+                "/copied/listing",
+                ".\n..\n.hidden\n.hidden-dir\nfile\nsub\n",
+            );
+        }
+        "02-dockerignore" => {
+            assert_eq!(
+                image.children("/ctx"),
+                [
+                    ".dockerignore",
+                    "app",
+                    "build",
+                    "docs",
+                    "secret.env.example"
+                ]
+            );
+            image.file(
+                "/ctx/app/deep/important.log",
+                "important log kept by exception\n",
+            );
+            image.file("/ctx/app/deep/er/keep.txt", "deep keep\n");
+            assert_eq!(image.children("/ctx/app/logs"), Vec::<String>::new());
+            assert_eq!(
+                image.children("/ctx/app/deep/er/logs"),
+                Vec::<String>::new()
+            );
+            assert_eq!(image.children("/ctx/build"), ["keep"]);
+            assert_eq!(image.children("/ctx/docs"), ["README.md"]);
+            assert_eq!(image.children("/docs-glob"), ["README.md"]);
+        }
+        "03-chown-chmod" => {
+            image.owner("/owned/numeric", 1234, 5678);
+            image.owner("/owned/numeric-user-only", 1234, 1234);
+            image.owner("/owned/by-name", 1000, 1000);
+            image.owner("/owned/name-user-only", 1000, 1000);
+            image.owner("/owned/nobody", 65534, 65534);
+            image.owner("/owned/mixed", 1000, 65534);
+            // Directories COPY creates on the way get the --chown owner too.
+            image.owner("/owned", 1234, 5678);
+            image.owner("/owned/new/parents", 1234, 5678);
+            image.owner("/owned/new/parents/tree/sub/two", 1234, 5678);
+            image.mode("/modes/0640", 0o640);
+            image.mode("/modes/755", 0o755);
+            image.mode("/modes/setuid", 0o4755);
+            image.mode("/modes/tree/one", 0o700);
+            image.mode("/modes/tree/sub", 0o700);
+            image.mode("/modes/both", 0o600);
+            image.owner("/modes/both", 1000, 1000);
+        }
+        "04-add" => {
+            for root in ["/from-tar", "/from-tgz"] {
+                let at = |p: &str| format!("{root}/pkg/{p}");
+                image.file(&at("README"), "from the tar\n");
+                image.same_inode(&at("README"), &at("hard"));
+                image.symlink(&at("link"), "README");
+                image.symlink(&at("abs-link"), "/etc/passwd");
+                image.owner(&at("private"), 1234, 5678);
+                image.mode(&at("private"), 0o700);
+                image.owner(&at("private/key"), 1234, 5678);
+                image.mode(&at("private/key"), 0o600);
+                image.mode(&at("setgid"), 0o2755);
+                image.mode(&at("bin/tool"), 0o755);
+            }
+            image.file("/added/plain.txt", "plain file added\n");
+            image.owner("/added/owned.txt", 1000, 1000);
+            image.kind("/copied-not-extracted/archive.tar", Kind::File);
+        }
+        "05-workdir-user" => {
+            image.file("/pwd", "/srv/a/b\n/srv/a/b/c\n/opt/app\n/opt/sibling\n");
+            image.file("/srv/a/b/c/rel.txt", "relative copy\n");
+            image.file("/srv/a/b/c/sub/rel.txt", "relative copy\n");
+            image.owner("/tmp/made-by-app", 1000, 1000);
+            image.owner("/tmp/made-by-1234", 1234, 5678);
+            image.file(
+                "/tmp/id-app",
+                "uid=1000(app) gid=1000(app) groups=1000(app)\n",
+            );
+            // A WORKDIR created while USER is app belongs to app, parents included.
+            image.owner("/srv/made-as-app", 1000, 1000);
+            image.owner("/srv/made-as-app/inner/file", 1000, 1000);
+            image.owner("/home/app/work/note", 1000, 1000);
+            assert_eq!(image.config("WorkingDir"), "/home/app/work");
+            assert_eq!(image.config("User"), "1000");
+        }
+        "06-env" => {
+            image.has_env(&[
+                "GREETING=bye",
+                "NAME=big world",
+                "QUOTED=single $NOT_EXPANDED",
+                "LEGACY=this form takes the rest of the line",
+                "COMBINED=hello, big world",
+                "SAME_LINE=hello-then",
+                "DEFAULTED=fallback",
+                "SET_DEFAULT=big world",
+                "ALT=present",
+                "ALT_UNSET=",
+                "EMPTY=",
+                "DOLLAR=$GREETING",
+                "BRACES=${NAME}",
+                "PATH=/opt/tools/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            ]);
+            assert_eq!(image.env().len(), 16, "{:?}", image.env());
+            assert_eq!(image.config("WorkingDir"), "/env-dir/work");
+            image.file("/env-dir/env.txt", "env file\n");
+            image.file("/env-dir/renamed-bye", "env file\n");
+            let at_run =
+                std::fs::read_to_string(image.built.rootfs.join("env-dir/env-at-run")).unwrap();
+            assert!(at_run.contains("COMBINED=hello, big world\n"), "{at_run}");
+            assert!(at_run.contains("DOLLAR=$GREETING\n"), "{at_run}");
+        }
+        "07-args" => {
+            image.file(
+                "/args.txt",
+                "global before redeclaring: []\n\
+                 global redeclared: [global-default] [from-command-line]\n\
+                 variant [custom] never given []\n\
+                 after ENV: [env-wins]\n",
+            );
+            assert_eq!(image.children("/variant"), ["variant-custom.txt"]);
+            assert_eq!(image.children("/suffix"), ["file-suffixed.txt", "file.txt"]);
+            image.owner("/owned-by-runas", 1000, 0);
+            image.owner("/tmp/app/made-in-workdir", 1000, 1000);
+            assert_eq!(image.config("User"), "app");
+            assert_eq!(image.config("WorkingDir"), "/tmp/app");
+            image.has_env(&["PERSISTED=custom", "VARIANT=env-wins"]);
+            // ARGs reach RUN, never the config.
+            assert_eq!(image.env().len(), 3, "{:?}", image.env());
+        }
+        "08-multistage" => {
+            image.file("/app/bin/program", "#!/bin/sh\necho \"compiled code\"\n");
+            image.mode("/app/bin/program", 0o755);
+            image.symlink("/app/program-link", "bin/program");
+            image.same_inode("/app/share/data", "/app/share/data-hardlink");
+            image.file("/app/tested", "compiled code\ntested\n");
+            image.kind("/app/src/main.src", Kind::File);
+            image.owner("/app/share-owned", 1000, 1000);
+            image.owner("/app/share-owned/data", 1000, 1000);
+            image.absent("/build");
+            image.absent("/unused");
+            assert_eq!(image.config("Entrypoint"), &json!(["/app/bin/program"]));
+            // The ENTRYPOINT dropped busybox's Cmd.
+            assert!(image.config("Cmd").is_null(), "{}", image.built.config);
+        }
+        "09-copy-from-image" => {
+            image.kind("/from-debian/debian_version", Kind::File);
+            // The symlink /etc/os-release was followed.
+            image.kind("/from-debian/os-release", Kind::File);
+            assert_eq!(
+                image.node("/from-debian/os-release").sha256,
+                image.node("/from-debian/usr-lib-os-release").sha256
+            );
+            assert_eq!(
+                image.children("/from-debian/skel"),
+                [".bash_logout", ".bashrc", ".profile"]
+            );
+            assert_eq!(
+                image.children("/from-debian/owned"),
+                ["host.conf", "issue", "issue.net"]
+            );
+            image.owner("/from-debian/owned/issue.net", 1000, 1000);
+        }
+        "10-deletions" => {
+            image.absent("/etc/hutch-layer2");
+            image.absent("/var");
+            image.absent("/bin/vi");
+            image.absent("/bin/wget");
+            assert_eq!(image.children("/home"), ["app"]);
+            assert_eq!(image.children("/home/app"), ["new"]);
+            assert_eq!(image.children("/scratch"), ["dir", "stays"]);
+            assert_eq!(image.children("/scratch/dir"), ["inside"]);
+            image.file(
+                "/etc/group",
+                "root:x:0:\napp:x:1000:\nnogroup:x:65534:\nextra:x:4242:\n",
+            );
+        }
+        "11-links" => {
+            image.symlink("/ctx-links/rel", "target.txt");
+            image.symlink("/ctx-links/abs", "/etc/passwd");
+            image.symlink("/ctx-links/dangling", "nowhere");
+            image.symlink("/ctx-links/dir-link", "sub");
+            image.file("/ctx-top-link", "link target\n");
+            image.file("/ctx-dir-link-followed/file", "in sub\n");
+            image.same_inode("/run-links/hard-a", "/run-links/hard-b");
+            image.same_inode("/run-links/hard-a", "/run-links/hard-c");
+            assert_eq!(image.node("/run-links/hard-a").nlink, 3);
+            image.same_inode("/etc/passwd", "/run-links/passwd-hardlink");
+            image.symlink("/run-links/rel", "hard-a");
+            image.symlink("/run-links/abs", "/run-links/hard-a");
+            image.symlink("/run-links/dangling", "../missing");
+            image.symlink("/run-links/etc-dir", "/etc");
+            image.file("/run-links/becomes-file", "was a symlink\n");
+            image.symlink("/bin/vi", "/bin/busybox");
+            image.symlink("/bin/new-applet", "busybox");
+        }
+        "12-run-perms" => {
+            image.mode("/perms/setuid", 0o444);
+            image.mode("/perms/setgid", 0o2711);
+            image.mode("/perms/dirs/sticky", 0o1777);
+            image.mode("/perms/dirs/setgid-dir", 0o2770);
+            image.owner("/perms/dirs/setgid-dir", 0, 5678);
+            image.mode("/perms/none", 0);
+            image.mode("/perms/write-only", 0o222);
+            image.mode("/perms/dirs/private", 0o700);
+            image.owner("/perms/dirs/private/f", 1234, 5678);
+            image.owner("/perms/app-owned", 1000, 1000);
+            image.owner("/perms/nobody", 65534, 65534);
+            image.owner("/perms/dirs", 42, 42);
+            image.mode("/etc/passwd", 0o600);
+            image.owner("/home/app", 1000, 1000);
+            image.mode("/home/app", 0o750);
+            image.mode("/tmp", 0o700);
+        }
+        "13-entrypoint-exec" => {
+            assert_eq!(
+                image.config("Entrypoint"),
+                &json!(["/bin/echo", "quoted \"arg\"", "tab\there", "$NOT_EXPANDED"])
+            );
+            assert_eq!(image.config("Cmd"), &json!(["--flag", "value with spaces"]));
+        }
+        "14-entrypoint-shell" => {
+            assert_eq!(
+                image.config("Entrypoint"),
+                &json!(["/bin/sh", "-c", "echo \"hello $WHO\" && exec \"$@\""])
+            );
+            assert_eq!(
+                image.config("Cmd"),
+                &json!(["/bin/sh", "-c", "echo cmd in shell form; exit 3"])
+            );
+            image.has_env(&["WHO=world"]);
+        }
+        "15-warn-only" => {
+            image.file("/data/data.txt", "data\n");
+            image.file("/data/after", "after the warnings\n");
+            assert_eq!(image.config("Cmd"), &json!(["sh"]));
+            assert!(image.config("Entrypoint").is_null());
+            assert_eq!(image.env().len(), 1, "{:?}", image.env());
+        }
+        "16-entrypoint-resets-cmd" => {
+            assert_eq!(image.config("Entrypoint"), &json!(["/bin/sh", "-c"]));
+            assert!(image.config("Cmd").is_null(), "{}", image.built.config);
+            assert_eq!(image.config("User"), "app");
+        }
+        "17-debian-python" => {
+            let squares: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(image.built.rootfs.join("work/out/squares.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(squares["9"], 81);
+            image.owner("/work/out/nested", 33, 33);
+            image.mode("/work/out/nested/digest", 0o640);
+            image.symlink("/work/out/nested/squares-link", "../squares.json");
+            image.file("/work/major", "3\n");
+            image.file("/work/bash-loop", "line 1\nline 2\nline 3\n");
+            image.absent("/etc/debian_version");
+            image.absent("/work/__pycache__");
+            assert_eq!(image.config("WorkingDir"), "/work");
+            assert_eq!(
+                image.config("Cmd"),
+                &json!(["python3", "/work/generate.py", "/tmp/out"])
+            );
+        }
+        "18-debian-users" => {
+            // `games` is uid 5 with primary group 60 (`games`); gid 5 is `tty`.
+            image.owner("/chown/user-only", 5, 60);
+            image.owner("/chown/user-and-group", 5, 60);
+            image.owner("/chown/uid-only", 5, 5);
+            image.owner("/chown/other-group", 5, 5);
+            image.owner("/home/builder/owned.txt", 2000, 2100);
+            image.owner("/home/builder/both", 2000, 2100);
+            image.file(
+                "/home/builder/id.txt",
+                "uid=2000(builder) gid=2100(builders) groups=2100(builders)\n",
+            );
+            image.file("/home/builder/home.txt", "/home/builder\n");
+            assert_eq!(image.children("/usr/share/doc"), ["README"]);
+            assert_eq!(image.config("User"), "builder");
+        }
+        "19-parser" => {
+            image.file("/parsed/backslash", "C:\\path\\kept\n");
+            image.file("/parsed/continued", "continued\n");
+            image.file("/parsed/env", "a  b|c\n");
+            image.file("/parsed/file.txt", "parsed\n");
+            assert_eq!(image.config("Cmd"), &json!(["echo", "C:\\dir"]));
+        }
+        "20-stage-from-arg" => {
+            image.file("/chosen", "fancy\n");
+            image.mode("/flavour", 0o600);
+        }
+        other => panic!("no checks for the case {other}: add them to `check`"),
+    }
+}

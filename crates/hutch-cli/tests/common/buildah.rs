@@ -1,0 +1,303 @@
+//! The Dockerfile build corpus and its reference builder. `fixtures/builds/*` are cases that
+//! must build (a `Dockerfile`, its context, and optionally `build-args`), `fixtures/builds-bad/*`
+//! cases that must fail (`expected.txt` says how); see `fixtures/builds/README.md`.
+//! `buildah_build` builds a case with `buildah bud --isolation chroot`, its bases pulled from a
+//! test `Registry`, and unpacks the result with `umoci`: what a trusted builder makes of the
+//! same inputs, to compare Hutch's build with.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::registry::Registry;
+use super::workspace;
+
+/// An image built by buildah, unpacked.
+pub struct Built {
+    /// The root filesystem as `umoci unpack` lays it out (whiteouts applied, owners kept).
+    pub rootfs: PathBuf,
+    /// The `config` object of the OCI image config: `Env`, `WorkingDir`, `User`, `Entrypoint`,
+    /// `Cmd` (and `ExposedPorts`, `Labels`, ... which the comparison leaves out).
+    pub config: serde_json::Value,
+    /// The built image as an OCI layout, tag `latest` (one layer per RUN, COPY and ADD).
+    pub image: PathBuf,
+    /// What `buildah bud` printed (warnings included).
+    pub log: String,
+    _dir: tempfile::TempDir,
+}
+
+/// Where a bad case must fail: `expected.txt` holds `line: N` and `error: SUBSTRING`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    /// 1-based line of the Dockerfile the error must name.
+    pub line: usize,
+    /// Text the error message must contain.
+    pub error: String,
+}
+
+/// The cases that must build: the directories under `fixtures/builds`, in name order.
+pub fn cases() -> Vec<PathBuf> {
+    case_dirs(&workspace().join("fixtures/builds"))
+}
+
+/// The cases that must fail: the directories under `fixtures/builds-bad`, in name order.
+pub fn bad_cases() -> Vec<PathBuf> {
+    case_dirs(&workspace().join("fixtures/builds-bad"))
+}
+
+fn case_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", root.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("Dockerfile").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// The `--build-arg`s a case is built with besides `REGISTRY`: the `KEY=VALUE` lines of its
+/// `build-args` file (blank lines and `#` comments skipped), none if it has no such file.
+pub fn case_build_args(case_dir: &Path) -> Vec<(String, String)> {
+    let Ok(text) = std::fs::read_to_string(case_dir.join("build-args")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{}/build-args: no `=` in {l:?}", case_dir.display()));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// The `expected.txt` of a bad case.
+pub fn expected_failure(case_dir: &Path) -> Expected {
+    let path = case_dir.join("expected.txt");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{}: no `{name}` line", path.display()))
+            .to_owned()
+    };
+    Expected {
+        line: field("line:")
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: bad line number: {e}", path.display())),
+        error: field("error:"),
+    }
+}
+
+/// Builds `case_dir` (its `Dockerfile`, the directory as context) with `buildah bud --isolation
+/// chroot --layers`, bases pulled over plain HTTP from `registry`, `--build-arg
+/// REGISTRY=<host>` plus `args`; pushes the result to an OCI layout and `umoci unpack`s it.
+/// Panics with buildah's output if the build fails.
+pub fn buildah_build(case_dir: &Path, registry: &Registry, args: &[(&str, &str)]) -> Built {
+    try_buildah_build(case_dir, registry, args)
+        .unwrap_or_else(|log| panic!("buildah bud {} failed:\n{log}", case_dir.display()))
+}
+
+/// `buildah_build`, with `Err(buildah's output)` when `buildah bud` fails. Every call has a
+/// storage of its own (removed before returning), so concurrent calls never meet.
+pub fn try_buildah_build(
+    case_dir: &Path,
+    registry: &Registry,
+    args: &[(&str, &str)],
+) -> Result<Built, String> {
+    // containers-storage refuses some characters in its paths; a tempdir name has none.
+    let dir = tempfile::Builder::new()
+        .prefix("hutch-buildah")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let storage = Storage::create(dir.path());
+    let log_path = dir.path().join("bud.log");
+    let log = File::create(&log_path).unwrap();
+    let mut bud = storage.buildah();
+    bud.args([
+        "bud",
+        "--isolation",
+        "chroot",
+        "--layers",
+        "--format",
+        "oci",
+        "--pull",
+    ])
+    .args(["--tls-verify=false", "--identity-label=false"])
+    // Without these, RUN leaves /etc/hosts and /etc/resolv.conf behind as well.
+    .args(["--no-hosts", "--dns=none"])
+    .arg("--authfile")
+    .arg(storage.dir.join("auth.json"))
+    .arg("--signature-policy")
+    .arg(storage.dir.join("policy.json"))
+    .arg("--build-arg")
+    .arg(format!("REGISTRY={}", registry.host()));
+    for (key, value) in args {
+        bud.arg("--build-arg").arg(format!("{key}={value}"));
+    }
+    let status = bud
+        .arg("-f")
+        .arg(case_dir.join("Dockerfile"))
+        .args(["-t", IMAGE_NAME])
+        .arg(case_dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .status()
+        .expect("running buildah (apt-get install buildah)");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    if !status.success() {
+        return Err(format!("{status}\n{log}"));
+    }
+
+    let image = dir.path().join("image");
+    let out = storage
+        .buildah()
+        .args(["push", "--quiet", "--signature-policy"])
+        .arg(storage.dir.join("policy.json"))
+        .arg(IMAGE_NAME)
+        .arg(format!("oci:{}:latest", image.display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "buildah push: {}",
+        super::stderr(&out)
+    );
+    drop(storage);
+
+    let bundle = dir.path().join("bundle");
+    let out = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:latest", image.display()))
+        .arg(&bundle)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running umoci (apt-get install umoci)");
+    assert!(
+        out.status.success(),
+        "umoci unpack: {}",
+        super::stderr(&out)
+    );
+    let config = image_config(&image)["config"].clone();
+    Ok(Built {
+        rootfs: bundle.join("rootfs"),
+        config,
+        image,
+        log,
+        _dir: dir,
+    })
+}
+
+const IMAGE_NAME: &str = "localhost/hutch-build-case:latest";
+
+/// A private containers-storage (overlay driver, as `fixtures/oracle.sh` uses) and private
+/// registries, policy and auth files, so nothing of the host's configuration or images takes
+/// part. Dropping it removes the storage, unmounting whatever buildah left mounted there (a
+/// failed `bud` leaves its containers' overlays and the driver's own bind mount).
+struct Storage {
+    dir: PathBuf,
+}
+
+impl Storage {
+    fn create(parent: &Path) -> Storage {
+        let dir = parent.join("storage");
+        std::fs::create_dir_all(dir.join("root")).unwrap();
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
+        write(
+            "storage.conf",
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                dir.join("root").display(),
+                dir.join("run").display()
+            ),
+        );
+        // No search registries: a short name (a misspelt stage) fails at once instead of
+        // trying docker.io.
+        write(
+            "registries.conf",
+            "unqualified-search-registries = []\n".into(),
+        );
+        write(
+            "policy.json",
+            r#"{"default": [{"type": "insecureAcceptAnything"}]}"#.into(),
+        );
+        write("auth.json", "{}".into());
+        Storage { dir }
+    }
+
+    fn buildah(&self) -> Command {
+        let mut cmd = Command::new("buildah");
+        cmd.arg("--root")
+            .arg(self.dir.join("root"))
+            .arg("--runroot")
+            .arg(self.dir.join("run"))
+            .args(["--storage-driver", "overlay"])
+            .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
+            .env(
+                "CONTAINERS_REGISTRIES_CONF",
+                self.dir.join("registries.conf"),
+            )
+            .env("REGISTRY_AUTH_FILE", self.dir.join("auth.json"))
+            .env("TMPDIR", self.dir.join("tmp"));
+        cmd
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        // Removes the working containers a failed build left, and unmounts their overlays.
+        let _ = self
+            .buildah()
+            .args(["rm", "--all"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        unmount_below(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Detaches every mount at or below `dir`, deepest first.
+fn unmount_below(dir: &Path) {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    // Field 5 is the mount point, octal-escaped; these paths have nothing to escape.
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by(|a, b| b.cmp(a));
+    for point in points {
+        let c_path = std::ffi::CString::new(point.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path; MNT_DETACH cannot fail on a busy mount.
+        unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// The image config (the JSON blob the manifest names) of the one image in an OCI layout.
+fn image_config(layout: &Path) -> serde_json::Value {
+    let blob = |digest: &serde_json::Value| -> serde_json::Value {
+        let digest = digest.as_str().expect("a digest string");
+        let (algorithm, hex) = digest.split_once(':').expect("algorithm:hex");
+        let path = layout.join("blobs").join(algorithm).join(hex);
+        let bytes =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest = blob(&index["manifests"][0]["digest"]);
+    blob(&manifest["config"]["digest"])
+}
