@@ -15,6 +15,8 @@ pub enum ImageCommand {
     Pull(crate::pull::PullArgs),
     /// Push an image from the store to a registry.
     Push(crate::pull::PushArgs),
+    /// Build an image from a Dockerfile: every RUN in a gVisor sandbox, every step cached.
+    Build(crate::build::BuildArgs),
     /// Import an OCI image layout directory, an OCI archive or a `docker save` archive.
     Import {
         path: PathBuf,
@@ -76,6 +78,7 @@ pub async fn dispatch(cmd: ImageCommand) -> anyhow::Result<u8> {
     match cmd {
         ImageCommand::Pull(args) => crate::pull::pull_cmd(&store, args).await,
         ImageCommand::Push(args) => crate::pull::push_cmd(&store, args).await,
+        ImageCommand::Build(args) => crate::build::build_cmd(&store, args).await,
         ImageCommand::Import { path, name } => import(&store, &path, &name),
         ImageCommand::Load { path } => load(&store, &path),
         ImageCommand::Save { name, output } => save(&store, &name, &output),

@@ -2,6 +2,7 @@
 //! `hutch-runtime`; this crate parses arguments, wires them together and prints.
 
 mod agent_binary;
+mod build;
 mod client;
 mod image;
 mod pull;

@@ -536,3 +536,124 @@ fn check(case: &str, image: &Image) {
         other => panic!("no checks for the case {other}: add them to `check`"),
     }
 }
+
+/// Paths buildah leaves in every image whose stage ran a RUN (an empty `/etc/hostname`, its
+/// bind-mount target); not content, and Hutch does not mimic them.
+const BUILDAH_ARTIFACTS: &[&str] = &["/etc/hostname"];
+
+/// Builds `case` with `hutch image build` into `home`'s store; returns the image name, or
+/// the build's stderr on failure.
+fn hutch_build(home: &common::Home, case: &Path, registry: &Registry) -> Result<String, String> {
+    let name = format!(
+        "corpus/{}:1",
+        case.file_name().unwrap().to_string_lossy().to_lowercase()
+    );
+    let mut cmd = home.hutch();
+    cmd.args([
+        "image",
+        "build",
+        "--insecure-registry",
+        &registry.host(),
+        "-t",
+        &name,
+    ])
+    .arg("--build-arg")
+    .arg(format!("REGISTRY={}", registry.host()));
+    for (k, v) in case_build_args(case) {
+        cmd.arg("--build-arg").arg(format!("{k}={v}"));
+    }
+    let out = cmd
+        .arg(case)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(name)
+    } else {
+        Err(common::stderr(&out))
+    }
+}
+
+fn config_of(home: &common::Home, name: &str) -> serde_json::Value {
+    let store = hutch_store::Store::open(&home.path().join("store")).unwrap();
+    let image = store.image(name).unwrap();
+    let bytes = std::fs::read(store.blob_file(&image.id)).unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    config["config"].clone()
+}
+
+/// The parts of an image config both builders must agree on.
+fn comparable(config: &serde_json::Value) -> serde_json::Value {
+    let empty_is_null = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) if s.is_empty() => serde_json::Value::Null,
+        serde_json::Value::Array(a) if a.is_empty() => serde_json::Value::Null,
+        other => other.clone(),
+    };
+    json!({
+        "Env": config["Env"],
+        "WorkingDir": empty_is_null(&config["WorkingDir"]),
+        "User": empty_is_null(&config["User"]),
+        "Entrypoint": empty_is_null(&config["Entrypoint"]),
+        "Cmd": empty_is_null(&config["Cmd"]),
+    })
+}
+
+#[test]
+fn hutch_builds_equal_buildah_builds() {
+    let registry = corpus_registry();
+    let home = common::Home::private();
+    let cases = cases();
+    let reference: Vec<Result<Built, String>> = in_parallel(&cases, |case| {
+        try_buildah_build(
+            case,
+            &registry,
+            &case_build_args(case)
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+        )
+    });
+    let mut failures = Vec::new();
+    let scratch = tempfile::tempdir_in("/tmp").unwrap();
+    for (case, theirs) in cases.iter().zip(reference) {
+        let label = case.file_name().unwrap().to_string_lossy().to_string();
+        let theirs = theirs.unwrap_or_else(|e| panic!("{label}: buildah failed: {e}"));
+        let name = match hutch_build(&home, case, &registry) {
+            Ok(name) => name,
+            Err(e) => {
+                failures.push(format!("{label}: hutch image build failed:\n{e}"));
+                continue;
+            }
+        };
+        let merged = common::tree::Merged::mount(&home, &name, &scratch.path().join(&label));
+        let mut ours = tree::snapshot(&merged.0);
+        let mut reference = tree::snapshot(&theirs.rootfs);
+        for path in BUILDAH_ARTIFACTS {
+            ours.remove(Path::new(path));
+            reference.remove(Path::new(path));
+        }
+        let differences = tree::diff(&ours, &reference);
+        if !differences.is_empty() {
+            failures.push(format!(
+                "{label}: rootfs differs (hutch vs buildah):\n  {}",
+                differences.join("\n  ")
+            ));
+        }
+        let (a, b) = (
+            comparable(&config_of(&home, &name)),
+            comparable(&theirs.config),
+        );
+        if a != b {
+            failures.push(format!(
+                "{label}: config differs:\n  hutch:   {a}\n  buildah: {b}"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
+}

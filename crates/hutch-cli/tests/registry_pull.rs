@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 
 use common::faulty::{Fault, Faulty};
 use common::registry::Registry;
+use common::tree::Merged;
 use common::{Home, fixtures, stderr, stdout, tree};
 
 fn pull(home: &Home, reference: &str, extra: &[&str]) -> Output {
@@ -28,43 +29,6 @@ fn fsck_clean(home: &Home) {
         stdout(&out),
         stderr(&out)
     );
-}
-
-/// The merged root filesystem of a stored image: its layers stacked read-only by overlayfs,
-/// as a sandbox would see them, at `mountpoint` (unmounted by the returned guard). A
-/// one-layer image is its layer directory (overlayfs wants two lower dirs without an upper).
-struct Merged(std::path::PathBuf, bool);
-
-impl Merged {
-    fn mount(home: &Home, name: &str, mountpoint: &Path) -> Merged {
-        let store = hutch_store::Store::open(&home.path().join("store")).unwrap();
-        let image = store.image(name).unwrap();
-        let lower: Vec<String> = store
-            .lower_dirs(&image)
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect();
-        if lower.len() == 1 {
-            return Merged(lower[0].clone().into(), false);
-        }
-        std::fs::create_dir_all(mountpoint).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o"])
-            .arg(format!("ro,lowerdir={}", lower.join(":")))
-            .arg(mountpoint)
-            .status()
-            .unwrap();
-        assert!(status.success(), "overlay mount failed");
-        Merged(mountpoint.to_path_buf(), true)
-    }
-}
-
-impl Drop for Merged {
-    fn drop(&mut self) {
-        if self.1 {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
 }
 
 fn umoci_rootfs(layout: &Path, dest: &Path) -> std::path::PathBuf {

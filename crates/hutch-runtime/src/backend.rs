@@ -46,6 +46,10 @@ pub struct SandboxSpec {
     /// Caller's bookkeeping, kept with the sandbox's record (e.g. which server owns it).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Keep `/tmp` in the root filesystem, so that what is written there is part of the
+    /// sandbox's writable layer (image builds); by default runsc mounts a fresh tmpfs there.
+    #[serde(default)]
+    pub tmp_in_rootfs: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -245,3 +245,40 @@ fn read_sized(call: impl Fn(*mut u8, usize) -> isize) -> Option<Vec<u8>> {
         }
     }
 }
+
+/// The merged root filesystem of a stored image: its layers stacked read-only by overlayfs,
+/// as a sandbox would see them, at `mountpoint` (unmounted by the returned guard). A
+/// one-layer image is its layer directory (overlayfs wants two lower dirs without an upper).
+pub struct Merged(pub std::path::PathBuf, bool);
+
+impl Merged {
+    pub fn mount(home: &super::Home, name: &str, mountpoint: &Path) -> Merged {
+        let store = hutch_store::Store::open(&home.path().join("store")).unwrap();
+        let image = store.image(name).unwrap();
+        let lower: Vec<String> = store
+            .lower_dirs(&image)
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        if lower.len() == 1 {
+            return Merged(lower[0].clone().into(), false);
+        }
+        std::fs::create_dir_all(mountpoint).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!("ro,lowerdir={}", lower.join(":")))
+            .arg(mountpoint)
+            .status()
+            .unwrap();
+        assert!(status.success(), "overlay mount failed");
+        Merged(mountpoint.to_path_buf(), true)
+    }
+}
+
+impl Drop for Merged {
+    fn drop(&mut self) {
+        if self.1 {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+}

@@ -24,6 +24,8 @@ pub struct BundleSpec<'a> {
     /// The host cgroup limit: the user's limit plus headroom (the agent enforces the user's).
     pub memory_backstop_bytes: Option<u64>,
     pub cgroup: Option<PathBuf>,
+    /// Bind the rootfs's own `/tmp` over `/tmp` instead of runsc's tmpfs.
+    pub tmp_in_rootfs: bool,
 }
 
 fn invalid(e: impl std::fmt::Display) -> RuntimeError {
@@ -115,6 +117,17 @@ pub fn build(spec: &BundleSpec<'_>) -> Result<Spec> {
             .build()
             .map_err(invalid)?,
     );
+    if spec.tmp_in_rootfs && spec.rootfs.join("tmp").is_dir() {
+        mounts.push(
+            MountBuilder::default()
+                .destination("/tmp")
+                .typ("bind")
+                .source(spec.rootfs.join("tmp"))
+                .options(vec!["bind".into(), "rw".into()])
+                .build()
+                .map_err(invalid)?,
+        );
+    }
     oci.set_mounts(Some(mounts));
 
     let mut linux = oci

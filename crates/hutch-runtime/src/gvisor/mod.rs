@@ -271,6 +271,7 @@ impl GvisorBackend {
                 user + (user / 2).max(256 << 20)
             }),
             cgroup: Some(PathBuf::from(format!("/hutch/{id}"))),
+            tmp_in_rootfs: spec.tmp_in_rootfs,
         })?;
         bundle::write(&oci, &dir.join("bundle"))?;
 

@@ -1,0 +1,431 @@
+//! Dockerfile parsing with Docker/BuildKit's rules, into stages of typed instructions.
+//!
+//! Values are kept exactly as written: nothing is expanded and quotes are not removed, because
+//! Docker expands with variables only known while building (ARGs, earlier ENVs, `--build-arg`).
+//! The builder runs [`crate::expand::expand`] (with [`Dockerfile::escape`]) over the
+//! instructions Docker expands; see that module for which.
+
+mod lines;
+#[cfg(test)]
+mod tests;
+mod words;
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use words::{env_words, extract_flags, has_heredoc, is_arg_space, split_whitespace};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dockerfile {
+    /// ARGs before the first FROM: usable in FROM lines, and in a stage only if redeclared there.
+    pub global_args: Vec<ArgDecl>,
+    pub stages: Vec<Stage>,
+    /// The escape character chosen by the `# escape=` directive (`\` by default), needed to
+    /// expand words with Docker's rules.
+    pub escape: char,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArgDecl {
+    pub name: String,
+    /// As written, quotes included (`ARG A="x y"` keeps `"x y"`): expand before use.
+    pub default: Option<String>,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stage {
+    /// The image or earlier stage, as written (`$VAR`s not expanded).
+    pub base: String,
+    /// The `AS` name, lowercased.
+    pub name: Option<String>,
+    pub platform: Option<String>,
+    pub line: usize,
+    pub instructions: Vec<Instruction>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instruction {
+    /// 1-based line where the instruction starts (continuations are part of it).
+    pub line: usize,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    Run(Command),
+    Copy {
+        sources: Vec<String>,
+        dest: String,
+        from: Option<String>,
+        chown: Option<String>,
+        chmod: Option<String>,
+    },
+    Add {
+        sources: Vec<String>,
+        dest: String,
+        chown: Option<String>,
+        chmod: Option<String>,
+    },
+    /// `ENV k=v k2="v 2"` or the legacy `ENV k v w` (value `v w`); keys and values as
+    /// written, quotes included: Docker expands both.
+    Env(Vec<(String, String)>),
+    Arg(Vec<ArgDecl>),
+    Workdir(String),
+    User(String),
+    Entrypoint(Command),
+    Cmd(Command),
+    /// Accepted but only warned about: ONBUILD, SHELL, EXPOSE, HEALTHCHECK, LABEL, STOPSIGNAL,
+    /// VOLUME, MAINTAINER. `args` is the raw text after the instruction name.
+    Ignored {
+        instruction: String,
+        args: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Run with the image's shell; the text is passed to it untouched.
+    Shell(String),
+    /// A valid JSON array of strings. Anything else starting with `[` (invalid JSON) is
+    /// silently a shell command, as in Docker.
+    Exec(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct ParseError {
+    pub line: usize,
+    pub message: String,
+}
+
+const IGNORED: [&str; 8] = [
+    "onbuild",
+    "shell",
+    "expose",
+    "healthcheck",
+    "label",
+    "stopsignal",
+    "volume",
+    "maintainer",
+];
+
+const JSON_NOT_STRINGS: &str =
+    "when using JSON array syntax, arrays must be comprised of strings only";
+
+pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
+    let (escape, lines) = lines::logical_lines(text)?;
+    let mut global_args = Vec::new();
+    let mut stages: Vec<Stage> = Vec::new();
+    let mut stage_lines: HashMap<String, usize> = HashMap::new();
+    for logical in &lines {
+        let line = logical.line;
+        let error = |message: String| ParseError { line, message };
+        match parse_line(&logical.text, escape, line).map_err(error)? {
+            Parsed::From {
+                base,
+                name,
+                platform,
+            } => {
+                if let Some(name) = &name {
+                    if let Some(first) = stage_lines.insert(name.clone(), line) {
+                        return Err(error(format!(
+                            "duplicate stage name {name:?} (first defined on line {first})"
+                        )));
+                    }
+                }
+                stages.push(Stage {
+                    base,
+                    name,
+                    platform,
+                    line,
+                    instructions: Vec::new(),
+                });
+            }
+            Parsed::Instruction { name, kind } => match (stages.last_mut(), kind) {
+                (Some(stage), kind) => stage.instructions.push(Instruction { line, kind }),
+                (None, Kind::Arg(args)) => global_args.extend(args),
+                (None, _) => {
+                    return Err(error(format!(
+                        "{name} before the first FROM: only ARG may come before FROM"
+                    )));
+                }
+            },
+        }
+    }
+    let Some(last) = lines.last() else {
+        return Err(ParseError {
+            line: 1,
+            message: "file with no instructions".into(),
+        });
+    };
+    if stages.is_empty() {
+        return Err(ParseError {
+            line: last.line,
+            message: "no FROM instruction: a Dockerfile needs at least one build stage".into(),
+        });
+    }
+    Ok(Dockerfile {
+        global_args,
+        stages,
+        escape,
+    })
+}
+
+enum Parsed {
+    From {
+        base: String,
+        name: Option<String>,
+        platform: Option<String>,
+    },
+    Instruction {
+        name: String,
+        kind: Kind,
+    },
+}
+
+fn parse_line(text: &str, escape: char, line: usize) -> Result<Parsed, String> {
+    let text = text.trim();
+    let (word, args) = text.split_once(is_arg_space).unwrap_or((text, ""));
+    let args = args.trim_start_matches(is_arg_space);
+    let name = word.to_ascii_uppercase();
+    let lower = word.to_ascii_lowercase();
+    if IGNORED.contains(&lower.as_str()) {
+        let kind = Kind::Ignored {
+            instruction: name.clone(),
+            args: args.to_string(),
+        };
+        return Ok(Parsed::Instruction { name, kind });
+    }
+    // Every instruction may carry `--flags`; each accepts its own set (most accept none).
+    let (rest, flag_words) = extract_flags(args);
+    if matches!(lower.as_str(), "run" | "copy" | "add") && has_heredoc(rest) {
+        return Err("heredocs are not supported".into());
+    }
+    let kind = match lower.as_str() {
+        "from" => {
+            let mut flags = Flags::parse(&name, &flag_words, &["platform"], &[])?;
+            let (base, stage) = match split_whitespace(rest).as_slice() {
+                [base] => (base.clone(), None),
+                [base, as_, stage] if as_.eq_ignore_ascii_case("as") => {
+                    (base.clone(), Some(stage_name(stage)?))
+                }
+                _ => return Err("FROM requires either one or three arguments".into()),
+            };
+            let platform = flags.take("platform");
+            return Ok(Parsed::From {
+                base,
+                name: stage,
+                platform,
+            });
+        }
+        "run" | "cmd" | "entrypoint" => {
+            Flags::parse(&name, &flag_words, &[], &[])?;
+            let command = maybe_json(rest)?;
+            match lower.as_str() {
+                "run" => Kind::Run(command),
+                "cmd" => Kind::Cmd(command),
+                _ => Kind::Entrypoint(command),
+            }
+        }
+        "copy" | "add" => {
+            let is_copy = lower == "copy";
+            let strings: &[&str] = if is_copy {
+                &["from", "chown", "chmod"]
+            } else {
+                &["chown", "chmod"]
+            };
+            let mut flags = Flags::parse(&name, &flag_words, strings, &["link"])?;
+            let mut sources = maybe_json_list(rest)?;
+            if sources.len() < 2 {
+                return Err(format!(
+                    "{name} requires at least two arguments, but only one was provided. \
+                     Destination could not be determined."
+                ));
+            }
+            let dest = sources.pop().unwrap_or_default();
+            let (chown, chmod) = (flags.take("chown"), flags.take("chmod"));
+            if is_copy {
+                Kind::Copy {
+                    sources,
+                    dest,
+                    from: flags.take("from"),
+                    chown,
+                    chmod,
+                }
+            } else {
+                Kind::Add {
+                    sources,
+                    dest,
+                    chown,
+                    chmod,
+                }
+            }
+        }
+        "env" => {
+            Flags::parse(&name, &flag_words, &[], &[])?;
+            Kind::Env(env_pairs(rest, escape)?)
+        }
+        "arg" => {
+            Flags::parse(&name, &flag_words, &[], &[])?;
+            Kind::Arg(arg_decls(rest, escape, line)?)
+        }
+        "workdir" | "user" => {
+            Flags::parse(&name, &flag_words, &[], &[])?;
+            if rest.is_empty() {
+                return Err(format!("{name} requires exactly one argument"));
+            }
+            match lower.as_str() {
+                "workdir" => Kind::Workdir(rest.to_string()),
+                _ => Kind::User(rest.to_string()),
+            }
+        }
+        _ => return Err(format!("unknown instruction: {name}")),
+    };
+    Ok(Parsed::Instruction { name, kind })
+}
+
+/// `[a-z][a-z0-9-_.]*` after lowercasing, as BuildKit requires.
+fn stage_name(written: &str) -> Result<String, String> {
+    let name = written.to_ascii_lowercase();
+    let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+    if !valid {
+        return Err(format!(
+            "invalid name for build stage: {written:?}, name can't start with a number or contain symbols"
+        ));
+    }
+    Ok(name)
+}
+
+/// `Ok(None)` when `rest` is not a JSON array at all (BuildKit then falls back to the other
+/// form); an array holding anything but strings is an error.
+fn json_array(rest: &str) -> Result<Option<Vec<String>>, String> {
+    if !rest.trim_start().starts_with('[') {
+        return Ok(None);
+    }
+    let Ok(values) = serde_json::from_str::<Vec<serde_json::Value>>(rest) else {
+        return Ok(None);
+    };
+    values
+        .into_iter()
+        .map(|v| match v {
+            serde_json::Value::String(s) => Ok(s),
+            _ => Err(JSON_NOT_STRINGS.to_string()),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+fn maybe_json(rest: &str) -> Result<Command, String> {
+    Ok(match json_array(rest)? {
+        Some(args) => Command::Exec(args),
+        None => Command::Shell(rest.to_string()),
+    })
+}
+
+fn maybe_json_list(rest: &str) -> Result<Vec<String>, String> {
+    Ok(json_array(rest)?.unwrap_or_else(|| split_whitespace(rest)))
+}
+
+fn env_pairs(rest: &str, escape: char) -> Result<Vec<(String, String)>, String> {
+    let words = env_words(rest, escape);
+    let Some(first) = words.first() else {
+        return Err("ENV requires at least one argument".into());
+    };
+    // Legacy `ENV name value...`: the first word decides, and the value is the rest of the
+    // line verbatim, spaces and all.
+    if !first.contains('=') {
+        return match rest.split_once(is_arg_space) {
+            Some((key, value)) => Ok(vec![(
+                key.to_string(),
+                value.trim_start_matches(is_arg_space).to_string(),
+            )]),
+            None => Err("ENV must have two arguments".into()),
+        };
+    }
+    words
+        .iter()
+        .map(|word| match word.split_once('=') {
+            Some(("", _)) => Err("ENV names can not be blank".to_string()),
+            Some((key, value)) => Ok((key.to_string(), value.to_string())),
+            None => Err(format!(
+                "Syntax error - can't find = in {word:?}. Must be of the form: name=value"
+            )),
+        })
+        .collect()
+}
+
+fn arg_decls(rest: &str, escape: char, line: usize) -> Result<Vec<ArgDecl>, String> {
+    let words = env_words(rest, escape);
+    if words.is_empty() {
+        return Err("ARG requires at least one argument".into());
+    }
+    words
+        .into_iter()
+        .map(|word| match word.split_once('=') {
+            Some(("", _)) => Err("ARG names can not be blank".to_string()),
+            Some((name, default)) => Ok(ArgDecl {
+                name: name.into(),
+                default: Some(default.into()),
+                line,
+            }),
+            None => Ok(ArgDecl {
+                name: word,
+                default: None,
+                line,
+            }),
+        })
+        .collect()
+}
+
+/// Parsed `--name=value` flags for one instruction, validated like BuildKit's `BFlags`.
+struct Flags(HashMap<String, String>);
+
+impl Flags {
+    fn parse(
+        instruction: &str,
+        words: &[String],
+        strings: &[&str],
+        bools: &[&str],
+    ) -> Result<Flags, String> {
+        let mut values = HashMap::new();
+        for word in words {
+            let flag = word.strip_prefix("--").unwrap_or(word);
+            let (flag, value) = match flag.split_once('=') {
+                Some((flag, value)) => (flag, Some(value)),
+                None => (flag, None),
+            };
+            let value = if strings.contains(&flag) {
+                value
+                    .ok_or_else(|| format!("missing a value on flag --{flag}"))?
+                    .to_string()
+            } else if bools.contains(&flag) {
+                match value.map(|v| (v, v.to_ascii_lowercase())) {
+                    None => "true".to_string(),
+                    Some((_, lower)) if lower == "true" || lower == "false" => lower,
+                    Some(("", _)) => return Err(format!("missing a value on flag --{flag}")),
+                    Some((v, _)) => {
+                        return Err(format!(
+                            "expecting boolean value for flag --{flag}, not: {v}"
+                        ));
+                    }
+                }
+            } else {
+                return Err(format!("unknown flag for {instruction}: --{flag}"));
+            };
+            if values.insert(flag.to_string(), value).is_some() {
+                return Err(format!("duplicate flag specified: --{flag}"));
+            }
+        }
+        Ok(Flags(values))
+    }
+
+    /// A string flag's value; an empty value (`--from=`) means "not given", as in Docker.
+    fn take(&mut self, flag: &str) -> Option<String> {
+        self.0.remove(flag).filter(|v| !v.is_empty())
+    }
+}

@@ -1,0 +1,407 @@
+use super::*;
+
+fn s(v: &str) -> String {
+    v.to_string()
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+fn copy(sources: &[&str], dest: &str) -> Kind {
+    Kind::Copy {
+        sources: strings(sources),
+        dest: s(dest),
+        from: None,
+        chown: None,
+        chmod: None,
+    }
+}
+
+fn arg(name: &str, default: Option<&str>, line: usize) -> ArgDecl {
+    ArgDecl {
+        name: s(name),
+        default: default.map(s),
+        line,
+    }
+}
+
+fn ignored(instruction: &str, args: &str) -> Kind {
+    Kind::Ignored {
+        instruction: s(instruction),
+        args: s(args),
+    }
+}
+
+/// Each case is one instruction on line 2, after `FROM scratch`.
+#[test]
+fn instructions() {
+    use Command::{Exec, Shell};
+    let cases: Vec<(&str, Kind)> = vec![
+        ("RUN echo hi", Kind::Run(Shell(s("echo hi")))),
+        (
+            "run   echo   $HOME \"q\"  ",
+            Kind::Run(Shell(s("echo   $HOME \"q\""))),
+        ),
+        ("RUN a \\\n  && b", Kind::Run(Shell(s("a   && b")))),
+        (
+            "RUN [\"echo\", \"hi there\"]",
+            Kind::Run(Exec(strings(&["echo", "hi there"]))),
+        ),
+        ("RUN [ \"echo\" ]  ", Kind::Run(Exec(strings(&["echo"])))),
+        ("RUN []", Kind::Run(Exec(vec![]))),
+        (
+            "RUN [\"echo\", 'hi']",
+            Kind::Run(Shell(s("[\"echo\", 'hi']"))),
+        ),
+        ("RUN [echo]", Kind::Run(Shell(s("[echo]")))),
+        ("RUN [\"a\"] extra", Kind::Run(Shell(s("[\"a\"] extra")))),
+        ("RUN echo $((1<<3))", Kind::Run(Shell(s("echo $((1<<3))")))),
+        ("RUN cat <<<word", Kind::Run(Shell(s("cat <<<word")))),
+        ("CMD [\"a\", \"b\"]", Kind::Cmd(Exec(strings(&["a", "b"])))),
+        ("CMD", Kind::Cmd(Shell(s("")))),
+        (
+            "Entrypoint exec foo --bar",
+            Kind::Entrypoint(Shell(s("exec foo --bar"))),
+        ),
+        ("COPY a b /dest/", copy(&["a", "b"], "/dest/")),
+        (
+            "copy [\"a b\", \"c\", \"/d e/\"]",
+            copy(&["a b", "c"], "/d e/"),
+        ),
+        ("COPY \"a b\" /d", copy(&["\"a", "b\""], "/d")),
+        ("COPY $SRC ${DEST}", copy(&["$SRC"], "${DEST}")),
+        ("COPY --link a /d", copy(&["a"], "/d")),
+        ("COPY --link=FALSE a /d", copy(&["a"], "/d")),
+        ("COPY --from= a /d", copy(&["a"], "/d")),
+        ("COPY -- --weird /d", copy(&["--weird"], "/d")),
+        (
+            "COPY --from=build --chown=\"app:app\" --chmod=755 [\"a\", \"/d\"]",
+            Kind::Copy {
+                sources: strings(&["a"]),
+                dest: s("/d"),
+                from: Some(s("build")),
+                chown: Some(s("app:app")),
+                chmod: Some(s("755")),
+            },
+        ),
+        (
+            "ADD --chown=1 --chmod=644 --link http://x/y /d",
+            Kind::Add {
+                sources: strings(&["http://x/y"]),
+                dest: s("/d"),
+                chown: Some(s("1")),
+                chmod: Some(s("644")),
+            },
+        ),
+        (
+            "ENV a=1 b=\"x y\" c='$z' d=",
+            Kind::Env(vec![
+                (s("a"), s("1")),
+                (s("b"), s("\"x y\"")),
+                (s("c"), s("'$z'")),
+                (s("d"), s("")),
+            ]),
+        ),
+        ("ENV a 1  \"2\"", Kind::Env(vec![(s("a"), s("1  \"2\""))])),
+        ("ENV a=x\\ y", Kind::Env(vec![(s("a"), s("x\\ y"))])),
+        ("ENV a=b=c", Kind::Env(vec![(s("a"), s("b=c"))])),
+        (
+            "ARG a b=2 c= d=\"x y\"",
+            Kind::Arg(vec![
+                arg("a", None, 2),
+                arg("b", Some("2"), 2),
+                arg("c", Some(""), 2),
+                arg("d", Some("\"x y\""), 2),
+            ]),
+        ),
+        ("WORKDIR /a b", Kind::Workdir(s("/a b"))),
+        ("WORKDIR \"/x y\"", Kind::Workdir(s("\"/x y\""))),
+        ("USER app:app", Kind::User(s("app:app"))),
+        ("EXPOSE 80/tcp  443", ignored("EXPOSE", "80/tcp  443")),
+        (
+            "healthcheck --interval=5s CMD true",
+            ignored("HEALTHCHECK", "--interval=5s CMD true"),
+        ),
+        ("LABEL a=b", ignored("LABEL", "a=b")),
+        ("MAINTAINER me <me@x>", ignored("MAINTAINER", "me <me@x>")),
+        ("ONBUILD RUN make", ignored("ONBUILD", "RUN make")),
+        (
+            "SHELL [\"bash\", \"-c\"]",
+            ignored("SHELL", "[\"bash\", \"-c\"]"),
+        ),
+        ("STOPSIGNAL SIGKILL", ignored("STOPSIGNAL", "SIGKILL")),
+        ("VOLUME", ignored("VOLUME", "")),
+    ];
+    for (text, want) in cases {
+        let parsed =
+            parse(&format!("FROM scratch\n{text}")).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        let got: Vec<Instruction> = parsed
+            .stages
+            .into_iter()
+            .flat_map(|s| s.instructions)
+            .collect();
+        assert_eq!(
+            got,
+            vec![Instruction {
+                line: 2,
+                kind: want
+            }],
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn errors() {
+    let not_strings = "when using JSON array syntax, arrays must be comprised of strings only";
+    let copy_args = "COPY requires at least two arguments, but only one was provided. \
+                     Destination could not be determined.";
+    let cases: &[(&str, usize, &str)] = &[
+        ("", 1, "file with no instructions"),
+        ("# only a comment\n\n  \n", 1, "file with no instructions"),
+        (
+            "ARG a\n\nARG b",
+            3,
+            "no FROM instruction: a Dockerfile needs at least one build stage",
+        ),
+        (
+            "RUN x\nFROM a",
+            1,
+            "RUN before the first FROM: only ARG may come before FROM",
+        ),
+        (
+            "LABEL a=b\nFROM a",
+            1,
+            "LABEL before the first FROM: only ARG may come before FROM",
+        ),
+        ("foo bar", 1, "unknown instruction: FOO"),
+        ("FROM a\n\nFooBar x", 3, "unknown instruction: FOOBAR"),
+        ("FROM a\nCOPY a", 2, copy_args),
+        ("FROM a\nCOPY [\"a\"]", 2, copy_args),
+        ("FROM a\nCOPY", 2, copy_args),
+        (
+            "FROM a\nADD a",
+            2,
+            "ADD requires at least two arguments, but only one was provided. \
+             Destination could not be determined.",
+        ),
+        (
+            "FROM a\nCOPY --bogus a b",
+            2,
+            "unknown flag for COPY: --bogus",
+        ),
+        (
+            "FROM a\nCOPY --parents a b",
+            2,
+            "unknown flag for COPY: --parents",
+        ),
+        (
+            "FROM a\nADD --from=x a b",
+            2,
+            "unknown flag for ADD: --from",
+        ),
+        (
+            "FROM a\nADD --checksum=sha256:0 a b",
+            2,
+            "unknown flag for ADD: --checksum",
+        ),
+        (
+            "FROM a\nCOPY --from a b",
+            2,
+            "missing a value on flag --from",
+        ),
+        (
+            "FROM a\nCOPY --link= a b",
+            2,
+            "missing a value on flag --link",
+        ),
+        (
+            "FROM a\nCOPY --link=Maybe a b",
+            2,
+            "expecting boolean value for flag --link, not: Maybe",
+        ),
+        (
+            "FROM a\nCOPY --from=a --from=b a b",
+            2,
+            "duplicate flag specified: --from",
+        ),
+        (
+            "FROM a\nRUN --mount=type=cache,target=/x make",
+            2,
+            "unknown flag for RUN: --mount",
+        ),
+        ("FROM a\nCMD --help", 2, "unknown flag for CMD: --help"),
+        ("FROM a\nENV --x=1 a=b", 2, "unknown flag for ENV: --x"),
+        ("FROM a\nRUN [\"a\", 1]", 2, not_strings),
+        ("FROM a\nCOPY [\"a\", null, \"/d\"]", 2, not_strings),
+        (
+            "FROM a\nRUN <<EOF\necho hi\nEOF",
+            2,
+            "heredocs are not supported",
+        ),
+        (
+            "FROM a\nRUN 3<<-'EOF' cat\nx\nEOF",
+            2,
+            "heredocs are not supported",
+        ),
+        (
+            "FROM a\nCOPY <<EOF /x\nhi\nEOF",
+            2,
+            "heredocs are not supported",
+        ),
+        (
+            "FROM a\nADD --chmod=600 <<EOF /x\nhi\nEOF",
+            2,
+            "heredocs are not supported",
+        ),
+        (
+            "FROM a\nRUN cat \\\n  <<EOF\nx\nEOF",
+            2,
+            "heredocs are not supported",
+        ),
+        ("FROM", 1, "FROM requires either one or three arguments"),
+        ("FROM a b", 1, "FROM requires either one or three arguments"),
+        (
+            "FROM a AS",
+            1,
+            "FROM requires either one or three arguments",
+        ),
+        (
+            "FROM a to b",
+            1,
+            "FROM requires either one or three arguments",
+        ),
+        (
+            "FROM a AS 1x",
+            1,
+            "invalid name for build stage: \"1x\", name can't start with a number or contain symbols",
+        ),
+        (
+            "FROM a AS b$c",
+            1,
+            "invalid name for build stage: \"b$c\", name can't start with a number or contain symbols",
+        ),
+        ("FROM --platform a", 1, "missing a value on flag --platform"),
+        ("FROM --bogus=1 a", 1, "unknown flag for FROM: --bogus"),
+        (
+            "FROM a AS x\nRUN y\nFROM b AS X",
+            3,
+            "duplicate stage name \"x\" (first defined on line 1)",
+        ),
+        ("FROM a\nENV", 2, "ENV requires at least one argument"),
+        ("FROM a\nENV a", 2, "ENV must have two arguments"),
+        (
+            "FROM a\nENV a=1 b",
+            2,
+            "Syntax error - can't find = in \"b\". Must be of the form: name=value",
+        ),
+        ("FROM a\nENV =1", 2, "ENV names can not be blank"),
+        ("FROM a\nARG", 2, "ARG requires at least one argument"),
+        ("FROM a\nARG =x", 2, "ARG names can not be blank"),
+        (
+            "FROM a\nWORKDIR",
+            2,
+            "WORKDIR requires exactly one argument",
+        ),
+        ("FROM a\nUSER   ", 2, "USER requires exactly one argument"),
+        (
+            "# escape=x\nFROM a",
+            1,
+            "invalid escape token 'x' does not match ` or \\",
+        ),
+    ];
+    for &(text, line, message) in cases {
+        let want = ParseError {
+            line,
+            message: s(message),
+        };
+        assert_eq!(parse(text), Err(want), "{text:?}");
+    }
+}
+
+#[test]
+fn whole_file_structure() {
+    let text = "\
+# syntax=docker/dockerfile:1
+# escape=`
+
+ARG BASE=alpine
+ARG VERSION
+
+# build stage
+FROM --platform=$BUILDPLATFORM ${BASE}:${VERSION} AS Build
+RUN make `
+    all
+COPY . /src
+
+from build as test
+  # indented comment
+  RUN make test
+
+FROM scratch
+COPY --from=build /out/app /app
+";
+    let want = Dockerfile {
+        global_args: vec![arg("BASE", Some("alpine"), 4), arg("VERSION", None, 5)],
+        escape: '`',
+        stages: vec![
+            Stage {
+                base: s("${BASE}:${VERSION}"),
+                name: Some(s("build")),
+                platform: Some(s("$BUILDPLATFORM")),
+                line: 8,
+                instructions: vec![
+                    Instruction {
+                        line: 9,
+                        kind: Kind::Run(Command::Shell(s("make     all"))),
+                    },
+                    Instruction {
+                        line: 11,
+                        kind: copy(&["."], "/src"),
+                    },
+                ],
+            },
+            Stage {
+                base: s("build"),
+                name: Some(s("test")),
+                platform: None,
+                line: 13,
+                instructions: vec![Instruction {
+                    line: 15,
+                    kind: Kind::Run(Command::Shell(s("make test"))),
+                }],
+            },
+            Stage {
+                base: s("scratch"),
+                name: None,
+                platform: None,
+                line: 17,
+                instructions: vec![Instruction {
+                    line: 18,
+                    kind: Kind::Copy {
+                        sources: strings(&["/out/app"]),
+                        dest: s("/app"),
+                        from: Some(s("build")),
+                        chown: None,
+                        chmod: None,
+                    },
+                }],
+            },
+        ],
+    };
+    assert_eq!(parse(text), Ok(want));
+}
+
+#[test]
+fn parse_error_display_names_the_line() {
+    let err = parse("FROM a\n\nNOPE x").unwrap_err();
+    assert_eq!(err.to_string(), "line 3: unknown instruction: NOPE");
+}
+
+#[test]
+fn serde_round_trip() {
+    let parsed = parse("ARG A=1\nFROM x AS y\nENV k=v\nCMD [\"a\"]\nEXPOSE 80").unwrap();
+    let json = serde_json::to_string(&parsed).unwrap();
+    assert_eq!(serde_json::from_str::<Dockerfile>(&json).unwrap(), parsed);
+}

@@ -1,0 +1,99 @@
+//! `hutch image build`: a Dockerfile into an image in the local store, every RUN in a gVisor
+//! sandbox, every step cached (see `hutch_build::engine`).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use hutch_build::engine::{BuildEvent, BuildRequest, Engine};
+use hutch_registry::{Client, ClientConfig};
+use hutch_store::Store;
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The build context: the directory COPY and ADD read from.
+    pub context: PathBuf,
+    /// The Dockerfile [default: CONTEXT/Dockerfile].
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Name for the result (`name[:tag]`).
+    #[arg(short = 't', long = "tag")]
+    pub tag: Option<String>,
+    /// A build argument (repeatable); `K` alone takes the value from the environment.
+    #[arg(long = "build-arg", value_name = "K=V")]
+    pub build_args: Vec<String>,
+    /// Build up to this stage.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// A registry (`host:port`) to pull base images from over plain HTTP (repeatable; also
+    /// HUTCH_INSECURE_REGISTRIES).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure: Vec<String>,
+}
+
+pub async fn build_cmd(store: &Store, args: BuildArgs) -> anyhow::Result<u8> {
+    let dockerfile_path = args
+        .file
+        .clone()
+        .unwrap_or_else(|| args.context.join("Dockerfile"));
+    let dockerfile = std::fs::read_to_string(&dockerfile_path)
+        .with_context(|| format!("reading {}", dockerfile_path.display()))?;
+    anyhow::ensure!(
+        args.context.is_dir(),
+        "the build context {} is not a directory",
+        args.context.display()
+    );
+    let mut build_args = BTreeMap::new();
+    for kv in &args.build_args {
+        match kv.split_once('=') {
+            Some((k, v)) => build_args.insert(k.to_string(), v.to_string()),
+            None => std::env::var(kv)
+                .ok()
+                .and_then(|v| build_args.insert(kv.clone(), v)),
+        };
+    }
+    let backend = crate::run::backend_at(crate::home())?;
+    let registry = Client::new(ClientConfig::from_env(&args.insecure))?;
+    let events = |event: BuildEvent| {
+        let mut err = std::io::stderr().lock();
+        match event {
+            BuildEvent::Step {
+                stage,
+                line,
+                text,
+                cached,
+            } => {
+                let _ = writeln!(
+                    err,
+                    "[stage {stage}] line {line}: {text}{}",
+                    if cached { " (cached)" } else { "" }
+                );
+            }
+            BuildEvent::Output { data, .. } => {
+                let _ = err.write_all(&data);
+            }
+            BuildEvent::Warning { line, message } => {
+                let _ = writeln!(err, "warning: line {line}: {message}");
+            }
+        }
+    };
+    let engine = Engine {
+        backend: &backend,
+        store,
+        registry: &registry,
+        events: &events,
+    };
+    let request = BuildRequest {
+        context: args.context.clone(),
+        dockerfile,
+        dockerfile_name: dockerfile_path.display().to_string(),
+        tag: args.tag.clone(),
+        build_args,
+        target: args.target.clone(),
+    };
+    let image = engine.build(&request).await?;
+    println!("{}\t{}", image.name, image.id);
+    Ok(0)
+}
