@@ -240,6 +240,15 @@ impl Engine<'_> {
         };
         let escape = parsed.escape;
         let base = expand_with(&stage.base, global, escape).map_err(|e| err(stage.line, e))?;
+        if base.trim().is_empty() {
+            return Err(err(
+                stage.line,
+                format!(
+                    "FROM {}: the base image name is empty after expansion (a build-arg not given?)",
+                    stage.base
+                ),
+            ));
+        }
         (self.events)(BuildEvent::Step {
             stage: index,
             line: stage.line,
@@ -380,6 +389,16 @@ impl Engine<'_> {
                                 .iter()
                                 .position(|s| s.name.as_deref() == Some(f.to_lowercase().as_str()))
                                 .or_else(|| f.parse::<usize>().ok().filter(|i| *i < index));
+                            if found.is_none()
+                                && let Ok(n) = f.parse::<usize>()
+                            {
+                                return Err(err(
+                                    line,
+                                    format!(
+                                        "COPY --from={f}: no build stage {n} before this one (stages are numbered from 0; this is stage {index})"
+                                    ),
+                                ));
+                            }
                             Some(match found {
                                 Some(i) => done[i].clone(),
                                 None if parsed.stages.iter().any(|s| {
@@ -389,7 +408,7 @@ impl Engine<'_> {
                                     return Err(err(
                                         line,
                                         format!(
-                                            "COPY --from={f} names a stage that is not built before this one (stages may not refer to each other in a cycle)"
+                                            "COPY --from={f}: circular dependency: stage {f:?} is this one or comes after it, and stages may only copy from earlier ones"
                                         ),
                                     ));
                                 }

@@ -98,7 +98,7 @@ pub fn resolve_owner(view: &MergedView, spec: &str) -> Result<(u32, u32), String
                     None
                 }
             })
-            .ok_or_else(|| format!("unknown user {user:?} (not in the image's /etc/passwd)"))?,
+            .ok_or_else(|| format!("unknown user {user} (not in the image's /etc/passwd)"))?,
     };
     let gid = match group {
         // A bare uid keeps it as the gid too (Docker); a bare name takes the primary group.
@@ -113,7 +113,7 @@ pub fn resolve_owner(view: &MergedView, spec: &str) -> Result<(u32, u32), String
                     (f.len() > 2 && f[0] == g).then(|| f[2].parse().ok())?
                 })
                 .next()
-                .ok_or_else(|| format!("unknown group {g:?} (not in the image's /etc/group)"))?,
+                .ok_or_else(|| format!("unknown group {g} (not in the image's /etc/group)"))?,
         },
     };
     Ok((uid, gid))

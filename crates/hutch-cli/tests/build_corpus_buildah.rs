@@ -657,3 +657,34 @@ fn hutch_builds_equal_buildah_builds() {
         failures.join("\n\n")
     );
 }
+
+#[test]
+fn bad_builds_fail_naming_the_line_and_register_nothing() {
+    let registry = corpus_registry();
+    let home = common::Home::private();
+    let mut failures = Vec::new();
+    for case in bad_cases() {
+        let label = case.file_name().unwrap().to_string_lossy().to_string();
+        let expected = expected_failure(&case);
+        match hutch_build(&home, &case, &registry) {
+            Ok(name) => failures.push(format!("{label}: built {name}, expected a failure")),
+            Err(stderr) => {
+                let line = format!("Dockerfile:{}:", expected.line);
+                if !stderr.contains(&expected.error) || !stderr.contains(&line) {
+                    failures.push(format!(
+                        "{label}: expected {:?} at {line}, got:\n{stderr}",
+                        expected.error
+                    ));
+                }
+            }
+        }
+        // Nothing half-registered: no image of that case's name.
+        let name = format!("corpus/{}:1", label.to_lowercase());
+        let store = hutch_store::Store::open(&home.path().join("store")).unwrap();
+        assert!(
+            store.image(&name).is_err(),
+            "{label}: {name} was registered"
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
