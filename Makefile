@@ -60,3 +60,5 @@ bench: setup fixtures build
 	target/release/hutch-bench-server target/release/hutch
 	cargo build --release -p hutch-bench --bin hutch-bench-pull
 	target/release/hutch-bench-pull target/release/hutch
+	cargo build --release -p hutch-bench --bin hutch-bench-build
+	target/release/hutch-bench-build target/release/hutch
