@@ -26,7 +26,7 @@ use crate::ignore::DockerIgnore;
 use crate::merged::{MergedView, resolve_owner};
 
 /// Store names of cached steps: `hutch-build/step:<key>`.
-const CACHE_REPO: &str = "hutch-build/step";
+pub const CACHE_REPO: &str = "hutch-build/step";
 const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 
 pub struct BuildRequest {

@@ -38,6 +38,9 @@ pub enum ImageCommand {
     Ls {
         #[arg(long)]
         json: bool,
+        /// Also list the build cache (`hutch-build/step:*`, one image per cached step).
+        #[arg(long, short)]
+        all: bool,
     },
     /// Show an image: name, ids, layers (diff_id, blob, sizes) and run config.
     Inspect {
@@ -82,7 +85,7 @@ pub async fn dispatch(cmd: ImageCommand) -> anyhow::Result<u8> {
         ImageCommand::Import { path, name } => import(&store, &path, &name),
         ImageCommand::Load { path } => load(&store, &path),
         ImageCommand::Save { name, output } => save(&store, &name, &output),
-        ImageCommand::Ls { json } => ls(&store, json),
+        ImageCommand::Ls { json, all } => ls(&store, json, all),
         ImageCommand::Inspect { name, json } => inspect(&store, &name, json),
         ImageCommand::Rm { name } => rm(&store, &name),
         ImageCommand::Prune => prune(&store),
@@ -121,8 +124,11 @@ fn save(store: &Store, name: &str, output: &Path) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn ls(store: &Store, json: bool) -> anyhow::Result<u8> {
-    let images = store.images()?;
+fn ls(store: &Store, json: bool, all: bool) -> anyhow::Result<u8> {
+    let mut images = store.images()?;
+    if !all {
+        images.retain(|i| !i.name.starts_with(hutch_build::engine::CACHE_REPO));
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&images)?);
     } else {
