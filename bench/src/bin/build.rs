@@ -9,15 +9,18 @@
 //!
 //! usage: hutch-bench-build [HUTCH_BINARY]; N from HUTCH_BENCH_N (default 3).
 
+#[path = "../registry.rs"]
+mod registry;
 #[path = "../stats.rs"]
 #[allow(dead_code)]
 mod stats;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::bail;
+use registry::Registry;
 use stats::{Samples, ms, ratio};
 
 const DOCKERFILE: &str = r#"ARG REGISTRY
@@ -31,56 +34,7 @@ USER runner
 CMD ["python3", "/app/app.py"]
 "#;
 
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("hbreg")
-            .tempdir_in("/tmp")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )?;
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting docker-registry")?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            ensure!(Instant::now() < deadline, "docker-registry did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Self {
-            child,
-            port,
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<Duration> {
+fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let out = cmd.stdin(Stdio::null()).output()?;
     if !out.status.success() {
@@ -210,10 +164,7 @@ fn main() -> anyhow::Result<()> {
         });
     let registry = Registry::start()?;
     let host = format!("127.0.0.1:{}", registry.port);
-    run(Command::new("skopeo")
-        .args(["copy", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:latest", fixtures.join("debian").display()))
-        .arg(format!("docker://{host}/debian:1")))?;
+    registry.push(&fixtures.join("debian"), "debian:1")?;
     let context = tempfile::tempdir()?;
     std::fs::write(context.path().join("Dockerfile"), DOCKERFILE)?;
     std::fs::write(
@@ -230,13 +181,13 @@ fn main() -> anyhow::Result<()> {
         let home = tempfile::Builder::new()
             .prefix("hbbuild")
             .tempdir_in("/tmp")?;
-        cold.push(run(&mut hutch_build(
+        cold.push(timed(&mut hutch_build(
             &hutch,
             home.path(),
             &host,
             context.path(),
         ))?);
-        cached.push(run(&mut hutch_build(
+        cached.push(timed(&mut hutch_build(
             &hutch,
             home.path(),
             &host,
@@ -257,8 +208,8 @@ fn main() -> anyhow::Result<()> {
             storage = (own, all);
         }
         let buildah = Buildah::new()?;
-        cold_floor.push(run(&mut buildah.bud(&host, context.path()))?);
-        cached_floor.push(run(&mut buildah.bud(&host, context.path()))?);
+        cold_floor.push(timed(&mut buildah.bud(&host, context.path()))?);
+        cached_floor.push(timed(&mut buildah.bud(&host, context.path()))?);
     }
 
     println!("### Builds (Debian + python Dockerfile, two RUNs)\n");

@@ -9,88 +9,19 @@
 //! usage: hutch-bench-pull [HUTCH_BINARY]   (default target/release/hutch); N from
 //! HUTCH_BENCH_N (default 5). Fixtures from HUTCH_FIXTURES (default ~/.cache/hutch/fixtures).
 
+#[path = "../registry.rs"]
+mod registry;
 #[path = "../stats.rs"]
 #[allow(dead_code)]
 mod stats;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::ensure;
+use registry::{Registry, run};
 use stats::{Samples, ms, ratio};
-
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("hbreg")
-            .tempdir_in("/tmp")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )?;
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting docker-registry (apt-get install docker-registry)")?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            ensure!(Instant::now() < deadline, "docker-registry did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Self {
-            child,
-            port,
-            _dir: dir,
-        })
-    }
-
-    fn reference(&self, name: &str) -> String {
-        format!("127.0.0.1:{}/{name}", self.port)
-    }
-
-    fn push(&self, layout: &Path, name: &str) -> anyhow::Result<()> {
-        run(Command::new("skopeo")
-            .args(["copy", "--dest-tls-verify=false"])
-            .arg(format!("oci:{}:latest", layout.display()))
-            .arg(format!("docker://{}", self.reference(name))))
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd.stdin(Stdio::null()).output()?;
-    if !out.status.success() {
-        bail!(
-            "{:?} failed: {}",
-            cmd,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
 
 fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
     let start = Instant::now();

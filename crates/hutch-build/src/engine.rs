@@ -498,27 +498,7 @@ impl Engine<'_> {
             }
             Err(e) => return Err(e.into()),
         };
-        let manifest: Value = read_json(&self.store.blob_file(&image.manifest_digest))?;
-        let config: Value = read_json(&self.store.blob_file(&image.id))?;
-        let descs = manifest["layers"].as_array().cloned().unwrap_or_default();
-        if descs.len() != image.layers.len() {
-            return Err(BuildError::Internal(format!(
-                "{reference}: manifest and record disagree on the layers"
-            )));
-        }
-        let layers = image
-            .layers
-            .iter()
-            .zip(descs)
-            .map(|(diff_id, d)| {
-                Ok(Layer {
-                    diff_id: diff_id.clone(),
-                    blob: Digest::parse(d["digest"].as_str().unwrap_or_default())?,
-                    media_type: d["mediaType"].as_str().unwrap_or(OCI_LAYER_TAR).to_string(),
-                    size: d["size"].as_u64().unwrap_or(0),
-                })
-            })
-            .collect::<Result<Vec<_>, hutch_store::StoreError>>()?;
+        let (layers, config) = self.stored(&image)?;
         let mut state = State {
             layers,
             config,
@@ -648,29 +628,39 @@ impl Engine<'_> {
         Ok(())
     }
 
+    /// A stored image's layers (with their blobs, from its manifest) and its whole config.
+    fn stored(&self, image: &Image) -> Result<(Vec<Layer>, Value), BuildError> {
+        let manifest: Value = read_json(&self.store.blob_file(&image.manifest_digest))?;
+        let config: Value = read_json(&self.store.blob_file(&image.id))?;
+        let descs = manifest["layers"].as_array().cloned().unwrap_or_default();
+        if descs.len() != image.layers.len() {
+            return Err(BuildError::Internal(format!(
+                "{}: its manifest and its record disagree on the layers",
+                image.name
+            )));
+        }
+        let layers = image
+            .layers
+            .iter()
+            .zip(descs)
+            .map(|(diff_id, d)| {
+                Ok(Layer {
+                    diff_id: diff_id.clone(),
+                    blob: Digest::parse(d["digest"].as_str().unwrap_or_default())?,
+                    media_type: d["mediaType"].as_str().unwrap_or(OCI_LAYER_TAR).to_string(),
+                    size: d["size"].as_u64().unwrap_or(0),
+                })
+            })
+            .collect::<Result<Vec<_>, hutch_store::StoreError>>()?;
+        Ok((layers, config))
+    }
+
     /// A cached result for `state`'s current key, adopted into `state` when found.
     fn cached(&self, state: &mut State) -> Result<bool, BuildError> {
         match self.store.image(&state.cache_name()) {
             Ok(image) => {
-                let manifest: Value = read_json(&self.store.blob_file(&image.manifest_digest))?;
-                let descs = manifest["layers"].as_array().cloned().unwrap_or_default();
-                let config: Value = read_json(&self.store.blob_file(&image.id))?;
-                state.layers = image
-                    .layers
-                    .iter()
-                    .zip(descs)
-                    .map(|(diff_id, d)| {
-                        Ok(Layer {
-                            diff_id: diff_id.clone(),
-                            blob: Digest::parse(d["digest"].as_str().unwrap_or_default())?,
-                            media_type: d["mediaType"]
-                                .as_str()
-                                .unwrap_or(OCI_LAYER_TAR)
-                                .to_string(),
-                            size: d["size"].as_u64().unwrap_or(0),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, hutch_store::StoreError>>()?;
+                let (layers, config) = self.stored(&image)?;
+                state.layers = layers;
                 state.config = config;
                 Ok(true)
             }
