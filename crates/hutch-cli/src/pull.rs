@@ -5,7 +5,7 @@
 use std::io::{IsTerminal, Read};
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use hutch_registry::{Client, ClientConfig, Credentials, Event, Reference, Renderer};
 use hutch_store::{Image, Store};
 
@@ -47,17 +47,7 @@ pub struct PushArgs {
     pub json: bool,
 }
 
-/// When `hutch run` pulls.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum PullPolicy {
-    /// Pull only when the store does not have the image.
-    #[default]
-    Missing,
-    /// Pull every time (layers already stored are not downloaded again).
-    Always,
-    /// Never pull; fail when the image is missing.
-    Never,
-}
+pub use hutch_registry::PullPolicy;
 
 fn client(r: &Reference, args: &RegistryArgs) -> anyhow::Result<Client> {
     let extra = if args.insecure {

@@ -48,8 +48,8 @@ pub struct RunArgs {
     /// Use the embedded runtime even when a server is running.
     #[arg(long)]
     local: bool,
-    /// When to pull the image from its registry.
-    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    /// When to pull the image from its registry: missing, always or never.
+    #[arg(long, default_value_t = PullPolicy::Missing)]
     pull: PullPolicy,
     /// Reach the image's registry over plain HTTP (see `hutch image pull --help`).
     #[arg(long)]

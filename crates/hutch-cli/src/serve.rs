@@ -26,6 +26,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = Limits::default().max_sandboxes)]
     max_sandboxes: usize,
     /// Static busybox the built-in default image is made from.
+    /// When a create that names an image pulls it: missing, always or never. Registries
+    /// reached over plain HTTP are listed in HUTCH_INSECURE_REGISTRIES.
+    #[arg(long, default_value_t = hutch_registry::PullPolicy::Missing)]
+    pull: hutch_registry::PullPolicy,
     #[arg(long, default_value = "/bin/busybox")]
     busybox: PathBuf,
 }
@@ -37,6 +41,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     let backend = crate::run::backend_at(home.clone())?;
     let store = backend.store().clone();
     let config = ServeConfig {
+        pull_policy: args.pull,
         home,
         listen: args.listen,
         proxy_listen: args.proxy_listen,

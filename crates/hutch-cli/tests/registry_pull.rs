@@ -562,3 +562,41 @@ fn the_server_pulls_on_create_and_streams_pull_progress() {
     );
     drop(server);
 }
+
+#[test]
+fn a_server_told_never_to_pull_refuses_a_missing_image_by_name() {
+    use common::server::free_port;
+    let home = Home::private();
+    let registry = Registry::start();
+    registry.push_oci_layout(&fixtures().join("busybox"), "latest", "busybox:1");
+    let server = home.serve_with(
+        free_port(),
+        free_port(),
+        &["--pull", "never"],
+        &[("HUTCH_INSECURE_REGISTRIES", registry.host().as_str())],
+    );
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data",
+        ])
+        .arg(serde_json::json!({"image": registry.reference("busybox:1")}).to_string())
+        .arg(server.sandboxes_url())
+        .output()
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["code"], "image_not_found", "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("--pull never"),
+        "{answer}"
+    );
+    assert!(
+        registry.blob_bytes_served() == 0,
+        "the server pulled anyway"
+    );
+    drop(server);
+}

@@ -21,3 +21,40 @@ pub use events::{Event, Renderer, Sink};
 pub use pull::pull;
 pub use push::push;
 pub use reference::Reference;
+
+/// When an image named by a run or a create is pulled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Only when the store does not have it.
+    #[default]
+    Missing,
+    /// Every time (layers the store has are still not downloaded again).
+    Always,
+    /// Never; a missing image is an error.
+    Never,
+}
+
+impl std::str::FromStr for PullPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "missing" | "if-missing" => Ok(Self::Missing),
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            other => Err(format!(
+                "{other:?} is not a pull policy (missing, always or never)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Missing => "missing",
+            Self::Always => "always",
+            Self::Never => "never",
+        })
+    }
+}

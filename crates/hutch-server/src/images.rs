@@ -1,4 +1,5 @@
-//! Images on the server: the implicit pull of a create that names an image the store lacks,
+//! Images on the server: the implicit pull of a create that names an image (as the
+//! server's `--pull` policy says: when the store lacks it, always, or never),
 //! and `POST /hutch/v1/images/pull`, which pulls while streaming the registry client's
 //! progress events as JSON lines.
 
@@ -8,7 +9,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hutch_registry::{Client, ClientConfig, Event, Reference, RegistryError};
+use hutch_registry::{Client, ClientConfig, Event, PullPolicy, Reference, RegistryError};
 use serde::Deserialize;
 
 use crate::App;
@@ -37,10 +38,20 @@ pub async fn ensure(app: &App, reference: &str) -> Result<String, ApiError> {
     let parsed = Reference::parse(reference).map_err(|e| pull_failed(reference, &e))?;
     let name = parsed.store_name();
     let store = app.sandboxes.store();
-    match store.image(&name) {
-        Ok(image) => return Ok(image.name),
-        Err(e) if !e.is_not_found() => return Err(ApiError::bad_request(e.to_string())),
-        Err(_) => {}
+    match (app.pull_policy, store.image(&name)) {
+        (PullPolicy::Always, _) => {}
+        (_, Ok(image)) => return Ok(image.name),
+        (_, Err(e)) if !e.is_not_found() => return Err(ApiError::bad_request(e.to_string())),
+        (PullPolicy::Never, Err(_)) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "image_not_found",
+                format!(
+                    "image {reference:?} is not in the store (the server does not pull: --pull never)"
+                ),
+            ));
+        }
+        (PullPolicy::Missing, Err(_)) => {}
     }
     tracing::info!(%reference, "pulling a missing image");
     let log = |event: Event| tracing::debug!(?event, "pull");

@@ -46,6 +46,8 @@ pub struct ServeConfig {
     /// The static busybox the default image is made from.
     pub busybox: PathBuf,
     pub limits: Limits,
+    /// When a create that names an image pulls it.
+    pub pull_policy: hutch_registry::PullPolicy,
 }
 
 /// Everything the handlers share.
@@ -58,6 +60,7 @@ pub struct App {
     pub state_id: String,
     /// Pulls missing images.
     pub registry: hutch_registry::Client,
+    pub pull_policy: hutch_registry::PullPolicy,
 }
 
 /// A fingerprint of the state directory `home`: the CLI compares its own with the one a
@@ -115,6 +118,7 @@ pub async fn serve(
         proxy_url: format!("http://{proxy_host}:{}", config.proxy_listen.port()),
         state_id: state_id(&config.home),
         registry: images::client()?,
+        pull_policy: config.pull_policy,
     });
 
     let api = bind(config.listen).await?;
