@@ -18,9 +18,7 @@ impl Registry {
         let dir = tempfile::Builder::new()
             .prefix("hbreg")
             .tempdir_in("/tmp")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = crate::cli::free_port()?;
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,

@@ -9,13 +9,15 @@
 //!
 //! usage: hutch-bench-build [HUTCH_BINARY]; N from HUTCH_BENCH_N (default 3).
 
+#[path = "../cli.rs"]
+mod cli;
 #[path = "../registry.rs"]
 mod registry;
 #[path = "../stats.rs"]
 #[allow(dead_code)]
 mod stats;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -148,20 +150,9 @@ fn du(path: &Path) -> u64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let hutch = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/release/hutch"));
-    let n: usize = std::env::var("HUTCH_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let fixtures = std::env::var_os("HUTCH_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache/hutch/fixtures")
-        });
+    let hutch = cli::hutch_binary();
+    let n = cli::iterations(3);
+    let fixtures = cli::fixtures_dir();
     let registry = Registry::start()?;
     let host = format!("127.0.0.1:{}", registry.port);
     registry.push(&fixtures.join("debian"), "debian:1")?;

@@ -9,13 +9,15 @@
 //! usage: hutch-bench-pull [HUTCH_BINARY]   (default target/release/hutch); N from
 //! HUTCH_BENCH_N (default 5). Fixtures from HUTCH_FIXTURES (default ~/.cache/hutch/fixtures).
 
+#[path = "../cli.rs"]
+mod cli;
 #[path = "../registry.rs"]
 mod registry;
 #[path = "../stats.rs"]
 #[allow(dead_code)]
 mod stats;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -59,20 +61,9 @@ fn pulled_bytes(hutch: &Path, home: &Path, reference: &str) -> anyhow::Result<(u
 }
 
 fn main() -> anyhow::Result<()> {
-    let hutch = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/release/hutch"));
-    let n: usize = std::env::var("HUTCH_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let fixtures = std::env::var_os("HUTCH_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache/hutch/fixtures")
-        });
+    let hutch = cli::hutch_binary();
+    let n = cli::iterations(5);
+    let fixtures = cli::fixtures_dir();
     let registry = Registry::start()?;
     for name in ["debian", "busybox", "oracle"] {
         registry.push(&fixtures.join(name), &format!("{name}:1"))?;

@@ -6,6 +6,9 @@
 //! usage: hutch-bench-server [HUTCH_BINARY]   (default target/release/hutch); N from
 //! HUTCH_BENCH_N (default 20).
 
+#[path = "../cli.rs"]
+#[allow(dead_code)]
+mod cli;
 #[path = "../stats.rs"]
 #[allow(dead_code)]
 mod stats;
@@ -59,16 +62,10 @@ impl Conn {
 }
 
 fn main() -> anyhow::Result<()> {
-    let hutch = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/release/hutch"));
-    let n: usize = std::env::var("HUTCH_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let hutch = cli::hutch_binary();
+    let n = cli::iterations(20);
     let home = tempfile::Builder::new().prefix("hb").tempdir_in("/tmp")?;
-    let (api_port, proxy_port) = (free_port()?, free_port()?);
+    let (api_port, proxy_port) = (cli::free_port()?, cli::free_port()?);
     let log = std::fs::File::create(home.path().join("serve.log"))?;
     let mut server = Command::new(&hutch)
         .env("HUTCH_HOME", home.path())
@@ -94,12 +91,6 @@ fn main() -> anyhow::Result<()> {
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     let _ = server.wait();
     result
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 async fn measure(

@@ -369,17 +369,36 @@ impl Engine<'_> {
                         ),
                     });
                 }
-                Kind::Copy {
-                    sources,
-                    dest,
-                    from,
-                    chown,
-                    chmod,
-                } => {
+                kind @ (Kind::Copy { .. } | Kind::Add { .. }) => {
+                    // COPY and ADD differ only in `--from` (COPY) and archives and URLs (ADD).
+                    let (sources, dest, from, chown, chmod, add) = match kind {
+                        Kind::Copy {
+                            sources,
+                            dest,
+                            from,
+                            chown,
+                            chmod,
+                        } => (sources, dest, from.as_ref(), chown, chmod, false),
+                        Kind::Add {
+                            sources,
+                            dest,
+                            chown,
+                            chmod,
+                        } => (sources, dest, None, chown, chmod, true),
+                        _ => unreachable!("matched COPY or ADD above"),
+                    };
                     let sources = sources
                         .iter()
                         .map(|s| ex(s, &args, &state))
                         .collect::<Result<Vec<_>, _>>()?;
+                    if add && let Some(url) = sources.iter().find(|s| s.contains("://")) {
+                        return Err(err(
+                            line,
+                            format!(
+                                "ADD of a URL ({url}) is not supported: builds have no network"
+                            ),
+                        ));
+                    }
                     let dest = ex(dest, &args, &state)?;
                     let from_state = match from {
                         None => None,
@@ -430,41 +449,7 @@ impl Engine<'_> {
                         from_state.as_ref(),
                         chown.as_deref(),
                         chmod.as_deref(),
-                        false,
-                    )
-                    .await?;
-                }
-                Kind::Add {
-                    sources,
-                    dest,
-                    chown,
-                    chmod,
-                } => {
-                    let sources = sources
-                        .iter()
-                        .map(|s| ex(s, &args, &state))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    if let Some(url) = sources.iter().find(|s| s.contains("://")) {
-                        return Err(err(
-                            line,
-                            format!(
-                                "ADD of a URL ({url}) is not supported: builds have no network"
-                            ),
-                        ));
-                    }
-                    let dest = ex(dest, &args, &state)?;
-                    self.copy(
-                        &mut state,
-                        req,
-                        ignore,
-                        index,
-                        line,
-                        &sources,
-                        &dest,
-                        None,
-                        chown.as_deref(),
-                        chmod.as_deref(),
-                        true,
+                        add,
                     )
                     .await?;
                 }
@@ -675,75 +660,33 @@ impl Engine<'_> {
         if self.cached(state)? {
             return Ok(());
         }
-        let (exists, owner) = {
-            let view = self.view(state)?;
-            let user = state.config["config"]["User"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            let owner = if user.is_empty() {
-                (0, 0)
-            } else {
-                resolve_owner(&view, &user).unwrap_or((0, 0))
-            };
-            (view.host_path(dir).is_dir(), owner)
+        // One read-only view of the image serves the lookups and the parents' metadata.
+        let view = self.view(state)?;
+        let user = state.config["config"]["User"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let owner = if user.is_empty() {
+            (0, 0)
+        } else {
+            resolve_owner(&view, &user).unwrap_or((0, 0))
         };
-        if exists {
+        if view.host_path(dir).is_dir() {
+            drop(view);
             self.commit(state).await?;
             return Ok(());
         }
         let scratch =
             tempfile::tempdir().map_err(|e| BuildError::io("creating a scratch directory", e))?;
         let staged = scratch.path().join("tree");
-        self.stage_parents(
-            state,
+        stage_parents(
+            &view,
             &staged,
             &format!("{}/x", dir.trim_end_matches('/')),
             Some(owner),
         )?;
+        drop(view);
         self.add_layer_from(state, &staged, &[]).await
-    }
-
-    /// Creates `path`'s parent directories under `staged`: each with the metadata it has in
-    /// the image when it exists there (a layer's directory entry replaces the one below),
-    /// else as root 0755, or owned by `owner` when the instruction names one.
-    fn stage_parents(
-        &self,
-        state: &State,
-        staged: &Path,
-        path: &str,
-        owner: Option<(u32, u32)>,
-    ) -> Result<(), BuildError> {
-        let view = self.view(state)?;
-        let mut rel = PathBuf::new();
-        let comps: Vec<&str> = path
-            .trim_start_matches('/')
-            .split('/')
-            .filter(|c| !c.is_empty() && *c != ".")
-            .collect();
-        for comp in &comps[..comps.len().saturating_sub(1)] {
-            rel.push(comp);
-            let target = staged.join(&rel);
-            std::fs::create_dir_all(&target)
-                .map_err(|e| BuildError::io("staging a directory", e))?;
-            match std::fs::metadata(view.root().join(&rel)) {
-                Ok(meta) if meta.is_dir() => {
-                    let _ = std::fs::set_permissions(
-                        &target,
-                        std::fs::Permissions::from_mode(meta.mode() & 0o7777),
-                    );
-                    let _ = std::os::unix::fs::chown(&target, Some(meta.uid()), Some(meta.gid()));
-                    copy_mtime(&view.root().join(&rel), &target);
-                }
-                _ => {
-                    let _ =
-                        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755));
-                    let (uid, gid) = owner.unwrap_or((0, 0));
-                    let _ = std::os::unix::fs::chown(&target, Some(uid), Some(gid));
-                }
-            }
-        }
-        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -799,16 +742,14 @@ impl Engine<'_> {
         } else {
             format!("{}/{dest}", state.workdir().trim_end_matches('/'))
         };
-        let (owner, dest_is_dir) = {
-            let view = self.view(state)?;
-            let owner = match chown {
-                Some(spec) => Some(
-                    resolve_owner(&view, spec).map_err(|e| err(format!("{verb} --chown: {e}")))?,
-                ),
-                None => None,
-            };
-            (owner, view.host_path(&absolute).is_dir())
+        let view = self.view(state)?;
+        let owner = match chown {
+            Some(spec) => {
+                Some(resolve_owner(&view, spec).map_err(|e| err(format!("{verb} --chown: {e}")))?)
+            }
+            None => None,
         };
+        let dest_is_dir = view.host_path(&absolute).is_dir();
         // Docker: a destination ending in `/` (or `.`), several sources, a directory source
         // or an existing directory is a directory to copy into; otherwise the file's new path.
         let into_dir = absolute.ends_with('/')
@@ -839,7 +780,8 @@ impl Engine<'_> {
         } else {
             format!("/{}", dest_rel.display())
         };
-        self.stage_parents(state, &staged, &parent_of, owner)?;
+        stage_parents(&view, &staged, &parent_of, owner)?;
+        drop(view);
         let keep_owners = from.is_some();
         // Hardlinked files stay hardlinked (within this COPY), as buildah keeps them.
         let mut links: std::collections::HashMap<(u64, u64), PathBuf> =
@@ -1014,6 +956,44 @@ impl Engine<'_> {
             }
         }
     }
+}
+
+/// Creates `path`'s parent directories under `staged`: each with the metadata it has in the
+/// image (`view`) when it exists there (a layer's directory entry replaces the one below),
+/// else as root 0755, or owned by `owner` when the instruction names one.
+fn stage_parents(
+    view: &MergedView,
+    staged: &Path,
+    path: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<(), BuildError> {
+    let mut rel = PathBuf::new();
+    let comps: Vec<&str> = path
+        .trim_start_matches('/')
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    for comp in &comps[..comps.len().saturating_sub(1)] {
+        rel.push(comp);
+        let target = staged.join(&rel);
+        std::fs::create_dir_all(&target).map_err(|e| BuildError::io("staging a directory", e))?;
+        match std::fs::metadata(view.root().join(&rel)) {
+            Ok(meta) if meta.is_dir() => {
+                let _ = std::fs::set_permissions(
+                    &target,
+                    std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+                );
+                let _ = std::os::unix::fs::chown(&target, Some(meta.uid()), Some(meta.gid()));
+                copy_mtime(&view.root().join(&rel), &target);
+            }
+            _ => {
+                let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755));
+                let (uid, gid) = owner.unwrap_or((0, 0));
+                let _ = std::os::unix::fs::chown(&target, Some(uid), Some(gid));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn expand_with(

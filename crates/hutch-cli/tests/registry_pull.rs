@@ -476,6 +476,23 @@ fn unknown_media_types_and_foreign_platforms_are_refused_by_name() {
     assert_fails_cleanly(&home, &registry.reference("busybox:armonly"), "linux/arm64");
 }
 
+/// POSTs `body` as JSON to `url` with curl (no buffering, so streamed answers come whole).
+fn post_json(url: &str, body: &serde_json::Value) -> Output {
+    Command::new("curl")
+        .args([
+            "-sN",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data",
+        ])
+        .arg(body.to_string())
+        .arg(url)
+        .output()
+        .unwrap()
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
@@ -497,19 +514,10 @@ fn the_server_pulls_on_create_and_streams_pull_progress() {
     let api = format!("http://127.0.0.1:{}", server.api_port);
 
     // The pull endpoint: JSON lines, ending with `done`.
-    let out = Command::new("curl")
-        .args([
-            "-sN",
-            "-X",
-            "POST",
-            "-H",
-            "content-type: application/json",
-            "--data",
-        ])
-        .arg(serde_json::json!({"reference": registry.reference("oracle:1")}).to_string())
-        .arg(format!("{api}/hutch/v1/images/pull"))
-        .output()
-        .unwrap();
+    let out = post_json(
+        &format!("{api}/hutch/v1/images/pull"),
+        &serde_json::json!({"reference": registry.reference("oracle:1")}),
+    );
     let events: Vec<serde_json::Value> = stdout(&out)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -539,19 +547,10 @@ fn the_server_pulls_on_create_and_streams_pull_progress() {
     assert_eq!(stdout(&out), "pulled\n", "{}", stderr(&out));
 
     // A pull that fails ends the stream with a typed error event.
-    let out = Command::new("curl")
-        .args([
-            "-sN",
-            "-X",
-            "POST",
-            "-H",
-            "content-type: application/json",
-            "--data",
-        ])
-        .arg(serde_json::json!({"reference": registry.reference("nothing:1")}).to_string())
-        .arg(format!("{api}/hutch/v1/images/pull"))
-        .output()
-        .unwrap();
+    let out = post_json(
+        &format!("{api}/hutch/v1/images/pull"),
+        &serde_json::json!({"reference": registry.reference("nothing:1")}),
+    );
     let last: serde_json::Value =
         serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
     assert_eq!(last["event"], "error");
@@ -575,19 +574,10 @@ fn a_server_told_never_to_pull_refuses_a_missing_image_by_name() {
         &["--pull", "never"],
         &[("HUTCH_INSECURE_REGISTRIES", registry.host().as_str())],
     );
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-X",
-            "POST",
-            "-H",
-            "content-type: application/json",
-            "--data",
-        ])
-        .arg(serde_json::json!({"image": registry.reference("busybox:1")}).to_string())
-        .arg(server.sandboxes_url())
-        .output()
-        .unwrap();
+    let out = post_json(
+        &server.sandboxes_url(),
+        &serde_json::json!({"image": registry.reference("busybox:1")}),
+    );
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["code"], "image_not_found", "{answer}");
     assert!(

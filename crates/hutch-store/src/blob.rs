@@ -95,7 +95,8 @@ pub(crate) fn read_verified(
     Ok(bytes)
 }
 
-fn verify(
+/// Checks a blob's size (when known) and digest against what named it.
+pub(crate) fn verify(
     what: &str,
     expected: &Digest,
     expected_size: Option<u64>,

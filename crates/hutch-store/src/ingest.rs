@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::blob::blob_path;
+use crate::blob::{blob_path, verify};
 use crate::digest::Digest;
 use crate::error::{IoContext, StoreError};
 use crate::image::{Image, parse_config};
@@ -71,14 +71,13 @@ impl Ingest {
                 what: format!("{what} larger than {} MiB", SMALL_BLOB_LIMIT >> 20),
             });
         }
-        let actual = Digest::of_bytes(bytes);
-        if &actual != expected {
-            return Err(StoreError::DigestMismatch {
-                what: what.to_string(),
-                expected: expected.clone(),
-                actual,
-            });
-        }
+        verify(
+            what,
+            expected,
+            None,
+            &Digest::of_bytes(bytes),
+            bytes.len() as u64,
+        )?;
         fs::write(blob_path(&self.blobs, expected), bytes).ctx(|| format!("staging {what}"))
     }
 
@@ -133,22 +132,7 @@ impl Ingest {
                 return Err(e);
             }
             drained.ctx(|| format!("reading layer {what}"))?;
-            if let Some(expected) = size
-                && expected != count
-            {
-                return Err(StoreError::SizeMismatch {
-                    what: blob_what,
-                    expected,
-                    actual: count,
-                });
-            }
-            if &actual != blob {
-                return Err(StoreError::DigestMismatch {
-                    what: blob_what,
-                    expected: blob.clone(),
-                    actual,
-                });
-            }
+            verify(&blob_what, blob, size, &actual, count)?;
             fs::rename(&partial, blob_path(&self.blobs, blob))
                 .ctx(|| format!("staging blob of layer {what}"))
         })();
