@@ -14,6 +14,7 @@ mod memory;
 mod output;
 mod process;
 mod pty;
+mod rootfs_build;
 mod users;
 
 use std::time::Duration;
@@ -24,6 +25,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::process::Processes;
 
 fn main() {
+    // Run as `tl-rootfs-build` (a symlink in the builder image), this binary is the builder.
+    let mut argv = std::env::args();
+    let argv0 = argv.next().unwrap_or_default();
+    if argv0.rsplit('/').next() == Some(hutch_wire::build_channel::ROOTFS_BUILD_COMMAND) {
+        std::process::exit(rootfs_build::main(argv.collect()));
+    }
     // One malloc arena: per-thread arenas of the blocking pool would stay resident.
     // SAFETY: mallopt before any other thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };

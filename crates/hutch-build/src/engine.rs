@@ -61,11 +61,17 @@ pub enum BuildEvent {
     },
 }
 
+/// The store image of a registered template's name, if there is such a template.
+pub type TemplateResolver = dyn Fn(&str) -> Option<String> + Send + Sync;
+
 pub struct Engine<'a> {
     pub backend: &'a GvisorBackend,
     pub store: &'a Store,
     pub registry: &'a hutch_registry::Client,
     pub events: &'a (dyn Fn(BuildEvent) + Send + Sync),
+    /// Registered templates: the store image of a template name, looked up before the
+    /// store and the registry for `FROM` and `COPY --from`.
+    pub templates: Option<&'a TemplateResolver>,
 }
 
 #[derive(Clone, Debug)]
@@ -473,6 +479,10 @@ impl Engine<'_> {
 
     /// The state of an image (local, else pulled): its layers, config and a key over its id.
     async fn image_state(&self, reference: &str) -> Result<State, BuildError> {
+        if let Some(image) = self.templates.and_then(|t| t(reference)) {
+            let image = self.store.image(&image)?;
+            return self.image_state_of(&image);
+        }
         let parsed = hutch_registry::Reference::parse(reference)?;
         let name = parsed.store_name();
         let image = match self.store.image(&name) {
@@ -483,7 +493,11 @@ impl Engine<'_> {
             }
             Err(e) => return Err(e.into()),
         };
-        let (layers, config) = self.stored(&image)?;
+        self.image_state_of(&image)
+    }
+
+    fn image_state_of(&self, image: &Image) -> Result<State, BuildError> {
+        let (layers, config) = self.stored(image)?;
         let mut state = State {
             layers,
             config,

@@ -84,6 +84,7 @@ pub async fn build_cmd(store: &Store, args: BuildArgs) -> anyhow::Result<u8> {
         store,
         registry: &registry,
         events: &events,
+        templates: None,
     };
     let request = BuildRequest {
         context: args.context.clone(),

@@ -10,6 +10,9 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+pub mod templates;
+pub use templates::{BuildRow, BuildState, NodeKind, TemplateRow};
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("state database: {0}")]
@@ -52,6 +55,52 @@ const MIGRATIONS: &[&str] = &[
         secret_sha256 TEXT NOT NULL UNIQUE,
         created_at INTEGER NOT NULL,
         last_used_at INTEGER
+    );",
+    // 2: templates and their builds.
+    "CREATE TABLE templates (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        public INTEGER NOT NULL DEFAULT 0,
+        node_kind TEXT NOT NULL CHECK (node_kind IN ('base', 'diff')),
+        parent_id TEXT REFERENCES templates(id),
+        image TEXT NOT NULL,
+        image_id TEXT NOT NULL,
+        snapshot_id TEXT NOT NULL,
+        snapshot_uri TEXT NOT NULL,
+        snapshot_format TEXT NOT NULL,
+        snapshot_size_bytes INTEGER NOT NULL,
+        rootfs_disk_bytes INTEGER NOT NULL,
+        own_bytes INTEGER NOT NULL,
+        total_bytes INTEGER NOT NULL,
+        dockerfile TEXT NOT NULL DEFAULT '',
+        build_id TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        CHECK ((node_kind = 'diff') = (parent_id IS NOT NULL))
+    );
+    CREATE INDEX templates_by_parent ON templates(parent_id);
+    CREATE TABLE template_builds (
+        id TEXT PRIMARY KEY,
+        token_sha256 TEXT NOT NULL,
+        name TEXT NOT NULL,
+        dockerfile TEXT NOT NULL,
+        base_image TEXT NOT NULL,
+        public INTEGER NOT NULL,
+        node_kind TEXT NOT NULL,
+        parent_id TEXT,
+        template_id TEXT NOT NULL,
+        snapshot_id TEXT NOT NULL,
+        rootfs_disk_bytes INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        builder_sandbox TEXT,
+        image TEXT,
+        image_id TEXT,
+        snapshot_size_bytes INTEGER,
+        own_bytes INTEGER,
+        total_bytes INTEGER,
+        error TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
     );",
 ];
 

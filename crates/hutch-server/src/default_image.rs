@@ -12,6 +12,10 @@ use sha2::{Digest, Sha256};
 
 /// The store name of the default template.
 pub const DEFAULT_IMAGE: &str = "hutch/default:latest";
+/// The store name of the builder image template builds run in: the default image plus
+/// `/usr/local/bin/tl-rootfs-build`, a link to the agent binary (which, run under that name,
+/// hands the build to the host; see `template_builds`).
+pub const BUILDER_IMAGE: &str = "hutch/rootfs-builder:latest";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DefaultImageError {
@@ -28,7 +32,16 @@ pub enum DefaultImageError {
 
 /// Returns the default image, building it first if the store lacks it.
 pub fn ensure(store: &Store, busybox: &Path) -> Result<Image, DefaultImageError> {
-    if let Ok(image) = store.image(DEFAULT_IMAGE) {
+    ensure_named(store, busybox, DEFAULT_IMAGE)
+}
+
+/// Returns the builder image, building it first if the store lacks it.
+pub fn ensure_builder(store: &Store, busybox: &Path) -> Result<Image, DefaultImageError> {
+    ensure_named(store, busybox, BUILDER_IMAGE)
+}
+
+fn ensure_named(store: &Store, busybox: &Path, name: &str) -> Result<Image, DefaultImageError> {
+    if let Ok(image) = store.image(name) {
         return Ok(image);
     }
     let binary = std::fs::read(busybox).map_err(|_| no_busybox(busybox))?;
@@ -36,8 +49,14 @@ pub fn ensure(store: &Store, busybox: &Path) -> Result<Image, DefaultImageError>
         return Err(no_busybox(busybox));
     }
     let applets = applets(busybox)?;
-    let layer = layer_tar(&binary, &applets)?;
-    let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
+    let mut layers = vec![layer_tar(&binary, &applets)?];
+    if name == BUILDER_IMAGE {
+        layers.push(builder_layer()?);
+    }
+    let diff_ids: Vec<String> = layers
+        .iter()
+        .map(|l| format!("sha256:{}", hex::encode(Sha256::digest(l))))
+        .collect();
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
@@ -46,15 +65,15 @@ pub fn ensure(store: &Store, busybox: &Path) -> Result<Image, DefaultImageError>
             "Cmd": ["sh"],
             "WorkingDir": "/",
         },
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": [{"created_by": "hutch: default image from the host's busybox-static"}],
     })
     .to_string();
     let config_name = format!("{}.json", hex::encode(Sha256::digest(config.as_bytes())));
     let manifest = serde_json::json!([{
         "Config": config_name,
-        "RepoTags": [DEFAULT_IMAGE],
-        "Layers": ["layer.tar"],
+        "RepoTags": [name],
+        "Layers": (0..layers.len()).map(|i| format!("layer{i}.tar")).collect::<Vec<_>>(),
     }])
     .to_string();
 
@@ -65,11 +84,13 @@ pub fn ensure(store: &Store, busybox: &Path) -> Result<Image, DefaultImageError>
     let mut archive = tar::Builder::new(std::fs::File::create(&archive_path)?);
     append(&mut archive, "manifest.json", manifest.as_bytes(), 0o644)?;
     append(&mut archive, &config_name, config.as_bytes(), 0o644)?;
-    append(&mut archive, "layer.tar", &layer, 0o644)?;
+    for (i, layer) in layers.iter().enumerate() {
+        append(&mut archive, &format!("layer{i}.tar"), layer, 0o644)?;
+    }
     archive.into_inner()?.flush()?;
-    let image = store.import(&archive_path, DEFAULT_IMAGE)?;
+    let image = store.import(&archive_path, name)?;
     tracing::info!(
-        image = DEFAULT_IMAGE,
+        image = name,
         applets = applets.len(),
         "built the default image"
     );
@@ -172,6 +193,45 @@ fn layer_tar(busybox: &[u8], applets: &[String]) -> std::io::Result<Vec<u8>> {
         "etc/group",
         b"root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n",
         0o644,
+    )?;
+    layer.into_inner()
+}
+
+/// The builder's own layer: where the SDK puts build inputs, and `tl-rootfs-build`.
+fn builder_layer() -> std::io::Result<Vec<u8>> {
+    let mut layer = tar::Builder::new(Vec::new());
+    for dir in [
+        "usr/",
+        "usr/local/",
+        "usr/local/bin/",
+        "var/",
+        "var/lib/",
+        "var/lib/tensorlake/",
+        "var/lib/tensorlake/rootfs-builder/",
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(0o755);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_size(0);
+        header.set_mtime(0);
+        layer.append_data(&mut header, dir, std::io::empty())?;
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Symlink);
+    header.set_mode(0o777);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_size(0);
+    header.set_mtime(0);
+    layer.append_link(
+        &mut header,
+        format!(
+            "usr/local/bin/{}",
+            hutch_wire::build_channel::ROOTFS_BUILD_COMMAND
+        ),
+        hutch_runtime::gvisor::AGENT_PATH_IN_SANDBOX,
     )?;
     layer.into_inner()
 }

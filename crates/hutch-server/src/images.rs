@@ -35,6 +35,15 @@ fn pull_failed(reference: &str, e: &RegistryError) -> ApiError {
 
 /// The store name of `reference`, pulling it first when the store lacks it.
 pub async fn ensure(app: &App, reference: &str) -> Result<String, ApiError> {
+    // The built-in images are made here, never pulled.
+    for builtin in [
+        crate::default_image::DEFAULT_IMAGE,
+        crate::default_image::BUILDER_IMAGE,
+    ] {
+        if reference == builtin || format!("{reference}:latest") == builtin {
+            return Ok(builtin.to_string());
+        }
+    }
     let parsed = Reference::parse(reference).map_err(|e| pull_failed(reference, &e))?;
     let name = parsed.store_name();
     let store = app.sandboxes.store();

@@ -17,9 +17,12 @@ mod error;
 mod images;
 pub mod lifecycle;
 mod openapi;
+mod platform;
 pub mod proxy;
 pub mod pty;
 pub mod sandboxes;
+pub mod template_builds;
+pub mod templates;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +30,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use hutch_runtime::Backend;
+use hutch_runtime::gvisor::GvisorBackend;
 use hutch_store::Store;
 
 pub use error::ApiError;
@@ -61,6 +65,8 @@ pub struct App {
     /// Pulls missing images.
     pub registry: hutch_registry::Client,
     pub pull_policy: hutch_registry::PullPolicy,
+    /// Templates and their builds.
+    pub builds: Arc<template_builds::Builds>,
 }
 
 /// A fingerprint of the state directory `home`: the CLI compares its own with the one a
@@ -77,19 +83,31 @@ pub fn state_id(home: &std::path::Path) -> String {
 /// after it returns.
 pub async fn serve(
     config: ServeConfig,
-    backend: Arc<dyn Backend>,
+    gvisor: Arc<GvisorBackend>,
     store: Store,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let db = Arc::new(db::Db::open(&config.home.join(DB_FILE))?);
     let image = default_image::ensure(&store, &config.busybox)?;
+    default_image::ensure_builder(&store, &config.busybox)?;
+    let backend: Arc<dyn Backend> = Arc::clone(&gvisor) as Arc<dyn Backend>;
     let sandboxes = Sandboxes::new(
         Arc::clone(&db),
         backend,
-        store,
+        store.clone(),
         image.name.clone(),
         config.limits.clone(),
     );
+    let registry = images::client()?;
+    let builds = template_builds::Builds::new(
+        Arc::clone(&db),
+        templates::Templates::new(Arc::clone(&db), store.clone()),
+        gvisor,
+        store,
+        registry.clone(),
+        Arc::clone(&sandboxes),
+    );
+    sandboxes.set_builds(&builds);
     let started = std::time::Instant::now();
     let (adopted, ended, orphans) = sandboxes
         .reconcile()
@@ -117,8 +135,9 @@ pub async fn serve(
         auth,
         proxy_url: format!("http://{proxy_host}:{}", config.proxy_listen.port()),
         state_id: state_id(&config.home),
-        registry: images::client()?,
+        registry,
         pull_policy: config.pull_policy,
+        builds,
     });
 
     let api = bind(config.listen).await?;

@@ -77,6 +77,8 @@ pub struct Sandboxes {
     boots: Arc<Semaphore>,
     /// Bumped on every status change; waiters re-read the database.
     changes: watch::Sender<u64>,
+    /// Template builds: builder sandboxes get a build channel while they run.
+    builds: std::sync::OnceLock<std::sync::Weak<crate::template_builds::Builds>>,
 }
 
 impl Sandboxes {
@@ -97,7 +99,31 @@ impl Sandboxes {
             capacity: Arc::new(Semaphore::new(limits.max_sandboxes)),
             boots: Arc::new(Semaphore::new(limits.concurrent_boots.max(1))),
             changes: watch::channel(0).0,
+            builds: std::sync::OnceLock::new(),
         })
+    }
+
+    pub(crate) fn set_builds(&self, builds: &Arc<crate::template_builds::Builds>) {
+        let _ = self.builds.set(Arc::downgrade(builds));
+    }
+
+    fn builds(&self) -> Option<Arc<crate::template_builds::Builds>> {
+        self.builds.get().and_then(std::sync::Weak::upgrade)
+    }
+
+    /// Opens the build channel of a builder sandbox that runs.
+    fn running_hook(&self, id: &str, image: &str) {
+        if image == crate::default_image::BUILDER_IMAGE
+            && let Some(builds) = self.builds()
+        {
+            builds.listen(id);
+        }
+    }
+
+    fn gone_hook(&self, id: &str) {
+        if let Some(builds) = self.builds() {
+            builds.forget(id);
+        }
     }
 
     pub fn db(&self) -> &Db {
@@ -200,6 +226,7 @@ impl Sandboxes {
 
     async fn provision(self: Arc<Self>, spec: SandboxSpec, p: CreateParams) {
         let id = spec.id.clone().unwrap_or_default();
+        let image = spec.image.clone();
         let permit = match p.max_pending_secs {
             Some(secs) => tokio::time::timeout(
                 Duration::from_secs(secs),
@@ -246,6 +273,7 @@ impl Sandboxes {
         }
         self.lock_agents().insert(id.clone(), sandbox.agent);
         self.lock_permits().insert(id.clone(), permit);
+        self.running_hook(&id, &image);
         match self.db.mark_running(&id, now_ms()) {
             Ok(true) => {
                 tracing::info!(%id, "sandbox running");
@@ -282,6 +310,7 @@ impl Sandboxes {
         };
         self.lock_agents().remove(id);
         self.lock_permits().remove(id);
+        self.gone_hook(id);
         self.changed();
         ended
     }
@@ -422,6 +451,7 @@ impl Sandboxes {
                 match this.backend.attach(&row.id).await {
                     Ok(sandbox) => {
                         this.lock_agents().insert(row.id.clone(), sandbox.agent);
+                        this.running_hook(&row.id, &row.image);
                         if let Ok(permit) = Arc::clone(&this.capacity).try_acquire_owned() {
                             this.lock_permits().insert(row.id.clone(), permit);
                         }

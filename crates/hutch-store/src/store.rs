@@ -165,6 +165,29 @@ impl Store {
     }
 
     /// The holders (sandbox ids) pinning at least one layer of the image `name`, sorted.
+    /// The unpacked size of a layer, and the size of the blob it came from (0 when the blob
+    /// is no longer kept).
+    pub fn layer_sizes(&self, diff_id: &Digest) -> Result<(u64, u64), StoreError> {
+        let record = self.read_layer_record(diff_id)?;
+        let blob = fs::metadata(crate::blob::blob_path(&self.blobs_dir(), &record.blob))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        Ok((record.size_bytes, blob))
+    }
+
+    /// Records the image `source` under a second name `name` too (same layers, same id);
+    /// an image already named `name` is replaced.
+    pub fn tag(&self, source: &str, name: &str) -> Result<Image, StoreError> {
+        let name = normalize_name(name)?;
+        let _lock = self.lock()?;
+        let mut image = self.image(source)?;
+        image.name = name.clone();
+        let bytes = serde_json::to_vec_pretty(&image)
+            .map_err(|e| StoreError::io("encoding image record", e.into()))?;
+        crate::staging::write_atomic(&self.tmp_dir(), &self.record_path(&name), &bytes)?;
+        Ok(image)
+    }
+
     pub fn holders(&self, name: &str) -> Result<Vec<String>, StoreError> {
         let image = self.image(name)?;
         let layers: BTreeSet<&Digest> = image.layers.iter().collect();

@@ -7,6 +7,7 @@
 //! websocket messages and the length-prefixed stream that carries them). It has no I/O and no
 //! async: the agent, which must stay small, depends on it and on nothing else of Hutch.
 
+pub mod build_channel;
 pub mod error;
 pub mod files;
 pub mod frame;

@@ -7,6 +7,7 @@
 //! (bind-mounted at `/run/hutch`, holds `agent.sock`) and `console.log` (the agent's stdio).
 
 mod bundle;
+pub use bundle::AGENT_PATH_IN_SANDBOX;
 mod persist;
 mod rootfs;
 mod runsc;
@@ -381,6 +382,34 @@ impl GvisorBackend {
                 ),
             }),
         }
+    }
+
+    /// Listens on a unix socket the sandbox reaches at `/run/hutch/<name>` (the directory of
+    /// its dial-home socket, which runsc lets it connect out of). The host decides what speaks
+    /// there: the build channel of builder sandboxes is one.
+    pub fn listen_in_sandbox(&self, id: &str, name: &str) -> Result<tokio::net::UnixListener> {
+        validate_id(id)?;
+        if name.is_empty()
+            || name == hutch_wire::AGENT_SOCKET_NAME
+            || name.contains('/')
+            || name.starts_with('.')
+        {
+            return Err(RuntimeError::InvalidSpec {
+                reason: format!("{name:?} cannot name a socket in the sandbox"),
+            });
+        }
+        let run = self.dir(id).join("run");
+        if !run.is_dir() {
+            return Err(RuntimeError::NotFound { id: id.to_string() });
+        }
+        let path = run.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(RuntimeError::io(format!("removing {}", path.display()), e)),
+        }
+        tokio::net::UnixListener::bind(&path)
+            .map_err(|e| RuntimeError::io(format!("listening on {}", path.display()), e))
     }
 
     /// The sandbox's writable layer: an overlayfs upper directory (whiteouts are 0/0

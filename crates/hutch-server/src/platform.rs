@@ -1,0 +1,203 @@
+//! The platform API's template routes, as the `tensorlake` crate 0.5.160 calls them, under
+//! `/platform/v1` (API-key scoped) and `/platform/v1/organizations/{org}/projects/{project}`
+//! (scope headers; one local organization and project, so the scope is accepted as given):
+//!
+//! - `GET    .../sandbox-templates[?pageSize=&next=]` → `{items, pagination: {next}}`
+//! - `GET|DELETE .../sandbox-templates/{id}` and `.../sandbox-templates/by-name/{name}`
+//! - `POST   .../sandbox-template-builds` (prepare), `GET .../sandbox-template-builds/{id}`,
+//!   `POST .../sandbox-template-builds/{id}/complete` (see `template_builds`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::App;
+use crate::error::ApiError;
+use crate::lifecycle::json_body;
+
+const PAGE_DEFAULT: usize = 100;
+const PAGE_MAX: usize = 1000;
+
+type Params = Path<HashMap<String, String>>;
+
+pub fn routes(mut router: Router<Arc<App>>) -> Router<Arc<App>> {
+    for prefix in [
+        "/platform/v1",
+        "/platform/v1/organizations/{org}/projects/{project}",
+    ] {
+        router = router
+            .route(
+                &format!("{prefix}/sandbox-templates"),
+                get(list).post(create),
+            )
+            .route(
+                &format!("{prefix}/sandbox-templates/by-name/{{name}}"),
+                get(get_by_name).delete(delete_by_name),
+            )
+            .route(
+                &format!("{prefix}/sandbox-templates/{{id}}"),
+                get(get_by_id).delete(delete_by_id),
+            )
+            .route(&format!("{prefix}/sandbox-template-builds"), post(prepare))
+            .route(
+                &format!("{prefix}/sandbox-template-builds/{{id}}"),
+                get(build_status),
+            )
+            .route(
+                &format!("{prefix}/sandbox-template-builds/{{id}}/complete"),
+                post(complete),
+            );
+    }
+    router
+}
+
+fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> &'a str {
+    params.get(name).map(String::as_str).unwrap_or_default()
+}
+
+async fn list(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    app.auth.check(&headers)?;
+    let page = match query.get("pageSize") {
+        Some(n) => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=PAGE_MAX).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("pageSize must be 1 to {PAGE_MAX}, not {n:?}"))
+            })?,
+        None => PAGE_DEFAULT,
+    };
+    let start = match query.get("next") {
+        Some(n) => n
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad_request(format!("invalid page cursor {n:?}")))?,
+        None => 0,
+    };
+    let templates = app.builds.templates();
+    let all = templates.list()?;
+    let items: Vec<Value> = all
+        .iter()
+        .skip(start)
+        .take(page)
+        .map(|t| templates.json(t))
+        .collect();
+    let next = (start + page < all.len())
+        .then(|| format!("{}?pageSize={page}&next={}", uri.path(), start + page));
+    Ok(axum::Json(json!({"items": items, "pagination": {"next": next}})).into_response())
+}
+
+/// Registering a template from a sandbox snapshot needs snapshots, which are not here yet.
+async fn create(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    app.auth.check(&headers)?;
+    Err(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "unsupported_capability",
+        "registering a template from a sandbox snapshot needs snapshots, which this server \
+         does not support yet; build one with POST .../sandbox-template-builds",
+    ))
+}
+
+fn one(app: &App, row: Option<crate::db::TemplateRow>, what: &str) -> Result<Response, ApiError> {
+    let templates = app.builds.templates();
+    let row = row.ok_or_else(|| crate::templates::template_not_found(what))?;
+    Ok(axum::Json(templates.json(&row)).into_response())
+}
+
+async fn get_by_name(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    app.auth.check(&headers)?;
+    let name = param(&p, "name");
+    one(
+        &app,
+        app.builds.templates().db().template_by_name(name)?,
+        name,
+    )
+}
+
+async fn get_by_id(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    app.auth.check(&headers)?;
+    let id = param(&p, "id");
+    one(&app, app.builds.templates().db().template(id)?, id)
+}
+
+async fn delete_by_name(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    app.auth.check(&headers)?;
+    let templates = app.builds.templates();
+    let name = param(&p, "name");
+    let row = templates
+        .db()
+        .template_by_name(name)?
+        .ok_or_else(|| crate::templates::template_not_found(name))?;
+    let removed = templates.remove(&row.id)?;
+    Ok(axum::Json(templates.json(&removed)).into_response())
+}
+
+async fn delete_by_id(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    app.auth.check(&headers)?;
+    let templates = app.builds.templates();
+    let id = param(&p, "id");
+    if templates.db().template(id)?.is_none() {
+        return Err(crate::templates::template_not_found(id));
+    }
+    let removed = templates.remove(id)?;
+    Ok(axum::Json(templates.json(&removed)).into_response())
+}
+
+async fn prepare(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    app.auth.check(&headers)?;
+    let body: Value = json_body(body).await?;
+    let prepared = app.builds.prepare(body)?;
+    Ok((StatusCode::OK, axum::Json(prepared)).into_response())
+}
+
+async fn build_status(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    app.auth.check(&headers)?;
+    Ok(axum::Json(app.builds.status(param(&p, "id"))?).into_response())
+}
+
+async fn complete(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(p): Params,
+    body: Body,
+) -> Result<Response, ApiError> {
+    app.auth.check(&headers)?;
+    let body: Value = json_body(body).await?;
+    let registered = app.builds.complete(param(&p, "id"), body)?;
+    Ok(axum::Json(registered).into_response())
+}
