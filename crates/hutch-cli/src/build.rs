@@ -34,6 +34,17 @@ pub struct BuildArgs {
 }
 
 pub async fn build_cmd(store: &Store, args: BuildArgs) -> anyhow::Result<u8> {
+    let (image, _) = build_image(store, &args).await?;
+    println!("{}\t{}", image.name, image.id);
+    Ok(0)
+}
+
+/// Runs the build of `args` (`FROM` may name a registered template); the image and the
+/// Dockerfile's text.
+pub async fn build_image(
+    store: &Store,
+    args: &BuildArgs,
+) -> anyhow::Result<(hutch_store::Image, String)> {
     let dockerfile_path = args
         .file
         .clone()
@@ -79,12 +90,14 @@ pub async fn build_cmd(store: &Store, args: BuildArgs) -> anyhow::Result<u8> {
             }
         }
     };
+    let templates = hutch_server::templates::Templates::open(&crate::home(), store.clone())?;
+    let resolve = move |name: &str| templates.image_of(name);
     let engine = Engine {
         backend: &backend,
         store,
         registry: &registry,
         events: &events,
-        templates: None,
+        templates: Some(&resolve),
     };
     let request = BuildRequest {
         context: args.context.clone(),
@@ -95,6 +108,5 @@ pub async fn build_cmd(store: &Store, args: BuildArgs) -> anyhow::Result<u8> {
         target: args.target.clone(),
     };
     let image = engine.build(&request).await?;
-    println!("{}\t{}", image.name, image.id);
-    Ok(0)
+    Ok((image, request.dockerfile))
 }

@@ -9,6 +9,7 @@ mod pull;
 mod run;
 mod sbx;
 mod serve;
+mod template;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,9 @@ enum Command {
     /// Manage images in the local store.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Manage templates: named images sandboxes start from, base or diff over a parent.
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
     /// Show the runtime backend and its capabilities.
     Info {
         #[arg(long)]
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Image(cmd) => image::dispatch(cmd).await,
+            Command::Template(cmd) => template::dispatch(cmd).await,
             Command::Info { json } => run::info(json).map(|()| 0),
             Command::Serve(args) => serve::serve(args).await,
             Command::Key(cmd) => serve::key(cmd),

@@ -227,9 +227,15 @@ async fn server_pull(api: &str, reference: &str) -> anyhow::Result<()> {
 /// `hutch run` against a server: create through the lifecycle API, run through the proxy
 /// with the same framed, reattachable exec the embedded path uses, then delete.
 async fn run_on_server(args: RunArgs, api: &str) -> anyhow::Result<u8> {
-    let name = crate::pull::store_name(&args.image);
-    let path = format!("/hutch/v1/images/{name}");
-    let lookup = client::json(api, Method::GET, &path, None, None).await;
+    // A template by its name first (the server resolves those), then the store name.
+    let mut name = args.image.clone();
+    let mut path = format!("/hutch/v1/images/{name}");
+    let mut lookup = client::json(api, Method::GET, &path, None, None).await;
+    if lookup.is_err() && crate::pull::store_name(&args.image) != args.image {
+        name = crate::pull::store_name(&args.image);
+        path = format!("/hutch/v1/images/{name}");
+        lookup = client::json(api, Method::GET, &path, None, None).await;
+    }
     let image = match (args.pull, lookup) {
         (PullPolicy::Never, found) => found?,
         (PullPolicy::Missing, Ok(found)) => found,
@@ -248,7 +254,8 @@ async fn run_on_server(args: RunArgs, api: &str) -> anyhow::Result<u8> {
     if let Some(m) = args.memory {
         resources["memory_mb"] = json!(m);
     }
-    let body = json!({"image": name, "resources": resources});
+    // The command runs through the proxy: no template CMD at create.
+    let body = json!({"image": name, "resources": resources, "entrypoint": []});
     let created = client::json(api, Method::POST, crate::sbx::NS, None, Some(body))
         .await
         .context("creating the sandbox")?;
@@ -315,7 +322,12 @@ async fn run_embedded(args: RunArgs) -> anyhow::Result<u8> {
         insecure: args.insecure,
         ..RegistryArgs::default()
     };
-    let image = crate::pull::resolve(backend.store(), &args.image, args.pull, &registry).await?;
+    let templates =
+        hutch_server::templates::Templates::open(&crate::home(), backend.store().clone())?;
+    let image = match templates.image_of(&args.image) {
+        Some(name) => backend.store().image(&name)?,
+        None => crate::pull::resolve(backend.store(), &args.image, args.pull, &registry).await?,
+    };
     let argv = argv(&args, &image.config)?;
     let spec = SandboxSpec {
         image: image.name.clone(),

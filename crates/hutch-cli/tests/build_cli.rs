@@ -31,16 +31,7 @@ fn runs(log: &str) -> Vec<(String, bool)> {
 #[test]
 fn the_step_cache_rebuilds_from_the_changed_step_only() {
     // A store of its own: the shared one keeps the step cache of earlier runs.
-    let home = Home::private();
-    let busybox = common::fixtures().join("busybox");
-    let out = home.run(&[
-        "image",
-        "import",
-        busybox.to_str().unwrap(),
-        "--name",
-        "busybox",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let home = Home::private_with(&["busybox"]);
     let printed = |log: &str| log.lines().any(|l| l == "built-now");
     let context = tempfile::tempdir().unwrap();
     std::fs::write(

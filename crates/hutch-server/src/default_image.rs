@@ -162,24 +162,12 @@ fn layer_tar(busybox: &[u8], applets: &[String]) -> std::io::Result<Vec<u8>> {
         ("root", 0o700, 0),
         ("tmp", 0o1777, 0),
     ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Directory);
-        header.set_mode(mode);
-        header.set_uid(owner);
-        header.set_gid(owner);
-        header.set_size(0);
-        header.set_mtime(0);
+        let mut header = header(tar::EntryType::Directory, mode, owner);
         layer.append_data(&mut header, format!("{dir}/"), std::io::empty())?;
     }
     append(&mut layer, "bin/busybox", busybox, 0o755)?;
     for applet in applets {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Symlink);
-        header.set_mode(0o777);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_size(0);
-        header.set_mtime(0);
+        let mut header = header(tar::EntryType::Symlink, 0o777, 0);
         layer.append_link(&mut header, format!("bin/{applet}"), "busybox")?;
     }
     append(
@@ -209,22 +197,10 @@ fn builder_layer() -> std::io::Result<Vec<u8>> {
         "var/lib/tensorlake/",
         "var/lib/tensorlake/rootfs-builder/",
     ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Directory);
-        header.set_mode(0o755);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_size(0);
-        header.set_mtime(0);
+        let mut header = header(tar::EntryType::Directory, 0o755, 0);
         layer.append_data(&mut header, dir, std::io::empty())?;
     }
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(tar::EntryType::Symlink);
-    header.set_mode(0o777);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_size(0);
-    header.set_mtime(0);
+    let mut header = header(tar::EntryType::Symlink, 0o777, 0);
     layer.append_link(
         &mut header,
         format!(
@@ -236,19 +212,26 @@ fn builder_layer() -> std::io::Result<Vec<u8>> {
     layer.into_inner()
 }
 
+/// A header for an entry without data, owned by `owner` (uid and gid), dated the epoch.
+fn header(kind: tar::EntryType, mode: u32, owner: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_uid(owner);
+    header.set_gid(owner);
+    header.set_size(0);
+    header.set_mtime(0);
+    header
+}
+
 fn append<W: Write>(
     archive: &mut tar::Builder<W>,
     path: &str,
     data: &[u8],
     mode: u32,
 ) -> std::io::Result<()> {
-    let mut header = tar::Header::new_gnu();
+    let mut header = header(tar::EntryType::Regular, mode, 0);
     header.set_size(data.len() as u64);
-    header.set_mode(mode);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header.set_entry_type(tar::EntryType::Regular);
     archive.append_data(&mut header, path, data)
 }
 
@@ -280,6 +263,26 @@ mod tests {
                 .unwrap()
                 .starts_with("root:")
         );
+    }
+
+    #[test]
+    fn the_builder_image_is_the_default_image_plus_the_builder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let default = ensure(&store, Path::new("/bin/busybox")).unwrap();
+        let builder = ensure_builder(&store, Path::new("/bin/busybox")).unwrap();
+        assert_eq!(builder.layers.len(), 2);
+        assert_eq!(
+            builder.layers[0], default.layers[0],
+            "the busybox layer is shared"
+        );
+        let own = store.layer_dir(&builder.layers[1]);
+        let link = own.join("usr/local/bin/tl-rootfs-build");
+        assert_eq!(
+            std::fs::read_link(link).unwrap(),
+            Path::new(hutch_runtime::gvisor::AGENT_PATH_IN_SANDBOX)
+        );
+        assert!(own.join("var/lib/tensorlake/rootfs-builder").is_dir());
     }
 
     #[test]

@@ -31,12 +31,12 @@ use sha2::Digest as _;
 use tokio::task::JoinHandle;
 
 use crate::db::templates::BuildResult;
-use crate::db::{BuildRow, BuildState, Db, NodeKind};
+use crate::db::{BuildRow, Db};
 use crate::error::ApiError;
 use crate::sandboxes::{Sandboxes, now_ms, random_hex};
 use crate::templates::{
-    DEFAULT_ROOTFS_DISK_BYTES, SNAPSHOT_FORMAT, Templates, build_not_found, snapshot_uri,
-    template_image, template_not_found, validate_name,
+    NewBuild, SNAPSHOT_FORMAT, Templates, build_not_found, new_build, snapshot_uri, template_image,
+    template_not_found, validate_name,
 };
 
 /// What a builder sandbox gets: it only relays, the host does the work.
@@ -243,39 +243,17 @@ impl Builds {
                 ));
             }
         }
-        let id = format!("bld_{}", random_hex(10)?);
         let token = random_hex(24)?;
-        let template_id = crate::templates::new_template_id()?;
-        let now = now_ms();
-        let row = BuildRow {
-            id: id.clone(),
-            token_sha256: token_hash(&token),
-            name: body.name.clone(),
-            dockerfile: body.dockerfile.clone(),
-            base_image: body.base_image.clone().unwrap_or_default(),
+        let row = new_build(NewBuild {
+            name: &body.name,
+            dockerfile: &body.dockerfile,
+            base_image: body.base_image.as_deref().unwrap_or_default(),
             public: body.public,
-            node_kind: if parent.is_some() {
-                NodeKind::Diff
-            } else {
-                NodeKind::Base
-            },
-            parent_id: parent.as_ref().map(|p| p.id.clone()),
-            template_id: template_id.clone(),
-            snapshot_id: format!("snap_{}", random_hex(10)?),
-            rootfs_disk_bytes: parent
-                .as_ref()
-                .map_or(DEFAULT_ROOTFS_DISK_BYTES, |p| p.rootfs_disk_bytes),
-            state: BuildState::Prepared,
-            builder_sandbox: None,
-            image: None,
-            image_id: None,
-            snapshot_size_bytes: None,
-            own_bytes: None,
-            total_bytes: None,
-            error: None,
-            created_at: now,
-            updated_at: now,
-        };
+            parent: parent.as_ref(),
+            rootfs_disk_bytes: None,
+            token_sha256: token_hash(&token),
+        })?;
+        let (id, template_id) = (row.id.clone(), row.template_id.clone());
         self.db.insert_build(&row)?;
         tracing::info!(build = %id, name = %row.name, kind = row.node_kind.as_str(), "prepared a template build");
         Ok(json!({

@@ -142,40 +142,22 @@ impl Templates {
     pub fn register(&self, r: Registration<'_>) -> Result<TemplateRow, ApiError> {
         validate_name(r.name)?;
         let sizes = self.sizes(r.image, r.parent)?;
-        let template_id = new_template_id()?;
-        let image = template_image(&template_id);
-        self.store.tag(&r.image.name, &image).map_err(store_error)?;
-        let now = now_ms();
-        let build = BuildRow {
-            id: format!("bld_{}", random_hex(10)?),
-            token_sha256: String::new(),
-            name: r.name.to_string(),
-            dockerfile: r.dockerfile.to_string(),
-            base_image: r
+        let mut build = new_build(NewBuild {
+            name: r.name,
+            dockerfile: r.dockerfile,
+            base_image: &r
                 .parent
                 .map(|p| p.name.clone())
                 .unwrap_or_else(|| r.image.name.clone()),
             public: r.public,
-            node_kind: if r.parent.is_some() {
-                NodeKind::Diff
-            } else {
-                NodeKind::Base
-            },
-            parent_id: r.parent.map(|p| p.id.clone()),
-            template_id: template_id.clone(),
-            snapshot_id: format!("snap_{}", random_hex(10)?),
-            rootfs_disk_bytes: r.rootfs_disk_bytes.unwrap_or(DEFAULT_ROOTFS_DISK_BYTES),
-            state: BuildState::Building,
-            builder_sandbox: None,
-            image: None,
-            image_id: None,
-            snapshot_size_bytes: None,
-            own_bytes: None,
-            total_bytes: None,
-            error: None,
-            created_at: now,
-            updated_at: now,
-        };
+            parent: r.parent,
+            rootfs_disk_bytes: r.rootfs_disk_bytes,
+            token_sha256: String::new(),
+        })?;
+        build.state = BuildState::Building;
+        let now = build.created_at;
+        let image = template_image(&build.template_id);
+        self.store.tag(&r.image.name, &image).map_err(store_error)?;
         self.db.insert_build(&build)?;
         let result = BuildResult {
             image: image.clone(),
@@ -250,6 +232,53 @@ pub struct Sizes {
     pub total_bytes: u64,
     /// Stored (blob) bytes of the layers the template adds.
     pub snapshot_size_bytes: u64,
+}
+
+/// What a new build is asked to make.
+pub(crate) struct NewBuild<'a> {
+    pub name: &'a str,
+    pub dockerfile: &'a str,
+    pub base_image: &'a str,
+    pub public: bool,
+    pub parent: Option<&'a TemplateRow>,
+    /// Default: the parent's, else [`DEFAULT_ROOTFS_DISK_BYTES`].
+    pub rootfs_disk_bytes: Option<u64>,
+    pub token_sha256: String,
+}
+
+/// A `prepared` build row with fresh build, template and snapshot ids.
+pub(crate) fn new_build(b: NewBuild<'_>) -> Result<BuildRow, ApiError> {
+    let now = now_ms();
+    Ok(BuildRow {
+        id: format!("bld_{}", random_hex(10)?),
+        token_sha256: b.token_sha256,
+        name: b.name.to_string(),
+        dockerfile: b.dockerfile.to_string(),
+        base_image: b.base_image.to_string(),
+        public: b.public,
+        node_kind: if b.parent.is_some() {
+            NodeKind::Diff
+        } else {
+            NodeKind::Base
+        },
+        parent_id: b.parent.map(|p| p.id.clone()),
+        template_id: new_template_id()?,
+        snapshot_id: format!("snap_{}", random_hex(10)?),
+        rootfs_disk_bytes: b.rootfs_disk_bytes.unwrap_or_else(|| {
+            b.parent
+                .map_or(DEFAULT_ROOTFS_DISK_BYTES, |p| p.rootfs_disk_bytes)
+        }),
+        state: BuildState::Prepared,
+        builder_sandbox: None,
+        image: None,
+        image_id: None,
+        snapshot_size_bytes: None,
+        own_bytes: None,
+        total_bytes: None,
+        error: None,
+        created_at: now,
+        updated_at: now,
+    })
 }
 
 pub(crate) fn new_template_id() -> Result<String, ApiError> {

@@ -71,6 +71,22 @@ impl Home {
         home
     }
 
+    /// A home with a store of its own holding the named fixtures.
+    pub fn private_with(images: &[&str]) -> Self {
+        let home = Self::private();
+        for image in images {
+            let out = home.run(&[
+                "image",
+                "import",
+                fixtures().join(image).to_str().unwrap(),
+                "--name",
+                image,
+            ]);
+            assert!(out.status.success(), "import {image}: {}", stderr(&out));
+        }
+        home
+    }
+
     /// A home with the named fixture imported (`busybox` or `debian`).
     pub fn with(images: &[&str]) -> Self {
         let home = Self::new();
