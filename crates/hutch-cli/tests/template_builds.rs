@@ -98,8 +98,14 @@ fn context(dockerfile: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
-/// Creates a sandbox from `image` and runs `script` in it; stdout.
-async fn run_in(server: &Server, image: &str, script: &str) -> (String, Value) {
+struct Sbx {
+    api: tensorlake::sandboxes::SandboxesClient,
+    id: String,
+    proxy: SandboxProxyClient,
+}
+
+/// A running sandbox from `image` (a template name, or an image).
+async fn sandbox(server: &Server, image: &str) -> Sbx {
     let api = tensorlake::Sdk::new(&server.api_url(), "")
         .unwrap()
         .sandboxes("default", true);
@@ -114,23 +120,53 @@ async fn run_in(server: &Server, image: &str, script: &str) -> (String, Value) {
         ClientBuilder::new(&target.base_url).build().unwrap(),
         target.host_override,
     );
-    let events = proxy
-        .run_process(&json!({"command": "sh", "args": ["-c", script]}))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = String::new();
-    for event in events {
-        if let RunProcessEvent::Output(o) = event
-            && o.stream.as_deref() != Some("stderr")
-        {
-            out.push_str(&o.line);
-            out.push('\n');
-        }
+    Sbx {
+        api,
+        id: created.sandbox_id,
+        proxy,
     }
-    let processes = proxy.list_processes().await.unwrap().into_inner();
+}
+
+impl Sbx {
+    /// Runs `script` with `sh -c`: stdout, stderr, exit code.
+    async fn sh(&self, script: &str) -> (String, String, Option<i64>) {
+        let events = self
+            .proxy
+            .run_process(&json!({"command": "sh", "args": ["-c", script]}))
+            .await
+            .unwrap()
+            .into_inner();
+        let (mut out, mut err, mut code) = (String::new(), String::new(), None);
+        for event in events {
+            match event {
+                RunProcessEvent::Output(o) if o.stream.as_deref() == Some("stderr") => {
+                    err.push_str(&o.line);
+                    err.push('\n');
+                }
+                RunProcessEvent::Output(o) => {
+                    out.push_str(&o.line);
+                    out.push('\n');
+                }
+                RunProcessEvent::Exited { exit_code, .. } => code = exit_code,
+                _ => {}
+            }
+        }
+        (out, err, code)
+    }
+
+    async fn delete(self) {
+        self.api.delete(&self.id).await.unwrap();
+    }
+}
+
+/// Creates a sandbox from `image`, runs `script` in it, deletes it; stdout, and the
+/// processes the sandbox ran.
+async fn run_in(server: &Server, image: &str, script: &str) -> (String, Value) {
+    let sbx = sandbox(server, image).await;
+    let (out, _, _) = sbx.sh(script).await;
+    let processes = sbx.proxy.list_processes().await.unwrap().into_inner();
     let processes = serde_json::to_value(processes).unwrap();
-    api.delete(&created.sandbox_id).await.unwrap();
+    sbx.delete().await;
     (out, processes)
 }
 
@@ -350,6 +386,46 @@ async fn failed_builds_name_the_line_and_register_nothing() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+
+    // The build channel wants the token prepare handed out: a forged one claims nothing.
+    let builder = sandbox(&server, "hutch/rootfs-builder").await;
+    let forged = json!({"buildId": id, "buildToken": "forged", "contextDir": "/tmp"});
+    builder
+        .proxy
+        .write_file("/tmp/spec.json", forged.to_string().into_bytes())
+        .await
+        .unwrap();
+    let (_, err, code) = builder
+        .sh("tl-rootfs-build --spec /tmp/spec.json --metadata-out /tmp/m.json")
+        .await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("token does not match"), "{err}");
+    builder.delete().await;
+    let status: Value = http
+        .get(format!(
+            "{}/platform/v1/sandbox-template-builds/{id}",
+            server.api_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["state"], "prepared", "not claimed: {status}");
+
+    // Other sandboxes have no build channel at all.
+    let plain = sandbox(&server, "busybox").await;
+    let (_, err, code) = plain
+        .sh("ln -s /run/hutch-agent /tmp/tl-rootfs-build && echo '{\"contextDir\": \"/tmp\"}' > /tmp/s.json && \
+             /tmp/tl-rootfs-build --spec /tmp/s.json --metadata-out /tmp/m.json")
+        .await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("cannot reach the host's build engine"),
+        "{err}"
+    );
+    plain.delete().await;
 
     let listed = templates_client(&server).list().await.unwrap().into_inner();
     assert!(listed.is_empty(), "nothing half-registered: {listed:?}");

@@ -86,6 +86,7 @@ pub fn spec() -> Value {
                        "parameters": [{"name": "name", "in": "path", "required": true, "description": "image reference; may contain '/' and ':'", "schema": {"type": "string"}}],
                        "responses": {"200": {"description": "the image record"}, "404": error_response("no such image")}}}),
     );
+    template_paths(&mut paths);
 
     json!({
         "openapi": "3.1.0",
@@ -136,6 +137,16 @@ pub fn spec() -> Value {
                 "SandboxList": {"type": "object", "required": ["sandboxes"], "properties": {
                     "sandboxes": {"type": "array", "items": {"$ref": "#/components/schemas/SandboxInfo"}},
                     "cursor": {"type": "string", "description": "absent on the last page"}}},
+                "Template": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "name": {"type": "string"}, "snapshotId": {"type": "string"},
+                    "snapshotUri": {"type": "string"}, "snapshotFormatVersion": {"type": "string"},
+                    "snapshotSizeBytes": {"type": "integer", "description": "stored bytes of the layers it adds"},
+                    "rootfsDiskBytes": {"type": "integer"}, "rootfsNodeKind": {"type": "string", "enum": ["base", "diff"]},
+                    "public": {"type": "boolean"}, "dockerfile": {"type": "string"},
+                    "createdAt": {"type": "integer"}, "updatedAt": {"type": "integer"},
+                    "parentTemplateId": {"type": "string"}, "parentTemplateName": {"type": "string"},
+                    "image": {"type": "string"}, "imageId": {"type": "string"},
+                    "ownBytes": {"type": "integer"}, "totalBytes": {"type": "integer"}, "buildId": {"type": "string"}}},
                 "UpdateSandbox": {"type": "object", "additionalProperties": false, "properties": {
                     "name": {"type": "string"}, "timeout_secs": {"type": "integer", "minimum": 0},
                     "network": {"$ref": "#/components/schemas/Network"}}},
@@ -144,6 +155,67 @@ pub fn spec() -> Value {
         "security": [{"bearer": []}, {}],
         "paths": paths,
     })
+}
+
+/// The platform API's template routes, under both scopes (see `platform.rs`).
+fn template_paths(paths: &mut serde_json::Map<String, Value>) {
+    let template = json!({"description": "a template", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Template"}}}});
+    let scope = json!([
+        {"name": "org", "in": "path", "required": true, "schema": {"type": "string"}},
+        {"name": "project", "in": "path", "required": true, "schema": {"type": "string"}},
+    ]);
+    let param = |name: &str, what: &str| json!({"name": name, "in": "path", "required": true, "description": what, "schema": {"type": "string"}});
+    for (prefix, scoped) in [
+        ("/platform/v1", false),
+        ("/platform/v1/organizations/{org}/projects/{project}", true),
+    ] {
+        let with = |extra: Vec<Value>| {
+            let mut all: Vec<Value> = if scoped {
+                scope.as_array().cloned().unwrap_or_default()
+            } else {
+                vec![]
+            };
+            all.extend(extra);
+            json!(all)
+        };
+        paths.insert(format!("{prefix}/sandbox-templates"), json!({
+            "parameters": with(vec![]),
+            "get": {"summary": "List templates, by name", "parameters": [
+                {"name": "pageSize", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                {"name": "next", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "{items: [Template], pagination: {next}}"}}},
+            "post": {"summary": "Register a template from a sandbox snapshot (not supported yet: 501)",
+                     "responses": {"501": error_response("unsupported capability")}}}));
+        let one = json!({
+            "get": {"summary": "A template", "responses": {"200": template, "404": error_response("no such template")}},
+            "delete": {"summary": "Remove a template and release its image", "responses": {"200": template,
+                "404": error_response("no such template"), "409": error_response("templates are built on it")}}});
+        let mut by_id = one.clone();
+        by_id["parameters"] = with(vec![param("id", "template id")]);
+        paths.insert(format!("{prefix}/sandbox-templates/{{id}}"), by_id);
+        let mut by_name = one;
+        by_name["parameters"] = with(vec![param("name", "template name")]);
+        paths.insert(
+            format!("{prefix}/sandbox-templates/by-name/{{name}}"),
+            by_name,
+        );
+        paths.insert(format!("{prefix}/sandbox-template-builds"), json!({
+            "parameters": with(vec![]),
+            "post": {"summary": "Prepare a build: the builder sandbox to create and the spec to hand tl-rootfs-build",
+                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["name", "dockerfile"], "properties": {
+                        "name": {"type": "string"}, "dockerfile": {"type": "string"}, "baseImage": {"type": "string"}, "public": {"type": "boolean"},
+                        "rootfsNodeKind": {"type": "string", "enum": ["base", "diff"]}, "parentTemplate": {"type": "object"}, "additionalLocalImages": {"type": "array"}}}}}},
+                     "responses": {"200": {"description": "{buildId, buildToken, snapshotId, snapshotUri, rootfsNodeKind, builder, parent}"},
+                        "400": error_response("invalid request or Dockerfile (the line is named)"), "404": error_response("unknown parent template"),
+                        "409": error_response("the name belongs to a template others are built on")}}}));
+        paths.insert(format!("{prefix}/sandbox-template-builds/{{id}}"), json!({
+            "parameters": with(vec![param("id", "build id")]),
+            "get": {"summary": "A build's state: prepared, building, built, failed or completed", "responses": {"200": {"description": "the build"}, "404": error_response("no such build")}}}));
+        paths.insert(format!("{prefix}/sandbox-template-builds/{{id}}/complete"), json!({
+            "parameters": with(vec![param("id", "build id")]),
+            "post": {"summary": "Register the template the build made (one transaction)", "responses": {"200": template,
+                "404": error_response("no such build"), "409": error_response("not built yet, or the report does not match what was built")}}}));
+    }
 }
 
 #[cfg(test)]
@@ -160,6 +232,18 @@ mod tests {
         "/healthz",
         "/hutch/v1/images/{name}",
         "/hutch/v1/images/pull",
+        "/platform/v1/sandbox-templates",
+        "/platform/v1/sandbox-templates/{id}",
+        "/platform/v1/sandbox-templates/by-name/{name}",
+        "/platform/v1/sandbox-template-builds",
+        "/platform/v1/sandbox-template-builds/{id}",
+        "/platform/v1/sandbox-template-builds/{id}/complete",
+        "/platform/v1/organizations/{org}/projects/{project}/sandbox-templates",
+        "/platform/v1/organizations/{org}/projects/{project}/sandbox-templates/{id}",
+        "/platform/v1/organizations/{org}/projects/{project}/sandbox-templates/by-name/{name}",
+        "/platform/v1/organizations/{org}/projects/{project}/sandbox-template-builds",
+        "/platform/v1/organizations/{org}/projects/{project}/sandbox-template-builds/{id}",
+        "/platform/v1/organizations/{org}/projects/{project}/sandbox-template-builds/{id}/complete",
     ];
 
     #[test]

@@ -663,3 +663,98 @@ fn unpack_context(reader: &mut impl Read, dir: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar entry with a raw name (the tar crate's own setters refuse `..`).
+    fn entry(out: &mut Vec<u8>, name: &str, kind: tar::EntryType, link: &str, data: &[u8]) {
+        let mut header = tar::Header::new_ustar();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        header.set_size(data.len() as u64);
+        if !link.is_empty() {
+            header.set_link_name(link).unwrap();
+        }
+        header.set_cksum();
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+
+    fn finish(mut tar: Vec<u8>) -> Vec<u8> {
+        tar.extend_from_slice(&[0; 1024]);
+        tar
+    }
+
+    #[test]
+    fn a_context_keeps_files_dirs_and_symlinks() {
+        let mut tar = Vec::new();
+        entry(&mut tar, "./src/", tar::EntryType::Directory, "", b"");
+        entry(
+            &mut tar,
+            "./src/a.txt",
+            tar::EntryType::Regular,
+            "",
+            b"hello",
+        );
+        entry(
+            &mut tar,
+            "./link",
+            tar::EntryType::Symlink,
+            "src/a.txt",
+            b"",
+        );
+        entry(&mut tar, "./dev", tar::EntryType::Char, "", b"");
+        let dir = tempfile::tempdir().unwrap();
+        unpack_context(&mut finish(tar).as_slice(), dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("src/a.txt")).unwrap(),
+            b"hello"
+        );
+        assert!(dir.path().join("link").is_symlink());
+        assert!(!dir.path().join("dev").exists(), "devices are not context");
+    }
+
+    #[test]
+    fn a_context_never_writes_outside_its_directory() {
+        let outer = tempfile::tempdir().unwrap();
+        let dir = outer.path().join("ctx");
+        std::fs::create_dir(&dir).unwrap();
+
+        let mut tar = Vec::new();
+        entry(
+            &mut tar,
+            "../escaped.txt",
+            tar::EntryType::Regular,
+            "",
+            b"x",
+        );
+        let err = unpack_context(&mut finish(tar).as_slice(), &dir).unwrap_err();
+        assert!(err.to_string().contains("leaves the context"), "{err}");
+        assert!(!outer.path().join("escaped.txt").exists());
+
+        // A symlink to the outside, then a file written through it.
+        let mut tar = Vec::new();
+        let target = outer.path().to_str().unwrap();
+        entry(&mut tar, "out", tar::EntryType::Symlink, target, b"");
+        entry(
+            &mut tar,
+            "out/through.txt",
+            tar::EntryType::Regular,
+            "",
+            b"x",
+        );
+        assert!(unpack_context(&mut finish(tar).as_slice(), &dir).is_err());
+        assert!(!outer.path().join("through.txt").exists());
+    }
+
+    #[test]
+    fn an_import_spec_must_import_what_was_prepared() {
+        assert!(same_reference("r/x:1", "r/x:1", "FROM r/x:1\n"));
+        assert!(same_reference("r/x:1", "", "FROM r/x:1\n"));
+        assert!(!same_reference("r/evil:1", "r/x:1", "FROM r/x:1\n"));
+    }
+}

@@ -491,3 +491,112 @@ impl Db {
         Ok(Ok((row, replaced)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(db: &Db, id: &str, name: &str, parent: Option<&str>, template_id: &str) {
+        let row = BuildRow {
+            id: id.into(),
+            token_sha256: String::new(),
+            name: name.into(),
+            dockerfile: "FROM x\n".into(),
+            base_image: "x".into(),
+            public: false,
+            node_kind: if parent.is_some() {
+                NodeKind::Diff
+            } else {
+                NodeKind::Base
+            },
+            parent_id: parent.map(String::from),
+            template_id: template_id.into(),
+            snapshot_id: format!("snap-{id}"),
+            rootfs_disk_bytes: 1 << 30,
+            state: BuildState::Prepared,
+            builder_sandbox: None,
+            image: None,
+            image_id: None,
+            snapshot_size_bytes: None,
+            own_bytes: None,
+            total_bytes: None,
+            error: None,
+            created_at: 1,
+            updated_at: 1,
+        };
+        db.insert_build(&row).unwrap();
+        assert!(db.claim_build(id, "sbx", 2).unwrap());
+        assert!(!db.claim_build(id, "other", 2).unwrap(), "claimed once");
+        let result = BuildResult {
+            image: format!("hutch-template:{template_id}"),
+            image_id: "sha256:00".into(),
+            snapshot_size_bytes: 10,
+            own_bytes: 20,
+            total_bytes: 30,
+        };
+        assert!(db.finish_build(id, &result, 3).unwrap());
+    }
+
+    fn complete(
+        db: &Db,
+        id: &str,
+    ) -> std::result::Result<(TemplateRow, Option<TemplateRow>), TemplateConflict> {
+        db.complete_build(id, "hutch://t", "f", 4).unwrap()
+    }
+
+    #[test]
+    fn lineage_guards_removal_and_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("h.db")).unwrap();
+        build(&db, "b1", "base", None, "tpl_1");
+        let (base, replaced) = complete(&db, "b1").unwrap();
+        assert!(replaced.is_none());
+        assert!(matches!(
+            complete(&db, "b1"),
+            Err(TemplateConflict::BuildState { .. })
+        ));
+        build(&db, "b2", "child", Some(&base.id), "tpl_2");
+        let (child, _) = complete(&db, "b2").unwrap();
+        assert_eq!(child.node_kind, NodeKind::Diff);
+        assert_eq!(db.template_children(&base.id).unwrap(), ["child"]);
+
+        // Neither removed nor replaced while it has a child.
+        assert!(matches!(
+            db.delete_template(&base.id).unwrap(),
+            Err(TemplateConflict::HasChildren { .. })
+        ));
+        build(&db, "b3", "base", None, "tpl_3");
+        assert!(matches!(
+            complete(&db, "b3"),
+            Err(TemplateConflict::HasChildren { .. })
+        ));
+        assert_eq!(db.template_by_name("base").unwrap().unwrap().id, "tpl_1");
+
+        // Without children a rebuild replaces it.
+        db.delete_template(&child.id).unwrap().unwrap();
+        let (new, replaced) = complete(&db, "b3").unwrap();
+        assert_eq!(new.id, "tpl_3");
+        assert_eq!(replaced.unwrap().id, "tpl_1");
+        assert_eq!(db.templates().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn builds_a_dead_server_was_running_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("h.db")).unwrap();
+        build(&db, "b1", "a", None, "tpl_1");
+        // A second build, claimed but not finished.
+        let mut row = db.build("b1").unwrap().unwrap();
+        row.id = "b2".into();
+        row.state = BuildState::Building;
+        db.insert_build(&row).unwrap();
+        assert_eq!(db.fail_interrupted_builds(9).unwrap(), 1);
+        let failed = db.build("b2").unwrap().unwrap();
+        assert_eq!(failed.state, BuildState::Failed);
+        assert_eq!(db.build("b1").unwrap().unwrap().state, BuildState::Built);
+        assert_eq!(
+            db.unregistered_build_images().unwrap(),
+            ["hutch-template:tpl_1"]
+        );
+    }
+}
