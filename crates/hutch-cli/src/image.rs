@@ -38,7 +38,8 @@ pub enum ImageCommand {
     Ls {
         #[arg(long)]
         json: bool,
-        /// Also list the build cache (`hutch-build/step:*`, one image per cached step).
+        /// Also list the build cache (`hutch-build/step:*`, one image per cached step) and
+        /// the images behind templates (`hutch-template:<id>`).
         #[arg(long, short)]
         all: bool,
     },
@@ -127,7 +128,13 @@ fn save(store: &Store, name: &str, output: &Path) -> anyhow::Result<u8> {
 fn ls(store: &Store, json: bool, all: bool) -> anyhow::Result<u8> {
     let mut images = store.images()?;
     if !all {
-        images.retain(|i| !i.name.starts_with(hutch_build::engine::CACHE_REPO));
+        // The build cache, and the images behind templates (`hutch template ls` lists those).
+        images.retain(|i| {
+            !i.name.starts_with(hutch_build::engine::CACHE_REPO)
+                && !i
+                    .name
+                    .starts_with(&format!("{}:", hutch_server::templates::TEMPLATE_REPO))
+        });
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&images)?);

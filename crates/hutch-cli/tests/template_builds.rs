@@ -284,6 +284,21 @@ async fn seed_flow_builds_base_and_diff_templates_and_imports_from_a_registry() 
     let (out, _) = run_in(&server, "imported-busybox", "ls /bin/busybox && echo ok").await;
     assert!(out.ends_with("ok\n"), "{out}");
 
+    // `hutch run` through the server, by template name.
+    let out = home
+        .hutch()
+        .env("HUTCH_SERVER", server.api_url())
+        .args(["run", "diff-tpl", "--", "cat", "/app/diff.txt"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        common::stdout(&out),
+        "diff-layer\n",
+        "{}",
+        common::stderr(&out)
+    );
+
     // A parent with children cannot go; the child, then the parent, can.
     let refused = templates.delete_by_name("base-tpl").await.unwrap_err();
     assert!(
