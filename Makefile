@@ -62,3 +62,5 @@ bench: setup fixtures build
 	target/release/hutch-bench-pull target/release/hutch
 	cargo build --release -p hutch-bench --bin hutch-bench-build
 	target/release/hutch-bench-build target/release/hutch
+	cargo build --release -p hutch-bench --bin hutch-bench-seed
+	target/release/hutch-bench-seed target/release/hutch

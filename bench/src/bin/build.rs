@@ -14,6 +14,8 @@
 
 #[path = "../cli.rs"]
 mod cli;
+#[path = "../python_app.rs"]
+mod python_app;
 #[path = "../registry.rs"]
 mod registry;
 #[path = "../stats.rs"]
@@ -27,17 +29,6 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use registry::Registry;
 use stats::{Samples, ms, ratio};
-
-const DOCKERFILE: &str = r#"ARG REGISTRY
-FROM ${REGISTRY}/debian:1
-ENV PYTHONDONTWRITEBYTECODE=1
-WORKDIR /app
-COPY app.py settings.json ./
-RUN python3 -c "import json; json.dump({'rows': list(range(1000))}, open('/app/data.json', 'w'))" && python3 app.py > /app/out.txt
-RUN useradd -m runner && chown -R runner /app
-USER runner
-CMD ["python3", "/app/app.py"]
-"#;
 
 fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
     let start = Instant::now();
@@ -81,7 +72,7 @@ impl Buildah {
         Ok(Self { dir })
     }
 
-    fn bud(&self, registry: &str, context: &Path) -> Command {
+    fn bud(&self, context: &Path) -> Command {
         let d = self.dir.path();
         let mut cmd = Command::new("buildah");
         cmd.arg("--root")
@@ -106,8 +97,6 @@ impl Buildah {
             .arg(d.join("auth.json"))
             .arg("--signature-policy")
             .arg(d.join("policy.json"))
-            .arg("--build-arg")
-            .arg(format!("REGISTRY={registry}"))
             .args(["-t", "bench:1"])
             .arg(context);
         cmd
@@ -135,8 +124,6 @@ fn hutch_build(hutch: &Path, home: &Path, registry: &str, context: &Path) -> Com
             "-t",
             "bench:1",
         ])
-        .arg("--build-arg")
-        .arg(format!("REGISTRY={registry}"))
         .arg(context);
     cmd
 }
@@ -202,12 +189,7 @@ fn main() -> anyhow::Result<()> {
     let host = format!("127.0.0.1:{}", registry.port);
     registry.push(&fixtures.join("debian"), "debian:1")?;
     let context = tempfile::tempdir()?;
-    std::fs::write(context.path().join("Dockerfile"), DOCKERFILE)?;
-    std::fs::write(
-        context.path().join("app.py"),
-        "import json\nprint(len(json.load(open('/app/data.json'))['rows']))\n",
-    )?;
-    std::fs::write(context.path().join("settings.json"), "{\"debug\": false}\n")?;
+    python_app::write_context(context.path(), &host)?;
 
     eprintln!("hutch-bench-build: {n} cold builds each, alternating");
     let (mut cold, mut cold_floor) = (Samples::default(), Samples::default());
@@ -252,8 +234,6 @@ fn main() -> anyhow::Result<()> {
                     home.path(),
                     &["build", "--name", "py-base", "--insecure-registry", &host],
                 )
-                .arg("--build-arg")
-                .arg(format!("REGISTRY={host}"))
                 .arg(context.path()),
             )?;
             let diff = tempfile::tempdir()?;
@@ -266,8 +246,8 @@ fn main() -> anyhow::Result<()> {
             diff_storage = template_storage(home.path(), "py-diff")?;
         }
         let buildah = Buildah::new()?;
-        cold_floor.push(timed(&mut buildah.bud(&host, context.path()))?);
-        cached_floor.push(timed(&mut buildah.bud(&host, context.path()))?);
+        cold_floor.push(timed(&mut buildah.bud(context.path()))?);
+        cached_floor.push(timed(&mut buildah.bud(context.path()))?);
     }
 
     println!("### Builds (Debian + python Dockerfile, two RUNs)\n");

@@ -204,6 +204,19 @@ async fn bad_requests_get_typed_4xx_errors() {
         .await
         .unwrap();
     expect_error(resp, 401, "unauthorized").await;
+    // Another service's key on loopback (keys not required): the one local scope, which
+    // SDK build flows that introspect need.
+    let scope: Value = http
+        .post(&intro)
+        .bearer_auth("tl_apiKey_elsewhere")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(scope["organizationId"], "local", "{scope}");
+    assert_eq!(scope["projectId"], "default", "{scope}");
     let spec: Value = http
         .get(format!("http://127.0.0.1:{}/openapi.json", server.api_port))
         .send()

@@ -717,7 +717,11 @@ async fn introspect(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<R
             "project_id": "default",
         }))
         .into_response()),
-        // Keys are not required here (loopback): the one local scope.
+        None if !headers.contains_key(axum::http::header::AUTHORIZATION) => Err(
+            ApiError::unauthorized("no API key presented: send Authorization: Bearer <key>"),
+        ),
+        // Another service's key, on a server that does not require keys (loopback): the
+        // one local scope, as SDK build flows that introspect expect.
         None => Ok(axum::Json(json!({
             "id": null,
             "organizationId": "local",

@@ -45,6 +45,8 @@ const BUILDER_MEMORY_MB: i64 = 512;
 const BUILDER_DISK_MB: u64 = 10 * 1024;
 /// How long a builder sandbox lives after its build ended, if nobody deletes it.
 const BUILDER_GRACE_SECS: i64 = 300;
+/// How long the build channel waits for the builder to send or read anything.
+const CHANNEL_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub struct Builds {
     db: Arc<Db>,
@@ -347,7 +349,11 @@ impl Builds {
         let Ok(stream) = stream.into_std() else {
             return;
         };
-        if stream.set_nonblocking(false).is_err() {
+        // A builder that stops sending (or reading) must not hold a thread forever.
+        if stream.set_nonblocking(false).is_err()
+            || stream.set_read_timeout(Some(CHANNEL_IDLE)).is_err()
+            || stream.set_write_timeout(Some(CHANNEL_IDLE)).is_err()
+        {
             return;
         }
         let Ok(writer) = stream.try_clone() else {
@@ -475,7 +481,17 @@ impl Builds {
             .tempdir_in(self.store.root().join("tmp"))
             .map_err(|e| format!("creating the context directory: {e}"))?
             .keep();
-        if let Err(e) = unpack_context(&mut reader, &dir) {
+        // No bigger than the root filesystem it is for.
+        let mut limited = (&mut reader).take(build.rootfs_disk_bytes);
+        let unpacked = unpack_context(&mut limited, &dir);
+        let unpacked = match unpacked {
+            Ok(()) if limited.limit() == 0 => Err(std::io::Error::other(format!(
+                "the context is larger than the template's {} byte disk",
+                build.rootfs_disk_bytes
+            ))),
+            other => other,
+        };
+        if let Err(e) = unpacked {
             let _ = std::fs::remove_dir_all(&dir);
             let message = format!("receiving the build context: {e}");
             let _ = self.db.fail_build(&id, &message, now_ms());

@@ -1,0 +1,27 @@
+//! The Debian + python build case the build benchmarks share: a Dockerfile (ENV, WORKDIR,
+//! COPY, two RUNs, USER, CMD) over the Debian fixture in a local registry, and its context.
+
+use std::path::Path;
+
+/// Writes the Dockerfile, `FROM <registry>/debian:1`, and the files it copies into `dir`.
+pub fn write_context(dir: &Path, registry: &str) -> std::io::Result<()> {
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!(
+            r#"FROM {registry}/debian:1
+ENV PYTHONDONTWRITEBYTECODE=1
+WORKDIR /app
+COPY app.py settings.json ./
+RUN python3 -c "import json; json.dump({{'rows': list(range(1000))}}, open('/app/data.json', 'w'))" && python3 app.py > /app/out.txt
+RUN useradd -m runner && chown -R runner /app
+USER runner
+CMD ["python3", "/app/app.py"]
+"#
+        ),
+    )?;
+    std::fs::write(
+        dir.join("app.py"),
+        "import json\nprint(len(json.load(open('/app/data.json'))['rows']))\n",
+    )?;
+    std::fs::write(dir.join("settings.json"), "{\"debug\": false}\n")
+}
