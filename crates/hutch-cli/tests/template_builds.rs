@@ -113,6 +113,9 @@ async fn sandbox(server: &Server, image: &str) -> Sbx {
         serde_json::from_value(json!({"image": image, "timeout_secs": 120})).unwrap();
     let created = api.create_and_wait(&request).await.unwrap().into_inner();
     assert_eq!(created.status, "running", "{created:?}");
+    let info = api.get(&created.sandbox_id).await.unwrap().into_inner();
+    let shown = info.image.unwrap_or_default();
+    assert!(shown.starts_with(image), "shown as asked for: {shown}");
     let target =
         resolve_sandbox_proxy_target(created.sandbox_url.as_deref().unwrap(), &created.sandbox_id)
             .unwrap();

@@ -317,7 +317,7 @@ async fn create(app: Arc<App>, ns: String, req: Request) -> Result<Response, Api
         .memory_mb
         .filter(|m| *m != -1)
         .map_or(DEFAULT_MEMORY_MB, |m| m as u64);
-    let spec = json!({
+    let mut spec = json!({
         "cpus": cpus,
         "memory_mb": memory_mb,
         "disk_mb": resources.disk_mb,
@@ -332,6 +332,9 @@ async fn create(app: Arc<App>, ns: String, req: Request) -> Result<Response, Api
         Some(reference) => app.builds.templates().find(reference)?,
         None => None,
     };
+    if let Some(t) = &template {
+        spec["template"] = json!({"id": t.id, "name": t.name});
+    }
     let image = match (&template, &body.image) {
         (Some(t), _) => Some(t.image.clone()),
         (None, Some(reference)) => Some(crate::images::ensure(&app, reference).await?),
@@ -419,7 +422,9 @@ pub fn sandbox_info(row: &SandboxRow, proxy_url: &str) -> Value {
         "sandbox_id": row.id,
         "namespace": row.namespace,
         "status": row.status.as_str(),
-        "image": row.image,
+        // A sandbox from a template shows the template's name, as it was asked for.
+        "image": spec["template"]["name"].as_str().unwrap_or(&row.image),
+        "template_id": spec["template"]["id"],
         "runtime": "gvisor",
         "resources": {
             "cpus": spec["cpus"].as_f64().unwrap_or(DEFAULT_CPUS),
@@ -456,6 +461,9 @@ pub fn sandbox_info(row: &SandboxRow, proxy_url: &str) -> Value {
                 info["error_details"] = json!({"message": error});
             }
         }
+    }
+    if let Some(id) = spec["template"]["id"].as_str() {
+        info["template_id"] = json!(id);
     }
     info
 }

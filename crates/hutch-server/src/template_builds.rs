@@ -45,6 +45,8 @@ const BUILDER_MEMORY_MB: i64 = 512;
 const BUILDER_DISK_MB: u64 = 10 * 1024;
 /// How long a builder sandbox lives after its build ended, if nobody deletes it.
 const BUILDER_GRACE_SECS: i64 = 300;
+/// A build that is built but not completed after this long is dropped at the next start.
+const ABANDONED_AFTER_MS: i64 = 24 * 3600 * 1000;
 /// How long the build channel waits for the builder to send or read anything.
 const CHANNEL_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
 
@@ -121,6 +123,11 @@ impl Builds {
             Ok(0) => {}
             Ok(n) => tracing::warn!(builds = n, "marked builds interrupted by a restart failed"),
             Err(e) => tracing::error!(error = %e, "settling interrupted builds"),
+        }
+        // Built but never completed for a day: the client that would complete it is gone.
+        let now = now_ms();
+        if let Ok(n @ 1..) = db.fail_abandoned_builds(now - ABANDONED_AFTER_MS, now) {
+            tracing::info!(builds = n, "dropped builds nobody completed");
         }
         if let Ok(images) = db.unregistered_build_images() {
             for image in images {

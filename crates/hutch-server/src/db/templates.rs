@@ -373,6 +373,16 @@ impl Db {
         )?)
     }
 
+    /// Builds built before `cutoff` that nobody completed: their client is gone.
+    pub fn fail_abandoned_builds(&self, cutoff: i64, at: i64) -> Result<usize> {
+        Ok(self.conn().execute(
+            "UPDATE template_builds SET state = 'failed',
+                 error = 'built, but never completed', updated_at = ?2
+             WHERE state = 'built' AND updated_at < ?1",
+            params![cutoff, at],
+        )?)
+    }
+
     /// Store images of builds that will never be registered, and of no template.
     pub fn unregistered_build_images(&self) -> Result<Vec<String>> {
         let conn = self.conn();
@@ -591,6 +601,11 @@ mod tests {
         row.state = BuildState::Building;
         db.insert_build(&row).unwrap();
         assert_eq!(db.fail_interrupted_builds(9).unwrap(), 1);
+        assert_eq!(
+            db.fail_abandoned_builds(3, 9).unwrap(),
+            0,
+            "built at 3: not before 3"
+        );
         let failed = db.build("b2").unwrap().unwrap();
         assert_eq!(failed.state, BuildState::Failed);
         assert_eq!(db.build("b1").unwrap().unwrap().state, BuildState::Built);
