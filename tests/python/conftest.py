@@ -247,6 +247,12 @@ def hutch_server() -> HutchServer:
 
 
 @pytest.fixture(scope="session")
+def hutch_bin() -> Path:
+    """The `hutch` binary the server runs, for tests that use its CLI too."""
+    return _hutch_bin()
+
+
+@pytest.fixture(scope="session")
 def api_url(hutch_server: HutchServer) -> str:
     return hutch_server.api_url
 

@@ -1,0 +1,42 @@
+"""Templates seen from the Python SDK: a template registered on the server (here with the
+`hutch template` CLI on the server's state directory) starts sandboxes by its name, with the
+files its Dockerfile built and its ENV and WORKDIR."""
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+
+def _hutch(binary: Path, home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(binary), *args],
+        env=dict(os.environ, HUTCH_HOME=str(home)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_template_starts_sandboxes_by_name(hutch_server, hutch_bin, client, unique_name):
+    with tempfile.TemporaryDirectory() as context:
+        Path(context, "Dockerfile").write_text(
+            "FROM hutch/default\n"
+            "ENV GREETING=from-template\n"
+            "WORKDIR /srv\n"
+            "RUN echo built > /srv/built.txt\n"
+        )
+        built = _hutch(hutch_bin, hutch_server.home, "template", "build", "--name", unique_name, context)
+        assert built.returncode == 0, built.stderr
+    try:
+        sb = client.create_and_connect(image=unique_name)
+        try:
+            result = sb.run("sh", ["-c", "cat built.txt; echo $GREETING; pwd"])
+            assert result.exit_code == 0, result.stderr
+            assert result.stdout.splitlines() == ["built", "from-template", "/srv"]
+            assert client.get(sb.sandbox_id).image == unique_name
+        finally:
+            client.delete(sb.sandbox_id)
+    finally:
+        removed = _hutch(hutch_bin, hutch_server.home, "template", "rm", unique_name)
+        assert removed.returncode == 0, removed.stderr
