@@ -40,6 +40,10 @@ pub struct BuildRequest {
     pub build_args: BTreeMap<String, String>,
     /// Build up to this stage (default: the last).
     pub target: Option<String>,
+    /// Limits of every RUN's sandbox: a RUN past `memory_mb` is killed and reported out of
+    /// memory, naming its line.
+    pub memory_mb: Option<u64>,
+    pub cpus: Option<f64>,
 }
 
 /// What a build reports while it works.
@@ -460,7 +464,7 @@ impl Engine<'_> {
                     .await?;
                 }
                 Kind::Run(command) => {
-                    self.run(&mut state, &args, index, line, command, file)
+                    self.run(req, &mut state, &args, (index, line), command)
                         .await?;
                 }
             }
@@ -866,13 +870,13 @@ impl Engine<'_> {
 
     async fn run(
         &self,
+        req: &BuildRequest,
         state: &mut State,
         args: &BTreeMap<String, String>,
-        stage: usize,
-        line: usize,
+        (stage, line): (usize, usize),
         command: &Command,
-        file: &str,
     ) -> Result<(), BuildError> {
+        let file = req.dockerfile_name.as_str();
         let text = match command {
             Command::Shell(s) => s.clone(),
             Command::Exec(v) => serde_json::to_string(v).unwrap_or_default(),
@@ -891,6 +895,8 @@ impl Engine<'_> {
                 image: parent_image.name.clone(),
                 labels: [("hutch.build".to_string(), "run".to_string())].into(),
                 tmp_in_rootfs: true,
+                memory_mb: req.memory_mb,
+                cpus: req.cpus,
                 ..SandboxSpec::default()
             })
             .await?;

@@ -31,6 +31,12 @@ pub struct BuildArgs {
     /// HUTCH_INSECURE_REGISTRIES).
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure: Vec<String>,
+    /// Memory limit of every RUN (a RUN past it fails, reported out of memory).
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u64>,
+    /// CPU limit of every RUN.
+    #[arg(long)]
+    pub cpus: Option<f64>,
 }
 
 pub async fn build_cmd(store: &Store, args: BuildArgs) -> anyhow::Result<u8> {
@@ -106,6 +112,8 @@ pub async fn build_image(
         tag: args.tag.clone(),
         build_args,
         target: args.target.clone(),
+        memory_mb: args.memory,
+        cpus: args.cpus,
     };
     let image = engine.build(&request).await?;
     Ok((image, request.dockerfile))

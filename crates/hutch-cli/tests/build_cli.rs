@@ -79,3 +79,28 @@ fn the_step_cache_rebuilds_from_the_changed_step_only() {
     assert!(stdout(&ls).contains("hutch-build/step"), "{}", stdout(&ls));
     home.assert_clean();
 }
+
+#[test]
+fn a_run_past_the_build_memory_is_reported_out_of_memory() {
+    let home = Home::with(&["busybox"]);
+    let context = tempfile::tempdir().unwrap();
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox\nRUN awk 'BEGIN { print length(sprintf(\"%300000000s\", \"\")) }'\n",
+    )
+    .unwrap();
+    let out = home.run(&[
+        "image",
+        "build",
+        "--memory",
+        "128",
+        context.path().to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("Dockerfile:2"), "{err}");
+    assert!(err.contains("out of memory"), "{err}");
+    // Without the limit the same RUN succeeds.
+    let out = home.run(&["image", "build", context.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

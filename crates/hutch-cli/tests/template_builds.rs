@@ -42,19 +42,23 @@ fn common_options(server: &Server, name: &str) -> CommonBuildOptions {
 }
 
 type Events = Arc<Mutex<Vec<SandboxImageBuildEvent>>>;
-
-async fn build(
-    server: &Server,
-    name: &str,
-    context: &Path,
-) -> (
+type Built = (
     Result<Value, tensorlake::sandbox_images::SandboxImageBuildError>,
     Events,
-) {
+);
+
+async fn build(server: &Server, name: &str, context: &Path) -> Built {
+    build_with(server, name, context, None).await
+}
+
+/// [`build`] with the SDK's `memory_mb` option (the builder's memory, and every RUN's).
+async fn build_with(server: &Server, name: &str, context: &Path, memory_mb: Option<i64>) -> Built {
     let events: Events = Arc::default();
     let sink = Arc::clone(&events);
+    let mut common = common_options(server, name);
+    common.memory_mb = memory_mb;
     let options = SandboxImageBuildOptions {
-        common: common_options(server, name),
+        common,
         dockerfile_path: context.join("Dockerfile"),
         dockerfile_text: None,
         context_dir: None,
@@ -342,6 +346,19 @@ async fn failed_builds_name_the_line_and_register_nothing() {
         log.contains("exit code 7") || log.contains("exited with 7"),
         "{log}"
     );
+
+    // A RUN past the build's memory (the SDK's memory_mb) is reported out of memory,
+    // naming its line, with the SDK's remedy.
+    let ctx = context(
+        "FROM busybox\nRUN true\nRUN awk 'BEGIN { print length(sprintf(\"%300000000s\", \"\")) }'\n",
+        &[],
+    );
+    let (result, events) = build_with(&server, "hungry", ctx.path(), Some(128)).await;
+    assert!(result.is_err());
+    let log = logs(&events);
+    assert!(log.contains("Dockerfile:3"), "{log}");
+    assert!(log.contains("out of memory"), "{log}");
+    assert!(log.contains("larger `memory_mb` (now 128 MiB)"), "{log}");
 
     // A syntax error is refused at prepare, naming the line, before any builder starts.
     let ctx = context("FROM busybox\nFROBNICATE now\n", &[]);

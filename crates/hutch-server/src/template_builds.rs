@@ -61,6 +61,13 @@ pub struct Builds {
     listeners: Mutex<HashMap<String, JoinHandle<()>>>,
 }
 
+/// The limits every RUN of a build gets.
+#[derive(Clone, Copy, Debug, Default)]
+struct Limits {
+    cpus: Option<f64>,
+    memory_mb: Option<u64>,
+}
+
 /// `POST .../sandbox-template-builds`, as the SDK sends it (older SDKs send fewer fields).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -389,8 +396,9 @@ impl Builds {
         // A task of its own: a builder that goes away mid-build cancels nothing halfway.
         let this = Arc::clone(&self);
         let events = tx.clone();
+        let limits = self.limits_of(&sandbox);
         let outcome = tokio::spawn(async move {
-            let result = this.run(&build, context.as_deref(), &events).await;
+            let result = this.run(&build, context.as_deref(), limits, &events).await;
             if let Some(dir) = context {
                 let _ = std::fs::remove_dir_all(dir);
             }
@@ -423,6 +431,22 @@ impl Builds {
         let _ = tx.send(final_event);
         drop(tx);
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    }
+
+    /// The resources the builder sandbox was created with.
+    fn limits_of(&self, sandbox: &str) -> Limits {
+        let spec = self
+            .sandboxes
+            .db()
+            .sandbox(sandbox)
+            .ok()
+            .flatten()
+            .map(|row| row.spec)
+            .unwrap_or_default();
+        Limits {
+            cpus: spec["cpus"].as_f64(),
+            memory_mb: spec["memory_mb"].as_u64(),
+        }
     }
 
     /// Reads the hello and the context (blocking), and claims the build.
@@ -512,6 +536,7 @@ impl Builds {
         &self,
         build: &BuildRow,
         context: Option<&Path>,
+        limits: Limits,
         events: &std::sync::mpsc::Sender<BuildChannelEvent>,
     ) -> Result<Value, String> {
         let send = |e: BuildChannelEvent| {
@@ -589,8 +614,21 @@ impl Builds {
                     tag: Some(name.clone()),
                     build_args: Default::default(),
                     target: None,
+                    // The builder sandbox's resources are the build's: the SDK's `cpus` and
+                    // `memory_mb` options (and its advice to raise them) mean these.
+                    memory_mb: limits.memory_mb,
+                    cpus: limits.cpus,
                 };
-                engine.build(&request).await.map_err(|e| e.to_string())?
+                engine.build(&request).await.map_err(|e| match e {
+                    hutch_build::BuildError::RunFailed { oom: true, .. } => format!(
+                        "{e}\nThe build ran out of memory: its RUN steps get the builder \
+                         sandbox's memory. Retry with a larger `memory_mb` (now {} MiB).",
+                        limits
+                            .memory_mb
+                            .map_or("unlimited".into(), |m| m.to_string())
+                    ),
+                    e => e.to_string(),
+                })?
             }
         };
         let sizes = match self.templates.sizes(&image, parent.as_ref()) {
