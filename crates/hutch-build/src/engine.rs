@@ -28,6 +28,10 @@ use crate::merged::{MergedView, resolve_owner};
 /// Store names of cached steps: `hutch-build/step:<key>`.
 pub const CACHE_REPO: &str = "hutch-build/step";
 const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// Built layers are stored and pushed zstd-compressed (OCI 1.1; Docker 23+, containerd
+/// 1.5+, podman and buildah read it).
+const OCI_LAYER_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+const LAYER_ZSTD_LEVEL: i32 = 3;
 
 pub struct BuildRequest {
     /// The build context directory.
@@ -164,6 +168,43 @@ impl State {
     fn cache_name(&self) -> String {
         format!("{CACHE_REPO}:{}", self.key)
     }
+}
+
+/// Compresses the layer tar `tar` into `out` with zstd: the blob's digest and size.
+fn compress_layer(tar: &Path, out: &Path) -> Result<(Digest, u64), BuildError> {
+    struct Hashing<W> {
+        inner: W,
+        hasher: Sha256,
+        written: u64,
+    }
+    impl<W: std::io::Write> std::io::Write for Hashing<W> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = self.inner.write(buf)?;
+            self.hasher.update(&buf[..n]);
+            self.written += n as u64;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.inner.flush()
+        }
+    }
+    let io = |e| BuildError::io("compressing a layer", e);
+    let mut input = std::fs::File::open(tar).map_err(io)?;
+    let output = std::fs::File::create(out).map_err(io)?;
+    let hashing = Hashing {
+        inner: std::io::BufWriter::with_capacity(256 << 10, output),
+        hasher: Sha256::new(),
+        written: 0,
+    };
+    let mut encoder = zstd::stream::write::Encoder::new(hashing, LAYER_ZSTD_LEVEL).map_err(io)?;
+    std::io::copy(&mut input, &mut encoder).map_err(io)?;
+    let mut hashing = encoder.finish().map_err(io)?;
+    std::io::Write::flush(&mut hashing).map_err(io)?;
+    let digest = Digest::parse(&format!(
+        "sha256:{}",
+        hex::encode(hashing.hasher.finalize())
+    ))?;
+    Ok((digest, hashing.written))
 }
 
 fn cmd_json(command: &Command) -> Value {
@@ -609,25 +650,29 @@ impl Engine<'_> {
         let scratch =
             tempfile::tempdir().map_err(|e| BuildError::io("creating a scratch directory", e))?;
         let tar = scratch.path().join("layer.tar");
-        let (digest, size) = {
-            let (tree, exclude, tar) = (tree.to_path_buf(), exclude.to_vec(), tar.clone());
+        let blob = scratch.path().join("layer.tar.zst");
+        let layer = {
+            let (tree, exclude) = (tree.to_path_buf(), exclude.to_vec());
+            let (tar, blob) = (tar.clone(), blob.clone());
             tokio::task::spawn_blocking(move || {
                 let file = std::fs::File::create(&tar)
                     .map_err(|e| BuildError::io("writing a layer", e))?;
-                Ok::<_, BuildError>(write_layer(&tree, &exclude, std::io::BufWriter::new(file))?)
+                let (diff_id, _) = write_layer(&tree, &exclude, std::io::BufWriter::new(file))?;
+                let (digest, size) = compress_layer(&tar, &blob)?;
+                Ok::<_, BuildError>(Layer {
+                    diff_id,
+                    blob: digest,
+                    media_type: OCI_LAYER_TAR_ZSTD.into(),
+                    size,
+                })
             })
             .await
             .map_err(|e| BuildError::Internal(e.to_string()))??
         };
-        let layer = Layer {
-            diff_id: digest.clone(),
-            blob: digest,
-            media_type: OCI_LAYER_TAR.into(),
-            size,
-        };
         state.layers.push(layer.clone());
         let name = state.cache_name();
-        self.commit_with(state, &name, Some((&tar, &layer))).await?;
+        self.commit_with(state, &name, Some((&blob, &layer)))
+            .await?;
         Ok(())
     }
 

@@ -82,7 +82,8 @@ fn the_step_cache_rebuilds_from_the_changed_step_only() {
 
 #[test]
 fn a_run_past_the_build_memory_is_reported_out_of_memory() {
-    let home = Home::with(&["busybox"]);
+    // A store of its own: the step must not be cached already.
+    let home = Home::private_with(&["busybox"]);
     let context = tempfile::tempdir().unwrap();
     std::fs::write(
         context.path().join("Dockerfile"),
@@ -103,4 +104,54 @@ fn a_run_past_the_build_memory_is_reported_out_of_memory() {
     // Without the limit the same RUN succeeds.
     let out = home.run(&["image", "build", context.path().to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn built_layers_are_zstd_blobs_that_push_pull_and_save() {
+    let home = Home::private_with(&["busybox"]);
+    let context = tempfile::tempdir().unwrap();
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox\nRUN seq 1 20000 > /numbers\nCMD [\"wc\", \"-l\", \"/numbers\"]\n",
+    )
+    .unwrap();
+    let out = home.run(&[
+        "image",
+        "build",
+        "-t",
+        "numbers:1",
+        context.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = home.run(&["image", "inspect", "numbers:1", "--json"]);
+    let inspected: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let text = inspected.to_string();
+    assert!(text.contains("tar+zstd"), "the built layer is zstd: {text}");
+
+    // Pushed to a registry and pulled into another store, it runs.
+    let registry = common::registry::Registry::start();
+    let reference = registry.reference("built/numbers:1");
+    let out = home.run(&["image", "push", "--insecure", "numbers:1", &reference]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let other = Home::private();
+    let out = other.run(&["image", "pull", "--insecure", &reference]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = other.run(&["run", &reference]);
+    assert_eq!(stdout(&out).trim(), "20000 /numbers", "{}", stderr(&out));
+
+    // Saved and loaded back, too.
+    let archive = home.path().join("numbers.tar");
+    let out = home.run(&[
+        "image",
+        "save",
+        "numbers:1",
+        "-o",
+        archive.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let third = Home::private();
+    let out = third.run(&["image", "load", archive.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = third.run(&["run", "numbers:1"]);
+    assert_eq!(stdout(&out).trim(), "20000 /numbers", "{}", stderr(&out));
 }
