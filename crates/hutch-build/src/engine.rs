@@ -415,8 +415,11 @@ impl Engine<'_> {
                 } => {
                     (self.events)(BuildEvent::Warning {
                         line,
+                        // The reference's wording (the Tensorlake SDK's planning warning).
                         message: format!(
-                            "{instruction} is accepted but has no effect in Hutch templates ({instruction} {text})"
+                            "Dockerfile instruction '{instruction}' is applied during the image \
+                             build but has no effect when running sandboxes from this image \
+                             ({instruction} {text})"
                         ),
                     });
                 }

@@ -15,8 +15,9 @@ fn context(dockerfile: &str) -> tempfile::TempDir {
 #[test]
 fn templates_build_list_run_and_keep_their_lineage() {
     let home = Home::private_with(&["busybox"]);
-    let base =
-        context("FROM busybox\nENV FOO=bar\nWORKDIR /w\nRUN echo x > /x\nCMD [\"cat\", \"/x\"]\n");
+    let base = context(
+        "FROM busybox\nENV FOO=bar\nWORKDIR /w\nRUN echo x > /x\nEXPOSE 8080\nCMD [\"cat\", \"/x\"]\n",
+    );
     let out = home.run(&[
         "template",
         "build",
@@ -26,6 +27,14 @@ fn templates_build_list_run_and_keep_their_lineage() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("\tbase\t"), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains(
+            "line 5: Dockerfile instruction 'EXPOSE' is applied during the image build but has \
+             no effect when running sandboxes from this image"
+        ),
+        "the reference's warning: {}",
+        stderr(&out)
+    );
 
     let child = context("FROM base1\nRUN echo y > /y\n");
     let out = home.run(&[
