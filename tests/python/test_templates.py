@@ -40,3 +40,45 @@ def test_a_template_starts_sandboxes_by_name(hutch_server, hutch_bin, client, un
     finally:
         removed = _hutch(hutch_bin, hutch_server.home, "template", "rm", unique_name)
         assert removed.returncode == 0, removed.stderr
+
+
+def test_the_python_sdk_builds_lists_and_deletes_a_legacy_image(
+    hutch_server, client, unique_name, monkeypatch, tmp_path
+):
+    from tensorlake.image.sandbox_builder import (
+        build_sandbox_image,
+        delete_sandbox_image,
+        find_sandbox_image_by_name,
+        list_sandbox_images,
+    )
+
+    # The image SDK reads its endpoint and key from the environment at each call; a
+    # loopback server accepts any key.
+    monkeypatch.setenv("TENSORLAKE_API_URL", hutch_server.api_url)
+    monkeypatch.setenv("TENSORLAKE_API_KEY", "local-test")
+    (tmp_path / "Dockerfile").write_text("FROM hutch/default\nRUN echo sdk-built > /sdk.txt\n")
+    events = []
+    registered = build_sandbox_image(
+        str(tmp_path / "Dockerfile"),
+        registered_name=unique_name,
+        cas=False,
+        memory_mb=512,
+        cpus=1.0,
+        emit=events.append,
+    )
+    assert registered["name"] == unique_name
+    assert registered["rootfsNodeKind"] == "base"
+    assert any("RUN echo sdk-built" in str(e) for e in events), events
+
+    found = find_sandbox_image_by_name(unique_name)
+    assert found and found["id"] == registered["id"]
+    assert unique_name in {i.get("name") for i in list_sandbox_images()}
+
+    sb = client.create_and_connect(image=unique_name)
+    try:
+        assert sb.run("cat", ["/sdk.txt"]).stdout.strip() == "sdk-built"
+    finally:
+        client.delete(sb.sandbox_id)
+
+    delete_sandbox_image(unique_name)
+    assert find_sandbox_image_by_name(unique_name) is None

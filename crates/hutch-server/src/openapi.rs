@@ -87,6 +87,11 @@ pub fn spec() -> Value {
                        "responses": {"200": {"description": "the image record"}, "404": error_response("no such image")}}}),
     );
     template_paths(&mut paths);
+    paths.insert(
+        "/images/v4/images".into(),
+        json!({"get": {"summary": "The CAS image catalog the SDKs list beside templates; empty, since content-addressed streaming images are not built here yet",
+                       "responses": {"200": {"description": "{items: [], pagination: {next: null}}"}}}}),
+    );
 
     json!({
         "openapi": "3.1.0",
@@ -232,6 +237,7 @@ mod tests {
         "/healthz",
         "/hutch/v1/images/{name}",
         "/hutch/v1/images/pull",
+        "/images/v4/images",
         "/platform/v1/sandbox-templates",
         "/platform/v1/sandbox-templates/{id}",
         "/platform/v1/sandbox-templates/by-name/{name}",

@@ -6,6 +6,7 @@
 //! - `GET|DELETE .../sandbox-templates/{id}` and `.../sandbox-templates/by-name/{name}`
 //! - `POST   .../sandbox-template-builds` (prepare), `GET .../sandbox-template-builds/{id}`,
 //!   `POST .../sandbox-template-builds/{id}/complete` (see `template_builds`).
+//! - `GET /images/v4/images`: the CAS image catalog, empty (CAS builds are not served yet).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +29,9 @@ const PAGE_MAX: usize = 1000;
 type Params = Path<HashMap<String, String>>;
 
 pub fn routes(mut router: Router<Arc<App>>) -> Router<Arc<App>> {
+    // The SDKs list both image families and fail if either catalog fails: the CAS catalog
+    // is served, empty, until content-addressed streaming images are built here.
+    router = router.route("/images/v4/images", get(cas_catalog));
     for prefix in [
         "/platform/v1",
         "/platform/v1/organizations/{org}/projects/{project}",
@@ -96,6 +100,14 @@ async fn list(
     let next = (start + page < all.len())
         .then(|| format!("{}?pageSize={page}&next={}", uri.path(), start + page));
     Ok(axum::Json(json!({"items": items, "pagination": {"next": next}})).into_response())
+}
+
+async fn cas_catalog(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    app.auth.check(&headers)?;
+    Ok(axum::Json(json!({"items": [], "pagination": {"next": null}})).into_response())
 }
 
 /// Registering a template from a sandbox snapshot needs snapshots, which are not here yet.
