@@ -47,6 +47,8 @@ const BUILDER_DISK_MB: u64 = 10 * 1024;
 const BUILDER_GRACE_SECS: i64 = 300;
 /// A build that is built but not completed after this long is dropped at the next start.
 const ABANDONED_AFTER_MS: i64 = 24 * 3600 * 1000;
+/// How often a running server sweeps builds nobody will complete.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 /// How long the build channel waits for the builder to send or read anything.
 const CHANNEL_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
 
@@ -131,17 +133,7 @@ impl Builds {
             Ok(n) => tracing::warn!(builds = n, "marked builds interrupted by a restart failed"),
             Err(e) => tracing::error!(error = %e, "settling interrupted builds"),
         }
-        // Built but never completed for a day: the client that would complete it is gone.
-        let now = now_ms();
-        if let Ok(n @ 1..) = db.fail_abandoned_builds(now - ABANDONED_AFTER_MS, now) {
-            tracing::info!(builds = n, "dropped builds nobody completed");
-        }
-        if let Ok(images) = db.unregistered_build_images() {
-            for image in images {
-                let _ = store.remove_image(&image);
-            }
-        }
-        Arc::new(Self {
+        let this = Arc::new(Self {
             db,
             templates,
             backend,
@@ -149,7 +141,41 @@ impl Builds {
             registry,
             sandboxes,
             listeners: Mutex::new(HashMap::new()),
-        })
+        });
+        this.sweep();
+        let weak = Arc::downgrade(&this);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                match weak.upgrade() {
+                    Some(builds) => builds.sweep(),
+                    None => return,
+                }
+            }
+        });
+        this
+    }
+
+    /// Drops builds nobody completed for a day (their client is gone) and removes the images
+    /// of failed builds: now, and every [`SWEEP_EVERY`] while the server runs.
+    fn sweep(&self) {
+        let now = now_ms();
+        if let Ok(n @ 1..) = self.db.fail_abandoned_builds(now - ABANDONED_AFTER_MS, now) {
+            tracing::info!(builds = n, "dropped builds nobody completed");
+        }
+        if let Ok(images) = self.db.unregistered_build_images() {
+            for image in images {
+                match self.store.remove_image(&image) {
+                    Ok(_) => tracing::info!(%image, "removed the image of a failed build"),
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => {
+                        tracing::warn!(%image, error = %e, "removing a failed build's image");
+                        continue;
+                    }
+                }
+                let _ = self.db.forget_build_image(&image);
+            }
+        }
     }
 
     pub fn templates(&self) -> &Templates {

@@ -395,6 +395,15 @@ impl Db {
         rows.map(|r| r.map_err(DbError::from)).collect()
     }
 
+    /// Records that a failed build's image is gone from the store.
+    pub fn forget_build_image(&self, image: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE template_builds SET image = NULL WHERE image = ?1 AND state = 'failed'",
+            [image],
+        )?;
+        Ok(())
+    }
+
     /// Registers the template of a `built` build, replacing a template of the same name that
     /// has no children, in one transaction. Returns the new template and the one replaced.
     pub fn complete_build(
@@ -613,5 +622,7 @@ mod tests {
             db.unregistered_build_images().unwrap(),
             ["hutch-template:tpl_1"]
         );
+        db.forget_build_image("hutch-template:tpl_1").unwrap();
+        assert!(db.unregistered_build_images().unwrap().is_empty());
     }
 }
