@@ -87,7 +87,7 @@ fn a_run_past_the_build_memory_is_reported_out_of_memory() {
     let context = tempfile::tempdir().unwrap();
     std::fs::write(
         context.path().join("Dockerfile"),
-        "FROM busybox\nRUN awk 'BEGIN { print length(sprintf(\"%300000000s\", \"\")) }'\n",
+        "FROM busybox\nRUN awk 'BEGIN { s = sprintf(\"%300000000s\", \"\"); system(\"sleep 1\"); print length(s) }'\n",
     )
     .unwrap();
     let out = home.run(&[

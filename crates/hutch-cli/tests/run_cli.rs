@@ -241,7 +241,10 @@ fn a_command_over_its_memory_limit_is_reported_out_of_memory() {
         "--",
         "sh",
         "-c",
-        "echo start; exec dd if=/dev/zero of=/dev/null bs=100M count=1",
+        // The 100 MiB buffer is held for 30 copies: the agent samples memory every 20 ms,
+        // and a spike shorter than that can end before it is seen (the host cgroup limit
+        // above the user's is the backstop for those).
+        "echo start; exec dd if=/dev/zero of=/dev/null bs=100M count=30",
     ]);
     assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
     assert_eq!(stdout(&out), "start\n");

@@ -350,7 +350,7 @@ async fn failed_builds_name_the_line_and_register_nothing() {
     // A RUN past the build's memory (the SDK's memory_mb) is reported out of memory,
     // naming its line, with the SDK's remedy.
     let ctx = context(
-        "FROM busybox\nRUN true\nRUN awk 'BEGIN { print length(sprintf(\"%300000000s\", \"\")) }'\n",
+        "FROM busybox\nRUN true\nRUN awk 'BEGIN { s = sprintf(\"%300000000s\", \"\"); system(\"sleep 1\"); print length(s) }'\n",
         &[],
     );
     let (result, events) = build_with(&server, "hungry", ctx.path(), Some(128)).await;
