@@ -70,6 +70,21 @@ fn templates_build_list_run_and_keep_their_lineage() {
     let out = home.run(&["run", "child1", "--", "sh", "-c", "cat /y; echo $FOO; pwd"]);
     assert_eq!(stdout(&out), "y\nbar\n/w\n", "{}", stderr(&out));
 
+    // COPY --from a template, like from an image.
+    let copier = context("FROM busybox\nCOPY --from=base1 /x /from-base\n");
+    let out = home.run(&[
+        "template",
+        "build",
+        "--name",
+        "copier",
+        copier.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = home.run(&["run", "copier", "--", "cat", "/from-base"]);
+    assert_eq!(stdout(&out), "x\n", "{}", stderr(&out));
+    let out = home.run(&["template", "rm", "copier"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
     // A parent with children stays; the child and then the parent go.
     let out = home.run(&["template", "rm", "base1"]);
     assert_eq!(out.status.code(), Some(1));

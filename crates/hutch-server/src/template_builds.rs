@@ -84,9 +84,8 @@ struct PrepareBody {
     rootfs_node_kind: Option<String>,
     #[serde(default)]
     parent_template: Option<ParentRef>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    additional_local_images: Vec<Value>,
+    // `additionalLocalImages` (templates a `COPY --from` names) needs nothing here: the
+    // host engine resolves template names itself. Unknown fields are ignored.
 }
 
 #[derive(Deserialize)]
@@ -109,8 +108,6 @@ struct CompleteBody {
     rootfs_node_kind: Option<String>,
     #[serde(default)]
     parent_manifest_uri: Option<String>,
-    #[serde(flatten)]
-    _rest: HashMap<String, Value>,
 }
 
 fn token_hash(token: &str) -> String {
