@@ -13,7 +13,7 @@ use std::time::Duration;
 use hutch_runtime::agent::ExecEvent;
 use hutch_runtime::gvisor::GvisorBackend;
 use hutch_runtime::{Backend, SandboxSpec};
-use hutch_store::{Digest, Image, IngestLayer, Store, write_layer};
+use hutch_store::{Digest, Image, IngestLayer, Store, write_layer_zstd};
 use hutch_wire::StartProcess;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -168,43 +168,6 @@ impl State {
     fn cache_name(&self) -> String {
         format!("{CACHE_REPO}:{}", self.key)
     }
-}
-
-/// Compresses the layer tar `tar` into `out` with zstd: the blob's digest and size.
-fn compress_layer(tar: &Path, out: &Path) -> Result<(Digest, u64), BuildError> {
-    struct Hashing<W> {
-        inner: W,
-        hasher: Sha256,
-        written: u64,
-    }
-    impl<W: std::io::Write> std::io::Write for Hashing<W> {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let n = self.inner.write(buf)?;
-            self.hasher.update(&buf[..n]);
-            self.written += n as u64;
-            Ok(n)
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            self.inner.flush()
-        }
-    }
-    let io = |e| BuildError::io("compressing a layer", e);
-    let mut input = std::fs::File::open(tar).map_err(io)?;
-    let output = std::fs::File::create(out).map_err(io)?;
-    let hashing = Hashing {
-        inner: std::io::BufWriter::with_capacity(256 << 10, output),
-        hasher: Sha256::new(),
-        written: 0,
-    };
-    let mut encoder = zstd::stream::write::Encoder::new(hashing, LAYER_ZSTD_LEVEL).map_err(io)?;
-    std::io::copy(&mut input, &mut encoder).map_err(io)?;
-    let mut hashing = encoder.finish().map_err(io)?;
-    std::io::Write::flush(&mut hashing).map_err(io)?;
-    let digest = Digest::parse(&format!(
-        "sha256:{}",
-        hex::encode(hashing.hasher.finalize())
-    ))?;
-    Ok((digest, hashing.written))
 }
 
 fn cmd_json(command: &Command) -> Value {
@@ -652,21 +615,23 @@ impl Engine<'_> {
     ) -> Result<(), BuildError> {
         let scratch =
             tempfile::tempdir().map_err(|e| BuildError::io("creating a scratch directory", e))?;
-        let tar = scratch.path().join("layer.tar");
         let blob = scratch.path().join("layer.tar.zst");
         let layer = {
-            let (tree, exclude) = (tree.to_path_buf(), exclude.to_vec());
-            let (tar, blob) = (tar.clone(), blob.clone());
+            let (tree, exclude, blob) = (tree.to_path_buf(), exclude.to_vec(), blob.clone());
             tokio::task::spawn_blocking(move || {
-                let file = std::fs::File::create(&tar)
+                let file = std::fs::File::create(&blob)
                     .map_err(|e| BuildError::io("writing a layer", e))?;
-                let (diff_id, _) = write_layer(&tree, &exclude, std::io::BufWriter::new(file))?;
-                let (digest, size) = compress_layer(&tar, &blob)?;
+                let written = write_layer_zstd(
+                    &tree,
+                    &exclude,
+                    std::io::BufWriter::with_capacity(256 << 10, file),
+                    LAYER_ZSTD_LEVEL,
+                )?;
                 Ok::<_, BuildError>(Layer {
-                    diff_id,
-                    blob: digest,
+                    diff_id: written.diff_id,
+                    blob: written.blob,
                     media_type: OCI_LAYER_TAR_ZSTD.into(),
-                    size,
+                    size: written.blob_size,
                 })
             })
             .await

@@ -29,28 +29,77 @@ pub fn write_layer(
     exclude: &[PathBuf],
     out: impl Write,
 ) -> Result<(Digest, u64), StoreError> {
-    let hashing = HashingWriter {
+    let (digest, count, mut inner) = tar_into(root, exclude, out)?;
+    inner.flush().ctx(|| "flushing a layer".to_string())?;
+    Ok((digest, count))
+}
+
+/// A layer written zstd-compressed by [`write_layer_zstd`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompressedLayer {
+    /// Digest of the uncompressed tar.
+    pub diff_id: Digest,
+    /// Digest and size of the compressed blob written.
+    pub blob: Digest,
+    pub blob_size: u64,
+}
+
+/// [`write_layer`], compressed with zstd at `level` on the way out, in one pass: the tar is
+/// hashed for its diff_id before the encoder, the blob after it.
+pub fn write_layer_zstd(
+    root: &Path,
+    exclude: &[PathBuf],
+    out: impl Write,
+    level: i32,
+) -> Result<CompressedLayer, StoreError> {
+    let blob = HashingWriter {
         inner: out,
         hasher: Sha256::new(),
         count: 0,
     };
-    let mut builder = tar::Builder::new(hashing);
+    let encoder = zstd::stream::write::Encoder::new(blob, level)
+        .ctx(|| format!("compressing the layer of {}", root.display()))?;
+    let (diff_id, _, encoder) = tar_into(root, exclude, encoder)?;
+    let HashingWriter {
+        hasher,
+        count,
+        mut inner,
+    } = encoder
+        .finish()
+        .ctx(|| format!("compressing the layer of {}", root.display()))?;
+    inner.flush().ctx(|| "flushing a layer".to_string())?;
+    Ok(CompressedLayer {
+        diff_id,
+        blob: Digest::from_hasher(hasher),
+        blob_size: count,
+    })
+}
+
+/// The tar of `root` into `out`: its digest and size, and `out` back.
+fn tar_into<W: Write>(
+    root: &Path,
+    exclude: &[PathBuf],
+    out: W,
+) -> Result<(Digest, u64, W), StoreError> {
+    let mut builder = tar::Builder::new(HashingWriter {
+        inner: out,
+        hasher: Sha256::new(),
+        count: 0,
+    });
     let mut walker = Walker {
         root,
         exclude,
         links: HashMap::new(),
     };
     walker.dir(&mut builder, Path::new(""))?;
-    let hashing = builder
-        .into_inner()
-        .ctx(|| format!("finishing the layer of {}", root.display()))?;
     let HashingWriter {
         hasher,
         count,
-        mut inner,
-    } = hashing;
-    inner.flush().ctx(|| "flushing a layer".to_string())?;
-    Ok((Digest::from_hasher(hasher), count))
+        inner,
+    } = builder
+        .into_inner()
+        .ctx(|| format!("finishing the layer of {}", root.display()))?;
+    Ok((Digest::from_hasher(hasher), count, inner))
 }
 
 struct Walker<'a> {
@@ -296,5 +345,22 @@ mod tests {
             let (len, _) = text.split_once(' ').unwrap();
             assert_eq!(len.parse::<usize>().unwrap(), r.len(), "value of {n}");
         }
+    }
+
+    #[test]
+    fn the_zstd_layer_is_the_plain_layer_compressed() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("d")).unwrap();
+        fs::write(dir.path().join("d/f"), b"hello layer").unwrap();
+        let mut plain = Vec::new();
+        let (diff_id, size) = write_layer(dir.path(), &[], &mut plain).unwrap();
+        let mut blob = Vec::new();
+        let written = write_layer_zstd(dir.path(), &[], &mut blob, 3).unwrap();
+        assert_eq!(written.diff_id, diff_id);
+        assert_eq!(written.blob_size, blob.len() as u64);
+        assert_eq!(written.blob, Digest::of_bytes(&blob));
+        let unpacked = zstd::stream::decode_all(blob.as_slice()).unwrap();
+        assert_eq!(unpacked.len() as u64, size);
+        assert_eq!(unpacked, plain);
     }
 }

@@ -63,6 +63,6 @@ pub use gc::Removal;
 pub use image::{Image, ImageConfig};
 pub use ingest::{Ingest, IngestLayer};
 pub use inspect::{Inspection, LayerDetails};
-pub use layer_tar::write_layer;
+pub use layer_tar::{CompressedLayer, write_layer, write_layer_zstd};
 pub use name::normalize_name;
 pub use store::Store;
