@@ -1,7 +1,20 @@
 //! The Debian + python build case the build benchmarks share: a Dockerfile (ENV, WORKDIR,
-//! COPY, two RUNs, USER, CMD) over the Debian fixture in a local registry, and its context.
+//! COPY, two RUNs, USER, CMD) over the Debian fixture in a local registry, its context, and
+//! the direct build of it.
 
 use std::path::Path;
+use std::process::Command;
+
+/// `hutch image build` of `context` into the store of `home`, as `bench:1`, its base from the
+/// plain-HTTP `registry`.
+pub fn hutch_build(hutch: &Path, home: &Path, registry: &str, context: &Path) -> Command {
+    let mut cmd = Command::new(hutch);
+    cmd.env("HUTCH_HOME", home)
+        .args(["image", "build", "--insecure-registry", registry])
+        .args(["-t", "bench:1"])
+        .arg(context);
+    cmd
+}
 
 /// Writes the Dockerfile, `FROM <registry>/debian:1`, and the files it copies into `dir`.
 pub fn write_context(dir: &Path, registry: &str) -> std::io::Result<()> {

@@ -1,5 +1,5 @@
 //! A throwaway `docker-registry` on 127.0.0.1 for the pull and build benchmarks, filled
-//! with `skopeo`; gone on drop.
+//! with `skopeo`; gone on drop. And how those benchmarks run (and time) commands.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -63,6 +63,13 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `cmd` (stdin closed) and times it; a failure is an error with its stderr.
+pub fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    run(cmd)?;
+    Ok(start.elapsed())
 }
 
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {

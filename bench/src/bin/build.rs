@@ -24,24 +24,11 @@ mod stats;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::bail;
-use registry::Registry;
+use python_app::hutch_build;
+use registry::{Registry, timed};
 use stats::{Samples, ms, ratio};
-
-fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    let out = cmd.stdin(Stdio::null()).output()?;
-    if !out.status.success() {
-        bail!(
-            "{:?} failed: {}",
-            cmd,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(start.elapsed())
-}
 
 /// A private buildah storage and configuration, removed (and unmounted) on drop.
 struct Buildah {
@@ -111,21 +98,6 @@ impl Drop for Buildah {
             .stderr(Stdio::null())
             .status();
     }
-}
-
-fn hutch_build(hutch: &Path, home: &Path, registry: &str, context: &Path) -> Command {
-    let mut cmd = Command::new(hutch);
-    cmd.env("HUTCH_HOME", home)
-        .args([
-            "image",
-            "build",
-            "--insecure-registry",
-            registry,
-            "-t",
-            "bench:1",
-        ])
-        .arg(context);
-    cmd
 }
 
 const DIFF_DOCKERFILE: &str = r#"FROM py-base

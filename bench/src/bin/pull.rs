@@ -19,17 +19,11 @@ mod stats;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::ensure;
-use registry::{Registry, run};
+use registry::{Registry, run, timed};
 use stats::{Samples, ms, ratio};
-
-fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    run(cmd)?;
-    Ok(start.elapsed())
-}
 
 /// A fresh empty state directory for one pull.
 fn fresh(prefix: &str) -> anyhow::Result<tempfile::TempDir> {

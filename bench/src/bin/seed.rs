@@ -25,7 +25,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use registry::Registry;
+use python_app::hutch_build;
+use registry::{Registry, timed};
 use stats::{Samples, ms, ratio};
 use tensorlake::sandbox_images::{CommonBuildOptions, SandboxImageBuildOptions};
 
@@ -104,35 +105,6 @@ async fn seed_build(api: &str, name: &str, context: &Path) -> anyhow::Result<Dur
     Ok(start.elapsed())
 }
 
-fn direct_build(
-    hutch: &Path,
-    home: &Path,
-    registry: &str,
-    context: &Path,
-) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    let out = Command::new(hutch)
-        .env("HUTCH_HOME", home)
-        .args([
-            "image",
-            "build",
-            "--insecure-registry",
-            registry,
-            "-t",
-            "bench:1",
-        ])
-        .arg(context)
-        .stdin(Stdio::null())
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "hutch image build failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(start.elapsed())
-}
-
 fn main() -> anyhow::Result<()> {
     let hutch = cli::hutch_binary();
     let n = cli::iterations(3);
@@ -164,8 +136,18 @@ fn main() -> anyhow::Result<()> {
                 let home = tempfile::Builder::new()
                     .prefix("hbseedf")
                     .tempdir_in("/tmp")?;
-                cold_floor.push(direct_build(&hutch, home.path(), &host, context.path())?);
-                cached_floor.push(direct_build(&hutch, home.path(), &host, context.path())?);
+                cold_floor.push(timed(&mut hutch_build(
+                    &hutch,
+                    home.path(),
+                    &host,
+                    context.path(),
+                ))?);
+                cached_floor.push(timed(&mut hutch_build(
+                    &hutch,
+                    home.path(),
+                    &host,
+                    context.path(),
+                ))?);
             }
         }
     }

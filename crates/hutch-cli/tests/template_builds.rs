@@ -179,16 +179,8 @@ async fn run_in(server: &Server, image: &str, script: &str) -> (String, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_flow_builds_base_and_diff_templates_and_imports_from_a_registry() {
-    let home = Home::private();
+    let home = Home::private_with(&["busybox"]);
     let busybox = common::fixtures().join("busybox");
-    let out = home.run(&[
-        "image",
-        "import",
-        busybox.to_str().unwrap(),
-        "--name",
-        "busybox",
-    ]);
-    assert!(out.status.success(), "{}", common::stderr(&out));
     let registry = Registry::start();
     registry.push_oci_layout(&busybox, "latest", "tools/busybox:1");
     let server = home.serve_with(
@@ -322,16 +314,7 @@ async fn seed_flow_builds_base_and_diff_templates_and_imports_from_a_registry() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_builds_name_the_line_and_register_nothing() {
-    let home = Home::private();
-    let busybox = common::fixtures().join("busybox");
-    let out = home.run(&[
-        "image",
-        "import",
-        busybox.to_str().unwrap(),
-        "--name",
-        "busybox",
-    ]);
-    assert!(out.status.success(), "{}", common::stderr(&out));
+    let home = Home::private_with(&["busybox"]);
     let server = home.serve();
 
     // A failing RUN: the step's line and exit code reach the SDK's error.

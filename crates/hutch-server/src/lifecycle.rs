@@ -424,7 +424,6 @@ pub fn sandbox_info(row: &SandboxRow, proxy_url: &str) -> Value {
         "status": row.status.as_str(),
         // A sandbox from a template shows the template's name, as it was asked for.
         "image": spec["template"]["name"].as_str().unwrap_or(&row.image),
-        "template_id": spec["template"]["id"],
         "runtime": "gvisor",
         "resources": {
             "cpus": spec["cpus"].as_f64().unwrap_or(DEFAULT_CPUS),

@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::App;
+use crate::db::TemplateRow;
 use crate::error::ApiError;
 use crate::lifecycle::json_body;
 
@@ -43,11 +44,11 @@ pub fn routes(mut router: Router<Arc<App>>) -> Router<Arc<App>> {
             )
             .route(
                 &format!("{prefix}/sandbox-templates/by-name/{{name}}"),
-                get(get_by_name).delete(delete_by_name),
+                get(get_template).delete(delete_template),
             )
             .route(
                 &format!("{prefix}/sandbox-templates/{{id}}"),
-                get(get_by_id).delete(delete_by_id),
+                get(get_template).delete(delete_template),
             )
             .route(&format!("{prefix}/sandbox-template-builds"), post(prepare))
             .route(
@@ -121,64 +122,34 @@ async fn create(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Respo
     ))
 }
 
-fn one(app: &App, row: Option<crate::db::TemplateRow>, what: &str) -> Result<Response, ApiError> {
-    let templates = app.builds.templates();
-    let row = row.ok_or_else(|| crate::templates::template_not_found(what))?;
-    Ok(axum::Json(templates.json(&row)).into_response())
+/// The template a route names: `{name}` on `.../by-name/{name}`, `{id}` otherwise.
+fn lookup(app: &App, p: &HashMap<String, String>) -> Result<TemplateRow, ApiError> {
+    let db = app.builds.templates().db();
+    let (row, what) = match p.get("name") {
+        Some(name) => (db.template_by_name(name)?, name.as_str()),
+        None => (db.template(param(p, "id"))?, param(p, "id")),
+    };
+    row.ok_or_else(|| crate::templates::template_not_found(what))
 }
 
-async fn get_by_name(
+async fn get_template(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path(p): Params,
 ) -> Result<Response, ApiError> {
     app.auth.check(&headers)?;
-    let name = param(&p, "name");
-    one(
-        &app,
-        app.builds.templates().db().template_by_name(name)?,
-        name,
-    )
+    let row = lookup(&app, &p)?;
+    Ok(axum::Json(app.builds.templates().json(&row)).into_response())
 }
 
-async fn get_by_id(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Path(p): Params,
-) -> Result<Response, ApiError> {
-    app.auth.check(&headers)?;
-    let id = param(&p, "id");
-    one(&app, app.builds.templates().db().template(id)?, id)
-}
-
-async fn delete_by_name(
+async fn delete_template(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path(p): Params,
 ) -> Result<Response, ApiError> {
     app.auth.check(&headers)?;
     let templates = app.builds.templates();
-    let name = param(&p, "name");
-    let row = templates
-        .db()
-        .template_by_name(name)?
-        .ok_or_else(|| crate::templates::template_not_found(name))?;
-    let removed = templates.remove(&row.id)?;
-    Ok(axum::Json(templates.json(&removed)).into_response())
-}
-
-async fn delete_by_id(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Path(p): Params,
-) -> Result<Response, ApiError> {
-    app.auth.check(&headers)?;
-    let templates = app.builds.templates();
-    let id = param(&p, "id");
-    if templates.db().template(id)?.is_none() {
-        return Err(crate::templates::template_not_found(id));
-    }
-    let removed = templates.remove(id)?;
+    let removed = templates.remove(&lookup(&app, &p)?.id)?;
     Ok(axum::Json(templates.json(&removed)).into_response())
 }
 

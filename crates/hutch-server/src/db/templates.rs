@@ -516,33 +516,19 @@ mod tests {
     use super::*;
 
     fn build(db: &Db, id: &str, name: &str, parent: Option<&str>, template_id: &str) {
-        let row = BuildRow {
-            id: id.into(),
-            token_sha256: String::new(),
-            name: name.into(),
-            dockerfile: "FROM x\n".into(),
-            base_image: "x".into(),
+        let parent = parent.map(|p| db.template(p).unwrap().unwrap());
+        let mut row = crate::templates::new_build(crate::templates::NewBuild {
+            name,
+            dockerfile: "FROM x\n",
+            base_image: "x",
             public: false,
-            node_kind: if parent.is_some() {
-                NodeKind::Diff
-            } else {
-                NodeKind::Base
-            },
-            parent_id: parent.map(String::from),
-            template_id: template_id.into(),
-            snapshot_id: format!("snap-{id}"),
-            rootfs_disk_bytes: 1 << 30,
-            state: BuildState::Prepared,
-            builder_sandbox: None,
-            image: None,
-            image_id: None,
-            snapshot_size_bytes: None,
-            own_bytes: None,
-            total_bytes: None,
-            error: None,
-            created_at: 1,
-            updated_at: 1,
-        };
+            parent: parent.as_ref(),
+            rootfs_disk_bytes: None,
+            token_sha256: String::new(),
+        })
+        .unwrap();
+        row.id = id.into();
+        row.template_id = template_id.into();
         db.insert_build(&row).unwrap();
         assert!(db.claim_build(id, "sbx", 2).unwrap());
         assert!(!db.claim_build(id, "other", 2).unwrap(), "claimed once");
