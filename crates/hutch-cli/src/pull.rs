@@ -82,9 +82,7 @@ fn sink(json: bool) -> impl Fn(Event) + Send + Sync {
 }
 
 /// The name `reference` has in the store (a digest reference gets a `sha256-...` tag).
-pub fn store_name(reference: &str) -> String {
-    Reference::parse(reference).map_or_else(|_| reference.to_string(), |r| r.store_name())
-}
+use hutch_registry::store_name;
 
 pub async fn pull_into(
     store: &Store,

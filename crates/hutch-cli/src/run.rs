@@ -227,15 +227,10 @@ async fn server_pull(api: &str, reference: &str) -> anyhow::Result<()> {
 /// `hutch run` against a server: create through the lifecycle API, run through the proxy
 /// with the same framed, reattachable exec the embedded path uses, then delete.
 async fn run_on_server(args: RunArgs, api: &str) -> anyhow::Result<u8> {
-    // A template by its name first (the server resolves those), then the store name.
-    let mut name = args.image.clone();
-    let mut path = format!("/hutch/v1/images/{name}");
-    let mut lookup = client::json(api, Method::GET, &path, None, None).await;
-    if lookup.is_err() && crate::pull::store_name(&args.image) != args.image {
-        name = crate::pull::store_name(&args.image);
-        path = format!("/hutch/v1/images/{name}");
-        lookup = client::json(api, Method::GET, &path, None, None).await;
-    }
+    // The server resolves the name as a create would: a template, else a stored image.
+    let name = args.image.clone();
+    let path = format!("/hutch/v1/images/{name}");
+    let lookup = client::json(api, Method::GET, &path, None, None).await;
     let image = match (args.pull, lookup) {
         (PullPolicy::Never, found) => found?,
         (PullPolicy::Missing, Ok(found)) => found,

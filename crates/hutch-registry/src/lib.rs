@@ -20,7 +20,7 @@ pub use error::RegistryError;
 pub use events::{Event, Renderer, Sink};
 pub use pull::pull;
 pub use push::push;
-pub use reference::Reference;
+pub use reference::{Reference, store_name};
 
 /// When an image named by a run or a create is pulled.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

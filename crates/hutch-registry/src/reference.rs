@@ -113,6 +113,12 @@ impl Reference {
     }
 }
 
+/// The name `reference` has in the local store (see [`Reference::store_name`]); a name that
+/// is no reference (a template's, say) is taken as it is.
+pub fn store_name(reference: &str) -> String {
+    Reference::parse(reference).map_or_else(|_| reference.to_string(), |r| r.store_name())
+}
+
 impl fmt::Display for Reference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.original)

@@ -490,9 +490,10 @@ async fn image(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
+    // As a create resolves it: a template, else the image's store name.
     let name = match app.builds.templates().find(&name)? {
         Some(t) => t.image,
-        None => name,
+        None => hutch_registry::store_name(&name),
     };
     let image = app.sandboxes.image(Some(&name))?;
     Ok(axum::Json(image).into_response())

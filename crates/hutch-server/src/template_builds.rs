@@ -407,7 +407,7 @@ impl Builds {
                 tracing::warn!(%sandbox, %message, "refused a build request");
                 let _ = tx.send(BuildChannelEvent::Error { message });
                 drop(tx);
-                let _ = writer_thread.join();
+                let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
                 return;
             }
             Err(_) => return,
@@ -424,6 +424,10 @@ impl Builds {
             let result = this.run(&build, context.as_deref(), limits, &events).await;
             if let Some(dir) = context {
                 let _ = std::fs::remove_dir_all(dir);
+            }
+            // Recorded here, with the build: whatever happens to the channel.
+            if let Err(message) = &result {
+                let _ = this.db.fail_build(&build.id, message, now_ms());
             }
             (build, result)
         })
@@ -444,7 +448,6 @@ impl Builds {
             }
             Ok((build, Err(message))) => {
                 tracing::warn!(build = %build.id, %message, "template build failed");
-                let _ = self.db.fail_build(&build.id, &message, now_ms());
                 BuildChannelEvent::Error { message }
             }
             Err(e) => BuildChannelEvent::Error {
