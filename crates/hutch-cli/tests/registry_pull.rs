@@ -546,6 +546,27 @@ fn the_server_pulls_on_create_and_streams_pull_progress() {
         .unwrap();
     assert_eq!(stdout(&out), "pulled\n", "{}", stderr(&out));
 
+    // A digest-pinned reference too: the server resolves it to its store name.
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{}", registry.reference("busybox:1")))
+        .output()
+        .unwrap();
+    let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pinned = format!(
+        "{}@{}",
+        registry.reference("busybox"),
+        inspected["Digest"].as_str().unwrap()
+    );
+    let out = home
+        .hutch()
+        .env("HUTCH_SERVER", &api)
+        .args(["run", &pinned, "--", "echo", "pinned"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "pinned\n", "{}", stderr(&out));
+
     // A pull that fails ends the stream with a typed error event.
     let out = post_json(
         &format!("{api}/hutch/v1/images/pull"),
