@@ -35,6 +35,17 @@ pub enum StoreError {
         reason: String,
     },
 
+    /// Unpacking stopped at one of the [`crate::UnpackLimits`]; nothing of the layer is kept.
+    #[error(
+        "refusing layer {layer}: it goes over the limit of {limit} {what} (set {setting} to change the limit)"
+    )]
+    UnpackLimit {
+        layer: String,
+        what: String,
+        limit: u64,
+        setting: &'static str,
+    },
+
     #[error(
         "digest mismatch for {what}: expected {expected}, got {actual}; the image is corrupt or was tampered with"
     )]

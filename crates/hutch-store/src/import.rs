@@ -10,6 +10,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::blob::{StagedBlob, blob_path, not_an_image, stage_bytes, stage_file};
+use crate::budget::{ImageBudget, UnpackLimits};
 use crate::compression::{Compression, detect_compression};
 use crate::digest::Digest;
 use crate::docker;
@@ -35,6 +36,9 @@ pub(crate) struct Plan {
     pub(crate) layers: Vec<PlannedLayer>,
     pub(crate) blobs: PathBuf,
     pub(crate) unpacked: PathBuf,
+    /// What the layers this import unpacks may add up to (see [`UnpackLimits`]).
+    pub(crate) limits: UnpackLimits,
+    pub(crate) budget: ImageBudget,
 }
 
 pub(crate) struct PlannedLayer {
@@ -95,6 +99,8 @@ impl Store {
             layers,
             blobs,
             unpacked,
+            limits: self.unpack_limits(),
+            budget: ImageBudget::new(self.unpack_limits().image_bytes),
         };
         for layer in &plan.layers {
             if !self.has_layer(&layer.diff_id) {
@@ -187,26 +193,41 @@ fn unpack_staged(plan: &Plan, layer: &PlannedLayer) -> Result<(), StoreError> {
     }
     let blob = blob_path(&plan.blobs, &layer.blob);
     let file = File::open(&blob).ctx(|| format!("opening blob of {}", layer.what))?;
-    unpack_into(&plan.unpacked, file, layer)
+    unpack_into(
+        &plan.unpacked,
+        file,
+        layer,
+        plan.limits,
+        Some(plan.budget.clone()),
+    )
 }
 
-/// Unpacks one layer from a stream of its blob into `<unpacked>/<hex>/fs` plus `layer.json`.
+/// Unpacks one layer from a stream of its blob into `<unpacked>/<hex>/fs` plus `layer.json`,
+/// held to `limits` and the `image` budget; on failure nothing of the layer is left.
 pub(crate) fn unpack_into<R: Read>(
     unpacked: &Path,
     blob: R,
     layer: &PlannedLayer,
+    limits: UnpackLimits,
+    image: Option<ImageBudget>,
 ) -> Result<(), StoreError> {
     let dir = unpacked.join(layer.diff_id.hex());
     if dir.exists() {
         fs::remove_dir_all(&dir).ctx(|| format!("discarding partial layer {}", layer.what))?;
     }
     let fs_dir = dir.join("fs");
+    // `layers/` is already private, but each layer holds image-chosen setuid files: its own
+    // directory is root's only too, wherever it is moved (staging, publishing, gc).
     DirBuilder::new()
-        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .ctx(|| format!("creating layer directory for {}", layer.what))?;
+    DirBuilder::new()
         .mode(0o755)
         .create(&fs_dir)
         .ctx(|| format!("creating layer directory for {}", layer.what))?;
-    let size_bytes = match unpack_layer_from(blob, &fs_dir, &layer.diff_id, &layer.what) {
+    let unpacked = unpack_layer_from(blob, &fs_dir, &layer.diff_id, &layer.what, limits, image);
+    let size_bytes = match unpacked {
         Ok(size) => size,
         Err(err) => {
             let _ = fs::remove_dir_all(&dir);

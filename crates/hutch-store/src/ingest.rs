@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use crate::blob::{blob_path, verify};
+use crate::budget::ImageBudget;
 use crate::digest::Digest;
 use crate::error::{IoContext, StoreError};
 use crate::image::{Image, parse_config};
@@ -29,6 +30,8 @@ pub struct Ingest {
     _staging: Staging,
     blobs: PathBuf,
     unpacked: PathBuf,
+    /// Shared by the layers of this image, however many threads add them.
+    budget: ImageBudget,
 }
 
 /// One layer of the image being committed: its diff_id and the digest of its blob.
@@ -49,6 +52,7 @@ impl Store {
             _staging: staging,
             blobs,
             unpacked,
+            budget: ImageBudget::new(self.unpack_limits().image_bytes),
         })
     }
 
@@ -112,7 +116,13 @@ impl Ingest {
                 count: 0,
                 limit: size,
             };
-            let unpacked = unpack_into(&self.unpacked, &mut tee, &layer);
+            let unpacked = unpack_into(
+                &self.unpacked,
+                &mut tee,
+                &layer,
+                self.store.unpack_limits(),
+                Some(self.budget.clone()),
+            );
             // The compressed stream may go on after the tar's end; all of it is the blob.
             // After a failed unpack it is read to the end too: when the bytes are not the
             // blob the manifest named, that is the cause to report, not what it broke.
@@ -181,6 +191,8 @@ impl Ingest {
                 .collect(),
             blobs: self.blobs.clone(),
             unpacked: self.unpacked.clone(),
+            limits: self.store.unpack_limits(),
+            budget: self.budget.clone(),
         };
         for layer in &plan.layers {
             let staged = self.unpacked.join(layer.diff_id.hex()).join("layer.json");

@@ -23,7 +23,10 @@
 //!   stream is verified against the image config's diff_id while unpacking, and it is renamed
 //!   into `layers/` in one step. Gc moves a layer back into `tmp/` before deleting it.
 //! - Layer extraction never writes outside the layer directory, whatever the archive holds
-//!   (see the `unpack` module), and turns OCI whiteouts into overlayfs ones.
+//!   (see the `unpack` module), and turns OCI whiteouts into overlayfs ones. It refuses
+//!   device nodes, applies only `user.*` and `security.capability` xattrs, writes zero
+//!   blocks as holes, and stops at the [`UnpackLimits`] (bytes and entries per layer, bytes
+//!   per image); [`unpack_archive`] applies the same rules to a build's ADD of an archive.
 //! - Publishing an import (layers, blobs, record), removing an image, gc and pin changes all
 //!   happen under `store.lock`, so several processes can use one store concurrently, and a
 //!   layer is never collected between being published and being referenced.
@@ -35,6 +38,7 @@
 //! layers again from intact blobs, but never deletes an image record or a pin.
 
 mod blob;
+mod budget;
 mod compression;
 mod digest;
 mod docker;
@@ -49,13 +53,16 @@ mod layer_tar;
 mod load;
 mod name;
 mod oci;
+pub mod rooted;
 mod save;
 mod source;
+mod sparse;
 mod staging;
 mod store;
 mod syscalls;
 mod unpack;
 
+pub use budget::{MAX_IMAGE_BYTES_ENV, MAX_LAYER_BYTES_ENV, MAX_LAYER_ENTRIES_ENV, UnpackLimits};
 pub use digest::Digest;
 pub use error::StoreError;
 pub use fsck::{Finding, FindingKind, FsckReport};
@@ -66,3 +73,4 @@ pub use inspect::{Inspection, LayerDetails};
 pub use layer_tar::{CompressedLayer, write_layer, write_layer_zstd};
 pub use name::normalize_name;
 pub use store::Store;
+pub use unpack::unpack_archive;

@@ -7,6 +7,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::budget::UnpackLimits;
 use crate::digest::Digest;
 use crate::error::{IoContext, StoreError};
 use crate::image::{Image, LayerRecord, PinRecord};
@@ -18,6 +19,7 @@ use crate::staging::{StoreLock, clean_leftovers, write_atomic};
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    limits: UnpackLimits,
 }
 
 pub(crate) fn now_secs() -> u64 {
@@ -29,7 +31,7 @@ pub(crate) fn now_secs() -> u64 {
 
 impl Store {
     /// Opens the store at `root`, creating its layout if missing, and removes staging data
-    /// abandoned by earlier processes.
+    /// abandoned by earlier processes. Unpacking is limited by [`UnpackLimits::from_env`].
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         DirBuilder::new()
             .recursive(true)
@@ -38,7 +40,10 @@ impl Store {
             .ctx(|| format!("creating store directory {}", root.display()))?;
         // Layer paths are handed to mount(2) later, so they must be absolute.
         let root = fs::canonicalize(root).ctx(|| format!("resolving {}", root.display()))?;
-        let store = Store { root };
+        let store = Store {
+            root,
+            limits: UnpackLimits::from_env(),
+        };
         for (dir, mode) in [
             // Layers hold image-controlled setuid binaries and device nodes, and blobs the
             // same content packed: unprivileged host users must not be able to reach them.
@@ -61,6 +66,18 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The same store, unpacking under `limits` instead.
+    pub fn with_unpack_limits(mut self, limits: UnpackLimits) -> Store {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits every layer this store unpacks (and every image it imports or ingests) is
+    /// held to.
+    pub fn unpack_limits(&self) -> UnpackLimits {
+        self.limits
     }
 
     /// The directory to use as an overlayfs lower dir for the layer with this diff_id. It

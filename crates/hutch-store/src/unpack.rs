@@ -7,6 +7,12 @@
 //! at paths already unpacked in this same layer. OCI whiteouts are converted to the overlayfs
 //! format (0:0 character devices and `trusted.overlay.opaque=y`). The decompressed stream is
 //! hashed as it is read, so the layer's diff_id is verified without a second pass.
+//!
+//! What an archive may ask for is bounded too: device nodes are refused (a host-visible
+//! device would outlive the sandbox's own restrictions), only `user.*` and
+//! `security.capability` xattrs are applied, zero blocks are written as holes, and every
+//! layer is held to an [`UnpackLimits`] budget of bytes (apparent sizes) and entries. The
+//! same extractor serves ADD of a local archive in a build ([`unpack_archive`]).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -16,9 +22,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::budget::{CappedReader, ImageBudget, LayerBudget, UnpackLimits, is_stream_too_long};
 use crate::compression::decompressed;
 use crate::digest::{Digest, HashingReader};
 use crate::error::{IoContext, StoreError};
+use crate::sparse::copy_sparse;
 use crate::syscalls;
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -28,33 +36,32 @@ const OPAQUE_XATTR: &[u8] = b"trusted.overlay.opaque";
 /// whiteout conversion here may set them, never a layer's own PAX records.
 const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
 const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
+/// The PAX sparse formats (GNU tar's 0.0, 0.1 and 1.0) keep the sparse map in records or in
+/// the data, which the tar crate does not decode: unpacked naively they give a wrong file.
+const PAX_SPARSE_PREFIX: &[u8] = b"GNU.sparse.";
+/// Xattrs an image may set: `user.*` is unprivileged, and file capabilities are how images
+/// grant `ping` and friends their rights. Everything else in `security.*` (SELinux labels,
+/// IMA) and `trusted.*` is host policy, not image content.
+fn xattr_allowed(name: &[u8]) -> bool {
+    name.starts_with(b"user.") || name == b"security.capability"
+}
 
 /// Unpacks a stream of a (possibly compressed) layer blob into `dest` (an existing, empty
 /// directory) and returns the total size of its regular files. Fails with `DigestMismatch`
-/// when the decompressed stream does not hash to `diff_id`; the caller discards `dest` on any
-/// error. A pull calls this while it downloads; the caller must drain `blob` afterwards if it
-/// hashes it (a compressed stream may go on past the end of the tar archive).
+/// when the decompressed stream does not hash to `diff_id`, and with `UnpackLimit` when it
+/// goes over `limits` or the `image` budget; the caller discards `dest` on any error. A pull
+/// calls this while it downloads; the caller must drain `blob` afterwards if it hashes it (a
+/// compressed stream may go on past the end of the tar archive).
 pub(crate) fn unpack_layer_from<R: Read>(
     blob: R,
     dest: &Path,
     diff_id: &Digest,
     layer: &str,
+    limits: UnpackLimits,
+    image: Option<ImageBudget>,
 ) -> Result<u64, StoreError> {
-    let what = format!("layer {layer}");
-    let stream = HashingReader::new(decompressed(blob, &what)?);
-    let mut archive = tar::Archive::new(stream);
-    let mut extractor = Extractor {
-        root: dest,
-        layer,
-        dir_times: HashMap::new(),
-        size_bytes: 0,
-    };
-    let read_ctx = || format!("reading the tar stream of layer {layer}");
-    for entry in archive.entries().ctx(read_ctx)? {
-        let mut entry = entry.ctx(read_ctx)?;
-        extractor.extract(&mut entry)?;
-    }
-    let (actual, _) = archive.into_inner().finish().ctx(read_ctx)?;
+    let budget = LayerBudget::new(layer, limits, image);
+    let (actual, size) = unpack_stream(blob, dest, layer, budget)?;
     if &actual != diff_id {
         return Err(StoreError::DigestMismatch {
             what: format!("uncompressed content (diff_id) of layer {layer}"),
@@ -62,8 +69,62 @@ pub(crate) fn unpack_layer_from<R: Read>(
             actual,
         });
     }
+    Ok(size)
+}
+
+/// Extracts an untrusted tar archive (plain, gzip or zstd) into the existing directory `dest`
+/// under exactly the rules a layer is unpacked by (see the module docs), held to the
+/// per-layer `limits`; `what` names the archive in errors. Returns the bytes of file content
+/// written. On error `dest` may hold part of the archive (never anything outside it): the
+/// caller discards it. OCI whiteout names become overlayfs whiteouts, as in a layer.
+pub fn unpack_archive<R: Read>(
+    archive: R,
+    dest: &Path,
+    what: &str,
+    limits: UnpackLimits,
+) -> Result<u64, StoreError> {
+    let budget = LayerBudget::new(what, limits, None);
+    unpack_stream(archive, dest, what, budget).map(|(_, size)| size)
+}
+
+/// The extraction itself: returns the digest of the decompressed stream and the layer size.
+fn unpack_stream<R: Read>(
+    blob: R,
+    dest: &Path,
+    layer: &str,
+    budget: LayerBudget,
+) -> Result<(Digest, u64), StoreError> {
+    let what = format!("layer {layer}");
+    // The cap sits under the hasher, so the drain after the end of the archive is capped too.
+    let capped = CappedReader::new(decompressed(blob, &what)?, budget.limit_bytes());
+    let mut archive = tar::Archive::new(HashingReader::new(capped));
+    let mut extractor = Extractor {
+        root: dest,
+        layer,
+        dir_times: HashMap::new(),
+        budget,
+    };
+    let read_error = |extractor: &Extractor<'_>, err: io::Error| {
+        if is_stream_too_long(&err) {
+            extractor.budget.stream_too_long()
+        } else {
+            StoreError::io(format!("reading the tar stream of layer {layer}"), err)
+        }
+    };
+    let entries = archive
+        .entries()
+        .map_err(|err| read_error(&extractor, err))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|err| read_error(&extractor, err))?;
+        extractor.budget.charge_entry()?;
+        extractor.extract(&mut entry)?;
+    }
+    let (actual, _) = archive
+        .into_inner()
+        .finish()
+        .map_err(|err| read_error(&extractor, err))?;
     extractor.apply_dir_times()?;
-    Ok(extractor.size_bytes)
+    Ok((actual, extractor.budget.bytes()))
 }
 
 /// Ownership, permissions, times and xattrs of one entry, read before its data is consumed.
@@ -80,7 +141,7 @@ struct Extractor<'a> {
     layer: &'a str,
     /// Directory mtimes are applied last: creating children would otherwise bump them.
     dir_times: HashMap<PathBuf, (i64, u32)>,
-    size_bytes: u64,
+    budget: LayerBudget,
 }
 
 impl Extractor<'_> {
@@ -127,16 +188,25 @@ impl Extractor<'_> {
             self.apply(&target, &meta, false, &shown)?;
             self.dir_times.insert(target, meta.mtime);
         } else if kind.is_file() || kind.is_contiguous() || kind.is_gnu_sparse() {
+            // Charged up front, at the apparent size (a GNU sparse entry's full length), so an
+            // entry over the budget writes nothing.
+            self.budget.charge_bytes(entry.size())?;
             self.clear(&target, false, &shown)?;
-            let mut file = OpenOptions::new()
+            let file = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(&target)
                 .ctx(|| ctx("creating file"))?;
-            let written = io::copy(entry, &mut file).ctx(|| ctx("writing file"))?;
-            self.size_bytes = self.size_bytes.saturating_add(written);
+            // The tar crate hands a sparse entry's holes over as zeros; they become holes again.
+            copy_sparse(entry, &file).map_err(|err| {
+                if is_stream_too_long(&err) {
+                    self.budget.stream_too_long()
+                } else {
+                    StoreError::io(ctx("writing file"), err)
+                }
+            })?;
             drop(file);
             self.apply(&target, &meta, false, &shown)?;
             self.set_times(&target, meta.mtime, &shown)?;
@@ -162,18 +232,32 @@ impl Extractor<'_> {
                 .unwrap_or_default();
             self.hard_link(&target, &link, &shown)?;
         } else if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
-            let node_kind = if kind.is_character_special() {
-                libc::S_IFCHR
-            } else if kind.is_block_special() {
-                libc::S_IFBLK
-            } else {
-                libc::S_IFIFO
-            };
             let header = entry.header();
             let bad = || self.unsafe_entry(&shown, "has an unreadable device number");
             // `None` only for pre-POSIX headers, which have no device fields at all.
             let major = header.device_major().map_err(|_| bad())?.unwrap_or(0);
             let minor = header.device_minor().map_err(|_| bad())?.unwrap_or(0);
+            let node_kind = if kind.is_fifo() {
+                libc::S_IFIFO
+            } else if kind.is_character_special() && (major, minor) == (0, 0) {
+                // An overlayfs-format whiteout: no device behind it.
+                libc::S_IFCHR
+            } else {
+                // A device node in a layer is a host device node in the store, and one more
+                // way into the host should a mount ever lose `nodev`; sandboxes get their
+                // devices from the runtime, never from images.
+                let node = if kind.is_block_special() {
+                    "block"
+                } else {
+                    "character"
+                };
+                return Err(self.unsafe_entry(
+                    &shown,
+                    format!(
+                        "is a {node} device ({major}:{minor}); device nodes are not allowed in images"
+                    ),
+                ));
+            };
             self.clear(&target, false, &shown)?;
             syscalls::mknod(&target, node_kind, major, minor)
                 .ctx(|| ctx("creating device node"))?;
@@ -210,6 +294,12 @@ impl Extractor<'_> {
             for record in pax {
                 let record = record.map_err(|_| bad("PAX header"))?;
                 let key = record.key_bytes();
+                if key.starts_with(PAX_SPARSE_PREFIX) {
+                    return Err(self.unsafe_entry(
+                        shown,
+                        "uses the PAX sparse format, which is not supported (GNU sparse entries are)",
+                    ));
+                }
                 if key == b"mtime" {
                     mtime = record
                         .value()
@@ -223,6 +313,15 @@ impl Extractor<'_> {
                             entry = shown,
                             xattr = %String::from_utf8_lossy(name),
                             "ignoring overlayfs-private xattr from a layer"
+                        );
+                        continue;
+                    }
+                    if !xattr_allowed(name) {
+                        tracing::debug!(
+                            layer = self.layer,
+                            entry = shown,
+                            xattr = %String::from_utf8_lossy(name),
+                            "dropping an xattr outside user.* and security.capability"
                         );
                         continue;
                     }
@@ -241,7 +340,7 @@ impl Extractor<'_> {
 
     /// Walks (creating as needed) the parent directories of an entry, refusing to pass through
     /// anything but real directories, so no write can be redirected outside the layer.
-    fn ensure_parents(&self, parents: &[&OsStr], shown: &str) -> Result<PathBuf, StoreError> {
+    fn ensure_parents(&mut self, parents: &[&OsStr], shown: &str) -> Result<PathBuf, StoreError> {
         let mut current = self.root.to_path_buf();
         for (depth, component) in parents.iter().enumerate() {
             current.push(component);
@@ -261,6 +360,9 @@ impl Extractor<'_> {
                     ));
                 }
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    // Implicit parents are entries too: one deep path must not create an
+                    // unbounded number of directories for free.
+                    self.budget.charge_entry()?;
                     let ctx = || format!("creating parent directory {:?} of {shown:?}", prefix());
                     DirBuilder::new().mode(0o755).create(&current).ctx(ctx)?;
                     // Explicit, because a setgid parent from an earlier entry would otherwise

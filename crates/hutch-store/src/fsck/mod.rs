@@ -577,7 +577,7 @@ fn unpack_again(store: &Store, layer: &PlannedLayer) -> Result<(), StoreError> {
     let unpacked = staging.subdir("layers")?;
     let blob = blob_path(&store.blobs_dir(), &layer.blob);
     let file = File::open(&blob).ctx(|| format!("opening {}", blob.display()))?;
-    unpack_into(&unpacked, file, layer)?;
+    unpack_into(&unpacked, file, layer, store.unpack_limits(), None)?;
     let tmp = File::open(store.tmp_dir()).ctx(|| "opening the staging area".to_string())?;
     syscalls::syncfs(&tmp).ctx(|| "flushing the unpacked layer to disk".to_string())?;
     let dest = store.layers_dir().join(layer.diff_id.hex());
