@@ -1,6 +1,9 @@
 //! The HTTP side of the distribution API: one client for every registry, which knows which
 //! registries are plain HTTP, authenticates when challenged (Basic, or a Bearer token from
 //! the registry's realm, cached per repository and access) and maps answers to typed errors.
+//! Every body it reads into memory is capped ([`crate::body`]); under an [`EgressPolicy`]
+//! (a server pulling for API clients) every connection is checked against the policy and
+//! network failures are reported without their cause.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Once};
@@ -10,6 +13,8 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, RANGE, WWW_AUTHENTICATE}
 use reqwest::{Method, Response, StatusCode};
 
 use crate::auth::{self, Challenge, Credentials};
+use crate::body::{self, CappedError};
+use crate::egress::{self, Denied, EgressPolicy};
 use crate::error::RegistryError;
 use crate::reference::Reference;
 
@@ -28,6 +33,9 @@ pub struct ClientConfig {
     pub insecure: Vec<String>,
     /// Used for every registry instead of Docker's config.
     pub credentials: Option<Credentials>,
+    /// Where pulls may connect, for a server pulling on behalf of API clients; `None` (the
+    /// CLI pulling for its own user) reaches anything.
+    pub egress: Option<EgressPolicy>,
 }
 
 impl ClientConfig {
@@ -44,6 +52,7 @@ impl ClientConfig {
         Self {
             insecure,
             credentials: None,
+            egress: None,
         }
     }
 }
@@ -76,17 +85,37 @@ impl Client {
         PROVIDER.call_once(|| {
             let _ = rustls::crypto::ring::default_provider().install_default();
         });
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(Duration::from_secs(60))
-            .user_agent(concat!("hutch/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| RegistryError::Transport {
-                reference: String::new(),
-                registry: String::new(),
-                detail: format!("setting up the HTTP client: {e}"),
-                hint: String::new(),
-            })?;
+            .user_agent(concat!("hutch/", env!("CARGO_PKG_VERSION")));
+        if let Some(policy) = &config.egress {
+            let policy = Arc::new(policy.clone());
+            let hops = Arc::clone(&policy);
+            builder = builder
+                .dns_resolver(egress::Resolver {
+                    policy: Arc::clone(&policy),
+                })
+                // Registries redirect blob downloads (to CDNs): each hop is checked like the
+                // first request (its name by the resolver when it connects).
+                .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                    if attempt.previous().len() >= 10 {
+                        return attempt.error("too many redirects");
+                    }
+                    match hops.check_url(attempt.url()) {
+                        Ok(()) => attempt.follow(),
+                        Err(denied) => attempt.error(denied),
+                    }
+                }))
+                // A proxy would resolve names where the policy cannot see the addresses.
+                .no_proxy();
+        }
+        let http = builder.build().map_err(|e| RegistryError::Transport {
+            reference: String::new(),
+            registry: String::new(),
+            detail: format!("setting up the HTTP client: {e}"),
+            hint: String::new(),
+        })?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
@@ -111,6 +140,13 @@ impl Client {
         if let Some(c) = &self.inner.config.credentials {
             return Ok(Some(c.clone()));
         }
+        // A server's own Docker login is not lent to every API client's pull: only to the
+        // registries its operator listed (or to all, when they said so).
+        if let Some(policy) = &self.inner.config.egress
+            && !policy.credentials_for(&r.registry)
+        {
+            return Ok(None);
+        }
         let mut cache = self.inner.credentials.lock().expect("credentials lock");
         if let Some(c) = cache.get(&r.registry) {
             return Ok(c.clone());
@@ -128,13 +164,45 @@ impl Client {
         format!("{} {} {push}", r.registry, r.repository)
     }
 
+    fn refused(r: &Reference, denied: &Denied) -> RegistryError {
+        RegistryError::Refused {
+            reference: r.to_string(),
+            registry: r.registry.clone(),
+            reason: denied.to_string(),
+        }
+    }
+
+    /// Checks a request's URL against the policy, if any, before it is sent.
+    fn admit_url(&self, r: &Reference, url: &str) -> Result<(), RegistryError> {
+        let Some(policy) = &self.inner.config.egress else {
+            return Ok(());
+        };
+        let parsed = reqwest::Url::parse(url).map_err(|e| RegistryError::InvalidReference {
+            reference: r.to_string(),
+            reason: format!("{url:?} is not a URL: {e}"),
+        })?;
+        policy.check_url(&parsed).map_err(|d| Self::refused(r, &d))
+    }
+
     fn transport(&self, r: &Reference, e: reqwest::Error) -> RegistryError {
         let mut detail = e.to_string();
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
+            if let Some(denied) = s.downcast_ref::<Denied>() {
+                return Self::refused(r, denied);
+            }
             detail.push_str(": ");
             detail.push_str(&s.to_string());
             source = s.source();
+        }
+        if self.inner.config.egress.is_some() {
+            // Refused, timed out, reset or not HTTP: told apart, these would map the
+            // server's network for whoever names the image. The operator sees the cause.
+            tracing::warn!(reference = %r, registry = %r.registry, error = %detail, "registry unreachable");
+            return RegistryError::Unreachable {
+                reference: r.to_string(),
+                registry: r.registry.clone(),
+            };
         }
         let hint = if !self.insecure(r)
             && (e.is_connect()
@@ -169,11 +237,23 @@ impl Client {
         body: Body,
         push: bool,
     ) -> Result<Response, RegistryError> {
+        if let Some(policy) = &self.inner.config.egress
+            && !policy.allows_registry(&r.registry)
+        {
+            return Err(RegistryError::Refused {
+                reference: r.to_string(),
+                registry: r.registry.clone(),
+                reason:
+                    "it is not on the server's registry allowlist (hutch serve --allow-registry)"
+                        .into(),
+            });
+        }
         let url = if path_or_url.starts_with("http://") || path_or_url.starts_with("https://") {
             path_or_url.to_string()
         } else {
             format!("{}{path_or_url}", self.base(r))
         };
+        self.admit_url(r, &url)?;
         let mut challenged = false;
         loop {
             let mut req = self
@@ -253,6 +333,7 @@ impl Client {
                 let mut url = reqwest::Url::parse(&realm).map_err(|e| {
                     unauthorized(format!("the token realm {realm:?} is not a URL: {e}"))
                 })?;
+                self.admit_realm(r, &url)?;
                 url.query_pairs_mut().extend_pairs(params.iter());
                 let mut req = self.inner.http.get(url);
                 if let Some(c) = &creds {
@@ -265,7 +346,9 @@ impl Client {
                         resp.status()
                     )));
                 }
-                let bytes = resp.bytes().await.map_err(|e| self.transport(r, e))?;
+                let bytes = self
+                    .read_body(r, resp, body::TOKEN_LIMIT, "the token service's answer")
+                    .await?;
                 let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
                     unauthorized(format!(
                         "the token service {realm} sent malformed JSON: {e}"
@@ -288,6 +371,49 @@ impl Client {
         Ok(())
     }
 
+    /// A Bearer realm gets the credentials (as in Docker), so it must be https: plain HTTP
+    /// only on the very host of a registry the user named insecure. Under a policy it must
+    /// also be an address the policy allows (checked here for literal addresses, by the
+    /// resolver for names).
+    fn admit_realm(&self, r: &Reference, url: &reqwest::Url) -> Result<(), RegistryError> {
+        let (registry_host, _) = egress::split_host_port(&r.registry);
+        let realm_host = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let plain_ok = self.insecure(r) && realm_host == registry_host;
+        if url.scheme() != "https" && !(url.scheme() == "http" && plain_ok) {
+            return Err(RegistryError::Refused {
+                reference: r.to_string(),
+                registry: r.registry.clone(),
+                reason: format!(
+                    "its token service {url} is not https (credentials and tokens would cross the network in clear)"
+                ),
+            });
+        }
+        self.admit_url(r, url.as_str())
+    }
+
+    /// A response body read into memory, at most `limit` bytes (a typed error beyond).
+    pub(crate) async fn read_body(
+        &self,
+        r: &Reference,
+        resp: Response,
+        limit: u64,
+        what: &str,
+    ) -> Result<bytes::Bytes, RegistryError> {
+        body::read_capped(resp, limit).await.map_err(|e| match e {
+            CappedError::TooLarge { limit } => RegistryError::TooLarge {
+                reference: r.to_string(),
+                what: what.to_string(),
+                limit,
+            },
+            CappedError::Transport(e) => self.transport(r, e),
+        })
+    }
+
     /// Fails on anything but 2xx, naming `what` in the error.
     pub async fn check(
         &self,
@@ -300,13 +426,24 @@ impl Client {
             return Ok(resp);
         }
         let url = resp.url().to_string();
-        let body = resp.text().await.unwrap_or_default();
-        let body: String = body.chars().take(300).collect();
+        let body = body::read_prefix(resp, body::ERROR_BODY_LIMIT).await;
+        let body: String = String::from_utf8_lossy(&body).chars().take(300).collect();
+        // Under a policy the answer of whatever the reference pointed at is not echoed to
+        // the API client (nor where a redirect led); the log keeps it.
+        let (url, body) = if self.inner.config.egress.is_some() {
+            tracing::warn!(reference = %r, %url, %status, body = %body.trim(), "registry error");
+            (r.registry.clone(), String::new())
+        } else {
+            (url, body)
+        };
         Err(match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RegistryError::Unauthorized {
                 reference: r.to_string(),
                 registry: r.registry.clone(),
-                detail: format!("{status} for {what}: {}", body.trim()),
+                detail: match body.trim() {
+                    "" => format!("{status} for {what}"),
+                    body => format!("{status} for {what}: {body}"),
+                },
             },
             StatusCode::NOT_FOUND => RegistryError::NotFound {
                 reference: r.to_string(),
@@ -342,7 +479,7 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or_default().trim().to_string())
             .unwrap_or_default();
-        let bytes = resp.bytes().await.map_err(|e| self.transport(r, e))?;
+        let bytes = self.read_body(r, resp, body::MANIFEST_LIMIT, &what).await?;
         Ok((bytes, media_type))
     }
 

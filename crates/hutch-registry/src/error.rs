@@ -82,6 +82,27 @@ pub enum RegistryError {
         expected: u64,
     },
 
+    #[error("{reference}: {what} is larger than {}; refused", human(*limit))]
+    TooLarge {
+        reference: String,
+        what: String,
+        limit: u64,
+    },
+
+    /// A connection refused before it was made: by a server's [`crate::EgressPolicy`], or
+    /// a token realm that would get credentials over plain HTTP.
+    #[error("{reference}: refusing to pull from {registry}: {reason}")]
+    Refused {
+        reference: String,
+        registry: String,
+        reason: String,
+    },
+
+    /// A connection failed, under an [`crate::EgressPolicy`]: the cause (refused, timed out,
+    /// reset) is logged, not told, so that API clients cannot use pulls to scan ports.
+    #[error("{reference}: registry {registry} is unreachable")]
+    Unreachable { reference: String, registry: String },
+
     /// The store's message already carries its causes, so it is not also a `source`
     /// (which would print them twice in an error chain).
     #[error("{reference}: {error}")]
@@ -92,6 +113,15 @@ pub enum RegistryError {
 
     #[error("{reference}: reading credentials: {detail}")]
     Credentials { reference: String, detail: String },
+}
+
+/// `4 MiB`, `64 KiB`, or bytes.
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} bytes"),
+    }
 }
 
 impl RegistryError {

@@ -3,10 +3,14 @@
 //!
 //! A pull verifies everything it receives (manifest digests when pinned, the config's and
 //! every layer's digest and size, every layer's diff_id) and publishes nothing until all of
-//! it is in; layers the store already has are not downloaded.
+//! it is in; layers the store already has are not downloaded. Nothing a registry sends is
+//! read whole before its size is checked, and a server pulling for API clients sets an
+//! [`EgressPolicy`] on where its pulls may connect.
 
 mod auth;
+mod body;
 mod client;
+mod egress;
 mod error;
 mod events;
 mod manifest;
@@ -15,7 +19,9 @@ mod push;
 mod reference;
 
 pub use auth::Credentials;
+pub use body::{CONFIG_LIMIT, MANIFEST_LIMIT};
 pub use client::{Client, ClientConfig, INSECURE_ENV};
+pub use egress::EgressPolicy;
 pub use error::RegistryError;
 pub use events::{Event, Renderer, Sink};
 pub use pull::pull;

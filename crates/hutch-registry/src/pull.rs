@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use hutch_store::{Digest, Image, Ingest, IngestLayer, Store};
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::body::CONFIG_LIMIT;
 use crate::client::Client;
 use crate::error::RegistryError;
 use crate::events::{Event, Sink};
@@ -22,8 +23,6 @@ use crate::reference::Reference;
 const CONCURRENT_LAYERS: usize = 3;
 /// Attempts per layer before a dropped download is an error.
 const ATTEMPTS: u32 = 4;
-/// Largest manifest, index or config accepted.
-const SMALL_LIMIT: usize = 4 << 20;
 
 fn digest_of(bytes: &[u8]) -> String {
     Digest::of_bytes(bytes).to_string()
@@ -52,7 +51,6 @@ pub async fn pull(
     let wanted = r.manifest_reference().to_string();
     let (mut body, content_type) = client.manifest(r, &wanted).await?;
     let mut kind = manifest::kind(&content_type, &body);
-    check_small(r, &body, "the manifest")?;
     if let Some(pinned) = &r.digest {
         let actual = digest_of(&body);
         if &actual != pinned {
@@ -75,7 +73,6 @@ pub async fn pull(
         })?;
         let digest = chosen.digest.clone();
         let (b, ct) = client.manifest(r, &digest).await?;
-        check_small(r, &b, "the manifest")?;
         let actual = digest_of(&b);
         if actual != digest {
             return Err(RegistryError::DigestMismatch {
@@ -114,7 +111,10 @@ pub async fn pull(
         }
     }
     let manifest_digest = Digest::of_bytes(&body);
-    let total: u64 = parsed.layers.iter().map(|l| l.size).sum();
+    let total = parsed
+        .layers
+        .iter()
+        .fold(0u64, |sum, l| sum.saturating_add(l.size));
     events(Event::Resolved {
         reference: r.to_string(),
         manifest_digest: manifest_digest.to_string(),
@@ -217,18 +217,7 @@ pub async fn pull(
     Ok(image)
 }
 
-fn check_small(r: &Reference, body: &[u8], what: &str) -> Result<(), RegistryError> {
-    if body.len() > SMALL_LIMIT {
-        return Err(RegistryError::Malformed {
-            reference: r.to_string(),
-            what: what.to_string(),
-            detail: format!("larger than {} MiB", SMALL_LIMIT >> 20),
-        });
-    }
-    Ok(())
-}
-
-/// A config blob, verified.
+/// A config blob, verified; never more than its descriptor's size is read.
 async fn fetch_small(
     client: &Client,
     r: &Reference,
@@ -236,18 +225,17 @@ async fn fetch_small(
     size: u64,
     what: &str,
 ) -> Result<Bytes, RegistryError> {
-    if size as usize > SMALL_LIMIT {
-        return Err(RegistryError::Malformed {
+    if size > CONFIG_LIMIT {
+        return Err(RegistryError::TooLarge {
             reference: r.to_string(),
-            what: format!("the {what}"),
-            detail: format!("announced as {size} bytes, over {} MiB", SMALL_LIMIT >> 20),
+            what: format!("the {what} (its manifest says {size} bytes)"),
+            limit: CONFIG_LIMIT,
         });
     }
     let (resp, _) = client.blob(r, digest, 0).await?;
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| client.transport_error(r, e))?;
+    let bytes = client
+        .read_body(r, resp, size, &format!("the {what} {digest}"))
+        .await?;
     let actual = digest_of(&bytes);
     if actual != digest || bytes.len() as u64 != size {
         return Err(RegistryError::DigestMismatch {
@@ -333,6 +321,15 @@ async fn feed(
                         if chunk.is_empty() {
                             continue;
                         }
+                    }
+                    // Never more than the descriptor says: the store would refuse the excess
+                    // too, but a registry streaming forever should not be read forever.
+                    if delivered + chunk.len() as u64 > desc.size {
+                        return Err(RegistryError::TooLarge {
+                            reference: r.to_string(),
+                            what: format!("layer {}", desc.digest),
+                            limit: desc.size,
+                        });
                     }
                     delivered += chunk.len() as u64;
                     if tx.send(chunk).await.is_err() {

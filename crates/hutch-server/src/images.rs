@@ -1,7 +1,9 @@
 //! Images on the server: the implicit pull of a create that names an image (as the
 //! server's `--pull` policy says: when the store lacks it, always, or never),
 //! and `POST /hutch/v1/images/pull`, which pulls while streaming the registry client's
-//! progress events as JSON lines.
+//! progress events as JSON lines. The server pulls on its API clients' behalf, so its
+//! registry client carries the operator's [`EgressPolicy`]: an image reference cannot aim
+//! the server at its own network, and a failed pull tells the client no more than that.
 
 use std::sync::Arc;
 
@@ -9,26 +11,33 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hutch_registry::{Client, ClientConfig, Event, PullPolicy, Reference, RegistryError};
+use hutch_registry::{
+    Client, ClientConfig, EgressPolicy, Event, PullPolicy, Reference, RegistryError,
+};
 use serde::Deserialize;
 
 use crate::App;
 use crate::error::ApiError;
 
 /// The registry client the server pulls with (insecure registries from
-/// `HUTCH_INSECURE_REGISTRIES`, credentials from Docker's config of the server's user).
-pub fn client() -> anyhow::Result<Client> {
-    Ok(Client::new(ClientConfig::from_env(&[]))?)
+/// `HUTCH_INSECURE_REGISTRIES`; credentials from Docker's config of the server's user, for
+/// the registries `egress` lends them to), every connection checked against `egress`.
+pub fn client(egress: &EgressPolicy) -> anyhow::Result<Client> {
+    let mut config = ClientConfig::from_env(&[]);
+    config.egress = Some(egress.clone());
+    Ok(Client::new(config)?)
 }
 
 fn pull_failed(reference: &str, e: &RegistryError) -> ApiError {
-    let status = match e {
-        RegistryError::InvalidReference { .. } => StatusCode::BAD_REQUEST,
-        _ => StatusCode::NOT_FOUND,
+    tracing::info!(%reference, error = %e, "pull failed");
+    let (status, code) = match e {
+        RegistryError::InvalidReference { .. } => (StatusCode::BAD_REQUEST, "image_not_found"),
+        RegistryError::Refused { .. } => (StatusCode::FORBIDDEN, "registry_not_allowed"),
+        _ => (StatusCode::NOT_FOUND, "image_not_found"),
     };
     ApiError::new(
         status,
-        "image_not_found",
+        code,
         format!("image {reference:?} is not in the store and could not be pulled: {e}"),
     )
 }
