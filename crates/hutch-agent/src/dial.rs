@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use crate::api;
@@ -22,14 +23,34 @@ pub fn socket_path() -> PathBuf {
     PathBuf::from(hutch_wire::AGENT_SOCKET_DIR).join(hutch_wire::AGENT_SOCKET_NAME)
 }
 
-pub async fn serve_forever(procs: Processes, ptys: PtySessions) {
+pub async fn serve_forever(procs: Processes, ptys: PtySessions, secret: Option<String>) {
     let path = socket_path();
     let mut backoff = FIRST_BACKOFF;
     loop {
         match UnixStream::connect(&path).await {
-            Ok(stream) => {
-                backoff = FIRST_BACKOFF;
+            Ok(mut stream) => {
+                // Proves to the host that this connection is the agent's (see
+                // `hutch_wire::AGENT_PREFACE_TAG`); the host drops any that does not.
+                if let Some(secret) = &secret {
+                    let preface =
+                        [hutch_wire::AGENT_PREFACE_TAG, secret.as_bytes(), b"\n"].concat();
+                    if stream.write_all(&preface).await.is_err() {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                }
+                let started = tokio::time::Instant::now();
                 serve(stream, procs.clone(), ptys.clone()).await;
+                // A session that lasted was a real one: dial again at once. One that ended
+                // straight away was refused (the host still holds a live connection) and
+                // backs off like a failed dial.
+                if started.elapsed() > Duration::from_secs(1) {
+                    backoff = FIRST_BACKOFF;
+                } else {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
             }
             Err(_) => {
                 tokio::time::sleep(backoff).await;

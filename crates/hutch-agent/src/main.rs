@@ -12,6 +12,7 @@ mod files;
 mod http;
 mod memory;
 mod output;
+mod pids;
 mod process;
 mod pty;
 mod rootfs_build;
@@ -53,10 +54,13 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // Before any other process exists: once read, the secret lives only in this process.
+    let secret = take_secret();
     let mut config = config;
     let boot = config.boot.take();
     runtime.block_on(async move {
         let limit = config.memory_limit_bytes;
+        let pids_limit = config.pids_limit;
         let procs = Processes::new(config);
         tokio::spawn(process::reap(procs.clone()));
         // First, before the dial home: a one-shot sandbox's command does not wait for it.
@@ -67,9 +71,25 @@ fn main() {
         if let Some(limit) = limit {
             tokio::spawn(memory::watch(procs.clone(), limit));
         }
+        if let Some(limit) = pids_limit {
+            tokio::spawn(pids::watch(limit));
+        }
         let ptys = pty::PtySessions::new(procs.clone());
-        dial::serve_forever(procs, ptys).await;
+        dial::serve_forever(procs, ptys, secret).await;
     });
+}
+
+/// Reads the per-boot secret the host left in the socket directory and removes the file
+/// (see [`hutch_wire::AGENT_SECRET_FILE`]). `None` from a host that wrote none.
+fn take_secret() -> Option<String> {
+    let path =
+        std::path::Path::new(hutch_wire::AGENT_SOCKET_DIR).join(hutch_wire::AGENT_SECRET_FILE);
+    let secret = std::fs::read_to_string(&path).ok()?;
+    if let Err(e) = std::fs::remove_file(&path) {
+        eprintln!("hutch-agent: removing {}: {e}", path.display());
+    }
+    let secret = secret.trim().to_string();
+    (secret.len() == hutch_wire::AGENT_SECRET_LEN).then_some(secret)
 }
 
 /// Starts the boot process on the agent's stdio, then hands that stdio over for good: the

@@ -50,7 +50,17 @@ pub struct SandboxSpec {
     /// sandbox's writable layer (image builds); by default runsc mounts a fresh tmpfs there.
     #[serde(default)]
     pub tmp_in_rootfs: bool,
+    /// The most processes (and threads) that may exist in the sandbox at once; `None` is
+    /// [`DEFAULT_PIDS_LIMIT`]. There is always a limit: every process in a sandbox costs
+    /// the host processes and threads, so a fork bomb must end inside it (`EAGAIN`).
+    #[serde(default)]
+    pub pids_limit: Option<u32>,
 }
+
+/// The pids limit of a sandbox whose spec names none.
+pub const DEFAULT_PIDS_LIMIT: u32 = 1024;
+/// The largest pids limit a spec may ask for.
+pub const MAX_PIDS_LIMIT: u32 = 32768;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -18,6 +18,9 @@ mod capability;
 mod error;
 pub mod gvisor;
 
-pub use backend::{Backend, NetworkMode, Sandbox, SandboxInfo, SandboxSpec, SandboxState};
+pub use backend::{
+    Backend, DEFAULT_PIDS_LIMIT, MAX_PIDS_LIMIT, NetworkMode, Sandbox, SandboxInfo, SandboxSpec,
+    SandboxState,
+};
 pub use capability::{Capabilities, Capability, CapabilityName, CapabilityReason};
 pub use error::{Result, RetryClass, RuntimeError};

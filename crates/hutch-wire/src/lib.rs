@@ -31,6 +31,15 @@ pub use pty::{
 pub const AGENT_SOCKET_DIR: &str = "/run/hutch";
 /// File name of the dial-home socket inside [`AGENT_SOCKET_DIR`].
 pub const AGENT_SOCKET_NAME: &str = "agent.sock";
+/// File name, inside [`AGENT_SOCKET_DIR`], of the per-boot secret the agent proves itself
+/// with on every dial. The host writes it before the sandbox starts; the agent reads it and
+/// removes it before any other process exists, so code in the sandbox cannot dial home as
+/// the agent (and take over the link the proxy forwards clients' requests over).
+pub const AGENT_SECRET_FILE: &str = "agent.secret";
+/// What the agent writes first on every connection, followed by the secret (hex) and `\n`.
+pub const AGENT_PREFACE_TAG: &[u8] = b"HUTCH-AGENT-1 ";
+/// Length of the secret in hex characters.
+pub const AGENT_SECRET_LEN: usize = 64;
 /// Environment variable through which the runtime hands the agent its boot configuration.
 pub const AGENT_CONFIG_ENV: &str = "HUTCH_AGENT_CONFIG";
 /// File name, inside [`AGENT_SOCKET_DIR`], of the [`BootOutcome`] the agent writes when its
@@ -68,6 +77,11 @@ pub struct AgentConfig {
     /// higher as a backstop, would take down the whole sandbox.
     #[serde(default)]
     pub memory_limit_bytes: Option<u64>,
+    /// The most processes and threads the sandbox may hold. The agent ends the session
+    /// that passes it (a fork bomb), before the host's cgroup backstop, set well above,
+    /// would take down the whole sandbox.
+    #[serde(default)]
+    pub pids_limit: Option<u32>,
     /// Bytes of output kept per process for late followers.
     #[serde(default)]
     pub output_buffer_bytes: Option<usize>,

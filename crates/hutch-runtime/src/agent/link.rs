@@ -52,6 +52,48 @@ struct Inner {
     path: PathBuf,
 }
 
+impl Inner {
+    /// Whether the current connection is still open.
+    fn live(&self) -> bool {
+        self.current
+            .lock()
+            .ok()
+            .is_some_and(|cur| cur.as_ref().is_some_and(|c| !c.sender.is_closed()))
+    }
+
+    /// Makes `stream`, an agent's connection, the current one.
+    async fn adopt(&self, stream: tokio::net::UnixStream) {
+        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        builder
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(16 << 20)
+            .max_frame_size(256 << 10)
+            .keep_alive_interval(Duration::from_secs(15))
+            .keep_alive_timeout(Duration::from_secs(30));
+        let Ok(socket) = stream.as_fd().try_clone_to_owned() else {
+            return;
+        };
+        let Ok((sender, conn)) = builder.handshake(TokioIo::new(stream)).await else {
+            return;
+        };
+        let connection = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let previous = self.current.lock().ok().and_then(|mut cur| {
+            cur.replace(Current {
+                sender,
+                connection,
+                socket,
+            })
+        });
+        if let Some(prev) = previous {
+            prev.close();
+        }
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Ok(mut acceptor) = self.acceptor.lock()
@@ -70,9 +112,36 @@ impl Drop for Inner {
 #[derive(Clone)]
 pub struct AgentLink(Arc<Inner>);
 
+/// How long a new connection has to prove it is the agent.
+const PREFACE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections still proving themselves at once; more are dropped unread, so code in the
+/// sandbox cannot pile up connections on the host.
+const MAX_PENDING: usize = 8;
+
+/// Reads the agent's preface (see [`hutch_wire::AGENT_PREFACE_TAG`]) and checks the secret.
+async fn authenticate(stream: &mut tokio::net::UnixStream, secret: &str) -> bool {
+    use tokio::io::AsyncReadExt;
+    let tag = hutch_wire::AGENT_PREFACE_TAG;
+    let mut preface = vec![0u8; tag.len() + hutch_wire::AGENT_SECRET_LEN + 1];
+    let read = tokio::time::timeout(PREFACE_TIMEOUT, stream.read_exact(&mut preface)).await;
+    if !matches!(read, Ok(Ok(_))) {
+        return false;
+    }
+    let expected = [tag, secret.as_bytes(), b"\n"].concat();
+    // Constant time: the comparison does not stop at the first wrong byte.
+    expected.len() == preface.len()
+        && expected
+            .iter()
+            .zip(&preface)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 impl AgentLink {
-    /// Listens at `path`, replacing a stale socket left by an earlier owner.
-    pub fn listen(path: &Path) -> Result<Self> {
+    /// Listens at `path`, replacing a stale socket left by an earlier owner. With `secret`,
+    /// only a connection that opens with it is taken for the agent, and only while no live
+    /// connection exists: a live, healthy link is never replaced.
+    pub fn listen(path: &Path, secret: Option<String>) -> Result<Self> {
         if path.as_os_str().len() >= 104 {
             return Err(RuntimeError::InvalidSpec {
                 reason: format!(
@@ -96,9 +165,10 @@ impl AgentLink {
             path: path.to_path_buf(),
         });
         let weak = Arc::downgrade(&inner);
+        let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING));
         let task = tokio::spawn(async move {
             loop {
-                let stream = match listener.accept().await {
+                let mut stream = match listener.accept().await {
                     Ok((stream, _)) => stream,
                     Err(_) => {
                         // Out of descriptors or similar: do not spin.
@@ -106,37 +176,33 @@ impl AgentLink {
                         continue;
                     }
                 };
-                let Some(inner) = weak.upgrade() else {
+                if weak.strong_count() == 0 {
                     return;
-                };
-                let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-                builder.timer(TokioTimer::new());
-                builder
-                    .initial_stream_window_size(4 << 20)
-                    .initial_connection_window_size(16 << 20)
-                    .max_frame_size(256 << 10)
-                    .keep_alive_interval(Duration::from_secs(15))
-                    .keep_alive_timeout(Duration::from_secs(30));
-                let Ok(socket) = stream.as_fd().try_clone_to_owned() else {
-                    continue;
-                };
-                let Ok((sender, conn)) = builder.handshake(TokioIo::new(stream)).await else {
-                    continue;
-                };
-                let connection = tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                let previous = inner.current.lock().ok().and_then(|mut cur| {
-                    cur.replace(Current {
-                        sender,
-                        connection,
-                        socket,
-                    })
-                });
-                if let Some(prev) = previous {
-                    prev.close();
                 }
-                inner.generation.send_modify(|g| *g += 1);
+                let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+                    continue;
+                };
+                let weak = weak.clone();
+                let secret = secret.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Some(secret) = &secret
+                        && !authenticate(&mut stream, secret).await
+                    {
+                        tracing::warn!(
+                            "refused a connection to an agent socket that did not prove to be the agent"
+                        );
+                        return;
+                    }
+                    let Some(inner) = weak.upgrade() else {
+                        return;
+                    };
+                    if secret.is_some() && inner.live() {
+                        tracing::warn!("refused a second agent connection while the first is live");
+                        return;
+                    }
+                    inner.adopt(stream).await;
+                });
             }
         });
         if let Ok(mut acceptor) = inner.acceptor.lock() {

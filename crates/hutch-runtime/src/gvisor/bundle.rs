@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use hutch_wire::AgentConfig;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    UserBuilder,
 };
 
 use crate::error::{Result, RuntimeError};
@@ -24,6 +25,9 @@ pub struct BundleSpec<'a> {
     /// The host cgroup limit: the user's limit plus headroom (the agent enforces the user's).
     pub memory_backstop_bytes: Option<u64>,
     pub cgroup: Option<PathBuf>,
+    /// The host cgroup's `pids.max`: the sandbox's own limit (which the agent enforces
+    /// inside) times what one guest process costs the host, as a backstop.
+    pub pids_backstop: i64,
     /// Bind the rootfs's own `/tmp` over `/tmp` instead of runsc's tmpfs.
     pub tmp_in_rootfs: bool,
 }
@@ -117,13 +121,20 @@ pub fn build(spec: &BundleSpec<'_>) -> Result<Spec> {
             .build()
             .map_err(invalid)?,
     );
-    if spec.tmp_in_rootfs && spec.rootfs.join("tmp").is_dir() {
+    if spec.tmp_in_rootfs
+        && let Some(tmp) = rootfs_tmp(spec.rootfs)
+    {
         mounts.push(
             MountBuilder::default()
                 .destination("/tmp")
                 .typ("bind")
-                .source(spec.rootfs.join("tmp"))
-                .options(vec!["bind".into(), "rw".into()])
+                .source(tmp)
+                .options(vec![
+                    "bind".into(),
+                    "rw".into(),
+                    "nosuid".into(),
+                    "nodev".into(),
+                ])
                 .build()
                 .map_err(invalid)?,
         );
@@ -134,8 +145,14 @@ pub fn build(spec: &BundleSpec<'_>) -> Result<Spec> {
         .linux()
         .clone()
         .unwrap_or_else(|| LinuxBuilder::default().build().unwrap_or_default());
-    if spec.cpus.is_some() || spec.memory_backstop_bytes.is_some() {
-        let mut resources = LinuxResourcesBuilder::default();
+    {
+        // Always a cgroup, whatever the caller asked for: the pids limit is not optional.
+        let mut resources = LinuxResourcesBuilder::default().pids(
+            LinuxPidsBuilder::default()
+                .limit(spec.pids_backstop)
+                .build()
+                .map_err(invalid)?,
+        );
         if let Some(bytes) = spec.memory_backstop_bytes {
             resources = resources.memory(
                 LinuxMemoryBuilder::default()
@@ -156,12 +173,20 @@ pub fn build(spec: &BundleSpec<'_>) -> Result<Spec> {
         }
         linux.set_resources(Some(resources.build().map_err(invalid)?));
         linux.set_cgroups_path(spec.cgroup.clone());
-    } else {
-        linux.set_resources(None);
-        linux.set_cgroups_path(None);
     }
     oci.set_linux(Some(linux));
     Ok(oci)
+}
+
+/// The image's own `/tmp` as a host path runsc can bind without following anything out of
+/// the rootfs: image content decides what `/tmp` is (a symlink to `/etc` gave a RUN step the
+/// host's `/etc`), so it is resolved inside the rootfs, as the sandbox would see it, into a
+/// path with no symlink left. `None` when it is missing or not a directory: runsc's tmpfs
+/// (inside gVisor) serves `/tmp` then. The rootfs does not change before runsc reads the
+/// spec: its layers are immutable and the sandbox has not started.
+fn rootfs_tmp(rootfs: &Path) -> Option<PathBuf> {
+    let real = hutch_store::rooted::real_path(rootfs, Path::new("/tmp")).ok()?;
+    hutch_store::rooted::is_dir(rootfs, Path::new("/tmp")).then_some(real)
 }
 
 pub fn write(spec: &Spec, bundle_dir: &Path) -> Result<()> {

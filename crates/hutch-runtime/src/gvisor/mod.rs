@@ -22,7 +22,10 @@ use hutch_store::Store;
 use hutch_wire::{AgentConfig, BootOutcome, StartProcess};
 
 use crate::agent::{AgentClient, AgentLink};
-use crate::backend::{Backend, NetworkMode, Sandbox, SandboxInfo, SandboxSpec, SandboxState};
+use crate::backend::{
+    Backend, DEFAULT_PIDS_LIMIT, MAX_PIDS_LIMIT, NetworkMode, Sandbox, SandboxInfo, SandboxSpec,
+    SandboxState,
+};
 use crate::capability::{Capabilities, CapabilityName as C, CapabilityReason};
 use crate::error::{Result, RuntimeError};
 use persist::SandboxRecord;
@@ -87,6 +90,19 @@ fn caller_output(fd: i32) -> Result<(Stdio, Option<std::thread::JoinHandle<()>>)
 }
 use runsc::last_lines;
 
+/// Creates `dir` (and its parents) if missing and makes it 0700, also when it already existed
+/// with a wider mode (state directories made by older versions were 0755).
+fn private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| RuntimeError::io(format!("making {} private", dir.display()), e))
+}
+
 const BACKEND: &str = "gvisor";
 /// How long a new sandbox's agent has to dial home.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -118,9 +134,12 @@ impl GvisorBackend {
                 message: format!("agent binary {} not found", config.agent_binary.display()),
             });
         }
+        // The state directory holds every sandbox's files, sockets and image-controlled
+        // setuid binaries: no other host user may traverse it.
         let sandboxes = config.home.join("sandboxes");
-        std::fs::create_dir_all(&sandboxes)
-            .map_err(|e| RuntimeError::io(format!("creating {}", sandboxes.display()), e))?;
+        for dir in [&config.home, &sandboxes] {
+            private_dir(dir)?;
+        }
         let runsc = Runsc::detect(config.home.join("runsc"))?;
         Ok(Self {
             home: config.home,
@@ -210,10 +229,15 @@ impl GvisorBackend {
             dir.join("work"),
             dir.join("run"),
         );
-        for d in [&rootfs_dir, &upper, &work, &run] {
+        // The sandbox's directory is private to root. `upper` stays 0755: overlayfs shows its
+        // mode as the sandbox's `/`. `run` is 0700 so that only root inside the sandbox (the
+        // agent) reaches the dial-home socket.
+        private_dir(&dir)?;
+        for d in [&rootfs_dir, &upper, &work] {
             std::fs::create_dir_all(d)
                 .map_err(|e| RuntimeError::io(format!("creating {}", d.display()), e))?;
         }
+        private_dir(&run)?;
         let created_at = now_ms();
         let record = SandboxRecord {
             id: id.to_string(),
@@ -222,8 +246,10 @@ impl GvisorBackend {
             layers: image.layers.iter().map(ToString::to_string).collect(),
             created_at,
             spec: spec.clone(),
+            agent_secret: Some(random_hex(hutch_wire::AGENT_SECRET_LEN / 2)?),
         };
         record.save(&dir)?;
+        write_secret(&run, record.agent_secret.as_deref().unwrap_or_default())?;
         self.store.pin(id, &image.layers)?;
         let lower: Vec<PathBuf> = image
             .layers
@@ -253,6 +279,7 @@ impl GvisorBackend {
                 .or(image.config.user.clone())
                 .filter(|u| !u.is_empty()),
             memory_limit_bytes: spec.memory_mb.map(|mb| mb << 20),
+            pids_limit: Some(spec.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT)),
             output_buffer_bytes: None,
             boot: boot.map(|(process, _)| process.clone()),
         };
@@ -272,11 +299,15 @@ impl GvisorBackend {
                 user + (user / 2).max(256 << 20)
             }),
             cgroup: Some(PathBuf::from(format!("/hutch/{id}"))),
+            pids_backstop: host_pids_backstop(spec.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT)),
             tmp_in_rootfs: spec.tmp_in_rootfs,
         })?;
         bundle::write(&oci, &dir.join("bundle"))?;
 
-        let link = AgentLink::listen(&run.join(hutch_wire::AGENT_SOCKET_NAME))?;
+        let link = AgentLink::listen(
+            &run.join(hutch_wire::AGENT_SOCKET_NAME),
+            record.agent_secret.clone(),
+        )?;
         let mut copiers = Vec::new();
         let stdio = match boot {
             None => runsc::SupervisorStdio::Log(dir.join("console.log")),
@@ -295,10 +326,9 @@ impl GvisorBackend {
                 }
             }
         };
-        let limited = spec.cpus.is_some() || spec.memory_mb.is_some();
         let supervisor = self
             .runsc
-            .spawn_supervisor(id, &dir.join("bundle"), stdio, limited)?;
+            .spawn_supervisor(id, &dir.join("bundle"), stdio, true)?;
         let info = SandboxInfo {
             id: id.to_string(),
             state: SandboxState::Running,
@@ -347,11 +377,19 @@ impl GvisorBackend {
             let _ = tokio::task::spawn_blocking(move || copier.join()).await;
         }
         let run_dir = self.dir(&id).join("run");
-        let outcome = std::fs::read(run_dir.join(hutch_wire::BOOT_OUTCOME_FILE))
+        // The run directory is writable from inside: a planted symlink is refused, not
+        // followed (it would show a host file in the error below), and sizes are bounded.
+        let read_run = |name: &str, max: u64| {
+            hutch_store::rooted::read_no_follow(&run_dir, std::path::Path::new(name), max)
+        };
+        let outcome = read_run(hutch_wire::BOOT_OUTCOME_FILE, 64 << 10)
             .ok()
             .and_then(|bytes| serde_json::from_slice::<BootOutcome>(&bytes).ok());
-        let log =
-            std::fs::read_to_string(run_dir.join(hutch_wire::AGENT_LOG_FILE)).unwrap_or_default();
+        let log = read_run(hutch_wire::AGENT_LOG_FILE, 1 << 20)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        // Read before teardown removes the cgroup.
+        let pids_hit = pids_limit_reached(&id);
         drop(run.agent);
         self.forget_link(&id);
         if let Err(e) = self.teardown(&id).await {
@@ -360,6 +398,17 @@ impl GvisorBackend {
 
         if let Some(outcome) = outcome {
             return Ok(outcome);
+        }
+        if pids_hit {
+            return Err(RuntimeError::BackendFailure {
+                backend: BACKEND,
+                message: format!(
+                    "the sandbox ended: its processes reached the host's limit of {} tasks \
+                     (a fork bomb?); the limit inside is {} processes",
+                    host_pids_backstop(run.info.spec.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT)),
+                    run.info.spec.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT),
+                ),
+            });
         }
         // No outcome file: a plain exit, whose code the agent made runsc's.
         match status.as_ref().ok().and_then(|s| s.code()) {
@@ -423,7 +472,8 @@ impl GvisorBackend {
         // runsc creates `/run` for those two when the image has none: not content either.
         let image_has_run = record.layers.iter().any(|l| {
             hutch_store::Digest::parse(l)
-                .map(|d| self.store.layer_dir(&d).join("run").exists())
+                // The entry itself, never what a symlink there points to on the host.
+                .map(|d| std::fs::symlink_metadata(self.store.layer_dir(&d).join("run")).is_ok())
                 .unwrap_or(false)
         });
         if !image_has_run {
@@ -448,6 +498,13 @@ impl GvisorBackend {
         {
             return Err(RuntimeError::InvalidSpec {
                 reason: format!("cpus must be between 0 and 1024, got {cpus}"),
+            });
+        }
+        if let Some(pids) = spec.pids_limit
+            && !(16..=MAX_PIDS_LIMIT).contains(&pids)
+        {
+            return Err(RuntimeError::InvalidSpec {
+                reason: format!("pids_limit must be between 16 and {MAX_PIDS_LIMIT}, got {pids}"),
             });
         }
         if let Some(mb) = spec.memory_mb
@@ -485,8 +542,9 @@ impl GvisorBackend {
         let link = self.cached_link(id).or_else(|| {
             // Not ours yet (created by another process): connect briefly if it runs.
             let socket = self.dir(id).join("run").join(hutch_wire::AGENT_SOCKET_NAME);
+            let secret = self.record(id).ok()?.agent_secret;
             (self.runsc.knows(id) && socket.exists())
-                .then(|| AgentLink::listen(&socket).ok())
+                .then(|| AgentLink::listen(&socket, secret).ok())
                 .flatten()
         });
         if let Some(link) = link {
@@ -639,6 +697,7 @@ impl Backend for GvisorBackend {
             None => {
                 let link = AgentLink::listen(
                     &self.dir(id).join("run").join(hutch_wire::AGENT_SOCKET_NAME),
+                    record.agent_secret.clone(),
                 )?;
                 link.wait_connected(BOOT_TIMEOUT).await?;
                 if let Ok(mut links) = self.links.lock() {
@@ -743,8 +802,50 @@ pub fn validate_id(id: &str) -> Result<()> {
     }
 }
 
+/// The host tasks (processes and threads) a sandbox of `limit` guest processes may use:
+/// under gVisor's ptrace platform each guest process costs the host about 8 (measured: 500
+/// `sleep`s, ~4,000 host threads), plus the Sentry's own. Reaching it makes the Sentry
+/// panic, so the agent's limit inside must act long before.
+fn host_pids_backstop(limit: u32) -> i64 {
+    i64::from(limit) * 12 + 256
+}
+
+/// Whether the sandbox's host pids cgroup ever refused a task (`pids.events`: `max N`).
+fn pids_limit_reached(id: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/fs/cgroup/pids/hutch/{id}/pids.events"))
+        .ok()
+        .and_then(|events| {
+            events
+                .lines()
+                .find_map(|l| l.strip_prefix("max ")?.trim().parse::<u64>().ok())
+        })
+        .is_some_and(|n| n > 0)
+}
+
+/// Writes the agent's secret where only it will read it (see
+/// [`hutch_wire::AGENT_SECRET_FILE`]), owner-only, replacing anything planted there.
+fn write_secret(run: &std::path::Path, secret: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = run.join(hutch_wire::AGENT_SECRET_FILE);
+    let _ = std::fs::remove_file(&path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .and_then(|mut f| f.write_all(secret.as_bytes()))
+        .map_err(|e| RuntimeError::io(format!("writing {}", path.display()), e))
+}
+
 fn random_id() -> Result<String> {
-    let mut bytes = [0u8; 10];
+    random_hex(10)
+}
+
+/// `n` random bytes, as hex.
+fn random_hex(n: usize) -> Result<String> {
+    let mut bytes = vec![0u8; n];
     let file = std::fs::File::open("/dev/urandom")
         .map_err(|e| RuntimeError::io("opening /dev/urandom", e))?;
     std::io::Read::read_exact(&mut &file, &mut bytes)

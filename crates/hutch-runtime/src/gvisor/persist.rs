@@ -17,6 +17,10 @@ pub struct SandboxRecord {
     pub layers: Vec<String>,
     pub created_at: i64,
     pub spec: SandboxSpec,
+    /// The secret its agent proves itself with when it dials home (hex); absent in records
+    /// of sandboxes started by versions without one, whose agents send none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_secret: Option<String>,
 }
 
 impl SandboxRecord {

@@ -50,7 +50,9 @@ pub fn mount_overlay(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path
             c"overlay".as_ptr(),
             target_c.as_ptr(),
             c"overlay".as_ptr(),
-            0,
+            // Layers hold image-controlled setuid binaries and device nodes; on the host they
+            // must mean nothing (gVisor applies their meaning inside, itself).
+            libc::MS_NOSUID | libc::MS_NODEV,
             data_c.as_ptr().cast(),
         )
     };
