@@ -13,7 +13,7 @@ use hutch_wire::frame::encode_parts;
 use hutch_wire::{CreatePty, ListPtySessions, pty::PTY_TOKEN_HEADER};
 use hutch_wire::{
     DaemonInfo, ErrorBody, ExitInfo, FrameKind, HealthResponse, ListProcessesResponse, OutputEvent,
-    OutputResponse, RunEvent, SendSignalRequest, SendSignalResponse, StartProcess,
+    RunEvent, SendSignalRequest, SendSignalResponse, StartProcess,
 };
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -235,7 +235,7 @@ async fn process_route(
             Ok(empty(StatusCode::OK))
         }
         (&Method::GET, [stream @ ("stdout" | "stderr" | "output")]) => {
-            ok_json(&snapshot_lines(&procs, pid, stream_filter(stream))?)
+            snapshot_lines(&procs, pid, stream_filter(stream))
         }
         (&Method::GET, [stream @ ("stdout" | "stderr" | "output"), "follow"]) => {
             Ok(follow_sse(procs, pid, stream_filter(stream)))
@@ -278,29 +278,89 @@ async fn write_stdin(procs: &Processes, pid: i32, mut body: Incoming) -> Result<
     Ok(())
 }
 
+/// `GET .../stdout|stderr|output`: every retained line as one JSON document. It is written
+/// as it is read, batch by batch, so the agent holds a bounded amount however large the
+/// output (a piece of a line is at most [`MAX_LINE`](crate::output::MAX_LINE) bytes, six
+/// times that in JSON), and it covers output up to the request, so a busy process cannot
+/// make it endless. Its total is bounded by the process's ring.
 fn snapshot_lines(
     procs: &Processes,
     pid: i32,
     filter: Option<Stream>,
-) -> Result<OutputResponse, ApiError> {
-    let slice = procs.with(pid, |p| p.output.read_from(0))?;
-    let mut split = LineSplitter::default();
-    let mut lines = Vec::new();
-    for chunk in slice
-        .chunks
-        .iter()
-        .filter(|c| filter.is_none_or(|f| f == c.stream))
-    {
-        lines.extend(split.push(chunk.stream, &chunk.data));
+) -> Result<Response<Body>, ApiError> {
+    let end = procs.with(pid, |p| p.output.next_seq())?;
+    let procs = procs.clone();
+    let (tx, body) = http::channel(4);
+    tokio::spawn(async move {
+        let mut doc = JsonLines::new(pid);
+        let mut split = LineSplitter::default();
+        let mut cursor = 0;
+        while cursor < end {
+            let Ok(slice) = procs.with(pid, |p| p.output.read_batch(cursor, READ_BATCH)) else {
+                break;
+            };
+            let chunks: Vec<&Chunk> = slice.chunks.iter().take_while(|c| c.seq < end).collect();
+            let Some(last) = chunks.last() else {
+                break;
+            };
+            cursor = last.seq + 1;
+            for chunk in chunks {
+                if filter.is_none_or(|f| f == chunk.stream) {
+                    doc.extend(split.push(chunk.stream, &chunk.data));
+                }
+                if let Some(full) = doc.take_full()
+                    && tx.send(full).await.is_err()
+                {
+                    return;
+                }
+            }
+        }
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            doc.extend(split.finish(stream));
+        }
+        let _ = tx.send(doc.close()).await;
+    });
+    Ok(http::streaming("application/json", body))
+}
+
+/// An [`hutch_wire::OutputResponse`] written piece by piece: `{"pid":..,"lines":[..],
+/// "line_count":..}`, handed out in parts of about [`JSON_PART`] bytes.
+struct JsonLines {
+    buf: Vec<u8>,
+    count: usize,
+}
+
+/// The size at which a part of a streamed JSON document is handed to the connection.
+const JSON_PART: usize = 64 << 10;
+
+impl JsonLines {
+    fn new(pid: i32) -> Self {
+        Self {
+            buf: format!("{{\"pid\":{pid},\"lines\":[").into_bytes(),
+            count: 0,
+        }
     }
-    for stream in [Stream::Stdout, Stream::Stderr] {
-        lines.extend(split.finish(stream));
+
+    fn extend(&mut self, lines: impl IntoIterator<Item = String>) {
+        for line in lines {
+            if self.count > 0 {
+                self.buf.push(b',');
+            }
+            // Serializing a string into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut self.buf, &line);
+            self.count += 1;
+        }
     }
-    Ok(OutputResponse {
-        pid: pid as i64,
-        line_count: lines.len() as i64,
-        lines,
-    })
+
+    fn take_full(&mut self) -> Option<Bytes> {
+        (self.buf.len() >= JSON_PART).then(|| Bytes::from(std::mem::take(&mut self.buf)))
+    }
+
+    fn close(mut self) -> Bytes {
+        self.buf
+            .extend_from_slice(format!("],\"line_count\":{}}}", self.count).as_bytes());
+        Bytes::from(self.buf)
+    }
 }
 
 /// What a follower is handed, in order.
@@ -311,53 +371,85 @@ enum Event<'a> {
     Idle,
 }
 
+/// Raw output bytes a follower takes from the log per read: what it pins of chunks the ring
+/// evicts meanwhile, and what it renders before sending, stay bounded.
+const READ_BATCH: usize = 256 << 10;
+/// Raw bytes an SSE follower splits into lines at once. An empty line is some 60 bytes of
+/// event, so this bounds what one render produces (about 500 KiB) before it is sent.
+const SSE_PIECE: usize = 8 << 10;
+
 /// Feeds `render`'s output for every event of `pid`'s log from `cursor` on into `tx`, until
-/// the process finished and everything was delivered, or the client went away.
+/// the process finished and everything was delivered, or the client went away. With
+/// `piece`, chunks are handed to `render` in slices of at most that many bytes (same
+/// sequence number), and each render's output is sent before the next is made.
 async fn pump(
     procs: Processes,
     pid: i32,
     mut cursor: u64,
     tx: mpsc::Sender<Bytes>,
+    piece: Option<usize>,
     mut render: impl FnMut(Event<'_>) -> Vec<Bytes> + Send,
 ) {
     loop {
-        let Ok((slice, mut changed)) =
-            procs.with(pid, |p| (p.output.read_from(cursor), p.output.subscribe()))
-        else {
+        let Ok((slice, mut changed)) = procs.with(pid, |p| {
+            (
+                p.output.read_batch(cursor, READ_BATCH),
+                p.output.subscribe(),
+            )
+        }) else {
             return;
         };
-        let mut out = Vec::new();
-        if let Some(first) = slice.first_available {
-            out.extend(render(Event::Gap(first)));
+        if let Some(first) = slice.first_available
+            && !send_all(&tx, render(Event::Gap(first))).await
+        {
+            return;
         }
+        let more = !slice.chunks.is_empty();
         for chunk in &slice.chunks {
             cursor = chunk.seq + 1;
-            out.extend(render(Event::Chunk(chunk)));
-        }
-        if slice.closed {
-            let exit = procs.with(pid, |p| p.exit.clone()).ok().flatten();
-            out.extend(render(Event::End(exit)));
-        }
-        for bytes in out {
-            if tx.send(bytes).await.is_err() {
-                return;
+            let step = piece.unwrap_or(usize::MAX).max(1);
+            let mut at = 0;
+            while at < chunk.data.len() {
+                let upto = chunk.data.len().min(at.saturating_add(step));
+                let part = Chunk {
+                    data: chunk.data.slice(at..upto),
+                    ..chunk.clone()
+                };
+                if !send_all(&tx, render(Event::Chunk(&part))).await {
+                    return;
+                }
+                at = upto;
             }
         }
         if slice.closed {
+            let exit = procs.with(pid, |p| p.exit.clone()).ok().flatten();
+            send_all(&tx, render(Event::End(exit))).await;
             return;
+        }
+        if more {
+            // The batch may have stopped short of the end: read on before waiting.
+            continue;
         }
         match tokio::time::timeout(HEARTBEAT, changed.changed()).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
             Err(_) => {
-                for bytes in render(Event::Idle) {
-                    if tx.send(bytes).await.is_err() {
-                        return;
-                    }
+                if !send_all(&tx, render(Event::Idle)).await {
+                    return;
                 }
             }
         }
     }
+}
+
+/// Sends every part in order; false when the client went away.
+async fn send_all(tx: &mpsc::Sender<Bytes>, parts: Vec<Bytes>) -> bool {
+    for bytes in parts {
+        if tx.send(bytes).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 fn sse_lines(split: &mut LineSplitter, chunk: &Chunk, filter: Option<Stream>) -> Vec<Bytes> {
@@ -390,12 +482,19 @@ fn flush_lines(split: &mut LineSplitter, filter: Option<Stream>) -> Vec<Bytes> {
 fn follow_sse(procs: Processes, pid: i32, filter: Option<Stream>) -> Response<Body> {
     let (tx, body) = http::channel(16);
     let mut split = LineSplitter::default();
-    tokio::spawn(pump(procs, pid, 0, tx, move |event| match event {
-        Event::Chunk(chunk) => sse_lines(&mut split, chunk, filter),
-        Event::End(_) => flush_lines(&mut split, filter),
-        Event::Gap(_) => Vec::new(),
-        Event::Idle => vec![Bytes::from_static(b": keepalive\n\n")],
-    }));
+    tokio::spawn(pump(
+        procs,
+        pid,
+        0,
+        tx,
+        Some(SSE_PIECE),
+        move |event| match event {
+            Event::Chunk(chunk) => sse_lines(&mut split, chunk, filter),
+            Event::End(_) => flush_lines(&mut split, filter),
+            Event::Gap(_) => Vec::new(),
+            Event::Idle => vec![Bytes::from_static(b": keepalive\n\n")],
+        },
+    ));
     http::streaming("text/event-stream", body)
 }
 
@@ -412,18 +511,25 @@ fn run_sse(procs: Processes, spec: StartProcess) -> Result<Response<Body>, ApiEr
         if tx.send(started).await.is_err() {
             return;
         }
-        pump(procs, pid, 0, tx, move |event| match event {
-            Event::Chunk(chunk) => sse_lines(&mut split, chunk, None),
-            Event::End(exit) => {
-                let mut out = flush_lines(&mut split, None);
-                if let Some(exit) = exit {
-                    out.push(http::sse_event(&RunEvent::Exited(exit)));
+        pump(
+            procs,
+            pid,
+            0,
+            tx,
+            Some(SSE_PIECE),
+            move |event| match event {
+                Event::Chunk(chunk) => sse_lines(&mut split, chunk, None),
+                Event::End(exit) => {
+                    let mut out = flush_lines(&mut split, None);
+                    if let Some(exit) = exit {
+                        out.push(http::sse_event(&RunEvent::Exited(exit)));
+                    }
+                    out
                 }
-                out
-            }
-            Event::Gap(_) => Vec::new(),
-            Event::Idle => vec![Bytes::from_static(b": keepalive\n\n")],
-        })
+                Event::Gap(_) => Vec::new(),
+                Event::Idle => vec![Bytes::from_static(b": keepalive\n\n")],
+            },
+        )
         .await;
     });
     Ok(http::streaming("text/event-stream", body))
@@ -445,7 +551,7 @@ fn framed(procs: Processes, pid: i32, from: u64, started_at: Option<i64>) -> Res
                 return;
             }
         }
-        pump(procs, pid, from, tx, |event| {
+        pump(procs, pid, from, tx, None, |event| {
             let mut out = Vec::new();
             match event {
                 Event::Chunk(chunk) => {

@@ -30,7 +30,7 @@ use crate::users::{self, Identity};
 /// How long a process's pipes may stay open after it exited (held by its children).
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// Finished processes kept for `get`/`list` before the oldest are forgotten.
-const KEEP_FINISHED: usize = 1024;
+const KEEP_FINISHED: usize = 256;
 
 pub type StdinHandle = Arc<tokio::sync::Mutex<Option<pipe::Sender>>>;
 
@@ -127,6 +127,10 @@ pub struct Table {
     /// Children reaped on behalf of someone else (see [`Processes::watch_exit`]).
     exit_watchers: HashMap<i32, oneshot::Sender<i32>>,
     config: AgentConfig,
+    /// Bytes of output kept per process (see [`output_capacity`]).
+    output_capacity: usize,
+    /// Bytes of output kept across all finished processes (see [`finished_output_budget`]).
+    finished_budget: usize,
     pub total_started: u64,
     pub boot_ms: i64,
 }
@@ -136,10 +140,13 @@ pub struct Processes(Arc<Mutex<Table>>);
 
 impl Processes {
     pub fn new(config: AgentConfig) -> Self {
+        let output_capacity = output_capacity(&config);
         Self(Arc::new(Mutex::new(Table {
             procs: BTreeMap::new(),
             names: HashMap::new(),
             exit_watchers: HashMap::new(),
+            finished_budget: finished_output_budget(&config).max(output_capacity),
+            output_capacity,
             config,
             total_started: 0,
             boot_ms: now_ms(),
@@ -240,7 +247,6 @@ impl Processes {
                 )));
             }
         }
-        let config = self.config();
         let launch = self.prepare_launch(
             spec.user.as_ref(),
             spec.env.as_ref(),
@@ -275,7 +281,7 @@ impl Processes {
         drop(child);
 
         let stdin_sender = stdin.and_then(|fd| pipe::Sender::from_owned_fd(fd).ok());
-        let capacity = config.output_buffer_bytes.unwrap_or(DEFAULT_OUTPUT_BUFFER);
+        let capacity = self.lock().output_capacity;
         let timeout = spec.timeout;
         let mut process = Process {
             pid,
@@ -305,7 +311,7 @@ impl Processes {
             // A pid is reused only after its previous holder was reaped and finished.
             table.procs.insert(pid, process);
             table.total_started += 1;
-            table.forget_oldest_finished();
+            table.trim_finished();
         }
         if let Some(secs) = timeout.filter(|s| *s > 0.0 && s.is_finite()) {
             let this = self.clone();
@@ -406,6 +412,7 @@ impl Processes {
                 p.open_pipes = p.open_pipes.saturating_sub(1);
                 p.maybe_finish();
             });
+            this.lock().trim_finished();
         });
     }
 
@@ -423,6 +430,7 @@ impl Processes {
                 p.exit.is_none()
             })
             .unwrap_or(false);
+        self.lock().trim_finished();
         if pending {
             let this = self.clone();
             tokio::spawn(async move {
@@ -432,8 +440,20 @@ impl Processes {
                         p.finish(status);
                     }
                 });
+                this.lock().trim_finished();
             });
         }
+    }
+
+    /// `(pid, bytes)` of the output the agent holds for each running process: memory the
+    /// agent spends on that process's behalf, which [`crate::memory`] charges to it.
+    pub fn buffered_output(&self) -> Vec<(i32, u64)> {
+        self.lock()
+            .procs
+            .values()
+            .filter(|p| p.is_running())
+            .map(|p| (p.pid, p.output.retained_bytes() as u64))
+            .collect()
     }
 
     /// Marks the tracked process whose group holds `victim` as killed for memory.
@@ -485,29 +505,68 @@ impl Processes {
 }
 
 impl Table {
-    fn forget_oldest_finished(&mut self) {
-        let finished: Vec<i32> = self
+    /// Keeps what finished processes hold within bounds: at most [`KEEP_FINISHED`] of them
+    /// are remembered, and their output totals at most the finished budget, the oldest
+    /// finished losing their output (not their exit status) first. Running processes keep
+    /// theirs: each is bounded by its own ring.
+    fn trim_finished(&mut self) {
+        let mut finished: Vec<(i64, i32)> = self
             .procs
             .values()
             .filter(|p| !p.is_running())
-            .map(|p| p.pid)
+            .map(|p| (p.ended_at.unwrap_or(0), p.pid))
             .collect();
-        if finished.len() <= KEEP_FINISHED {
-            return;
-        }
-        let mut by_end: Vec<(i64, i32)> = finished
-            .iter()
-            .filter_map(|pid| self.procs.get(pid).map(|p| (p.ended_at.unwrap_or(0), *pid)))
-            .collect();
-        by_end.sort_unstable();
-        for (_, pid) in by_end.iter().take(finished.len() - KEEP_FINISHED) {
-            if let Some(p) = self.procs.remove(pid)
+        finished.sort_unstable();
+        let excess = finished.len().saturating_sub(KEEP_FINISHED);
+        for (_, pid) in finished.drain(..excess) {
+            if let Some(p) = self.procs.remove(&pid)
                 && let Some(name) = p.spec.name
-                && self.names.get(&name) == Some(pid)
+                && self.names.get(&name) == Some(&pid)
             {
                 self.names.remove(&name);
             }
         }
+        let mut total: usize = finished
+            .iter()
+            .filter_map(|(_, pid)| self.procs.get(pid))
+            .map(|p| p.output.retained_bytes())
+            .sum();
+        for (_, pid) in &finished {
+            if total <= self.finished_budget {
+                break;
+            }
+            if let Some(p) = self.procs.get_mut(pid) {
+                total -= p.output.retained_bytes();
+                p.output.discard();
+            }
+        }
+    }
+}
+
+/// Output kept per process unless the config says: 8 MiB, or 1/32 of a smaller sandbox's
+/// memory (at least 1 MiB), so a few chatty processes cannot hold much of a small sandbox.
+fn output_capacity(config: &AgentConfig) -> usize {
+    if let Some(bytes) = config.output_buffer_bytes {
+        return bytes;
+    }
+    match config.memory_limit_bytes {
+        Some(limit) => usize::try_from(limit / 32)
+            .unwrap_or(usize::MAX)
+            .clamp(1 << 20, DEFAULT_OUTPUT_BUFFER),
+        None => DEFAULT_OUTPUT_BUFFER,
+    }
+}
+
+/// Output kept across all finished processes: 64 MiB, or 1/8 of a smaller sandbox's memory
+/// (at least 4 MiB). Without it, 256 finished processes of 8 MiB each would be 2 GiB held
+/// by the agent.
+fn finished_output_budget(config: &AgentConfig) -> usize {
+    const MAX: usize = 64 << 20;
+    match config.memory_limit_bytes {
+        Some(limit) => usize::try_from(limit / 8)
+            .unwrap_or(usize::MAX)
+            .clamp(4 << 20, MAX),
+        None => MAX,
     }
 }
 
@@ -639,5 +698,114 @@ pub async fn reap(processes: Processes) {
         if sigchld.recv().await.is_none() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process entry as the table holds one, with `bytes` of output, finished at
+    /// `ended_at` (or running).
+    fn entry(pid: i32, ended_at: Option<i64>, bytes: usize, capacity: usize) -> Process {
+        let mut output = OutputLog::new(capacity);
+        for _ in 0..bytes.div_ceil(64 << 10) {
+            output.push(Stream::Stdout, Bytes::from(vec![0u8; 64 << 10]), 0);
+        }
+        let exit = ended_at.map(|_| ExitInfo {
+            exit_code: Some(0),
+            signal: None,
+            oom_killed: false,
+            reason: ProcessExitReason::Exited,
+        });
+        if exit.is_some() {
+            output.close();
+        }
+        Process {
+            pid,
+            spec: StartProcess {
+                command: "true".into(),
+                name: Some(format!("p{pid}")),
+                ..StartProcess::default()
+            },
+            started_at: 0,
+            ended_at,
+            output,
+            stdin: Arc::new(tokio::sync::Mutex::new(None)),
+            exit,
+            wait_status: None,
+            open_pipes: 0,
+            oom_killed: false,
+            timed_out: false,
+        }
+    }
+
+    fn table(memory_limit: u64) -> Processes {
+        Processes::new(AgentConfig {
+            memory_limit_bytes: Some(memory_limit),
+            ..AgentConfig::default()
+        })
+    }
+
+    #[test]
+    fn small_sandboxes_keep_less_output() {
+        let small = table(256 << 20);
+        let t = small.lock();
+        assert_eq!(t.output_capacity, 8 << 20);
+        assert_eq!(t.finished_budget, 32 << 20);
+        drop(t);
+        let tiny = table(32 << 20);
+        let t = tiny.lock();
+        assert_eq!(t.output_capacity, 1 << 20);
+        assert_eq!(t.finished_budget, 4 << 20);
+        drop(t);
+        let unlimited = Processes::new(AgentConfig::default());
+        assert_eq!(unlimited.lock().finished_budget, 64 << 20);
+    }
+
+    #[test]
+    fn finished_output_is_capped_in_total_oldest_first_and_running_output_kept() {
+        let procs = table(256 << 20);
+        let mut t = procs.lock();
+        let capacity = t.output_capacity;
+        // 40 finished processes with a full 8 MiB each (320 MiB), and a running one.
+        for pid in 1..=40 {
+            t.procs
+                .insert(pid, entry(pid, Some(1000 + pid as i64), capacity, capacity));
+        }
+        t.procs.insert(100, entry(100, None, capacity, capacity));
+        t.trim_finished();
+        let finished: usize = t
+            .procs
+            .values()
+            .filter(|p| !p.is_running())
+            .map(|p| p.output.retained_bytes())
+            .sum();
+        assert!(finished <= t.finished_budget, "{finished}");
+        assert_eq!(t.procs.len(), 41, "exit statuses are all kept");
+        assert_eq!(t.procs[&1].output.retained_bytes(), 0, "oldest lose output");
+        assert_eq!(
+            t.procs[&40].output.retained_bytes(),
+            capacity,
+            "newest keep it"
+        );
+        assert_eq!(t.procs[&100].output.retained_bytes(), capacity);
+    }
+
+    #[test]
+    fn at_most_keep_finished_processes_are_remembered() {
+        let procs = table(1 << 30);
+        let mut t = procs.lock();
+        for pid in 1..=(KEEP_FINISHED as i32 + 50) {
+            t.procs
+                .insert(pid, entry(pid, Some(pid as i64), 1, 1 << 20));
+            t.names.insert(format!("p{pid}"), pid);
+        }
+        t.procs.insert(10_000, entry(10_000, None, 1, 1 << 20));
+        t.trim_finished();
+        assert_eq!(t.procs.len(), KEEP_FINISHED + 1);
+        assert!(!t.procs.contains_key(&50) && t.procs.contains_key(&51));
+        assert!(!t.names.contains_key("p50") && t.names.contains_key("p51"));
+        assert!(t.procs.contains_key(&10_000), "running processes stay");
     }
 }
