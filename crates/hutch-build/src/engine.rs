@@ -69,6 +69,62 @@ pub enum BuildEvent {
     },
 }
 
+/// The label naming the process that runs a RUN step's sandbox: `<pid>:<start time>`. A
+/// build's sandboxes end with the step, so one whose owner is gone (killed mid-build) is an
+/// orphan that [`sweep_orphans`] removes.
+pub const OWNER_LABEL: &str = "hutch.build.owner";
+
+/// This process, as [`OWNER_LABEL`] names it: the pid alone could be reused.
+fn owner_token() -> String {
+    let pid = std::process::id();
+    format!("{pid}:{}", start_time(pid).unwrap_or(0))
+}
+
+/// A process's start time (field 22 of `/proc/<pid>/stat`), in clock ticks since boot.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn owner_alive(token: &str) -> bool {
+    let Some((pid, started)) = token.split_once(':') else {
+        return false;
+    };
+    match (pid.parse::<u32>(), started.parse::<u64>()) {
+        (Ok(pid), Ok(started)) => start_time(pid) == Some(started),
+        _ => false,
+    }
+}
+
+/// Removes the RUN sandboxes of builds whose process is gone (a server or CLI killed
+/// mid-build): their mounts, layer pins and runsc containers would otherwise stay forever.
+/// Returns how many were removed.
+pub async fn sweep_orphans(backend: &GvisorBackend) -> usize {
+    let Ok(sandboxes) = backend.list().await else {
+        return 0;
+    };
+    let mut removed = 0;
+    for sandbox in sandboxes {
+        let labels = &sandbox.spec.labels;
+        if labels.get("hutch.build").map(String::as_str) != Some("run") {
+            continue;
+        }
+        // Sandboxes of builds from before owners were recorded count as orphans too: no
+        // build outlives its process.
+        if labels.get(OWNER_LABEL).is_some_and(|o| owner_alive(o)) {
+            continue;
+        }
+        match backend.delete(&sandbox.id).await {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::warn!(id = %sandbox.id, error = %e, "removing an orphaned build sandbox")
+            }
+        }
+    }
+    removed
+}
+
 /// The store image of a registered template's name, if there is such a template.
 pub type TemplateResolver = dyn Fn(&str) -> Option<String> + Send + Sync;
 
@@ -187,8 +243,11 @@ impl Engine<'_> {
         };
         let parsed: Dockerfile =
             dockerfile::parse(&req.dockerfile).map_err(|e| syntax(e.line, e.message.clone()))?;
+        // The context may be a client's upload: a `.dockerignore` symlink is not followed.
         let ignore_text =
-            std::fs::read_to_string(req.context.join(".dockerignore")).unwrap_or_default();
+            hutch_store::rooted::read_no_follow(&req.context, Path::new(".dockerignore"), 1 << 20)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
         let ignore = DockerIgnore::parse(&ignore_text);
 
         // Global ARGs: visible to FROM lines only, unless redeclared in a stage.
@@ -702,7 +761,7 @@ impl Engine<'_> {
         } else {
             resolve_owner(&view, &user).unwrap_or((0, 0))
         };
-        if view.host_path(dir).is_dir() {
+        if view.is_dir(dir) {
             drop(view);
             self.commit(state).await?;
             return Ok(());
@@ -780,7 +839,7 @@ impl Engine<'_> {
             }
             None => None,
         };
-        let dest_is_dir = view.host_path(&absolute).is_dir();
+        let dest_is_dir = view.is_dir(&absolute);
         // Docker: a destination ending in `/` (or `.`), several sources, a directory source
         // or an existing directory is a directory to copy into; otherwise the file's new path.
         let into_dir = absolute.ends_with('/')
@@ -835,7 +894,7 @@ impl Engine<'_> {
                     base.clone()
                 };
                 std::fs::create_dir_all(&dir).map_err(|e| BuildError::io("staging", e))?;
-                extract_tar(&entry.abs, &dir)
+                extract_tar(&entry.abs, &dir, self.store.unpack_limits())
                     .map_err(|e| err(format!("ADD {}: {e}", entry.rel.display())))?;
                 continue;
             }
@@ -906,7 +965,11 @@ impl Engine<'_> {
             .backend
             .create(SandboxSpec {
                 image: parent_image.name.clone(),
-                labels: [("hutch.build".to_string(), "run".to_string())].into(),
+                labels: [
+                    ("hutch.build".to_string(), "run".to_string()),
+                    (OWNER_LABEL.to_string(), owner_token()),
+                ]
+                .into(),
                 tmp_in_rootfs: true,
                 memory_mb: req.memory_mb,
                 cpus: req.cpus,
@@ -1010,14 +1073,17 @@ fn stage_parents(
         rel.push(comp);
         let target = staged.join(&rel);
         std::fs::create_dir_all(&target).map_err(|e| BuildError::io("staging a directory", e))?;
-        match std::fs::metadata(view.root().join(&rel)) {
+        // Image content: looked up as the image sees it, never through a host symlink.
+        match view.metadata(&rel) {
             Ok(meta) if meta.is_dir() => {
                 let _ = std::fs::set_permissions(
                     &target,
                     std::fs::Permissions::from_mode(meta.mode() & 0o7777),
                 );
                 let _ = std::os::unix::fs::chown(&target, Some(meta.uid()), Some(meta.gid()));
-                copy_mtime(&view.root().join(&rel), &target);
+                if let Ok(real) = view.real_path(&rel) {
+                    copy_mtime(&real, &target);
+                }
             }
             _ => {
                 let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755));
@@ -1129,24 +1195,19 @@ fn looks_like_tar(path: &Path) -> bool {
         || (n >= 262 && &head[257..262] == b"ustar")
 }
 
-/// ADD of a local archive: its contents, extracted into `dir` (the tar crate refuses
-/// entries that would land outside it).
-fn extract_tar(path: &Path, dir: &Path) -> Result<(), String> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut head = [0u8; 4];
-    let mut probe = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let _ = std::io::Read::read(&mut probe, &mut head);
-    let reader: Box<dyn std::io::Read> = if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::MultiGzDecoder::new(file))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::stream::read::Decoder::new(file).map_err(|e| e.to_string())?)
-    } else {
-        Box::new(file)
-    };
-    let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
-    archive.set_preserve_mtime(true);
-    archive.set_unpack_xattrs(true);
-    archive.unpack(dir).map_err(|e| e.to_string())
+/// ADD of a local archive: its contents, extracted into `dir` by the store's hardened
+/// unpacker, under the rules and the budget an image layer gets (no path out of `dir`, no
+/// device nodes, host-only xattrs dropped, sparse files sparse): a build context is as
+/// untrusted as an image.
+fn extract_tar(
+    path: &Path,
+    dir: &Path,
+    limits: hutch_store::UnpackLimits,
+) -> Result<(), hutch_store::StoreError> {
+    let what = format!("ADD archive {}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| hutch_store::StoreError::Io {
+        context: format!("opening {what}"),
+        source: e,
+    })?;
+    hutch_store::unpack_archive(file, dir, &what, limits).map(|_| ())
 }

@@ -8,6 +8,9 @@ use std::process::Command;
 
 use crate::error::BuildError;
 
+/// The largest `/etc/passwd` or `/etc/group` read (image content decides their size).
+const MAX_ACCOUNT_FILE: u64 = 4 << 20;
+
 pub struct MergedView {
     root: PathBuf,
     mounted: bool,
@@ -30,7 +33,7 @@ impl MergedView {
                 let dirs: Vec<String> = lower.iter().map(|d| d.display().to_string()).collect();
                 let status = Command::new("mount")
                     .args(["-t", "overlay", "overlay", "-o"])
-                    .arg(format!("ro,lowerdir={}", dirs.join(":")))
+                    .arg(format!("ro,nosuid,nodev,lowerdir={}", dirs.join(":")))
                     .arg(&root)
                     .status()
                     .map_err(|e| BuildError::io("running mount", e))?;
@@ -54,9 +57,28 @@ impl MergedView {
         &self.root
     }
 
-    /// `path` (absolute in the image) on the host, without following symlinks out.
-    pub fn host_path(&self, path: &str) -> PathBuf {
-        self.root.join(path.trim_start_matches('/'))
+    /// Whether `path` (absolute in the image) is a directory as the image sees it: symlinks
+    /// resolve inside the image, never on the host.
+    pub fn is_dir(&self, path: &str) -> bool {
+        hutch_store::rooted::is_dir(&self.root, Path::new(path))
+    }
+
+    /// The metadata of `path` as the image sees it.
+    pub fn metadata(&self, path: &Path) -> std::io::Result<std::fs::Metadata> {
+        hutch_store::rooted::metadata(&self.root, path)
+    }
+
+    /// `path` on the host, resolved inside the image into a path with no symlink.
+    pub fn real_path(&self, path: &Path) -> std::io::Result<PathBuf> {
+        hutch_store::rooted::real_path(&self.root, path)
+    }
+
+    /// A small text file of the image (`/etc/passwd`), read as the image sees it; empty when
+    /// missing or unreadable.
+    pub fn read_text(&self, path: &str) -> String {
+        hutch_store::rooted::read(&self.root, Path::new(path), MAX_ACCOUNT_FILE)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -74,8 +96,8 @@ pub fn resolve_owner(view: &MergedView, spec: &str) -> Result<(u32, u32), String
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let passwd = std::fs::read_to_string(view.host_path("/etc/passwd")).unwrap_or_default();
-    let groups = std::fs::read_to_string(view.host_path("/etc/group")).unwrap_or_default();
+    let passwd = view.read_text("/etc/passwd");
+    let groups = view.read_text("/etc/group");
     let (uid, primary) = match user.parse::<u32>() {
         Ok(uid) => (
             uid,

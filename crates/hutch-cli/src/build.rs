@@ -98,6 +98,11 @@ pub async fn build_image(
     };
     let templates = hutch_server::templates::Templates::open(&crate::home(), store.clone())?;
     let resolve = move |name: &str| templates.image_of(name);
+    // RUN sandboxes of builds killed midway (by this CLI or a server) end here.
+    let swept = hutch_build::engine::sweep_orphans(&backend).await;
+    if swept > 0 {
+        tracing::info!(swept, "removed sandboxes of interrupted builds");
+    }
     let engine = Engine {
         backend: &backend,
         store,
