@@ -40,6 +40,18 @@ pub async fn send(
     host: Option<&str>,
     body: Body,
 ) -> anyhow::Result<Response<Incoming>> {
+    send_with(base, method, path, host, &[], body).await
+}
+
+/// [`send`] with extra request headers.
+pub async fn send_with(
+    base: &str,
+    method: Method,
+    path: &str,
+    host: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Body,
+) -> anyhow::Result<Response<Incoming>> {
     let authority = authority(base)?;
     let stream = tokio::net::TcpStream::connect(&authority)
         .await
@@ -53,6 +65,9 @@ pub async fn send(
         .uri(path)
         .header("host", host.unwrap_or(&authority))
         .header("content-type", "application/json");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
     if let Ok(key) = std::env::var("HUTCH_API_KEY")
         && !key.is_empty()
     {
@@ -69,8 +84,20 @@ pub async fn json(
     host: Option<&str>,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
+    json_with(base, method, path, host, &[], body).await
+}
+
+/// [`json`] with extra request headers.
+pub async fn json_with(
+    base: &str,
+    method: Method,
+    path: &str,
+    host: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let body = body.map_or_else(|| full(Bytes::new()), |b| full(b.to_string()));
-    let resp = send(base, method, path, host, body).await?;
+    let resp = send_with(base, method, path, host, headers, body).await?;
     let status = resp.status();
     let bytes = resp.into_body().collect().await?.to_bytes();
     let value: Value = if bytes.is_empty() {

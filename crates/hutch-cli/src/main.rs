@@ -32,8 +32,8 @@ enum Command {
     /// Run a command in a new sandbox and exit with its exit code.
     ///
     /// Runs through a running `hutch serve` when $HUTCH_SERVER names one, or when the
-    /// server at the default address (127.0.0.1:8900) serves this same state directory
-    /// ($HUTCH_HOME); the sandbox is then the server's, created and deleted through its
+    /// server over this same state directory ($HUTCH_HOME) published itself there and proves
+    /// it with the secret it wrote; the sandbox is then the server's, created and deleted through its
     /// API. Otherwise, or with --local, the embedded runtime creates the sandbox in this
     /// process (root required). HUTCH_LOG=debug says which path was taken.
     Run(run::RunArgs),

@@ -154,8 +154,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
 }
 
 /// The server `hutch run` should use: `$HUTCH_SERVER` when set (it must answer), else the
-/// default address when the server there serves this same state directory. A server over
-/// another state directory has another image store, so it is not used implicitly.
+/// server `hutch serve` published in this state directory (`serve.json`), when it proves it
+/// knows the secret written there. Whoever else listens on that address (the server may have
+/// stopped) cannot, and is not used: the run stays embedded.
 async fn find_server() -> anyhow::Result<Option<String>> {
     if let Ok(url) = std::env::var("HUTCH_SERVER")
         && !url.is_empty()
@@ -165,16 +166,35 @@ async fn find_server() -> anyhow::Result<Option<String>> {
             .with_context(|| format!("HUTCH_SERVER={url} does not answer"))?;
         return Ok(Some(url));
     }
-    let url = client::server_url();
-    let probe = client::json(&url, Method::GET, "/healthz", None, None);
-    match tokio::time::timeout(Duration::from_millis(500), probe).await {
-        Ok(Ok(health))
-            if health["state_id"].as_str()
-                == Some(hutch_server::state_id(&crate::home()).as_str()) =>
-        {
-            Ok(Some(url))
-        }
-        _ => Ok(None),
+    let home = crate::home();
+    let Some(published) = hutch_server::discovery::read(&home) else {
+        return Ok(None);
+    };
+    let challenge = hutch_server::discovery::challenge()?;
+    let headers = [(
+        hutch_server::discovery::CHALLENGE_HEADER,
+        challenge.as_str(),
+    )];
+    let probe = client::json_with(
+        &published.api,
+        Method::GET,
+        "/healthz",
+        None,
+        &headers,
+        None,
+    );
+    let Ok(Ok(health)) = tokio::time::timeout(Duration::from_millis(500), probe).await else {
+        return Ok(None);
+    };
+    let proven = health["proof"]
+        .as_str()
+        .is_some_and(|proof| published.verify(&challenge, proof));
+    let same_home = health["state_id"].as_str() == Some(hutch_server::state_id(&home).as_str());
+    if proven && same_home {
+        Ok(Some(published.api))
+    } else {
+        tracing::warn!(api = %published.api, "the listener at the published server address is not the server; running embedded");
+        Ok(None)
     }
 }
 

@@ -259,6 +259,9 @@ async fn exec(api: &str, sandbox: &str, command: Vec<String>) -> anyhow::Result<
     bail!("the stream ended before the process exited")
 }
 
+/// Chunk size of `cp` uploads: memory stays a few chunks whatever the file's size.
+const CP_CHUNK: usize = 256 << 10;
+
 async fn copy(api: &str, from: &str, to: &str) -> anyhow::Result<()> {
     let remote = |s: &str| {
         s.split_once(':')
@@ -277,27 +280,43 @@ async fn copy(api: &str, from: &str, to: &str) -> anyhow::Result<()> {
             )
             .await?;
             let status = resp.status();
-            let bytes = resp.into_body().collect().await?.to_bytes();
             if !status.is_success() {
+                let bytes = resp.into_body().collect().await?.to_bytes();
                 bail!("{} (HTTP {status})", String::from_utf8_lossy(&bytes));
             }
-            if to == "-" {
-                tokio::io::stdout().write_all(&bytes).await?;
+            // Streamed to the destination as it arrives, never held whole.
+            let mut out: Box<dyn tokio::io::AsyncWrite + Unpin> = if to == "-" {
+                Box::new(tokio::io::stdout())
             } else {
-                std::fs::write(to, &bytes).with_context(|| format!("writing {to}"))?;
+                Box::new(
+                    tokio::fs::File::create(to)
+                        .await
+                        .with_context(|| format!("writing {to}"))?,
+                )
+            };
+            let mut body = resp.into_body();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.context("the download broke")?;
+                if let Ok(data) = frame.into_data() {
+                    out.write_all(&data)
+                        .await
+                        .with_context(|| format!("writing {to}"))?;
+                }
             }
+            out.flush().await.with_context(|| format!("writing {to}"))?;
         }
         (None, Some((sandbox, path))) => {
             let (proxy, host, _) = route(api, &sandbox).await?;
-            let bytes = std::fs::read(from).with_context(|| format!("reading {from}"))?;
+            let file = std::fs::File::open(from).with_context(|| format!("reading {from}"))?;
             let resp = client::send(
                 &proxy,
                 Method::PUT,
                 &format!("/api/v1/files?path={}", encode(&path)),
                 Some(&host),
-                full(bytes),
+                file_body(file),
             )
-            .await?;
+            .await
+            .with_context(|| format!("uploading {from}"))?;
             let status = resp.status();
             if !status.is_success() {
                 let body = resp.into_body().collect().await?.to_bytes();
@@ -307,4 +326,45 @@ async fn copy(api: &str, from: &str, to: &str) -> anyhow::Result<()> {
         _ => bail!("name exactly one side as SANDBOX:/absolute/path"),
     }
     Ok(())
+}
+
+/// A request body read from `file` a chunk at a time. A read error ends the body with an
+/// error, so the upload fails instead of storing a truncated file.
+fn file_body(file: std::fs::File) -> client::Body {
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    struct ReadBody(tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>);
+    impl hyper::body::Body for ReadBody {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|r| r.map(hyper::body::Frame::data).map_err(BoxError::from)))
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut file = file;
+        loop {
+            let mut buf = vec![0u8; CP_CHUNK];
+            let chunk = match file.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Ok(Bytes::from(buf))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = chunk.is_err();
+            if tx.blocking_send(chunk).is_err() || failed {
+                return;
+            }
+        }
+    });
+    ReadBody(rx).boxed_unsync()
 }

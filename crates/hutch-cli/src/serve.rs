@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use hutch_server::listen::HttpBounds;
 use hutch_server::{Limits, ServeConfig};
 
 #[derive(Args)]
@@ -19,17 +20,61 @@ pub struct ServeArgs {
     /// Address of the sandbox proxy.
     #[arg(long, default_value = "127.0.0.1:9443")]
     proxy_listen: SocketAddr,
-    /// Require API keys even on loopback (always required on other addresses).
+    /// Require API keys even on loopback (always required on other addresses). Right on a
+    /// shared host: without it, every local user and process can use the API.
     #[arg(long)]
     require_keys: bool,
+    /// The URL clients reach this server at from elsewhere (http://host[:port]). Only
+    /// loopback, localhost, *.localhost and *.local Host headers are served otherwise (a
+    /// defence against DNS rebinding); this adds the URL's host.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
     /// Sandboxes pending or running at once; further creates wait for room.
     #[arg(long, default_value_t = Limits::default().max_sandboxes)]
     max_sandboxes: usize,
-    /// Static busybox the built-in default image is made from.
+    /// Creates that may wait for room beyond --max-sandboxes; more are answered 429.
+    #[arg(long, default_value_t = Limits::default().max_queued)]
+    max_queued: usize,
+    /// The most processes and threads each sandbox may hold (16-32768); a flood past it
+    /// ends inside the sandbox.
+    #[arg(long, default_value_t = Limits::default().pids_limit,
+          value_parser = clap::value_parser!(u32).range(16..=hutch_runtime::MAX_PIDS_LIMIT as i64))]
+    pids_limit: u32,
+    /// Open connections per listener (API and proxy each); more wait until one closes.
+    #[arg(long, default_value_t = HttpBounds::default().max_connections)]
+    max_connections: usize,
+    /// Seconds a client may take to send a request head, and a keep-alive connection may
+    /// sit idle.
+    #[arg(long, value_name = "SECS", default_value_t = HttpBounds::default().header_timeout.as_secs())]
+    header_timeout: u64,
+    /// Seconds the records of ended sandboxes are kept before they are purged.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "HUTCH_RETENTION_SECS",
+        default_value_t = Limits::default().retention.as_secs()
+    )]
+    retention: u64,
     /// When a create that names an image pulls it: missing, always or never. Registries
     /// reached over plain HTTP are listed in HUTCH_INSECURE_REGISTRIES.
     #[arg(long, default_value_t = hutch_registry::PullPolicy::Missing)]
     pull: hutch_registry::PullPolicy,
+    /// The only registry (HOST or HOST:PORT) image references may name; repeatable. Without
+    /// it any registry on a public address may be. A listed host may be on a private
+    /// address, and the server's Docker login (~/.docker/config.json) is used for it.
+    #[arg(long = "allow-registry", value_name = "HOST[:PORT]")]
+    allow_registry: Vec<String>,
+    /// Let pulls reach registries (and their token services and blob redirects) on
+    /// loopback, private (RFC 1918), unique-local and carrier-grade NAT addresses. Refused
+    /// by default: API clients name the images, and would otherwise reach the server's own
+    /// network. Link-local addresses (cloud metadata) need --allow-registry.
+    #[arg(long)]
+    allow_private_registries: bool,
+    /// Use the server's Docker login for every registry a pull names, not only those listed
+    /// with --allow-registry (every API client then pulls as the server's user).
+    #[arg(long)]
+    registry_credentials: bool,
+    /// Static busybox the built-in default image is made from.
     #[arg(long, default_value = "/bin/busybox")]
     busybox: PathBuf,
 }
@@ -42,14 +87,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     let store = backend.store().clone();
     let config = ServeConfig {
         pull_policy: args.pull,
+        registry_egress: hutch_registry::EgressPolicy {
+            allowed: args.allow_registry,
+            allow_private: args.allow_private_registries,
+            registry_credentials: args.registry_credentials,
+        },
         home,
         listen: args.listen,
         proxy_listen: args.proxy_listen,
         require_keys: args.require_keys,
+        public_url: args.public_url,
         busybox: args.busybox,
         limits: Limits {
             max_sandboxes: args.max_sandboxes.max(1),
+            max_queued: args.max_queued,
+            retention: std::time::Duration::from_secs(args.retention),
+            pids_limit: args.pids_limit,
             ..Limits::default()
+        },
+        http: HttpBounds {
+            max_connections: args.max_connections.max(1),
+            header_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
         },
     };
     hutch_server::serve(config, Arc::new(backend), store, shutdown_signal()).await?;
@@ -72,11 +130,23 @@ async fn shutdown_signal() {
 
 #[derive(Subcommand)]
 pub enum KeyCommand {
-    /// Create an API key; its secret is printed once.
+    /// Create an API key; its secret is printed once. Say what it reaches: one namespace
+    /// (`--namespace`), or everything (`--admin`).
+    #[command(group(clap::ArgGroup::new("scope").required(true).args(["namespace", "admin"])))]
     Create {
         /// A name to recognize the key by.
-        #[arg(long, default_value = "default")]
-        name: String,
+        #[arg(value_name = "NAME", required_unless_present = "name_flag")]
+        name: Option<String>,
+        /// The same as NAME.
+        #[arg(long = "name", conflicts_with = "name", hide = true)]
+        name_flag: Option<String>,
+        /// The one namespace the key reaches (its sandboxes, through the API and the
+        /// proxy); it may read and build templates but not delete or replace them.
+        #[arg(long, value_name = "NS")]
+        namespace: Option<String>,
+        /// Every namespace, and deleting or replacing templates.
+        #[arg(long)]
+        admin: bool,
         #[arg(long)]
         json: bool,
     },
@@ -94,18 +164,34 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<u8> {
     std::fs::create_dir_all(&home)?;
     let db = hutch_server::db::Db::open(&home.join(hutch_server::DB_FILE))?;
     match cmd {
-        KeyCommand::Create { name, json } => {
-            let (key, secret) = hutch_server::auth::create_key(&db, &name)?;
+        KeyCommand::Create {
+            name,
+            name_flag,
+            namespace,
+            admin: _,
+            json,
+        } => {
+            // clap guarantees one of the two, and a namespace unless --admin.
+            let name = name.or(name_flag).unwrap_or_default();
+            let (key, secret) = hutch_server::auth::create_key(&db, &name, namespace.as_deref())?;
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"id": key.id, "name": key.name, "secret": secret})
+                    serde_json::json!({
+                        "id": key.id,
+                        "name": key.name,
+                        "namespace": key.namespace,
+                        "admin": key.is_admin(),
+                        "secret": secret,
+                    })
                 );
             } else {
                 println!("{secret}");
                 eprintln!(
-                    "created key {} ({}); the secret is not shown again",
-                    key.id, key.name
+                    "created key {} ({}, {}); the secret is not shown again",
+                    key.id,
+                    key.name,
+                    scope(&key)
                 );
             }
         }
@@ -114,12 +200,16 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<u8> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else {
-                println!("{:<18} {:<20} {:<14} LAST USED", "ID", "NAME", "CREATED");
+                println!(
+                    "{:<18} {:<20} {:<24} {:<14} LAST USED",
+                    "ID", "NAME", "SCOPE", "CREATED"
+                );
                 for k in keys {
                     println!(
-                        "{:<18} {:<20} {:<14} {}",
+                        "{:<18} {:<20} {:<24} {:<14} {}",
                         k.id,
                         k.name,
+                        scope(&k),
                         k.created_at / 1000,
                         k.last_used_at
                             .map_or("never".to_string(), |t| (t / 1000).to_string())
@@ -134,4 +224,12 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// A key's scope as `hutch key` shows it.
+fn scope(key: &hutch_server::db::ApiKey) -> String {
+    match &key.namespace {
+        Some(ns) => format!("namespace {ns}"),
+        None => "admin".to_string(),
+    }
 }

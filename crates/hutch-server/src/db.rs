@@ -25,6 +25,8 @@ pub enum DbError {
     },
     #[error("state database: corrupt row for sandbox {id}: {reason}")]
     Corrupt { id: String, reason: String },
+    #[error("state database: {0}: {1}")]
+    Io(String, #[source] std::io::Error),
 }
 
 pub type Result<T> = std::result::Result<T, DbError>;
@@ -102,6 +104,9 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
     );",
+    // 3: key scopes. A key with a namespace reaches only that namespace; NULL is the admin
+    // scope, which keys made before scopes existed keep, so nothing they did stops working.
+    "ALTER TABLE api_keys ADD COLUMN namespace TEXT;",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +200,20 @@ pub struct ApiKey {
     pub name: String,
     pub created_at: i64,
     pub last_used_at: Option<i64>,
+    /// The one namespace the key reaches; `None` is the admin scope (every namespace, and
+    /// the operations on what all namespaces share, such as deleting templates).
+    pub namespace: Option<String>,
+}
+
+impl ApiKey {
+    pub fn is_admin(&self) -> bool {
+        self.namespace.is_none()
+    }
+
+    /// Whether the key may act in namespace `ns`.
+    pub fn covers(&self, ns: &str) -> bool {
+        self.namespace.as_deref().is_none_or(|own| own == ns)
+    }
 }
 
 pub struct Db {
@@ -206,6 +225,19 @@ const SANDBOX_COLUMNS: &str = "id, namespace, name, image, spec, status, reason,
 
 impl Db {
     pub fn open(path: &Path) -> Result<Self> {
+        // Keys' hashes and every sandbox's spec (env included) live here: owner only. SQLite
+        // gives its -wal and -shm files the database's mode.
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| DbError::Io(format!("creating {}", path.display()), e))?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| DbError::Io(format!("making {} private", path.display()), e))?;
+        }
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -368,6 +400,19 @@ impl Db {
         Ok(n == 1)
     }
 
+    /// Deletes up to `limit` rows of sandboxes that ended before `before_ms` (oldest
+    /// first); returns how many went. Bounded so one pass never holds the database long.
+    pub fn purge_terminated(&self, before_ms: i64, limit: usize) -> Result<usize> {
+        let n = self.conn().execute(
+            "DELETE FROM sandboxes WHERE id IN (
+                 SELECT id FROM sandboxes
+                 WHERE status = 'terminated' AND terminated_at < ?1
+                 ORDER BY terminated_at LIMIT ?2)",
+            params![before_ms, limit as i64],
+        )?;
+        Ok(n)
+    }
+
     /// Renames a live sandbox; `Ok(false)` when another live sandbox has the name.
     pub fn set_name(&self, id: &str, name: Option<&str>) -> Result<bool> {
         match self.conn().execute(
@@ -392,10 +437,19 @@ impl Db {
         Ok(())
     }
 
-    pub fn insert_key(&self, id: &str, name: &str, secret_sha256: &str, at: i64) -> Result<()> {
+    /// Stores a key; `namespace` `None` is the admin scope.
+    pub fn insert_key(
+        &self,
+        id: &str,
+        name: &str,
+        secret_sha256: &str,
+        at: i64,
+        namespace: Option<&str>,
+    ) -> Result<()> {
         self.conn().execute(
-            "INSERT INTO api_keys (id, name, secret_sha256, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![id, name, secret_sha256, at],
+            "INSERT INTO api_keys (id, name, secret_sha256, created_at, namespace)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, name, secret_sha256, at, namespace],
         )?;
         Ok(())
     }
@@ -403,7 +457,7 @@ impl Db {
     pub fn keys(&self) -> Result<Vec<ApiKey>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT id, name, created_at, last_used_at FROM api_keys ORDER BY created_at, id",
+            "SELECT id, name, created_at, last_used_at, namespace FROM api_keys ORDER BY created_at, id",
         )?;
         let rows = stmt.query_map([], key_row)?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
@@ -419,7 +473,7 @@ impl Db {
             params![secret_sha256, at],
         )?;
         let mut stmt = conn.prepare_cached(
-            "SELECT id, name, created_at, last_used_at FROM api_keys WHERE secret_sha256 = ?1",
+            "SELECT id, name, created_at, last_used_at, namespace FROM api_keys WHERE secret_sha256 = ?1",
         )?;
         Ok(stmt.query_row([secret_sha256], key_row).optional()?)
     }
@@ -440,6 +494,7 @@ fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
         name: r.get(1)?,
         created_at: r.get(2)?,
         last_used_at: r.get(3)?,
+        namespace: r.get(4)?,
     })
 }
 
@@ -553,6 +608,32 @@ mod tests {
     }
 
     #[test]
+    fn keys_made_before_scopes_become_admin_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            // A database as the release before key scopes left it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute(
+                "INSERT INTO api_keys (id, name, secret_sha256, created_at)
+                 VALUES ('k0', 'old', 'h0', 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let old = db.key_by_secret("h0", 2).unwrap().unwrap();
+        assert!(old.is_admin() && old.covers("any"), "{old:?}");
+        db.insert_key("k1", "team", "h1", 3, Some("a")).unwrap();
+        let team = db.key_by_secret("h1", 4).unwrap().unwrap();
+        assert_eq!(team.namespace.as_deref(), Some("a"));
+        assert!(team.covers("a") && !team.covers("b") && !team.is_admin());
+    }
+
+    #[test]
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
@@ -626,7 +707,7 @@ mod tests {
     fn keys_are_found_by_hash_and_removed_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("s.db")).unwrap();
-        db.insert_key("k1", "ci", "abc", 1).unwrap();
+        db.insert_key("k1", "ci", "abc", 1, None).unwrap();
         assert_eq!(
             db.key_by_secret("abc", 5).unwrap().unwrap().last_used_at,
             Some(5)

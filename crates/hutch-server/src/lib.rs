@@ -4,18 +4,24 @@
 //!   key introspection and the OpenAPI document, on the API listener (:8900).
 //! - [`proxy`] and [`pty`]: the sandbox proxy (:9443), forwarding to each sandbox's agent.
 //! - [`sandboxes`]: the lifecycle itself, reconciliation after a restart, timeouts.
-//! - [`db`]: the embedded SQLite state; [`auth`]: API keys.
+//! - [`db`]: the embedded SQLite state; [`auth`]: API keys and their namespace scopes;
+//!   `csrf`: the Host, Origin and body-type checks both listeners make.
 //!
 //! This is the only crate that knows HTTP routes served to users, and the only one that
 //! touches SQLite. Sandboxes outlive the server: stopping it (gracefully or by `kill -9`)
 //! leaves them running, and the next start adopts them.
 
+mod admission;
 pub mod auth;
+mod build_events;
+mod csrf;
 pub mod db;
 pub mod default_image;
+pub mod discovery;
 mod error;
 mod images;
 pub mod lifecycle;
+pub mod listen;
 mod openapi;
 mod platform;
 pub mod proxy;
@@ -47,11 +53,19 @@ pub struct ServeConfig {
     pub proxy_listen: SocketAddr,
     /// Require API keys even on loopback.
     pub require_keys: bool,
+    /// Where clients reach the server from elsewhere: its host is served besides loopback
+    /// and `*.localhost`/`*.local` names (DNS-rebinding defence, see `csrf`).
+    pub public_url: Option<String>,
     /// The static busybox the default image is made from.
     pub busybox: PathBuf,
     pub limits: Limits,
     /// When a create that names an image pulls it.
     pub pull_policy: hutch_registry::PullPolicy,
+    /// Which registries and addresses the server's pulls (creates, `/hutch/v1/images/pull`,
+    /// template builds' `FROM`) may reach, and where its Docker login is used.
+    pub registry_egress: hutch_registry::EgressPolicy,
+    /// Connection cap and header/idle timeout of each listener.
+    pub http: listen::HttpBounds,
 }
 
 /// Everything the handlers share.
@@ -62,11 +76,15 @@ pub struct App {
     pub proxy_url: String,
     /// [`state_id`] of the state directory, reported by `/healthz`.
     pub state_id: String,
+    /// The secret `/healthz` proves it knows to `hutch run` (see [`discovery`]).
+    pub(crate) published: std::sync::OnceLock<discovery::Published>,
     /// Pulls missing images.
     pub registry: hutch_registry::Client,
     pub pull_policy: hutch_registry::PullPolicy,
     /// Templates and their builds.
     pub builds: Arc<template_builds::Builds>,
+    /// The hosts and origins served (see [`csrf`]).
+    browser_policy: csrf::Policy,
 }
 
 /// A fingerprint of the state directory `home`: the CLI compares its own with the one a
@@ -91,6 +109,7 @@ pub async fn serve(
     let image = default_image::ensure(&store, &config.busybox)?;
     default_image::ensure_builder(&store, &config.busybox)?;
     let backend: Arc<dyn Backend> = Arc::clone(&gvisor) as Arc<dyn Backend>;
+    let gvisor_for_sweep = Arc::clone(&gvisor);
     let sandboxes = Sandboxes::new(
         Arc::clone(&db),
         backend,
@@ -98,7 +117,7 @@ pub async fn serve(
         image.name.clone(),
         config.limits.clone(),
     );
-    let registry = images::client()?;
+    let registry = images::client(&config.registry_egress)?;
     let builds = template_builds::Builds::new(
         Arc::clone(&db),
         templates::Templates::new(Arc::clone(&db), store.clone()),
@@ -120,6 +139,10 @@ pub async fn serve(
         ms = started.elapsed().as_millis() as u64,
         "reconciled state with the runtime"
     );
+    let swept = hutch_build::engine::sweep_orphans(&gvisor_for_sweep).await;
+    if swept > 0 {
+        tracing::info!(swept, "removed sandboxes of builds interrupted by a crash");
+    }
     tokio::spawn(Arc::clone(&sandboxes).monitor());
 
     let loopback = config.listen.ip().is_loopback() && config.proxy_listen.ip().is_loopback();
@@ -135,14 +158,23 @@ pub async fn serve(
         auth,
         proxy_url: format!("http://{proxy_host}:{}", config.proxy_listen.port()),
         state_id: state_id(&config.home),
+        published: std::sync::OnceLock::new(),
         registry,
         pull_policy: config.pull_policy,
         builds,
+        browser_policy: csrf::Policy::new(config.public_url.as_deref(), !loopback)?,
     });
 
     let api = bind(config.listen).await?;
     let proxy = bind(config.proxy_listen).await?;
     tracing::info!(api = %config.listen, proxy = %config.proxy_listen, keys_required = app.auth.required(), "serving");
+    // Written once the API listens: `hutch run` over this home finds it by this file.
+    let api_addr = api.first().and_then(|l| l.local_addr().ok());
+    if let Some(addr) = api_addr {
+        let published = discovery::publish(&config.home, addr)
+            .context("writing the server's discovery file")?;
+        let _ = app.published.set(published);
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -153,25 +185,18 @@ pub async fn serve(
         (api, lifecycle::router(Arc::clone(&app))),
         (proxy, proxy::router(Arc::clone(&app))),
     ] {
-        for listener in listeners {
-            let router = router.clone();
-            let mut stop = stop_rx.clone();
-            // Without TCP_NODELAY a response written in pieces waits out the client's delayed
-            // ACK (40 ms per exec through the proxy, measured).
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            tasks.spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await
-            });
-        }
+        tasks.spawn(listen::serve(
+            listeners,
+            router,
+            config.http,
+            stop_rx.clone(),
+        ));
     }
     while let Some(result) = tasks.join_next().await {
-        result.context("server task")?.context("serving")?;
+        result.context("server task")?;
+    }
+    if let Some(published) = app.published.get() {
+        discovery::withdraw(&config.home, published);
     }
     tracing::info!("stopped; sandboxes keep running");
     Ok(())

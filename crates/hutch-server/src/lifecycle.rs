@@ -56,24 +56,38 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/sandboxes/{id}/{action}", post(action_flat))
         .route("/platform/v1/keys/introspect", post(introspect))
         .route("/openapi.json", get(crate::openapi::document))
-        .route(
-            "/healthz",
-            get(|State(app): State<Arc<App>>| async move {
-                axum::Json(json!({"status": "ok", "state_id": app.state_id}))
-            }),
-        )
+        .route("/healthz", get(healthz))
         .route("/hutch/v1/images/pull", post(crate::images::pull))
         .route("/hutch/v1/images/{*name}", get(image));
     crate::platform::routes(router)
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
         })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            crate::csrf::api,
+        ))
         .with_state(app)
+}
+
+/// Liveness, the state directory's fingerprint, and, when the client sends a challenge, the
+/// proof that this is the server over that directory (see `discovery`).
+async fn healthz(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let mut health = json!({"status": "ok", "state_id": app.state_id});
+    let challenge = headers
+        .get(crate::discovery::CHALLENGE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if let (Some(challenge), Some(published)) = (challenge, app.published.get())
+        && let Some(proof) = published.proof(challenge)
+    {
+        health["proof"] = json!(proof);
+    }
+    axum::Json(health).into_response()
 }
 
 const DEFAULT_NS: &str = "default";
 
-fn check_namespace(ns: &str) -> Result<(), ApiError> {
+pub(crate) fn check_namespace(ns: &str) -> Result<(), ApiError> {
     let ok = !ns.is_empty()
         && ns.len() <= 63
         && ns
@@ -134,8 +148,9 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Res
     })
 }
 
-fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    app.auth.check(headers).map(|_| ())
+/// The request's key (when one is presented or required) must reach namespace `ns`.
+fn authorize(app: &App, headers: &HeaderMap, ns: &str) -> Result<(), ApiError> {
+    app.auth.check_namespace(headers, ns)
 }
 
 // ---- create ------------------------------------------------------------------------------
@@ -303,7 +318,7 @@ fn create_wait(headers: &HeaderMap) -> Duration {
 
 async fn create(app: Arc<App>, ns: String, req: Request) -> Result<Response, ApiError> {
     check_namespace(&ns)?;
-    authorize(&app, req.headers())?;
+    authorize(&app, req.headers(), &ns)?;
     let wait_for = create_wait(req.headers());
     let body: CreateBody = json_body(req.into_body()).await?;
     validate_create(&body)?;
@@ -489,7 +504,7 @@ async fn image(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers)?;
+    app.auth.check(&headers)?;
     // As a create resolves it: a template, else the image's store name.
     let name = match app.builds.templates().find(&name)? {
         Some(t) => t.image,
@@ -501,7 +516,7 @@ async fn image(
 
 fn get_one(app: &App, ns: &str, id: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
     check_namespace(ns)?;
-    authorize(app, headers)?;
+    authorize(app, headers, ns)?;
     let row = app.sandboxes.get(ns, id)?;
     Ok(axum::Json(sandbox_info(&row, &app.proxy_url)).into_response())
 }
@@ -540,7 +555,7 @@ fn list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     check_namespace(ns)?;
-    authorize(app, headers)?;
+    authorize(app, headers, ns)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
     let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
@@ -613,7 +628,7 @@ async fn update_flat(
 
 async fn update(app: &App, ns: &str, id: &str, req: Request) -> Result<Response, ApiError> {
     check_namespace(ns)?;
-    authorize(app, req.headers())?;
+    authorize(app, req.headers(), ns)?;
     let body: UpdateBody = json_body(req.into_body()).await?;
     if body.resources.is_some() {
         return Err(unsupported(
@@ -659,7 +674,7 @@ async fn delete_flat(
 
 async fn delete(app: &App, ns: &str, id: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
     check_namespace(ns)?;
-    authorize(app, headers)?;
+    authorize(app, headers, ns)?;
     let row = app.sandboxes.delete(ns, id).await?;
     Ok(axum::Json(sandbox_info(&row, &app.proxy_url)).into_response())
 }
@@ -690,7 +705,7 @@ fn lifecycle_action(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     check_namespace(ns)?;
-    authorize(app, headers)?;
+    authorize(app, headers, ns)?;
     let feature = match action {
         "suspend" | "resume" => "suspend and resume",
         "snapshot" | "snapshots" => "snapshots",

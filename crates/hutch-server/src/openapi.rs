@@ -96,7 +96,7 @@ pub fn spec() -> Value {
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Hutch lifecycle API", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Tensorlake-compatible sandbox lifecycle. The sandbox proxy (default :9443) forwards /api/v1/* to each sandbox's agent, routed by Host: <id>.local or X-Tensorlake-Sandbox-Id."},
+                 "description": "Tensorlake-compatible sandbox lifecycle. The sandbox proxy (default :9443) forwards /api/v1/* to each sandbox's agent, routed by Host: <id>.local, Host: <name>.<namespace>.local or X-Tensorlake-Sandbox-Id. Every route may answer 401 (no or invalid key), 403 `forbidden` (the key's namespace scope does not cover the request; deleting or replacing templates takes an admin key) or `origin_not_allowed` (a foreign Origin), 415 (a POST/PUT/PATCH body that is not application/json) and 421 (a Host other than loopback, localhost, *.localhost, *.local or the server's --public-url)."},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {

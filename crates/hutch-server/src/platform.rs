@@ -7,6 +7,10 @@
 //! - `POST   .../sandbox-template-builds` (prepare), `GET .../sandbox-template-builds/{id}`,
 //!   `POST .../sandbox-template-builds/{id}/complete` (see `template_builds`).
 //! - `GET /images/v4/images`: the CAS image catalog, empty (CAS builds are not served yet).
+//!
+//! Templates are shared by every namespace, so any valid key may list, read and build
+//! them, but deleting one, or a build that would replace one of the same name, takes an
+//! admin key: a namespace key must not be able to pull a template from under others.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::App;
-use crate::db::TemplateRow;
+use crate::db::{ApiKey, TemplateRow};
 use crate::error::ApiError;
 use crate::lifecycle::json_body;
 
@@ -147,7 +151,7 @@ async fn delete_template(
     headers: HeaderMap,
     Path(p): Params,
 ) -> Result<Response, ApiError> {
-    app.auth.check(&headers)?;
+    app.auth.check_admin(&headers, "deleting a template")?;
     let templates = app.builds.templates();
     let removed = templates.remove(&lookup(&app, &p)?.id)?;
     Ok(axum::Json(templates.json(&removed)).into_response())
@@ -158,8 +162,11 @@ async fn prepare(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    app.auth.check(&headers)?;
+    let key = app.auth.check(&headers)?;
     let body: Value = json_body(body).await?;
+    if let Some(name) = body.get("name").and_then(Value::as_str) {
+        refuse_replacing(&app, key.as_ref(), name)?;
+    }
     let prepared = app.builds.prepare(body)?;
     Ok((StatusCode::OK, axum::Json(prepared)).into_response())
 }
@@ -179,8 +186,35 @@ async fn complete(
     Path(p): Params,
     body: Body,
 ) -> Result<Response, ApiError> {
-    app.auth.check(&headers)?;
+    let key = app.auth.check(&headers)?;
     let body: Value = json_body(body).await?;
+    // Checked again at completion: another build may have registered the name meanwhile.
+    if let Some(build) = app.builds.templates().db().build(param(&p, "id"))? {
+        refuse_replacing(&app, key.as_ref(), &build.name)?;
+    }
     let registered = app.builds.complete(param(&p, "id"), body)?;
     Ok(axum::Json(registered).into_response())
+}
+
+/// A build registers its template under its name, replacing a template of that name: only
+/// an admin key (or no key, where none is required) may do that.
+fn refuse_replacing(app: &App, key: Option<&ApiKey>, name: &str) -> Result<(), ApiError> {
+    let Some(key) = key.filter(|k| !k.is_admin()) else {
+        return Ok(());
+    };
+    if app
+        .builds
+        .templates()
+        .db()
+        .template_by_name(name)?
+        .is_some()
+    {
+        return Err(ApiError::forbidden(format!(
+            "template {name:?} exists and replacing it needs an admin key; key {} is scoped \
+             to namespace {:?}",
+            key.id,
+            key.namespace.as_deref().unwrap_or_default()
+        )));
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
-//! The sandbox proxy (:9443): routes a request to a sandbox by `X-Tensorlake-Sandbox-Id` or
-//! `Host: <id-or-name>.local` and forwards it, unchanged and streamed both ways, to the
+//! The sandbox proxy (:9443): routes a request to a sandbox by `X-Tensorlake-Sandbox-Id`,
+//! `Host: <id>.local` or `Host: <name>.<namespace>.local`, checks that the caller's key
+//! reaches the sandbox's namespace, and forwards it, unchanged and streamed both ways, to the
 //! sandbox's agent over its dial-home connection. PTY websockets are bridged onto the
 //! agent's framed PTY stream (see [`crate::pty`]).
 //!
@@ -18,7 +19,8 @@ use hutch_runtime::RuntimeError;
 use hutch_runtime::agent::BoxError;
 
 use crate::App;
-use crate::db::Status;
+use crate::auth::out_of_scope;
+use crate::db::{ApiKey, SandboxRow, Status};
 use crate::error::ApiError;
 
 /// Headers that describe one hop, not the message; HTTP/2 forbids most of them.
@@ -35,23 +37,68 @@ const HOP_BY_HOP: &[&str] = &[
     "host",
 ];
 
+/// Credentials meant for Hutch, never for the sandbox: code inside must not see a caller's
+/// API key or cookies (the agent is inside the sandbox's trust boundary, not Hutch's).
+const CREDENTIALS: &[&str] = &["authorization", "cookie", "proxy-authorization"];
+
+/// Whether a client's request header is passed on to the sandbox's agent.
+fn forwarded(name: &str) -> bool {
+    !HOP_BY_HOP.contains(&name) && !CREDENTIALS.contains(&name) && !name.starts_with("x-forwarded-")
+}
+
 pub fn router(app: Arc<App>) -> axum::Router {
-    axum::Router::new().fallback(forward).with_state(app)
+    axum::Router::new()
+        .fallback(forward)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            crate::csrf::proxy,
+        ))
+        .with_state(app)
 }
 
 fn proxy_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
     ApiError::new(status, code, message).into_response()
 }
 
-/// The sandbox a request is for: the header wins, then the `.local` host label.
-fn target(headers: &HeaderMap) -> Option<String> {
+/// The sandbox a request names.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    /// A sandbox id, in whatever namespace it lives.
+    Id(String),
+    /// A sandbox's name (or id) within one namespace: names are only unique per namespace,
+    /// so a name alone would pick one tenant's sandbox for another.
+    Named { name: String, namespace: String },
+}
+
+impl Target {
+    /// `<id>` or `<name>.<namespace>`: a namespace has no dots, nor has a name or an id.
+    fn parse(label: &str) -> Option<Self> {
+        let label = label.to_ascii_lowercase();
+        match label.split_once('.') {
+            None if !label.is_empty() => Some(Self::Id(label)),
+            Some((name, namespace))
+                if !name.is_empty() && !namespace.is_empty() && !namespace.contains('.') =>
+            {
+                Some(Self::Named {
+                    name: name.to_string(),
+                    namespace: namespace.to_string(),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The sandbox a request is for: `X-Tensorlake-Sandbox-Id` wins, then the host:
+/// `<id>.local` (what the SDKs send) or `<name>.<namespace>.local`.
+fn target(headers: &HeaderMap) -> Option<Target> {
     if let Some(id) = headers
         .get("x-tensorlake-sandbox-id")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
     {
-        return Some(id.to_string());
+        return Target::parse(id);
     }
     let host = headers.get(header::HOST)?.to_str().ok()?;
     let host = host.rsplit_once(':').map_or(host, |(h, port)| {
@@ -61,28 +108,66 @@ fn target(headers: &HeaderMap) -> Option<String> {
             host
         }
     });
-    let label = host.strip_suffix(".local")?;
-    (!label.is_empty() && !label.contains('.')).then(|| label.to_string())
+    let dot = host.len().checked_sub(".local".len())?;
+    let (label, suffix) = (host.get(..dot)?, host.get(dot..)?);
+    if !suffix.eq_ignore_ascii_case(".local") {
+        return None;
+    }
+    Target::parse(label)
+}
+
+/// The sandbox `target` names, if the request's key reaches its namespace.
+fn resolve(
+    app: &App,
+    key: Option<&ApiKey>,
+    target: &Target,
+) -> Result<Option<SandboxRow>, ApiError> {
+    let row = match target {
+        Target::Id(id) => app.sandboxes.db().sandbox(id)?,
+        Target::Named { name, namespace } => {
+            // Refused before the lookup, so a key learns nothing of other namespaces' names.
+            if let Some(key) = key.filter(|k| !k.covers(namespace)) {
+                return Err(out_of_scope(key, namespace));
+            }
+            match app.sandboxes.get(namespace, name) {
+                Ok(row) => Some(row),
+                Err(e) if e.status == StatusCode::NOT_FOUND => None,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    match (key, row) {
+        (Some(key), Some(row)) if !key.covers(&row.namespace) => {
+            Err(out_of_scope(key, &row.namespace))
+        }
+        (_, row) => Ok(row),
+    }
 }
 
 async fn forward(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
-    if let Err(e) = app.auth.check(req.headers()) {
-        return e.into_response();
-    }
+    let key = match app.auth.check(req.headers()) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
     let Some(target) = target(req.headers()) else {
         return proxy_error(
             StatusCode::BAD_REQUEST,
             "MISSING_SANDBOX_ID",
-            "name the sandbox with Host: <sandbox-id>.local or X-Tensorlake-Sandbox-Id",
+            "name the sandbox with Host: <sandbox-id>.local, Host: <name>.<namespace>.local \
+             or X-Tensorlake-Sandbox-Id",
         );
     };
-    let row = match app.sandboxes.find(&target) {
+    let row = match resolve(&app, key.as_ref(), &target) {
         Ok(Some(row)) => row,
         Ok(None) => {
+            let what = match &target {
+                Target::Id(id) => id.clone(),
+                Target::Named { name, namespace } => format!("{name} in namespace {namespace}"),
+            };
             return proxy_error(
                 StatusCode::NOT_FOUND,
                 "SANDBOX_NOT_FOUND",
-                format!("sandbox {target} not found"),
+                format!("sandbox {what} not found"),
             );
         }
         Err(e) => return e.into_response(),
@@ -136,7 +221,7 @@ async fn forward(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
         .to_string();
     let mut builder = hyper::Request::builder().method(parts.method).uri(path);
     for (name, value) in &parts.headers {
-        if !HOP_BY_HOP.contains(&name.as_str()) && !name.as_str().starts_with("x-forwarded-") {
+        if forwarded(name.as_str()) {
             builder = builder.header(name, value);
         }
     }
@@ -182,6 +267,27 @@ async fn forward(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
 mod tests {
     use super::*;
 
+    #[test]
+    fn credentials_never_reach_the_sandbox() {
+        for name in [
+            "authorization",
+            "cookie",
+            "proxy-authorization",
+            "host",
+            "x-forwarded-for",
+        ] {
+            assert!(!forwarded(name), "{name}");
+        }
+        for name in [
+            "content-type",
+            "x-pty-token",
+            "accept",
+            "x-tensorlake-sandbox-id",
+        ] {
+            assert!(forwarded(name), "{name}");
+        }
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -193,27 +299,45 @@ mod tests {
         h
     }
 
+    fn id(s: &str) -> Option<Target> {
+        Some(Target::Id(s.into()))
+    }
+
     #[test]
     fn routes_by_header_then_host_label() {
-        assert_eq!(
-            target(&headers(&[("host", "abc.local")])).as_deref(),
-            Some("abc")
-        );
-        assert_eq!(
-            target(&headers(&[("host", "abc.local:9443")])).as_deref(),
-            Some("abc")
-        );
+        assert_eq!(target(&headers(&[("host", "abc.local")])), id("abc"));
+        assert_eq!(target(&headers(&[("host", "ABC.Local:9443")])), id("abc"));
         assert_eq!(
             target(&headers(&[
                 ("host", "abc.local"),
                 ("x-tensorlake-sandbox-id", "xyz")
-            ]))
-            .as_deref(),
-            Some("xyz")
+            ])),
+            id("xyz")
         );
         assert_eq!(target(&headers(&[("host", "localhost:9443")])), None);
-        assert_eq!(target(&headers(&[("host", "a.b.local")])), None);
         assert_eq!(target(&headers(&[("host", ".local")])), None);
+        assert_eq!(target(&headers(&[("host", "a..local")])), None);
+        assert_eq!(target(&headers(&[("host", "a.b.c.local")])), None);
         assert_eq!(target(&headers(&[])), None);
+    }
+
+    #[test]
+    fn names_are_routed_only_with_their_namespace() {
+        let named = |name: &str, ns: &str| {
+            Some(Target::Named {
+                name: name.into(),
+                namespace: ns.into(),
+            })
+        };
+        assert_eq!(
+            target(&headers(&[("host", "web.team-a.local:9443")])),
+            named("web", "team-a")
+        );
+        assert_eq!(
+            target(&headers(&[("x-tensorlake-sandbox-id", "web.default")])),
+            named("web", "default")
+        );
+        // A bare label is an id, never a name: `web.local` no longer finds `default`'s web.
+        assert_eq!(target(&headers(&[("host", "web.local")])), id("web"));
     }
 }

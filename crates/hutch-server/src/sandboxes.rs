@@ -19,6 +19,7 @@ use hutch_store::Store;
 use hutch_wire::StartProcess;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+pub use crate::admission::{HostCapacity, Limits};
 use crate::db::{Db, Reason, SandboxRow, Status};
 use crate::error::ApiError;
 
@@ -29,22 +30,15 @@ const OWNER: &str = "hutch-serve";
 const TICK: Duration = Duration::from_millis(500);
 /// How often the monitor asks the runtime which sandboxes still run.
 const LIVENESS_EVERY: u32 = 6;
+/// How often the monitor purges old terminated rows, and at most how many per pass.
+const PURGE_EVERY: u32 = 20;
+const PURGE_BATCH: usize = 500;
 
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Sandboxes pending or running at once; more wait (see `max_pending_secs`).
-    pub max_sandboxes: usize,
-    /// Sandboxes booting at once: boots are CPU-bound, and a crowd slows every one of them.
-    pub concurrent_boots: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_sandboxes: 256,
-            concurrent_boots: 8,
-        }
-    }
+/// What a running (or booting) sandbox holds: its place in the admission count and its
+/// share of capacity. Dropped when it ends.
+struct Held {
+    _admitted: OwnedSemaphorePermit,
+    _capacity: OwnedSemaphorePermit,
 }
 
 /// What a create asks for, validated.
@@ -72,8 +66,11 @@ pub struct Sandboxes {
     store: Store,
     default_image: String,
     agents: Mutex<HashMap<String, AgentClient>>,
-    permits: Mutex<HashMap<String, OwnedSemaphorePermit>>,
+    permits: Mutex<HashMap<String, Held>>,
+    /// Sandboxes running plus creates waiting: `max_sandboxes + max_queued` permits.
+    admission: Arc<Semaphore>,
     capacity: Arc<Semaphore>,
+    limits: Limits,
     boots: Arc<Semaphore>,
     /// Bumped on every status change; waiters re-read the database.
     changes: watch::Sender<u64>,
@@ -96,8 +93,12 @@ impl Sandboxes {
             default_image,
             agents: Mutex::new(HashMap::new()),
             permits: Mutex::new(HashMap::new()),
+            admission: Arc::new(Semaphore::new(
+                limits.max_sandboxes.saturating_add(limits.max_queued),
+            )),
             capacity: Arc::new(Semaphore::new(limits.max_sandboxes)),
             boots: Arc::new(Semaphore::new(limits.concurrent_boots.max(1))),
+            limits,
             changes: watch::channel(0).0,
             builds: std::sync::OnceLock::new(),
         })
@@ -167,7 +168,21 @@ impl Sandboxes {
         if let Some(name) = &p.name {
             validate_name(name)?;
         }
+        self.limits.host.admit(p.cpus, p.memory_mb)?;
         let image = self.image(p.image.as_deref())?;
+        // Taken before the row is written: a create that cannot even wait is refused whole.
+        let admitted = Arc::clone(&self.admission)
+            .try_acquire_owned()
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_pending",
+                    format!(
+                        "{} sandboxes run and {} creates already wait for room; retry later",
+                        self.limits.max_sandboxes, self.limits.max_queued
+                    ),
+                )
+            })?;
         let id = new_id()?;
         let row = SandboxRow {
             id: id.clone(),
@@ -201,10 +216,11 @@ impl Sandboxes {
             env: p.env.clone(),
             network: p.network,
             labels: [(OWNER_LABEL.to_string(), OWNER.to_string())].into(),
+            pids_limit: Some(self.limits.pids_limit),
             ..SandboxSpec::default()
         };
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.provision(spec, p).await });
+        tokio::spawn(async move { this.provision(spec, p, admitted).await });
         Ok(row)
     }
 
@@ -224,19 +240,33 @@ impl Sandboxes {
         }
     }
 
-    async fn provision(self: Arc<Self>, spec: SandboxSpec, p: CreateParams) {
+    async fn provision(
+        self: Arc<Self>,
+        spec: SandboxSpec,
+        p: CreateParams,
+        admitted: OwnedSemaphorePermit,
+    ) {
         let id = spec.id.clone().unwrap_or_default();
         let image = spec.image.clone();
-        let permit = match p.max_pending_secs {
-            Some(secs) => tokio::time::timeout(
-                Duration::from_secs(secs),
-                Arc::clone(&self.capacity).acquire_owned(),
-            )
-            .await
-            .ok(),
-            None => Some(Arc::clone(&self.capacity).acquire_owned().await),
+        let deadline = p
+            .max_pending_secs
+            .map(|secs| tokio::time::Instant::now() + Duration::from_secs(secs));
+        // Waits for room, but gives its queue place back as soon as the create is deleted.
+        let mut changes = self.changes.subscribe();
+        let acquire = Arc::clone(&self.capacity).acquire_owned();
+        tokio::pin!(acquire);
+        let permit = loop {
+            tokio::select! {
+                permit = &mut acquire => break permit.ok(),
+                _ = changes.changed() => {
+                    if self.is_terminated(&id) {
+                        return;
+                    }
+                }
+                _ = sleep_until(deadline) => break None,
+            }
         };
-        let Some(Ok(permit)) = permit else {
+        let Some(permit) = permit else {
             self.terminate_row(
                 &id,
                 Reason::NoCapacity,
@@ -247,6 +277,10 @@ impl Sandboxes {
         if self.is_terminated(&id) {
             return;
         }
+        let held = Held {
+            _admitted: admitted,
+            _capacity: permit,
+        };
         let boot = Arc::clone(&self.boots).acquire_owned().await;
         let created = self.backend.create(spec).await;
         drop(boot);
@@ -272,7 +306,7 @@ impl Sandboxes {
             }
         }
         self.lock_agents().insert(id.clone(), sandbox.agent);
-        self.lock_permits().insert(id.clone(), permit);
+        self.lock_permits().insert(id.clone(), held);
         self.running_hook(&id, &image);
         match self.db.mark_running(&id, now_ms()) {
             Ok(true) => {
@@ -288,7 +322,7 @@ impl Sandboxes {
         self.agents.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_permits(&self) -> std::sync::MutexGuard<'_, HashMap<String, OwnedSemaphorePermit>> {
+    fn lock_permits(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
         self.permits.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -346,14 +380,6 @@ impl Sandboxes {
         self.db
             .sandbox_by_name(namespace, id_or_name)?
             .ok_or_else(|| ApiError::sandbox_not_found(id_or_name))
-    }
-
-    /// A sandbox by id or name in any namespace (the proxy's view).
-    pub fn find(&self, id_or_name: &str) -> Result<Option<SandboxRow>, ApiError> {
-        if let Some(row) = self.db.sandbox(id_or_name)? {
-            return Ok(Some(row));
-        }
-        Ok(self.db.sandbox_by_name("default", id_or_name)?)
     }
 
     pub async fn delete(&self, namespace: &str, id_or_name: &str) -> Result<SandboxRow, ApiError> {
@@ -452,8 +478,15 @@ impl Sandboxes {
                     Ok(sandbox) => {
                         this.lock_agents().insert(row.id.clone(), sandbox.agent);
                         this.running_hook(&row.id, &row.image);
-                        if let Ok(permit) = Arc::clone(&this.capacity).try_acquire_owned() {
-                            this.lock_permits().insert(row.id.clone(), permit);
+                        if let (Ok(admitted), Ok(capacity)) = (
+                            Arc::clone(&this.admission).try_acquire_owned(),
+                            Arc::clone(&this.capacity).try_acquire_owned(),
+                        ) {
+                            let held = Held {
+                                _admitted: admitted,
+                                _capacity: capacity,
+                            };
+                            this.lock_permits().insert(row.id.clone(), held);
                         }
                         if row.status == Status::Pending {
                             let _ = this.db.mark_running(&row.id, now_ms());
@@ -515,6 +548,9 @@ impl Sandboxes {
                     }
                 }
             }
+            if ticks.is_multiple_of(PURGE_EVERY) {
+                self.purge(now);
+            }
             if !ticks.is_multiple_of(LIVENESS_EVERY) {
                 continue;
             }
@@ -547,6 +583,29 @@ impl Sandboxes {
                 }
             }
         }
+    }
+}
+
+impl Sandboxes {
+    /// Forgets sandboxes that ended more than the retention ago, a batch at a time.
+    fn purge(&self, now: i64) {
+        let retention = i64::try_from(self.limits.retention.as_millis()).unwrap_or(i64::MAX);
+        match self
+            .db
+            .purge_terminated(now.saturating_sub(retention), PURGE_BATCH)
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "purged terminated sandboxes"),
+            Err(e) => tracing::warn!(error = %e, "purging terminated sandboxes"),
+        }
+    }
+}
+
+/// Resolves at `deadline`, or never without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

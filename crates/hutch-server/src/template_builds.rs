@@ -396,7 +396,8 @@ impl Builds {
         let Ok(writer) = stream.try_clone() else {
             return;
         };
-        let (tx, rx) = std::sync::mpsc::channel::<BuildChannelEvent>();
+        // Bounded: a builder that stops reading costs the server a few MiB at most.
+        let (tx, rx) = crate::build_events::bounded(crate::build_events::OUTPUT_BYTES);
         let writer_thread = std::thread::spawn(move || write_events(writer, rx));
         let this = Arc::clone(&self);
         let sbx = sandbox.clone();
@@ -405,7 +406,7 @@ impl Builds {
             Ok(Ok(got)) => got,
             Ok(Err(message)) => {
                 tracing::warn!(%sandbox, %message, "refused a build request");
-                let _ = tx.send(BuildChannelEvent::Error { message });
+                tx.send(BuildChannelEvent::Error { message });
                 drop(tx);
                 let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
                 return;
@@ -454,7 +455,7 @@ impl Builds {
                 message: format!("the build task failed: {e}"),
             },
         };
-        let _ = tx.send(final_event);
+        tx.send(final_event);
         drop(tx);
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     }
@@ -563,11 +564,9 @@ impl Builds {
         build: &BuildRow,
         context: Option<&Path>,
         limits: Limits,
-        events: &std::sync::mpsc::Sender<BuildChannelEvent>,
+        events: &crate::build_events::EventSender,
     ) -> Result<Value, String> {
-        let send = |e: BuildChannelEvent| {
-            let _ = events.send(e);
-        };
+        let send = |e: BuildChannelEvent| events.send(e);
         let parent = match &build.parent_id {
             Some(id) => Some(
                 self.db
@@ -622,7 +621,7 @@ impl Builds {
                             message: format!("line {line}: {message}"),
                         },
                     };
-                    let _ = events.send(e);
+                    events.send(e);
                 };
                 let templates = self.templates.clone();
                 let resolve = move |n: &str| templates.image_of(n);
@@ -704,7 +703,7 @@ fn same_reference(reference: &str, base_image: &str, dockerfile: &str) -> bool {
 
 fn write_events(
     mut socket: std::os::unix::net::UnixStream,
-    rx: std::sync::mpsc::Receiver<BuildChannelEvent>,
+    rx: crate::build_events::EventReceiver,
 ) {
     let mut broken = false;
     for event in rx {
