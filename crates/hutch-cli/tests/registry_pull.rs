@@ -505,10 +505,11 @@ fn the_server_pulls_on_create_and_streams_pull_progress() {
     let registry = Registry::start();
     registry.push_oci_layout(&fixtures().join("busybox"), "latest", "busybox:1");
     registry.push_oci_layout(&fixtures().join("oracle"), "latest", "oracle:1");
+    // A registry on loopback is the server's own network: the operator allows it by name.
     let server = home.serve_with(
         free_port(),
         free_port(),
-        &[],
+        &["--allow-registry", &registry.host()],
         &[("HUTCH_INSECURE_REGISTRIES", registry.host().as_str())],
     );
     let api = format!("http://127.0.0.1:{}", server.api_port);
@@ -529,6 +530,14 @@ fn the_server_pulls_on_create_and_streams_pull_progress() {
     assert_eq!(kinds.first(), Some(&"resolved"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"done"), "{kinds:?}");
     assert!(kinds.contains(&"layer_done"), "{kinds:?}");
+    // How the server's requests show in the registry's log (another test looks for them).
+    assert!(
+        registry
+            .log()
+            .contains("\"http.request.useragent\":\"hutch/"),
+        "{}",
+        registry.log()
+    );
 
     // A create that names a missing image pulls it, and `hutch run` through the server works.
     let out = home
@@ -608,6 +617,78 @@ fn a_server_told_never_to_pull_refuses_a_missing_image_by_name() {
     assert!(
         registry.blob_bytes_served() == 0,
         "the server pulled anyway"
+    );
+    drop(server);
+}
+
+/// POSTs `body` as JSON: the answer's JSON and its status.
+fn post_json_status(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-X", "POST"])
+        .args(["-H", "content-type: application/json", "--data"])
+        .arg(body.to_string())
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    let (json, status) = text.trim_end().rsplit_once('\n').unwrap();
+    (
+        status.parse().unwrap(),
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}")),
+    )
+}
+
+#[test]
+fn a_server_refuses_pulls_from_its_own_network_with_one_answer_for_open_and_closed_ports() {
+    use common::server::free_port;
+    let home = Home::private();
+    let registry = Registry::start();
+    registry.push_oci_layout(&fixtures().join("busybox"), "latest", "busybox:1");
+    let before = registry.log().len();
+    let closed = free_port();
+    let insecure = format!("{},127.0.0.1:{closed}", registry.host());
+    let server = home.serve_with(
+        free_port(),
+        free_port(),
+        &[],
+        &[("HUTCH_INSECURE_REGISTRIES", insecure.as_str())],
+    );
+    let answer = |port: u16| {
+        let reference = format!("127.0.0.1:{port}/busybox:1");
+        let (status, body) = post_json_status(
+            &server.sandboxes_url(),
+            &serde_json::json!({"image": reference}),
+        );
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["code"], "registry_not_allowed", "{body}");
+        body["message"]
+            .as_str()
+            .unwrap()
+            .replace(&port.to_string(), "PORT")
+    };
+    let open = answer(registry.port);
+    assert_eq!(open, answer(closed));
+    assert!(open.contains("loopback"), "{open}");
+    assert!(
+        !open.contains("refused") && !open.contains("connect"),
+        "{open}"
+    );
+
+    // The pull endpoint too, with the same typed error.
+    let out = post_json(
+        &format!("http://127.0.0.1:{}/hutch/v1/images/pull", server.api_port),
+        &serde_json::json!({"reference": registry.reference("busybox:1")}),
+    );
+    let last: serde_json::Value =
+        serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+    assert_eq!(last["code"], "registry_not_allowed", "{last}");
+    assert_eq!(registry.blob_bytes_served(), 0, "the server pulled anyway");
+    // (The harness's own probes have no user agent; the server's pulls say `hutch/`.)
+    let after = registry.log();
+    assert!(
+        !after[before..].contains("\"http.request.useragent\":\"hutch/"),
+        "the server reached the registry:\n{}",
+        &after[before..]
     );
     drop(server);
 }

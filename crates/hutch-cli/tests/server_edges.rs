@@ -47,7 +47,13 @@ async fn bad_requests_get_typed_4xx_errors() {
     .await;
     expect_error(post("[1, 2]").await.unwrap(), 400, "invalid_json").await;
     let huge = format!("{{\"name\": \"{}\"}}", "a".repeat(2 << 20));
-    let resp = http.post(&api).body(huge).send().await.unwrap();
+    let resp = http
+        .post(&api)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
     expect_error(resp, 413, "body_too_large").await;
     expect_error(
         post("{\"name\": \"Bad Name!\"}").await.unwrap(),
@@ -136,7 +142,8 @@ async fn bad_requests_get_typed_4xx_errors() {
     let id = created["sandbox_id"].as_str().unwrap().to_string();
     let get = |path: String| {
         http.get(format!("{proxy}{path}"))
-            .header("x-tensorlake-sandbox-id", "edges")
+            // A name routes only with its namespace.
+            .header("x-tensorlake-sandbox-id", "edges.default")
             .send()
     };
     expect_error(
@@ -235,7 +242,7 @@ async fn bad_requests_get_typed_4xx_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_required_when_asked_and_introspect() {
     let home = Home::new();
-    let out = home.run(&["key", "create", "--name", "ci", "--json"]);
+    let out = home.run(&["key", "create", "ci", "--admin", "--json"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     let key: Value = serde_json::from_slice(&out.stdout).unwrap();
     let secret = key["secret"].as_str().unwrap().to_string();

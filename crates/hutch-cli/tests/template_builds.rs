@@ -186,7 +186,7 @@ async fn seed_flow_builds_base_and_diff_templates_and_imports_from_a_registry() 
     let server = home.serve_with(
         common::server::free_port(),
         common::server::free_port(),
-        &[],
+        &["--allow-registry", &registry.host()],
         &[("HUTCH_INSECURE_REGISTRIES", registry.host().as_str())],
     );
 
@@ -399,6 +399,7 @@ async fn failed_builds_name_the_line_and_register_nothing() {
             "{}/platform/v1/sandbox-template-builds",
             server.api_url()
         ))
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await

@@ -1,0 +1,412 @@
+//! Attacks from inside a sandbox or an image on the host (issue 11, findings 1-4 and 9):
+//! a RUN step whose `/tmp` is a symlink to a host path, code dialing the agent socket to take
+//! over the link, other host users reaching setuid files through sandbox directories, and
+//! process floods. Each fails without its fix.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Home, stderr};
+use hutch_runtime::agent::ExecEvent;
+use hutch_runtime::{Backend, SandboxSpec};
+use hutch_wire::{ProcessUser, StartProcess};
+
+async fn exec_as(
+    sandbox: &hutch_runtime::Sandbox,
+    user: Option<&str>,
+    command: &str,
+    args: &[&str],
+) -> (String, hutch_wire::ExitInfo) {
+    let mut stream = sandbox
+        .agent
+        .exec(&StartProcess {
+            command: command.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            user: user.map(|u| ProcessUser::Spec(u.into())),
+            ..StartProcess::default()
+        })
+        .await
+        .unwrap();
+    let mut output = Vec::new();
+    loop {
+        match stream.next().await.unwrap() {
+            Some(ExecEvent::Stdout { data, .. }) | Some(ExecEvent::Stderr { data, .. }) => {
+                output.extend(data)
+            }
+            Some(ExecEvent::Exit(exit)) => return (String::from_utf8_lossy(&output).into(), exit),
+            Some(_) => {}
+            None => panic!("stream ended without exit"),
+        }
+    }
+}
+
+async fn sh(sandbox: &hutch_runtime::Sandbox, script: &str) -> (String, hutch_wire::ExitInfo) {
+    exec_as(sandbox, None, "sh", &["-c", script]).await
+}
+
+/// A host directory holding a root-only secret, as an attacker's target.
+fn host_target() -> (tempfile::TempDir, String) {
+    let dir = tempfile::Builder::new()
+        .prefix("hutch-target")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let secret = format!("host-secret-{}", std::process::id());
+    let file = dir.path().join("secret");
+    std::fs::write(&file, &secret).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (dir, secret)
+}
+
+#[test]
+fn a_run_step_never_reaches_the_host_through_a_symlinked_tmp() {
+    let home = Home::with(&["busybox"]);
+    let (target, secret) = host_target();
+    let t = target.path().display().to_string();
+    // `/tmp` as a symlink: absolute, relative with `..` past the root, and through a
+    // symlinked parent at depth.
+    let variants = [
+        format!("ln -s {t} /r/tmp"),
+        format!("ln -s ../../../../../../../..{t} /r/tmp"),
+        format!("mkdir -p /r/a && ln -s {t} /r/a/b && ln -s /a/b/. /r/tmp"),
+    ];
+    for (i, link) in variants.iter().enumerate() {
+        let context = tempfile::tempdir().unwrap();
+        std::fs::write(
+            context.path().join("Dockerfile"),
+            format!(
+                "FROM busybox AS one\nRUN mkdir -p /r && {link}\n\
+                 FROM scratch\nCOPY --from=one /bin /bin\nCOPY --from=one /r/ /\n\
+                 RUN cat /tmp/secret; echo pwned > /tmp/written; echo step-ran\n"
+            ),
+        )
+        .unwrap();
+        let tag = format!("tmp-escape:{i}");
+        let out = home.run(&[
+            "image",
+            "build",
+            "-t",
+            &tag,
+            context.path().to_str().unwrap(),
+        ]);
+        let log = stderr(&out) + &common::stdout(&out);
+        assert!(
+            !log.contains(&secret),
+            "variant {i} read the host file:\n{log}"
+        );
+        assert!(
+            !target.path().join("written").exists(),
+            "variant {i} wrote on the host:\n{log}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(target.path().join("secret")).unwrap(),
+            secret
+        );
+    }
+    home.assert_clean();
+}
+
+#[tokio::test]
+async fn the_agent_link_cannot_be_taken_over_from_inside() {
+    let home = Home::with(&["debian"]);
+    let backend = home.backend();
+    let sandbox = backend
+        .create(SandboxSpec {
+            image: "debian".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // The secret the agent proves itself with is gone before any process runs.
+    let (out, _) = sh(&sandbox, "ls -a /run/hutch").await;
+    assert!(!out.contains("agent.secret"), "{out}");
+
+    // An impostor: dials the agent socket and serves HTTP/2 (a SETTINGS frame, then it
+    // records whatever arrives), as the agent would, with a guessed preface and without.
+    let impostor = r#"
+import socket, sys, time, threading
+captured = open('/captured', 'wb')
+def serve(preface):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect('/run/hutch/agent.sock')
+    if preface:
+        s.sendall(b'HUTCH-AGENT-1 ' + b'0' * 64 + b'\n')
+    s.sendall(b'\x00\x00\x00\x04\x00\x00\x00\x00\x00')
+    s.settimeout(8)
+    try:
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            captured.write(data); captured.flush()
+            s.sendall(b'\x00\x00\x00\x04\x01\x00\x00\x00\x00')
+    except Exception:
+        pass
+threads = [threading.Thread(target=serve, args=(p,)) for p in (False, True)]
+[t.start() for t in threads]
+print('dialed', flush=True)
+[t.join() for t in threads]
+"#;
+    let started = sandbox
+        .agent
+        .start(&StartProcess {
+            command: "python3".into(),
+            args: vec!["-c".into(), impostor.into()],
+            ..StartProcess::default()
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let generation = sandbox.agent.link().unwrap().generation();
+    // Requests still reach the real agent, and the impostor saw none of them.
+    for _ in 0..5 {
+        let (out, exit) = tokio::time::timeout(
+            Duration::from_secs(20),
+            sh(&sandbox, "echo still-the-agent"),
+        )
+        .await
+        .expect("the link was taken over: requests hang");
+        assert_eq!(exit.exit_code, Some(0));
+        assert_eq!(out, "still-the-agent\n");
+    }
+    assert_eq!(sandbox.agent.link().unwrap().generation(), generation);
+    let (captured, _) = sh(&sandbox, "wc -c < /captured").await;
+    assert_eq!(captured.trim(), "0", "the impostor received requests");
+    let _ = sandbox.agent.kill_process(started.pid).await;
+
+    // A process that is not root cannot even reach the socket's directory.
+    let (out, exit) = exec_as(&sandbox, Some("nobody"), "ls", &["/run/hutch"]).await;
+    assert_ne!(exit.exit_code, Some(0), "nobody listed /run/hutch: {out}");
+    backend.delete(&sandbox.info.id).await.unwrap();
+    home.assert_clean();
+}
+
+#[tokio::test]
+async fn other_host_users_reach_nothing_in_sandbox_directories() {
+    let home = Home::with(&["busybox"]);
+    let backend = home.backend();
+    let sandbox = backend
+        .create(SandboxSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // A setuid-root copy of busybox, made inside, lands in the sandbox's upper directory.
+    let (_, exit) = sh(&sandbox, "cp /bin/busybox /suid && chmod 4755 /suid").await;
+    assert_eq!(exit.exit_code, Some(0));
+    let dir = home.path().join("sandboxes").join(&sandbox.info.id);
+    for private in [
+        home.path().to_path_buf(),
+        home.path().join("sandboxes"),
+        dir.clone(),
+        dir.join("run"),
+    ] {
+        let mode = std::fs::metadata(&private).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is {mode:o}", private.display());
+    }
+    // The overlay itself means nothing setuid or device-like on the host.
+    let rootfs = dir.join("rootfs").display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(rootfs.as_str()))
+        .expect("rootfs mounted");
+    let options = line.split(' ').nth(5).unwrap();
+    assert!(
+        options.contains("nosuid") && options.contains("nodev"),
+        "{line}"
+    );
+    // `nobody` on the host tries the setuid binary, by both of its host paths.
+    for path in [dir.join("rootfs/suid"), dir.join("upper/suid")] {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&path)
+            .args(["id", "-u"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success() && !said.contains('0'),
+            "{}: {said}",
+            path.display()
+        );
+    }
+    backend.delete(&sandbox.info.id).await.unwrap();
+    home.assert_clean();
+}
+
+#[tokio::test]
+async fn a_server_keeps_its_database_private_and_limits_every_sandboxs_processes() {
+    let home = Home::with(&["busybox"]);
+    let mut server = home.serve_on(
+        common::server::free_port(),
+        common::server::free_port(),
+        &["--pids-limit", "64"],
+    );
+    let db = home.path().join("hutch.db");
+    assert_eq!(std::fs::metadata(&db).unwrap().mode() & 0o777, 0o600);
+    let http = common::server::http();
+    let resp = http
+        .post(server.sandboxes_url())
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let id = body["sandbox_id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let max = loop {
+        if let Some(max) = cgroup_pids_max(&id) {
+            break max;
+        }
+        assert!(std::time::Instant::now() < deadline, "no cgroup for {id}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(max, (64 * 12 + 256).to_string());
+    server.delete_all();
+    server.stop();
+}
+
+fn cgroup_pids_max(id: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/sys/fs/cgroup/pids/hutch/{id}/pids.max"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+#[tokio::test]
+async fn a_process_flood_ends_inside_and_the_sandbox_lives() {
+    let home = Home::with(&["busybox"]);
+    let backend = home.backend();
+    let sandbox = backend
+        .create(SandboxSpec {
+            image: "busybox".into(),
+            pids_limit: Some(64),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Every sandbox has a host backstop, even without memory or cpu limits.
+    assert_eq!(cgroup_pids_max(&sandbox.info.id).as_deref(), Some("1024"));
+    // 200 sleepers in a session of their own: past 64 the agent ends that session.
+    let (out, _) = sh(
+        &sandbox,
+        "setsid sh -c 'i=0; while [ $i -lt 200 ]; do sleep 60 & i=$((i+1)); done; wait' & \
+         sleep 5; ls /proc | grep -c '^[0-9]'",
+    )
+    .await;
+    let left: u32 = out.trim().lines().last().unwrap().parse().unwrap();
+    assert!(left < 64, "{left} processes left after the flood");
+    let (out, exit) = sh(&sandbox, "echo alive").await;
+    assert_eq!((out.as_str(), exit.exit_code), ("alive\n", Some(0)));
+    backend.delete(&sandbox.info.id).await.unwrap();
+
+    // Out of range limits are refused.
+    let err = backend
+        .create(SandboxSpec {
+            image: "busybox".into(),
+            pids_limit: Some(1 << 30),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("pids_limit"), "{err}");
+    home.assert_clean();
+}
+
+#[test]
+fn one_shot_runs_get_a_pids_limit_too() {
+    let home = Home::with(&["busybox"]);
+    // `hutch run` without --memory or --cpus: its sandbox's host cgroup is read while the
+    // command runs.
+    let child = std::process::Command::new(common::hutch_bin())
+        .env("HUTCH_HOME", home.path())
+        .args(["run", "busybox", "--", "sleep", "5"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        let ids: Vec<String> = std::fs::read_dir(home.path().join("sandboxes"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(max) = ids.iter().find_map(|id| cgroup_pids_max(id)) {
+            break Some(max);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let expected = (hutch_runtime::DEFAULT_PIDS_LIMIT as i64 * 12 + 256).to_string();
+    assert_eq!(found.as_deref(), Some(expected.as_str()));
+    home.assert_clean();
+}
+
+#[tokio::test]
+async fn build_sandboxes_of_a_dead_process_are_swept() {
+    let home = Home::with(&["busybox"]);
+    let backend = home.backend();
+    // A RUN sandbox whose owner is gone (a pid that cannot be alive with that start time),
+    // and one of a live owner (this test process), which must stay.
+    let dead = backend
+        .create(SandboxSpec {
+            image: "busybox".into(),
+            labels: [
+                ("hutch.build".to_string(), "run".to_string()),
+                (
+                    hutch_build::engine::OWNER_LABEL.to_string(),
+                    "1:0".to_string(),
+                ),
+            ]
+            .into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let me = std::process::id();
+    let stat = std::fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
+    let started = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_string();
+    let live = backend
+        .create(SandboxSpec {
+            image: "busybox".into(),
+            labels: [
+                ("hutch.build".to_string(), "run".to_string()),
+                (
+                    hutch_build::engine::OWNER_LABEL.to_string(),
+                    format!("{me}:{started}"),
+                ),
+            ]
+            .into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(hutch_build::engine::sweep_orphans(&backend).await, 1);
+    let left: Vec<String> = backend
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(left, vec![live.info.id.clone()]);
+    assert!(!Path::new(&home.path().join("sandboxes").join(&dead.info.id)).exists());
+    backend.delete(&live.info.id).await.unwrap();
+    home.assert_clean();
+}
