@@ -7,7 +7,7 @@ DEMO_HOME ?= /tmp/hutch-demo
 # The Python SDK conformance suite (tests/python) runs in its own venv.
 PYVENV := target/pyvenv
 
-.PHONY: setup fixtures build test lint demo bench pytest
+.PHONY: setup fixtures build test lint demo bench pytest soak
 
 ## setup: system packages (gVisor, fixture tools) and cargo-nextest
 setup:
@@ -36,6 +36,12 @@ test: setup fixtures
 pytest: setup $(PYVENV)/.installed
 	cargo build -p hutch-cli
 	HUTCH_BIN=$(CURDIR)/target/debug/hutch $(PYVENV)/bin/python -m pytest -q tests/python
+
+## soak: the heavy security cases `make test` skips (crates/hutch-cli/tests/soak_crash.rs):
+## 50 rounds of `kill -9` of the server and a build mid-create/delete, with leak checks after
+## each (HUTCH_SOAK_ROUNDS, HUTCH_SOAK_SEED), and header floods against the API.
+soak: setup fixtures
+	cargo nextest run -p hutch-cli --test soak_crash --run-ignored only --no-capture
 
 $(PYVENV)/.installed: tests/python/requirements.txt | setup
 	python3 -m venv $(PYVENV)

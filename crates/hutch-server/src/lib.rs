@@ -42,6 +42,10 @@ use hutch_store::Store;
 pub use error::ApiError;
 pub use sandboxes::{Limits, Sandboxes};
 
+/// How old a sandbox directory without a record must be to count as left behind by a
+/// process killed mid-create or mid-delete (a live create writes its record within ms).
+const INCOMPLETE_AGE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The state database's file name inside the state directory.
 pub const DB_FILE: &str = "hutch.db";
 
@@ -139,10 +143,23 @@ pub async fn serve(
         ms = started.elapsed().as_millis() as u64,
         "reconciled state with the runtime"
     );
-    let swept = hutch_build::engine::sweep_orphans(&gvisor_for_sweep).await;
+    let swept = hutch_build::engine::sweep_orphans(&gvisor_for_sweep).await
+        + gvisor_for_sweep.sweep_incomplete(INCOMPLETE_AGE);
     if swept > 0 {
         tracing::info!(swept, "removed sandboxes of builds interrupted by a crash");
     }
+    // A CLI build killed while its RUN sandbox was still booting leaves it to come up
+    // after the sweep above: sweep again now and then.
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            let swept = hutch_build::engine::sweep_orphans(&gvisor_for_sweep).await
+                + gvisor_for_sweep.sweep_incomplete(INCOMPLETE_AGE);
+            if swept > 0 {
+                tracing::info!(swept, "removed sandboxes of interrupted builds or deletes");
+            }
+        }
+    });
     tokio::spawn(Arc::clone(&sandboxes).monitor());
 
     let loopback = config.listen.ip().is_loopback() && config.proxy_listen.ip().is_loopback();

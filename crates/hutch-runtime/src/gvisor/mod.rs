@@ -575,6 +575,18 @@ impl GvisorBackend {
     /// Removes every trace of `id`, best effort, reporting the first failure.
     async fn teardown(&self, id: &str) -> Result<()> {
         let mut first_error = self.end(id, Duration::ZERO).await.err();
+        // A `runsc run` left by a process killed mid-create may still be booting: runsc has
+        // no state for it yet, so `end` found nothing to stop, and it would bring the
+        // sandbox up after this teardown. Its processes (supervisor, sandbox, gofer) name
+        // this runsc root and the sandbox's id or bundle.
+        if kill_runsc_processes(&self.runsc.root, id) > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.runsc.knows(id)
+                && let Err(e) = self.runsc.delete_force(id).await
+            {
+                first_error.get_or_insert(e);
+            }
+        }
         let dir = self.dir(id);
         if let Err(e) = rootfs::unmount(&dir.join("rootfs")) {
             first_error.get_or_insert(e);
@@ -594,6 +606,52 @@ impl GvisorBackend {
         remove_cgroups(id);
         self.runsc.remove_stale_locks(id);
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Removes what sandboxes left half-made or half-removed: a directory with no record
+    /// (a process killed between creating it and saving the record, or in the middle of
+    /// removing it), with its mounts, pin, cgroups and any runsc process. Only directories
+    /// older than `min_age` are touched: a create in progress elsewhere writes its record
+    /// within milliseconds. Returns how many were removed.
+    pub fn sweep_incomplete(&self, min_age: Duration) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.home.join("sandboxes")) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let dir = entry.path();
+            let old_enough = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= min_age);
+            if validate_id(&id).is_err()
+                || !old_enough
+                || dir.join(persist::RECORD_FILE).exists()
+                || self.runsc.knows(&id)
+            {
+                continue;
+            }
+            kill_runsc_processes(&self.runsc.root, &id);
+            for mount in rootfs::mounts_under(&dir) {
+                let _ = rootfs::unmount(&mount);
+            }
+            if !rootfs::mounts_under(&dir).is_empty() {
+                continue;
+            }
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(%id, error = %e, "removing an incomplete sandbox directory");
+                continue;
+            }
+            let _ = self.store.unpin(&id);
+            remove_cgroups(&id);
+            removed += 1;
+        }
+        removed
     }
 
     /// Waits until runsc no longer holds state for `id`.
@@ -808,6 +866,41 @@ pub fn validate_id(id: &str) -> Result<()> {
 /// panic, so the agent's limit inside must act long before.
 fn host_pids_backstop(limit: u32) -> i64 {
     i64::from(limit) * 12 + 256
+}
+
+/// SIGKILLs every process whose command line names the runsc state root `root` and the
+/// sandbox `id` (its `runsc run` supervisor, sandbox and gofer); returns how many.
+fn kill_runsc_processes(root: &std::path::Path, id: &str) -> usize {
+    let root = format!("--root={}", root.display());
+    let me = std::process::id();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for pid in procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+    {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let names_root = args.iter().any(|a| *a == root.as_bytes());
+        let names_id = args.iter().any(|a| {
+            *a == id.as_bytes()
+                || a.windows(id.len() + 2).any(|w| {
+                    w[0] == b'/' && &w[1..=id.len()] == id.as_bytes() && w[id.len() + 1] == b'/'
+                })
+        });
+        if names_root && names_id {
+            // SAFETY: kill(2) on a pid read from /proc; a pid gone since fails harmlessly.
+            if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
+                killed += 1;
+            }
+        }
+    }
+    killed
 }
 
 /// Whether the sandbox's host pids cgroup ever refused a task (`pids.events`: `max N`).
