@@ -123,14 +123,21 @@ async fn the_agent_link_cannot_be_taken_over_from_inside() {
     let (out, _) = sh(&sandbox, "ls -a /run/hutch").await;
     assert!(!out.contains("agent.secret"), "{out}");
 
-    // An impostor: dials the agent socket and serves HTTP/2 (a SETTINGS frame, then it
-    // records whatever arrives), as the agent would, with a guessed preface and without.
+    // An impostor: dials the agent socket, unlinks it, and serves HTTP/2 (a SETTINGS
+    // frame, then it records whatever arrives), as the agent would, with a guessed preface
+    // and without. On f2fc56a its connection replaced the agent's and the next proxied
+    // request failed with "http2 error" (seen with `hutch serve` and the same script).
     let impostor = r#"
-import socket, sys, time, threading
+import os, socket, sys, time, threading
 captured = open('/captured', 'wb')
 def serve(preface):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect('/run/hutch/agent.sock')
+    try:
+        # As the probe did: the real agent could not dial again after a drop.
+        os.unlink('/run/hutch/agent.sock')
+    except OSError:
+        pass
     if preface:
         s.sendall(b'HUTCH-AGENT-1 ' + b'0' * 64 + b'\n')
     s.sendall(b'\x00\x00\x00\x04\x00\x00\x00\x00\x00')

@@ -872,6 +872,7 @@ fn host_pids_backstop(limit: u32) -> i64 {
 /// sandbox `id` (its `runsc run` supervisor, sandbox and gofer); returns how many.
 fn kill_runsc_processes(root: &std::path::Path, id: &str) -> usize {
     let root = format!("--root={}", root.display());
+    let in_path = format!("/{id}/");
     let me = std::process::id();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return 0;
@@ -886,12 +887,11 @@ fn kill_runsc_processes(root: &std::path::Path, id: &str) -> usize {
             continue;
         };
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let names_root = args.iter().any(|a| *a == root.as_bytes());
+        let names_root = args.contains(&root.as_bytes());
+        // The id itself (`runsc run ... <id>`), or a path through its directory (the
+        // gofer's `--bundle=<home>/sandboxes/<id>/bundle`).
         let names_id = args.iter().any(|a| {
-            *a == id.as_bytes()
-                || a.windows(id.len() + 2).any(|w| {
-                    w[0] == b'/' && &w[1..=id.len()] == id.as_bytes() && w[id.len() + 1] == b'/'
-                })
+            *a == id.as_bytes() || a.windows(in_path.len()).any(|w| w == in_path.as_bytes())
         });
         if names_root && names_id {
             // SAFETY: kill(2) on a pid read from /proc; a pid gone since fails harmlessly.
