@@ -54,7 +54,7 @@ enum Command {
     /// adopts them.
     Serve(serve::ServeArgs),
     /// Sandboxes on a running `hutch serve` ($HUTCH_SERVER, default http://127.0.0.1:8900;
-    /// key from $HUTCH_API_KEY).
+    /// key from $HUTCH_API_KEY; namespace from $HUTCH_NAMESPACE, default `default`).
     #[command(subcommand)]
     Sbx(sbx::SbxCommand),
     /// Manage the server's API keys.

@@ -271,9 +271,15 @@ async fn run_on_server(args: RunArgs, api: &str) -> anyhow::Result<u8> {
     }
     // The command runs through the proxy: no template CMD at create.
     let body = json!({"image": name, "resources": resources, "entrypoint": []});
-    let created = client::json(api, Method::POST, crate::sbx::NS, None, Some(body))
-        .await
-        .context("creating the sandbox")?;
+    let created = client::json(
+        api,
+        Method::POST,
+        &crate::sbx::sandboxes_path(),
+        None,
+        Some(body),
+    )
+    .await
+    .context("creating the sandbox")?;
     let id = created["sandbox_id"]
         .as_str()
         .context("the server's create answer has no sandbox_id")?
@@ -304,7 +310,7 @@ async fn run_on_server(args: RunArgs, api: &str) -> anyhow::Result<u8> {
             ..StartProcess::default()
         };
         let alive = async || {
-            let path = format!("{}/{id}", crate::sbx::NS);
+            let path = format!("{}/{id}", crate::sbx::sandboxes_path());
             match client::json(api, Method::GET, &path, None, None).await {
                 Ok(info) => info["status"] == "running",
                 // The server itself may be restarting; the sandbox outlives it.
@@ -319,7 +325,7 @@ async fn run_on_server(args: RunArgs, api: &str) -> anyhow::Result<u8> {
     } else if let Err(e) = client::json(
         api,
         Method::DELETE,
-        &format!("{}/{id}", crate::sbx::NS),
+        &format!("{}/{id}", crate::sbx::sandboxes_path()),
         None,
         None,
     )

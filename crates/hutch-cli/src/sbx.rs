@@ -64,11 +64,31 @@ pub enum SbxCommand {
     },
 }
 
-pub const NS: &str = "/v1/namespaces/default/sandboxes";
+/// The lifecycle path of the sandboxes of `$HUTCH_NAMESPACE` (default `default`): a key
+/// scoped to one namespace reaches only that one's.
+pub fn sandboxes_path() -> String {
+    let namespace = std::env::var("HUTCH_NAMESPACE")
+        .ok()
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or_else(|| "default".to_string());
+    // Percent-encoding is not needed for valid names; anything else the server refuses.
+    let namespace: String = namespace
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .collect();
+    format!("/v1/namespaces/{namespace}/sandboxes")
+}
 
 /// The sandbox's proxy address and Host label, from the lifecycle API.
 pub async fn route(api: &str, sandbox: &str) -> anyhow::Result<(String, String, Value)> {
-    let info = client::json(api, Method::GET, &format!("{NS}/{sandbox}"), None, None).await?;
+    let info = client::json(
+        api,
+        Method::GET,
+        &format!("{}/{sandbox}", sandboxes_path()),
+        None,
+        None,
+    )
+    .await?;
     let id = info["sandbox_id"].as_str().unwrap_or_default().to_string();
     let Some(url) = info["sandbox_url"].as_str() else {
         bail!(
@@ -123,7 +143,8 @@ pub async fn dispatch(cmd: SbxCommand) -> anyhow::Result<u8> {
                 resources["memory_mb"] = json!(m);
             }
             body["resources"] = resources;
-            let created = client::json(&api, Method::POST, NS, None, Some(body)).await?;
+            let created =
+                client::json(&api, Method::POST, &sandboxes_path(), None, Some(body)).await?;
             if json {
                 println!("{created}");
             } else {
@@ -134,7 +155,7 @@ pub async fn dispatch(cmd: SbxCommand) -> anyhow::Result<u8> {
             let mut sandboxes = Vec::new();
             let mut cursor: Option<String> = None;
             loop {
-                let mut path = format!("{NS}?include_terminated={all}");
+                let mut path = format!("{}?include_terminated={all}", sandboxes_path());
                 if let Some(c) = &cursor {
                     path.push_str(&format!("&cursor={c}"));
                 }
@@ -158,8 +179,14 @@ pub async fn dispatch(cmd: SbxCommand) -> anyhow::Result<u8> {
             }
         }
         SbxCommand::Get { sandbox, json } => {
-            let info =
-                client::json(&api, Method::GET, &format!("{NS}/{sandbox}"), None, None).await?;
+            let info = client::json(
+                &api,
+                Method::GET,
+                &format!("{}/{sandbox}", sandboxes_path()),
+                None,
+                None,
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
@@ -168,7 +195,14 @@ pub async fn dispatch(cmd: SbxCommand) -> anyhow::Result<u8> {
         }
         SbxCommand::Rm { sandboxes } => {
             for s in sandboxes {
-                client::json(&api, Method::DELETE, &format!("{NS}/{s}"), None, None).await?;
+                client::json(
+                    &api,
+                    Method::DELETE,
+                    &format!("{}/{s}", sandboxes_path()),
+                    None,
+                    None,
+                )
+                .await?;
             }
         }
         SbxCommand::Exec { sandbox, command } => return exec(&api, &sandbox, command).await,

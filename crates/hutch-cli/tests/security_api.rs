@@ -272,3 +272,45 @@ async fn pages_in_a_browser_cannot_drive_a_loopback_server() {
     drop(server);
     home.assert_clean();
 }
+
+#[test]
+fn the_cli_works_in_the_namespace_its_key_reaches() {
+    let home = Home::with(&["busybox"]);
+    let alice = key(&home, "alice", &["--namespace", "team-a"]);
+    let server = home.serve_on(free_port(), free_port(), &["--require-keys"]);
+    let sbx = |namespace: Option<&str>, args: &[&str]| {
+        let mut cmd = std::process::Command::new(common::hutch_bin());
+        cmd.env("HUTCH_HOME", home.path())
+            .env("HUTCH_SERVER", server.api_url())
+            .env("HUTCH_API_KEY", &alice)
+            .env_remove("HUTCH_NAMESPACE")
+            .arg("sbx")
+            .args(args)
+            .stdin(std::process::Stdio::null());
+        if let Some(ns) = namespace {
+            cmd.env("HUTCH_NAMESPACE", ns);
+        }
+        cmd.output().unwrap()
+    };
+    // Without a namespace the CLI asks for `default`, which alice's key does not reach.
+    let refused = sbx(None, &["ls"]);
+    assert!(!refused.status.success());
+    assert!(
+        common::stderr(&refused).contains("403") || common::stderr(&refused).contains("forbidden"),
+        "{}",
+        common::stderr(&refused)
+    );
+    let created = sbx(Some("team-a"), &["create"]);
+    assert!(created.status.success(), "{}", common::stderr(&created));
+    let id = common::stdout(&created).trim().to_string();
+    let out = sbx(Some("team-a"), &["exec", &id, "--", "echo", "in-team-a"]);
+    assert_eq!(
+        common::stdout(&out),
+        "in-team-a\n",
+        "{}",
+        common::stderr(&out)
+    );
+    let listed = sbx(Some("team-a"), &["ls"]);
+    assert!(common::stdout(&listed).contains(&id));
+    assert!(sbx(Some("team-a"), &["rm", &id]).status.success());
+}
