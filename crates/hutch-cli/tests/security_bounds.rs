@@ -311,6 +311,11 @@ fn run_trusts_only_the_server_that_proves_the_secret() {
     // told where it is.
     let mut server = home.serve();
     let serve_file = home.path().join("serve.json");
+    // Written right after the listeners bind, which is when `serve()` returns: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !serve_file.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&serve_file).unwrap().permissions(),
     );

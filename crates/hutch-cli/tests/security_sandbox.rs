@@ -469,3 +469,50 @@ async fn build_sandboxes_of_a_dead_process_are_swept() {
     backend.delete(&live.info.id).await.unwrap();
     home.assert_clean();
 }
+
+#[tokio::test]
+async fn device_nodes_made_inside_reach_no_host_device() {
+    let home = Home::with(&["busybox"]);
+    let backend = home.backend();
+    let sandbox = backend
+        .create(SandboxSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // The host's first disk and its memory, as device numbers: CAP_MKNOD is in the default
+    // set, so the node may be made, but it must lead nowhere.
+    let (out, _) = sh(
+        &sandbox,
+        "mknod /disk b 8 0; mknod /mem c 1 1; \
+         head -c 16 /disk | wc -c; head -c 16 /mem | wc -c",
+    )
+    .await;
+    let counts: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim().parse::<u32>().is_ok())
+        .collect();
+    assert!(
+        counts.iter().all(|c| c.trim() == "0"),
+        "a device node made inside read something: {out}"
+    );
+    // Nor does a real device node appear on the host in the sandbox's writable layer.
+    let upper = home
+        .path()
+        .join("sandboxes")
+        .join(&sandbox.info.id)
+        .join("upper");
+    for name in ["disk", "mem"] {
+        if let Ok(meta) = std::fs::symlink_metadata(upper.join(name)) {
+            use std::os::unix::fs::FileTypeExt;
+            let ft = meta.file_type();
+            assert!(
+                !(ft.is_block_device() || ft.is_char_device()) || meta.rdev() == 0,
+                "{name} is a device node on the host"
+            );
+        }
+    }
+    backend.delete(&sandbox.info.id).await.unwrap();
+    home.assert_clean();
+}

@@ -36,8 +36,10 @@ async fn start_printer(http: &reqwest::Client, proxy: &str, id: &str) -> i64 {
         .send()
         .await
         .unwrap();
-    assert!(resp.status().is_success(), "start: {}", resp.status());
-    resp.json::<Value>().await.unwrap()["pid"].as_i64().unwrap()
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or_default();
+    assert!(status.is_success(), "start: {status} {body}");
+    body["pid"].as_i64().unwrap()
 }
 
 /// Follows a process's output to its exit, reattaching after any break. Each attach replays

@@ -112,8 +112,10 @@ impl Drop for Inner {
 #[derive(Clone)]
 pub struct AgentLink(Arc<Inner>);
 
-/// How long a new connection has to prove it is the agent.
-const PREFACE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a new connection has to prove it is the agent. Generous: on a loaded host a
+/// booting sandbox's Sentry can take seconds between the agent's connect and its first write,
+/// and at most [`MAX_PENDING`] connections wait at once anyway.
+const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections still proving themselves at once; more are dropped unread, so code in the
 /// sandbox cannot pile up connections on the host.
 const MAX_PENDING: usize = 8;
