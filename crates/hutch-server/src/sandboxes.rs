@@ -570,7 +570,16 @@ impl Sandboxes {
                     .ok()
                     .flatten()
                     .is_some_and(|r| r.status == Status::Running);
-                if still_running && !running.contains(row.id.as_str()) {
+                // Confirmed by a second look a moment later: one scan can catch runsc in the
+                // middle of rewriting a state file, and a live sandbox must not be ended for it.
+                let dead = still_running && !running.contains(row.id.as_str()) && {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    !matches!(
+                        self.backend.inspect(&row.id).await,
+                        Ok(info) if info.state == SandboxState::Running
+                    )
+                };
+                if dead {
                     tracing::warn!(id = %row.id, "sandbox died");
                     self.terminate_row(
                         &row.id,

@@ -222,10 +222,24 @@ impl Runsc {
         let Ok(dir) = std::fs::read_dir(&self.root) else {
             return Vec::new();
         };
+        // runsc rewrites a state file in place (truncate, then write): a read in between sees
+        // it empty or cut short. Such a container is not gone, so read it again.
+        let read_state = |path: &Path| -> Option<StateFile> {
+            for attempt in 0..5 {
+                if let Ok(bytes) = std::fs::read(path)
+                    && let Ok(state) = serde_json::from_slice::<StateFile>(&bytes)
+                {
+                    return Some(state);
+                }
+                if attempt < 4 {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }
+            None
+        };
         dir.flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".state"))
-            .filter_map(|e| std::fs::read(e.path()).ok())
-            .filter_map(|bytes| serde_json::from_slice::<StateFile>(&bytes).ok())
+            .filter_map(|e| read_state(&e.path()))
             .map(|f| {
                 let pid = f.sandbox.map_or(0, |s| s.pid);
                 // SAFETY: signal 0 only checks that the process exists.
