@@ -574,12 +574,15 @@ impl GvisorBackend {
 
     /// Removes every trace of `id`, best effort, reporting the first failure.
     async fn teardown(&self, id: &str) -> Result<()> {
+        // A supervisor this process started is waited for (or killed) by `end`; only a
+        // sandbox another process started can have a runsc still booting unseen.
+        let ours = self.supervisors.lock().is_ok_and(|s| s.contains_key(id));
         let mut first_error = self.end(id, Duration::ZERO).await.err();
         // A `runsc run` left by a process killed mid-create may still be booting: runsc has
         // no state for it yet, so `end` found nothing to stop, and it would bring the
         // sandbox up after this teardown. Its processes (supervisor, sandbox, gofer) name
         // this runsc root and the sandbox's id or bundle.
-        if kill_runsc_processes(&self.runsc.root, id) > 0 {
+        if !ours && kill_runsc_processes(&self.runsc.root, id) > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
             if self.runsc.knows(id)
                 && let Err(e) = self.runsc.delete_force(id).await
