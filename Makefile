@@ -7,16 +7,35 @@ DEMO_HOME ?= /tmp/hutch-demo
 # The Python SDK conformance suite (tests/python) runs in its own venv.
 PYVENV := target/pyvenv
 
-.PHONY: setup fixtures build test lint demo bench pytest soak
+# gVisor: Debian 13's runsc (2024-07: systrap, fast checkpoint) is a static binary that runs
+# on Debian 12. Trixie is added as an apt source pinned at 1 (never chosen for anything) with
+# runsc alone pinned above bookworm; nothing comes from outside Debian.
+TRIXIE_SOURCE := /etc/apt/sources.list.d/hutch-trixie.sources
+TRIXIE_PIN := /etc/apt/preferences.d/hutch-trixie
+# Debian 12's own runsc (2022-12, ptrace only), unpacked beside it for the side-by-side
+# benchmarks and the old-runsc compatibility run (HUTCH_RUNSC=$(OLD_RUNSC)).
+OLD_RUNSC := /opt/hutch/runsc-20221219/runsc
+
+.PHONY: setup fixtures build test lint demo bench bench-runsc pytest soak
 
 ## setup: system packages (gVisor, fixture tools) and cargo-nextest
-setup:
+setup: $(TRIXIE_PIN) $(OLD_RUNSC)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+
+$(TRIXIE_PIN):
+	printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' > $(TRIXIE_SOURCE)
+	printf 'Package: *\nPin: release n=trixie\nPin-Priority: 1\n\nPackage: runsc\nPin: release n=trixie\nPin-Priority: 990\n' > $@
+	apt-get update -qq
+	dpkg -s runsc >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runsc >/dev/null || true
+
+$(OLD_RUNSC): | $(TRIXIE_PIN)
+	d=$$(mktemp -d) && cd $$d && chmod 755 $$d && apt-get download -qq runsc=0.0~20221219.0-2+b3 2>/dev/null && \
+	  dpkg-deb -x runsc_*.deb x && mkdir -p $(dir $@) && install -m 0755 x/usr/bin/runsc $@ && rm -rf $$d
 
 ## fixtures: the busybox, Debian+python3 and oracle (layer edge cases) test images (built offline, cached)
 fixtures: setup
@@ -70,3 +89,9 @@ bench: setup fixtures build
 	target/release/hutch-bench-build target/release/hutch
 	cargo build --release -p hutch-bench --bin hutch-bench-seed
 	target/release/hutch-bench-seed target/release/hutch
+
+## bench-runsc: hutch-bench, hutch-bench-runtime and hutch-bench-build with the old runsc
+## (2022-12, ptrace) and the new one (2024-07, systrap), into one report (bench/compare-runsc.sh)
+bench-runsc: setup fixtures build
+	cargo build --release -p hutch-bench --bins
+	OLD_RUNSC=$(OLD_RUNSC) bash bench/compare-runsc.sh target/release/hutch target/bench-runsc.md

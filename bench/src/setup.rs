@@ -17,6 +17,8 @@ pub struct Setup {
     pub home: PathBuf,
     /// The busybox OCI layout (tag `latest`).
     pub fixture: PathBuf,
+    /// Where `fixtures/build-all.sh` put the images (`busybox`, `debian`, ...).
+    pub fixtures: PathBuf,
     /// The agent binary the library backend mounts (the one `hutch` embeds).
     pub agent: PathBuf,
     /// The `runsc` that hutch uses, and the platform it picked; the floor uses both too.
@@ -51,14 +53,22 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 }
 
 impl Setup {
+    /// Prepares for the `hutch` in `$HUTCH_BIN`, else the workspace's release build.
     pub fn prepare() -> anyhow::Result<Self> {
+        let hutch =
+            env_path("HUTCH_BIN").unwrap_or_else(|| workspace().join("target/release/hutch"));
+        Self::prepare_for(hutch)
+    }
+
+    /// Checks what the figures need, imports the busybox fixture into the bench's home and
+    /// unpacks the floor's bundles, all for the `hutch` binary `hutch`.
+    pub fn prepare_for(hutch: PathBuf) -> anyhow::Result<Self> {
         // SAFETY: geteuid has no preconditions and cannot fail.
         ensure!(
             unsafe { libc::geteuid() } == 0,
             "hutch-bench must run as root: runsc and the overlay mounts need it"
         );
         let ws = workspace();
-        let hutch = env_path("HUTCH_BIN").unwrap_or_else(|| ws.join("target/release/hutch"));
         ensure!(
             hutch.is_file(),
             "the release hutch binary {} is missing; build it with `cargo build --release` \
@@ -95,20 +105,6 @@ impl Setup {
 
         let runsc = Runsc::detect(home.join("runsc")).context("finding runsc")?;
 
-        eprintln!("hutch-bench: importing {} as busybox", fixture.display());
-        let out = hutch_command(&hutch, &home)
-            .args(["image", "import"])
-            .arg(&fixture)
-            .args(["--name", "busybox"])
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running {}", hutch.display()))?;
-        ensure!(
-            out.status.success(),
-            "`hutch image import` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-
         let agent = agent_binary(&hutch, &home, &ws)?;
 
         let raw = home.join("raw");
@@ -128,10 +124,11 @@ impl Setup {
             Some(LIMIT_MIB << 20),
         )?;
 
-        Ok(Self {
+        let setup = Self {
             hutch,
             home,
             fixture,
+            fixtures,
             agent,
             runsc: runsc.binary,
             platform: runsc.platform,
@@ -139,7 +136,53 @@ impl Setup {
             bundle_true,
             bundle_echo,
             bundle_true_limited,
-        })
+        };
+        setup.import_fixture("busybox")?;
+        Ok(setup)
+    }
+
+    /// Imports the fixture image `name` (an OCI layout in [`Self::fixtures`], as
+    /// `fixtures/build-all.sh` leaves it) into the bench's home as `name:latest`.
+    pub fn import_fixture(&self, name: &str) -> anyhow::Result<()> {
+        let layout = self.fixtures.join(name);
+        ensure!(
+            layout.join("index.json").is_file(),
+            "the {name} fixture {} is missing; build it with `{}`",
+            layout.display(),
+            workspace().join("fixtures/build-all.sh").display()
+        );
+        eprintln!("hutch-bench: importing {} as {name}", layout.display());
+        let out = self
+            .hutch()
+            .args(["image", "import"])
+            .arg(&layout)
+            .args(["--name", name])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", self.hutch.display()))?;
+        ensure!(
+            out.status.success(),
+            "`hutch image import` of {} failed: {}",
+            layout.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+
+    /// `runsc --version`'s first line for the runsc in use.
+    pub fn runsc_version(&self) -> String {
+        Command::new(&self.runsc)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "unknown".into())
     }
 
     /// `hutch ARGS...` against the bench's home.

@@ -19,43 +19,36 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
+use hutch_runtime::agent::{full, http_client};
 use hutch_runtime::gvisor::{GvisorBackend, GvisorConfig};
 use hutch_runtime::{Backend, SandboxSpec};
 use hutch_wire::StartProcess;
 use hyper::Request;
-use hyper_util::rt::TokioIo;
 use stats::{Samples, ms, ratio};
 
 const IMAGE: &str = "hutch/default:latest";
 
-struct Conn(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
+/// One of the server's listeners (its port), reached on the pooled, kept-alive client the
+/// CLI uses.
+struct Endpoint(u16);
 
-impl Conn {
-    async fn open(port: u16) -> anyhow::Result<Self> {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.set_nodelay(true)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        Ok(Self(sender))
-    }
-
-    /// One request on the kept-alive connection; returns the status and the whole body.
+impl Endpoint {
+    /// One request; returns the status and the whole body.
     async fn call(
-        &mut self,
+        &self,
         method: &str,
         path: &str,
         host: &str,
         body: Bytes,
     ) -> anyhow::Result<(u16, Bytes)> {
-        self.0.ready().await?;
         let req = Request::builder()
             .method(method)
-            .uri(path)
+            .uri(format!("http://127.0.0.1:{}{path}", self.0))
             .header("host", host)
             .header("content-type", "application/json")
-            .body(Full::new(body))?;
-        let resp = self.0.send_request(req).await?;
+            .body(full(body))?;
+        let resp = http_client().request(req).await?;
         let status = resp.status().as_u16();
         Ok((status, resp.into_body().collect().await?.to_bytes()))
     }
@@ -114,7 +107,7 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let api_host = format!("127.0.0.1:{api_port}");
-    let mut api = Conn::open(api_port).await?;
+    let api = Endpoint(api_port);
     let sandboxes = "/v1/namespaces/default/sandboxes";
 
     // 1. create → running through the API, and the library's create of the same image.
@@ -177,7 +170,7 @@ async fn measure(
         .context("no sandbox id")?
         .to_string();
     let host = format!("{id}.local");
-    let mut proxy = Conn::open(proxy_port).await?;
+    let proxy = Endpoint(proxy_port);
     let run = Bytes::from_static(br#"{"command":"true"}"#);
     let mut via_proxy = Samples::default();
     for _ in 0..n * 5 {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hutch_wire::frame::encode_parts;
+use hutch_wire::frame::{GapPayload, StartedPayload, encode_parts};
 use hutch_wire::{CreatePty, ListPtySessions, pty::PTY_TOKEN_HEADER};
 use hutch_wire::{
     DaemonInfo, ErrorBody, ExitInfo, FrameKind, HealthResponse, ListProcessesResponse, OutputEvent,
@@ -25,6 +25,7 @@ use crate::http::{self, ApiError, Body, empty, ok_json};
 use crate::output::{Chunk, LineSplitter, Stream};
 use crate::process::{self, Processes};
 use crate::pty::{self, PtySessions};
+use hutch_wire::clock::now_ms;
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
@@ -53,7 +54,7 @@ async fn route(
             let (running, total, boot) = procs.counts();
             ok_json(&DaemonInfo {
                 version: env!("CARGO_PKG_VERSION").into(),
-                uptime_secs: (process::now_ms() - boot) / 1000,
+                uptime_secs: (now_ms() - boot) / 1000,
                 running_processes: running,
                 total_processes: total,
             })
@@ -475,7 +476,7 @@ fn flush_lines(split: &mut LineSplitter, filter: Option<Stream>) -> Vec<Bytes> {
     [Stream::Stdout, Stream::Stderr]
         .into_iter()
         .filter(|s| filter.is_none_or(|f| f == *s))
-        .filter_map(|s| split.finish(s).map(|l| line_event(l, process::now_ms(), s)))
+        .filter_map(|s| split.finish(s).map(|l| line_event(l, now_ms(), s)))
         .collect()
 }
 
@@ -539,14 +540,10 @@ fn framed(procs: Processes, pid: i32, from: u64, started_at: Option<i64>) -> Res
     let (tx, body) = http::channel(16);
     tokio::spawn(async move {
         if let Some(started_at) = started_at {
-            let payload = serde_json::json!({ "pid": pid, "started_at": started_at });
+            let payload =
+                serde_json::to_vec(&StartedPayload { pid, started_at }).unwrap_or_default();
             let mut out = Vec::new();
-            encode_parts(
-                FrameKind::Started,
-                0,
-                payload.to_string().as_bytes(),
-                &mut out,
-            );
+            encode_parts(FrameKind::Started, 0, &payload, &mut out);
             if tx.send(Bytes::from(out)).await.is_err() {
                 return;
             }
@@ -562,8 +559,11 @@ fn framed(procs: Processes, pid: i32, from: u64, started_at: Option<i64>) -> Res
                     encode_parts(kind, chunk.seq, &chunk.data, &mut out);
                 }
                 Event::Gap(first) => {
-                    let payload = serde_json::json!({ "first_available": first }).to_string();
-                    encode_parts(FrameKind::Gap, first, payload.as_bytes(), &mut out);
+                    let payload = serde_json::to_vec(&GapPayload {
+                        first_available: first,
+                    })
+                    .unwrap_or_default();
+                    encode_parts(FrameKind::Gap, first, &payload, &mut out);
                 }
                 Event::End(Some(exit)) => {
                     let payload = serde_json::to_vec(&exit).unwrap_or_default();

@@ -112,7 +112,10 @@ pub async fn write(path: PathBuf, body: Incoming, procs: &Processes) -> Result<(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = parent.join(format!(".{name}.hutch-upload-{}", crate::process::now_ms()));
+    let tmp = parent.join(format!(
+        ".{name}.hutch-upload-{}",
+        hutch_wire::clock::now_ms()
+    ));
     let result = write_to(&tmp, body).await;
     if let Err(e) = result {
         let _ = tokio::fs::remove_file(&tmp).await;

@@ -7,6 +7,7 @@
 //! output pipes are drained (or a short grace has passed, for children that keep the pipes
 //! open), so followers always see all output before the exit event.
 
+use hutch_wire::clock::now_ms;
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
@@ -670,13 +671,6 @@ pub fn spawn_error(command: &str, err: std::io::Error) -> ApiError {
 pub fn signal_group(pid: i32, signal: i32) -> bool {
     // SAFETY: kill(2) with a negative pid signals a process group.
     unsafe { libc::kill(-pid, signal) == 0 || libc::kill(pid, signal) == 0 }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Reaps every child, ours or re-parented, forever.

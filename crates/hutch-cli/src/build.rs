@@ -2,14 +2,17 @@
 //! sandbox, every step cached (see `hutch_build::engine`).
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use hutch_build::engine::{BuildEvent, BuildRequest, Engine};
 use hutch_registry::{Client, ClientConfig};
 use hutch_store::Store;
+use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args)]
 pub struct BuildArgs {
@@ -73,30 +76,9 @@ pub async fn build_image(
     }
     let backend = crate::run::backend_at(crate::home())?;
     let registry = Client::new(ClientConfig::from_env(&args.insecure))?;
-    let events = |event: BuildEvent| {
-        let mut err = std::io::stderr().lock();
-        match event {
-            BuildEvent::Step {
-                stage,
-                line,
-                text,
-                cached,
-            } => {
-                let _ = writeln!(
-                    err,
-                    "[stage {stage}] line {line}: {text}{}",
-                    if cached { " (cached)" } else { "" }
-                );
-            }
-            BuildEvent::Output { data, .. } => {
-                let _ = err.write_all(&data);
-            }
-            BuildEvent::Warning { line, message } => {
-                let _ = writeln!(err, "warning: line {line}: {message}");
-            }
-        }
-    };
-    let templates = hutch_server::templates::Templates::open(&crate::home(), store.clone())?;
+    let progress = Progress::new(std::io::stderr().is_terminal());
+    let events = |event: BuildEvent| progress.handle(event);
+    let templates = hutch_state::templates::Templates::open(&crate::home(), store.clone())?;
     let resolve = move |name: &str| templates.image_of(name);
     // RUN sandboxes of builds killed midway (by this CLI or a server) end here.
     let swept = hutch_build::engine::sweep_orphans(&backend).await;
@@ -122,4 +104,94 @@ pub async fn build_image(
     };
     let image = engine.build(&request).await?;
     Ok((image, request.dockerfile))
+}
+
+/// The build's events on stderr: one line per step and the RUN output as it comes; on a
+/// terminal, also a spinner under them naming the running step and its time.
+struct Progress {
+    spinner: Option<ProgressBar>,
+    /// On a terminal, output is printed above the spinner a whole line at a time; this is
+    /// the unfinished last line.
+    partial: Mutex<Vec<u8>>,
+}
+
+impl Progress {
+    fn new(tty: bool) -> Self {
+        let spinner = tty.then(|| {
+            let bar = ProgressBar::new_spinner();
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Self {
+            spinner,
+            partial: Mutex::default(),
+        }
+    }
+
+    fn handle(&self, event: BuildEvent) {
+        let line = match event {
+            BuildEvent::Step {
+                stage,
+                line,
+                text,
+                cached,
+            } => {
+                let step = format!(
+                    "[stage {stage}] line {line}: {text}{}",
+                    if cached { " (cached)" } else { "" }
+                );
+                if let Some(spinner) = &self.spinner {
+                    self.flush();
+                    spinner.set_message(step.clone());
+                    spinner.reset_elapsed();
+                }
+                step
+            }
+            BuildEvent::Output { data, .. } => {
+                let Some(spinner) = &self.spinner else {
+                    let _ = std::io::stderr().lock().write_all(&data);
+                    return;
+                };
+                let mut partial = self.partial.lock().unwrap_or_else(|e| e.into_inner());
+                partial.extend_from_slice(&data);
+                if let Some(end) = partial.iter().rposition(|&b| b == b'\n') {
+                    let whole: Vec<u8> = partial.drain(..=end).collect();
+                    let text = String::from_utf8_lossy(&whole[..end]);
+                    spinner.suspend(|| eprintln!("{text}"));
+                }
+                return;
+            }
+            BuildEvent::Warning { line, message } => format!("warning: line {line}: {message}"),
+        };
+        match &self.spinner {
+            Some(spinner) => spinner.suspend(|| eprintln!("{line}")),
+            None => {
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+            }
+        }
+    }
+
+    /// Prints an unfinished output line as it is.
+    fn flush(&self) {
+        let mut partial = self.partial.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(spinner) = &self.spinner
+            && !partial.is_empty()
+        {
+            let text = String::from_utf8_lossy(&partial).into_owned();
+            partial.clear();
+            spinner.suspend(|| eprintln!("{text}"));
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.flush();
+        if let Some(spinner) = &self.spinner {
+            spinner.finish_and_clear();
+        }
+    }
 }

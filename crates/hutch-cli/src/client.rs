@@ -1,12 +1,15 @@
-//! A small HTTP/1.1 client for talking to `hutch serve`: the lifecycle API and the sandbox
-//! proxy. Bodies stream in both directions.
+//! Talking to `hutch serve` over HTTP/1.1: the lifecycle API and the sandbox proxy, on the
+//! process's pooled client (`hutch_runtime::agent::http_client`, keep-alive on). Bodies
+//! stream in both directions.
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use hutch_api::ErrorBody;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
-use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use hutch_runtime::agent::{RequestBody as Body, full};
@@ -53,16 +56,9 @@ pub async fn send_with(
     body: Body,
 ) -> anyhow::Result<Response<Incoming>> {
     let authority = authority(base)?;
-    let stream = tokio::net::TcpStream::connect(&authority)
-        .await
-        .with_context(|| format!("connecting to {base} (is `hutch serve` running?)"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
     let mut req = Request::builder()
         .method(method)
-        .uri(path)
+        .uri(format!("http://{authority}{path}"))
         .header("host", host.unwrap_or(&authority))
         .header("content-type", "application/json");
     for (name, value) in headers {
@@ -73,7 +69,18 @@ pub async fn send_with(
     {
         req = req.header("authorization", format!("Bearer {key}"));
     }
-    Ok(sender.send_request(req.body(body)?).await?)
+    let resp = hutch_runtime::agent::http_client()
+        .request(req.body(body)?)
+        .await
+        .map_err(|e| {
+            let context = if e.is_connect() {
+                format!("connecting to {base} (is `hutch serve` running?)")
+            } else {
+                format!("{base}{path}")
+            };
+            anyhow::Error::new(e).context(context)
+        })?;
+    Ok(resp)
 }
 
 /// A JSON request whose answer must be a 2xx JSON body; an error answer becomes its message.
@@ -107,12 +114,25 @@ pub async fn json_with(
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
     if !status.is_success() {
-        let message = value["message"]
-            .as_str()
-            .or(value["error"].as_str())
-            .map(String::from)
-            .unwrap_or_else(|| value.to_string());
+        let message = match serde_json::from_value::<ErrorBody>(value.clone()) {
+            Ok(e) if !e.message.is_empty() => e.message,
+            Ok(e) => e.error,
+            Err(_) => value.to_string(),
+        };
         bail!("{message} (HTTP {status})");
     }
     Ok(value)
+}
+
+/// [`json`] with a typed answer (the `hutch-api` and `hutch-wire` shapes).
+pub async fn call<T: DeserializeOwned>(
+    base: &str,
+    method: Method,
+    path: &str,
+    host: Option<&str>,
+    body: Option<&impl Serialize>,
+) -> anyhow::Result<T> {
+    let body = body.map(serde_json::to_value).transpose()?;
+    let value = json(base, method, path, host, body).await?;
+    serde_json::from_value(value).with_context(|| format!("an unexpected answer from {base}{path}"))
 }

@@ -133,7 +133,7 @@ fn ls(store: &Store, json: bool, all: bool) -> anyhow::Result<u8> {
             !i.name.starts_with(hutch_build::engine::CACHE_REPO)
                 && !i
                     .name
-                    .starts_with(&format!("{}:", hutch_server::templates::TEMPLATE_REPO))
+                    .starts_with(&format!("{}:", hutch_state::templates::TEMPLATE_REPO))
         });
     }
     if json {

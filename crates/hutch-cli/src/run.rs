@@ -8,12 +8,16 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
+use hutch_api::{
+    CreateSandboxRequest, CreateSandboxResources, CreateSandboxResponse, ErrorBody, Health,
+    PullImageRequest, SandboxStatus,
+};
 use hutch_runtime::agent::{AgentClient, ExecEvent, channel_body};
 use hutch_runtime::gvisor::{GvisorBackend, GvisorConfig};
 use hutch_runtime::{Backend, RuntimeError, SandboxSpec};
+use hutch_store::Image;
 use hutch_wire::{BootOutcome, StartProcess, StdinMode};
 use hyper::Method;
-use serde_json::json;
 use tokio::io::AsyncReadExt;
 
 use crate::client;
@@ -82,16 +86,23 @@ pub fn info(json: bool) -> anyhow::Result<()> {
         let value = serde_json::json!({
             "backend": backend.name(),
             "platform": backend.runsc().platform,
-            "capabilities": caps,
+            "runtime": caps.runtime(),
+            "capabilities": caps.features,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    println!(
-        "backend: {} (platform {})",
-        backend.name(),
-        backend.runsc().platform
-    );
+    println!("backend: {}", backend.name());
+    if let Some(rt) = caps.runtime() {
+        println!(
+            "runtime: {} {} (platform {})",
+            rt.runtime, rt.version, rt.platform
+        );
+        for note in &rt.notes {
+            println!("  {note}");
+        }
+    }
+    println!("capabilities:");
     for (name, cap) in caps.iter() {
         match cap {
             hutch_runtime::Capability::Supported => println!("  {name:<24} supported"),
@@ -167,14 +178,11 @@ async fn find_server() -> anyhow::Result<Option<String>> {
         return Ok(Some(url));
     }
     let home = crate::home();
-    let Some(published) = hutch_server::discovery::read(&home) else {
+    let Some(published) = hutch_state::discovery::read(&home) else {
         return Ok(None);
     };
-    let challenge = hutch_server::discovery::challenge()?;
-    let headers = [(
-        hutch_server::discovery::CHALLENGE_HEADER,
-        challenge.as_str(),
-    )];
+    let challenge = hutch_state::discovery::challenge()?;
+    let headers = [(hutch_state::discovery::CHALLENGE_HEADER, challenge.as_str())];
     let probe = client::json_with(
         &published.api,
         Method::GET,
@@ -186,10 +194,13 @@ async fn find_server() -> anyhow::Result<Option<String>> {
     let Ok(Ok(health)) = tokio::time::timeout(Duration::from_millis(500), probe).await else {
         return Ok(None);
     };
-    let proven = health["proof"]
-        .as_str()
-        .is_some_and(|proof| published.verify(&challenge, proof));
-    let same_home = health["state_id"].as_str() == Some(hutch_server::state_id(&home).as_str());
+    let Ok(health) = serde_json::from_value::<Health>(health) else {
+        return Ok(None);
+    };
+    let proven = health
+        .proof
+        .is_some_and(|proof| published.verify(&challenge, &proof));
+    let same_home = health.state_id == hutch_state::state_id(&home);
     if proven && same_home {
         Ok(Some(published.api))
     } else {
@@ -201,7 +212,9 @@ async fn find_server() -> anyhow::Result<Option<String>> {
 /// Has the server pull `reference`, drawing its progress events.
 async fn server_pull(api: &str, reference: &str) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
-    let body = json!({ "reference": reference }).to_string();
+    let body = serde_json::to_string(&PullImageRequest {
+        reference: reference.to_string(),
+    })?;
     let resp = client::send(
         api,
         Method::POST,
@@ -214,14 +227,10 @@ async fn server_pull(api: &str, reference: &str) -> anyhow::Result<()> {
     let mut body = resp.into_body();
     if !status.is_success() {
         let bytes = body.collect().await?.to_bytes();
-        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        anyhow::bail!(
-            "{}",
-            value["message"].as_str().map_or_else(
-                || String::from_utf8_lossy(&bytes).into_owned(),
-                String::from
-            )
-        );
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(e) => anyhow::bail!("{}", e.error),
+            Err(_) => anyhow::bail!("{}", String::from_utf8_lossy(&bytes)),
+        }
     }
     let renderer = hutch_registry::Renderer::new(std::io::stderr().is_terminal());
     let mut pending = Vec::new();
@@ -250,40 +259,37 @@ async fn run_on_server(args: RunArgs, api: &str) -> anyhow::Result<u8> {
     // The server resolves the name as a create would: a template, else a stored image.
     let name = args.image.clone();
     let path = format!("/hutch/v1/images/{name}");
-    let lookup = client::json(api, Method::GET, &path, None, None).await;
+    let lookup = client::call::<Image>(api, Method::GET, &path, None, None::<&()>).await;
     let image = match (args.pull, lookup) {
         (PullPolicy::Never, found) => found?,
         (PullPolicy::Missing, Ok(found)) => found,
         _ => {
             server_pull(api, &args.image).await?;
-            client::json(api, Method::GET, &path, None, None).await?
+            client::call(api, Method::GET, &path, None, None::<&()>).await?
         }
     };
-    let config: hutch_store::ImageConfig = serde_json::from_value(image["config"].clone())
-        .context("the server sent a malformed image record")?;
-    let argv = argv(&args, &config)?;
-    let mut resources = json!({});
-    if let Some(c) = args.cpus {
-        resources["cpus"] = json!(c);
-    }
-    if let Some(m) = args.memory {
-        resources["memory_mb"] = json!(m);
-    }
+    let argv = argv(&args, &image.config)?;
     // The command runs through the proxy: no template CMD at create.
-    let body = json!({"image": name, "resources": resources, "entrypoint": []});
-    let created = client::json(
+    let body = CreateSandboxRequest {
+        image: Some(name),
+        resources: Some(CreateSandboxResources {
+            cpus: args.cpus,
+            memory_mb: args.memory.map(|m| m as i64),
+            ..CreateSandboxResources::default()
+        }),
+        entrypoint: Some(Vec::new()),
+        ..CreateSandboxRequest::default()
+    };
+    let created: CreateSandboxResponse = client::call(
         api,
         Method::POST,
         &crate::sbx::sandboxes_path(),
         None,
-        Some(body),
+        Some(&body),
     )
     .await
     .context("creating the sandbox")?;
-    let id = created["sandbox_id"]
-        .as_str()
-        .context("the server's create answer has no sandbox_id")?
-        .to_string();
+    let id = created.sandbox_id;
     let outcome = async {
         let (proxy, _, _) = crate::sbx::route(api, &id).await?;
         let key = std::env::var("HUTCH_API_KEY").ok();
@@ -310,9 +316,8 @@ async fn run_on_server(args: RunArgs, api: &str) -> anyhow::Result<u8> {
             ..StartProcess::default()
         };
         let alive = async || {
-            let path = format!("{}/{id}", crate::sbx::sandboxes_path());
-            match client::json(api, Method::GET, &path, None, None).await {
-                Ok(info) => info["status"] == "running",
+            match crate::sbx::get(api, &id).await {
+                Ok(info) => info.status == SandboxStatus::Running,
                 // The server itself may be restarting; the sandbox outlives it.
                 Err(_) => true,
             }
@@ -344,7 +349,7 @@ async fn run_embedded(args: RunArgs) -> anyhow::Result<u8> {
         ..RegistryArgs::default()
     };
     let templates =
-        hutch_server::templates::Templates::open(&crate::home(), backend.store().clone())?;
+        hutch_state::templates::Templates::open(&crate::home(), backend.store().clone())?;
     let image = match templates.image_of(&args.image) {
         Some(name) => backend.store().image(&name)?,
         None => crate::pull::resolve(backend.store(), &args.image, args.pull, &registry).await?,
@@ -391,7 +396,7 @@ async fn run_embedded(args: RunArgs) -> anyhow::Result<u8> {
 /// boot process on our own stdio, as `runsc run` would run it, so no exec round trip and no
 /// shutdown request stand between the user and the floor.
 async fn run_one_shot(
-    backend: &GvisorBackend,
+    backend: &dyn Backend,
     spec: SandboxSpec,
     process: &StartProcess,
     forward_stdin: bool,
@@ -430,6 +435,11 @@ async fn run_one_shot(
         Ok(BootOutcome::Error(e)) => {
             eprintln!("hutch: {}", e.error);
             Ok(failure_code(&e.code))
+        }
+        // runsc could not start the sandbox: Docker's code for a run that failed to start.
+        Err(e @ RuntimeError::BackendFailure { .. }) => {
+            eprintln!("hutch: {e}");
+            Ok(125)
         }
         Err(e) => {
             eprintln!("hutch: {e}");
@@ -512,7 +522,7 @@ async fn drive(
                 return Ok(exit.shell_code().clamp(0, 255) as u8);
             }
             Ok(None) => anyhow::bail!("the process stream ended without an exit status"),
-            Err(RuntimeError::AgentUnavailable { reason }) => {
+            Err(RuntimeError::AgentUnavailable { reason, .. }) => {
                 let Some(pid) = pid else {
                     anyhow::bail!("lost the sandbox before the process started: {reason}");
                 };

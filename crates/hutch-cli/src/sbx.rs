@@ -4,8 +4,14 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Subcommand;
 use http_body_util::BodyExt;
+use hutch_api::{
+    CreateSandboxRequest, CreateSandboxResources, CreateSandboxResponse, ListSandboxesResponse,
+    SandboxInfo,
+};
 use hutch_wire::query::encode;
-use hutch_wire::{FrameDecoder, FrameKind, StartProcess, StdinMode};
+use hutch_wire::{
+    FrameDecoder, FrameKind, ListProcessesResponse, OutputResponse, StartProcess, StdinMode,
+};
 use hyper::Method;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -80,37 +86,37 @@ pub fn sandboxes_path() -> String {
 }
 
 /// The sandbox's proxy address and Host label, from the lifecycle API.
-pub async fn route(api: &str, sandbox: &str) -> anyhow::Result<(String, String, Value)> {
-    let info = client::json(
-        api,
-        Method::GET,
-        &format!("{}/{sandbox}", sandboxes_path()),
-        None,
-        None,
-    )
-    .await?;
-    let id = info["sandbox_id"].as_str().unwrap_or_default().to_string();
-    let Some(url) = info["sandbox_url"].as_str() else {
-        bail!(
-            "sandbox {sandbox} is {}, not running",
-            info["status"].as_str().unwrap_or("?")
-        );
+pub async fn route(api: &str, sandbox: &str) -> anyhow::Result<(String, String, SandboxInfo)> {
+    let info = get(api, sandbox).await?;
+    let Some(url) = &info.sandbox_url else {
+        bail!("sandbox {sandbox} is {}, not running", info.status.as_str());
     };
     Ok((
         url.replace("//localhost:", "//127.0.0.1:"),
-        format!("{id}.local"),
+        format!("{}.local", info.sandbox_id),
         info,
     ))
 }
 
-fn row(info: &Value) -> String {
+/// A sandbox by id or name, from the lifecycle API.
+pub async fn get(api: &str, sandbox: &str) -> anyhow::Result<SandboxInfo> {
+    let path = format!("{}/{sandbox}", sandboxes_path());
+    client::call(api, Method::GET, &path, None, None::<&()>).await
+}
+
+fn row(info: &SandboxInfo) -> String {
+    let reason = info
+        .termination_reason
+        .and_then(|r| serde_json::to_value(r).ok())
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
     format!(
         "{:<22} {:<16} {:<11} {:<24} {}",
-        info["sandbox_id"].as_str().unwrap_or("-"),
-        info["name"].as_str().unwrap_or("-"),
-        info["status"].as_str().unwrap_or("-"),
-        info["image"].as_str().unwrap_or("-"),
-        info["termination_reason"].as_str().unwrap_or(""),
+        info.sandbox_id,
+        info.name.as_deref().unwrap_or("-"),
+        info.status.as_str(),
+        info.image,
+        reason,
     )
 }
 
@@ -125,30 +131,23 @@ pub async fn dispatch(cmd: SbxCommand) -> anyhow::Result<u8> {
             timeout,
             json,
         } => {
-            let mut body = json!({});
-            if let Some(image) = image {
-                body["image"] = json!(image);
-            }
-            if let Some(name) = name {
-                body["name"] = json!(name);
-            }
-            if let Some(t) = timeout {
-                body["timeout_secs"] = json!(t);
-            }
-            let mut resources = json!({});
-            if let Some(c) = cpus {
-                resources["cpus"] = json!(c);
-            }
-            if let Some(m) = memory {
-                resources["memory_mb"] = json!(m);
-            }
-            body["resources"] = resources;
-            let created =
-                client::json(&api, Method::POST, &sandboxes_path(), None, Some(body)).await?;
+            let body = CreateSandboxRequest {
+                image,
+                name,
+                timeout_secs: timeout,
+                resources: Some(CreateSandboxResources {
+                    cpus,
+                    memory_mb: memory,
+                    ..CreateSandboxResources::default()
+                }),
+                ..CreateSandboxRequest::default()
+            };
+            let created: CreateSandboxResponse =
+                client::call(&api, Method::POST, &sandboxes_path(), None, Some(&body)).await?;
             if json {
-                println!("{created}");
+                println!("{}", serde_json::to_string(&created)?);
             } else {
-                println!("{}", created["sandbox_id"].as_str().unwrap_or_default());
+                println!("{}", created.sandbox_id);
             }
         }
         SbxCommand::Ls { all, json } => {
@@ -159,10 +158,11 @@ pub async fn dispatch(cmd: SbxCommand) -> anyhow::Result<u8> {
                 if let Some(c) = &cursor {
                     path.push_str(&format!("&cursor={c}"));
                 }
-                let page = client::json(&api, Method::GET, &path, None, None).await?;
-                sandboxes.extend(page["sandboxes"].as_array().cloned().unwrap_or_default());
-                match page["cursor"].as_str() {
-                    Some(c) if !c.is_empty() => cursor = Some(c.to_string()),
+                let page: ListSandboxesResponse =
+                    client::call(&api, Method::GET, &path, None, None::<&()>).await?;
+                sandboxes.extend(page.sandboxes);
+                match page.cursor {
+                    Some(c) if !c.is_empty() => cursor = Some(c),
                     _ => break,
                 }
             }
@@ -179,14 +179,7 @@ pub async fn dispatch(cmd: SbxCommand) -> anyhow::Result<u8> {
             }
         }
         SbxCommand::Get { sandbox, json } => {
-            let info = client::json(
-                &api,
-                Method::GET,
-                &format!("{}/{sandbox}", sandboxes_path()),
-                None,
-                None,
-            )
-            .await?;
+            let info = get(&api, &sandbox).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
@@ -209,34 +202,43 @@ pub async fn dispatch(cmd: SbxCommand) -> anyhow::Result<u8> {
         SbxCommand::Cp { from, to } => copy(&api, &from, &to).await?,
         SbxCommand::Logs { sandbox, json } => {
             let (proxy, host, _) = route(&api, &sandbox).await?;
-            let procs =
-                client::json(&proxy, Method::GET, "/api/v1/processes", Some(&host), None).await?;
+            let procs: ListProcessesResponse = client::call(
+                &proxy,
+                Method::GET,
+                "/api/v1/processes",
+                Some(&host),
+                None::<&()>,
+            )
+            .await?;
             let mut out = Vec::new();
-            for p in procs["processes"].as_array().cloned().unwrap_or_default() {
-                let pid = p["pid"].as_i64().unwrap_or_default();
-                let output = client::json(
+            for p in procs.processes {
+                let output: OutputResponse = client::call(
                     &proxy,
                     Method::GET,
-                    &format!("/api/v1/processes/{pid}/output"),
+                    &format!("/api/v1/processes/{}/output", p.pid),
                     Some(&host),
-                    None,
+                    None::<&()>,
                 )
                 .await?;
-                out.push(json!({"process": p, "lines": output["lines"]}));
+                out.push((p, output.lines));
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                let entries: Vec<Value> = out
+                    .iter()
+                    .map(|(p, lines)| json!({"process": p, "lines": lines}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&entries)?);
             } else {
-                for entry in &out {
-                    let p = &entry["process"];
+                for (p, lines) in &out {
+                    let status = serde_json::to_value(p.status).unwrap_or_default();
                     println!(
                         "==> pid {} {} ({})",
-                        p["pid"],
-                        p["command"].as_str().unwrap_or(""),
-                        p["status"].as_str().unwrap_or("")
+                        p.pid,
+                        p.command,
+                        status.as_str().unwrap_or_default()
                     );
-                    for line in entry["lines"].as_array().cloned().unwrap_or_default() {
-                        println!("{}", line.as_str().unwrap_or_default());
+                    for line in lines {
+                        println!("{line}");
                     }
                 }
             }

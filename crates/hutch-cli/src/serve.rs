@@ -1,4 +1,5 @@
-//! `hutch serve` and `hutch key`: argument parsing and wiring; the server is `hutch-server`.
+//! `hutch serve` and `hutch key`: argument parsing and wiring; the server is `hutch-server`,
+//! keys are `hutch_state::keys`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,8 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use hutch_server::listen::HttpBounds;
-use hutch_server::{Limits, ServeConfig};
+use hutch_server::{HttpBounds, Limits, ServeConfig};
+use hutch_state::keys::{ApiKey, Keys};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -162,7 +163,8 @@ pub enum KeyCommand {
 pub fn key(cmd: KeyCommand) -> anyhow::Result<u8> {
     let home = crate::home();
     std::fs::create_dir_all(&home)?;
-    let db = hutch_server::db::Db::open(&home.join(hutch_server::DB_FILE))?;
+    let db = hutch_state::db::Db::open(&home.join(hutch_state::DB_FILE))?;
+    let keys = Keys::new(Arc::new(db));
     match cmd {
         KeyCommand::Create {
             name,
@@ -173,7 +175,7 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<u8> {
         } => {
             // clap guarantees one of the two, and a namespace unless --admin.
             let name = name.or(name_flag).unwrap_or_default();
-            let (key, secret) = hutch_server::auth::create_key(&db, &name, namespace.as_deref())?;
+            let (key, secret) = keys.create(&name, namespace.as_deref())?;
             if json {
                 println!(
                     "{}",
@@ -196,7 +198,7 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<u8> {
             }
         }
         KeyCommand::Ls { json } => {
-            let keys = db.keys()?;
+            let keys = keys.list()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else {
@@ -218,7 +220,7 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<u8> {
             }
         }
         KeyCommand::Rm { key } => {
-            if !db.remove_key(&key)? {
+            if !keys.remove(&key)? {
                 anyhow::bail!("no API key {key:?}");
             }
         }
@@ -227,7 +229,7 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<u8> {
 }
 
 /// A key's scope as `hutch key` shows it.
-fn scope(key: &hutch_server::db::ApiKey) -> String {
+fn scope(key: &ApiKey) -> String {
     match &key.namespace {
         Some(ns) => format!("namespace {ns}"),
         None => "admin".to_string(),

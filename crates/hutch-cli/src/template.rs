@@ -1,11 +1,11 @@
 //! `hutch template ...`: the registry of named templates sandboxes start from (see
-//! `hutch_server::templates`). It works on the state directory directly, so it needs no
+//! `hutch_state::templates`). It works on the state directory directly, so it needs no
 //! server, and sees what a running server registers.
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use hutch_server::db::{NodeKind, TemplateRow};
-use hutch_server::templates::{Registration, Templates};
+use hutch_state::db::{NodeKind, TemplateRow};
+use hutch_state::templates::{Registration, Templates};
 
 use crate::build::BuildArgs;
 use crate::image::human_bytes as human;
@@ -103,7 +103,7 @@ pub async fn dispatch(cmd: TemplateCommand) -> anyhow::Result<u8> {
                 match templates.remove(&name) {
                     Ok(t) => println!("removed {} ({})", t.name, t.id),
                     Err(e) => {
-                        eprintln!("hutch: {}", e.message);
+                        eprintln!("hutch: {e}");
                         failed = true;
                     }
                 }
@@ -115,8 +115,7 @@ pub async fn dispatch(cmd: TemplateCommand) -> anyhow::Result<u8> {
             public,
             build,
         } => {
-            hutch_server::templates::validate_name(&name)
-                .map_err(|e| anyhow::anyhow!(e.message))?;
+            hutch_state::templates::validate_name(&name)?;
             let (image, dockerfile) = crate::build::build_image(&store, &build).await?;
             // As the SDK decides: a diff when the last FROM names a template.
             let last_from = hutch_build::dockerfile::parse(&dockerfile)
@@ -149,8 +148,7 @@ pub async fn dispatch(cmd: TemplateCommand) -> anyhow::Result<u8> {
             Ok(0)
         }
         TemplateCommand::Import(args) => {
-            hutch_server::templates::validate_name(&args.name)
-                .map_err(|e| anyhow::anyhow!(e.message))?;
+            hutch_state::templates::validate_name(&args.name)?;
             let image = crate::pull::resolve(
                 &store,
                 &args.image,

@@ -345,7 +345,7 @@ fn run_trusts_only_the_server_that_proves_the_secret() {
     // /healthz with the right state_id. `hutch run` does not use it: the run is embedded.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let state_id = hutch_server::state_id(home.path());
+    let state_id = hutch_state::state_id(home.path());
     let seen = fake_server(listener, state_id.clone());
     let stale = json!({"api": format!("http://127.0.0.1:{port}"), "nonce": "ab".repeat(32)});
     {

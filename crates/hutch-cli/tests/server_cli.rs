@@ -101,7 +101,7 @@ fn run_uses_the_server_it_finds_and_survives_its_restart() {
     let health: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         health["state_id"].as_str(),
-        Some(hutch_server::state_id(home.path()).as_str())
+        Some(hutch_state::state_id(home.path()).as_str())
     );
 
     let run = |args: &[&str], stdin: &[u8]| {

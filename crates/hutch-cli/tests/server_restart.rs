@@ -237,7 +237,7 @@ async fn restart_ends_the_dead_and_removes_orphans() {
         String::from_utf8_lossy(&out.stderr)
     );
     // ...and its row is lost for the other (as if the database were restored from before it).
-    let conn = rusqlite::Connection::open(home.path().join(hutch_server::DB_FILE)).unwrap();
+    let conn = rusqlite::Connection::open(home.path().join(hutch_state::DB_FILE)).unwrap();
     let removed = conn
         .execute("DELETE FROM sandboxes WHERE id = ?1", [&lives])
         .unwrap();

@@ -450,3 +450,111 @@ async fn failed_builds_name_the_line_and_register_nothing() {
     assert!(listed.is_empty(), "nothing half-registered: {listed:?}");
     home.assert_clean();
 }
+
+/// Issue 12: the host keeps a build's context in the store's `tmp/`, where every
+/// `Store::open` (any `hutch image` command) and `fsck --repair` remove what has no live
+/// lock. A context must survive both for as long as its build runs, and go when it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_build_context_survives_image_ls_and_fsck_repair() {
+    let home = Home::private_with(&["busybox"]);
+    let server = home.serve();
+    let tmp = home.path().join("store/tmp");
+    let contexts = move || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&tmp)
+            .map(|dir| {
+                dir.flatten()
+                    .map(|e| e.path().join("work"))
+                    .filter(|p| p.join("Dockerfile").is_file())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The last COPY reads the context after the cleanups below ran.
+    let ctx = context(
+        "FROM busybox\nRUN echo running-step && sleep 6\nCOPY late.txt /late.txt\n",
+        &[("late.txt", "read after the cleanup\n")],
+    );
+    let events: Events = Arc::default();
+    let build = {
+        let (common, path, sink) = (
+            common_options(&server, "late-ctx"),
+            ctx.path().to_path_buf(),
+            Arc::clone(&events),
+        );
+        tokio::spawn(async move {
+            let options = SandboxImageBuildOptions {
+                common,
+                dockerfile_path: path.join("Dockerfile"),
+                dockerfile_text: None,
+                context_dir: None,
+                context_files: Vec::new(),
+                build_args: Vec::new(),
+            };
+            build_sandbox_image(options, Some("{}".into()), move |e| {
+                sink.lock().unwrap().push(e)
+            })
+            .await
+        })
+    };
+
+    // Wait for the RUN step: the context is on disk and the build is busy for seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !logs(&events).contains("running-step") {
+        assert!(
+            !build.is_finished(),
+            "the build ended early:\n{}",
+            logs(&events)
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no RUN step:\n{}",
+            logs(&events)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let live = contexts();
+    assert_eq!(live.len(), 1, "one context in the store's tmp/: {live:?}");
+    let context_dir = live[0].clone();
+
+    let h = home.path().to_path_buf();
+    let (ls, fsck) = tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str]| {
+            std::process::Command::new(common::hutch_bin())
+                .env("HUTCH_HOME", &h)
+                .env_remove("HUTCH_LOG")
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        (run(&["image", "ls"]), run(&["image", "fsck", "--repair"]))
+    })
+    .await
+    .unwrap();
+    assert!(ls.status.success(), "{}", common::stderr(&ls));
+    assert!(
+        common::stdout(&ls).contains("busybox"),
+        "{}",
+        common::stdout(&ls)
+    );
+    assert!(fsck.status.success(), "{}", common::stderr(&fsck));
+    assert!(
+        !common::stdout(&fsck).contains("tmp/"),
+        "fsck saw the live context as stale: {}",
+        common::stdout(&fsck)
+    );
+    assert!(
+        context_dir.join("late.txt").is_file(),
+        "the live context was removed from under the build"
+    );
+
+    let built = build.await.unwrap();
+    let built = built.unwrap_or_else(|e| panic!("{e}\n{}", logs(&events)));
+    assert_eq!(built["name"], "late-ctx");
+    assert!(
+        !context_dir.exists() && contexts().is_empty(),
+        "the context goes with its build"
+    );
+    let (out, _) = run_in(&server, "late-ctx", "cat /late.txt").await;
+    assert_eq!(out, "read after the cleanup\n");
+    home.assert_clean();
+}

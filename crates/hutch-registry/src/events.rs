@@ -1,11 +1,12 @@
 //! What a pull or push reports while it works: structured events for the API, and a
-//! terminal renderer (bars on a TTY, plain lines otherwise) for the CLI.
+//! terminal renderer for the CLI (a bar per layer on a TTY, drawn by `indicatif`; plain
+//! lines otherwise, no escape codes).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
@@ -53,19 +54,17 @@ pub enum Event {
 /// Where events go.
 pub type Sink<'a> = &'a (dyn Fn(Event) + Send + Sync);
 
-/// Draws events on stderr: one bar per layer redrawn in place on a terminal, a line per
-/// layer start and end otherwise.
+/// Draws events on stderr: one bar per layer on a terminal, a line per layer start and end
+/// otherwise.
 pub struct Renderer {
-    tty: bool,
-    state: Mutex<State>,
+    /// `None` off a terminal: plain lines.
+    bars: Option<Bars>,
 }
 
-#[derive(Default)]
-struct State {
-    rows: BTreeMap<String, (u64, u64, &'static str)>,
-    order: Vec<String>,
-    drawn: usize,
-    last: Option<Instant>,
+struct Bars {
+    multi: MultiProgress,
+    layers: Mutex<HashMap<String, ProgressBar>>,
+    style: ProgressStyle,
 }
 
 fn short(digest: &str) -> &str {
@@ -77,122 +76,188 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
+/// The line an event prints off a terminal, if any.
+fn plain_line(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::Resolved { .. } | Event::LayerRetry { .. } | Event::Done { .. } => {
+            return always_line(event);
+        }
+        Event::LayerSkipped { digest, .. } => format!("{}: already present", short(digest)),
+        Event::LayerStarted { digest, size } => {
+            format!("{}: {} to transfer", short(digest), mib(*size))
+        }
+        Event::LayerProgress { .. } => return None,
+        Event::LayerDone { digest, .. } => format!("{}: done", short(digest)),
+    })
+}
+
+/// The line an event prints on a terminal too (beside the bars).
+fn always_line(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::Resolved {
+            reference,
+            manifest_digest,
+            layers,
+            total_bytes,
+        } => format!(
+            "{reference}: {manifest_digest}, {layers} layers, {}",
+            mib(*total_bytes)
+        ),
+        Event::LayerRetry {
+            digest,
+            offset,
+            error,
+        } => format!(
+            "{}: transfer broke ({error}); resuming at {offset}",
+            short(digest)
+        ),
+        Event::Done { image, id, .. } => format!("{image}: {id}"),
+        _ => return None,
+    })
+}
+
 impl Renderer {
     pub fn new(tty: bool) -> Self {
-        Self {
-            tty,
-            state: Mutex::new(State::default()),
-        }
+        let bars = tty.then(|| Bars {
+            multi: MultiProgress::new(),
+            layers: Mutex::new(HashMap::new()),
+            style: ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {binary_bytes} / {binary_total_bytes} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        });
+        Self { bars }
     }
 
     pub fn handle(&self, event: Event) {
-        let mut s = self.state.lock().expect("renderer lock");
-        let mut err = std::io::stderr().lock();
-        let row = |s: &mut State, digest: &str, done: u64, size: u64, what: &'static str| {
-            if !s.rows.contains_key(digest) {
-                s.order.push(digest.to_string());
-            }
-            s.rows.insert(digest.to_string(), (done, size, what));
-        };
-        match &event {
-            Event::Resolved {
-                reference,
-                manifest_digest,
-                layers,
-                total_bytes,
-            } => {
-                let _ = writeln!(
-                    err,
-                    "{reference}: {manifest_digest}, {layers} layers, {}",
-                    mib(*total_bytes)
-                );
-                return;
-            }
-            Event::LayerSkipped { digest, size } => {
-                if !self.tty {
-                    let _ = writeln!(err, "{}: already present", short(digest));
-                    return;
+        match &self.bars {
+            None => {
+                if let Some(line) = plain_line(&event) {
+                    let _ = writeln!(std::io::stderr().lock(), "{line}");
                 }
-                row(&mut s, digest, *size, *size, "present");
+            }
+            Some(bars) => bars.handle(&event),
+        }
+    }
+}
+
+impl Bars {
+    fn handle(&self, event: &Event) {
+        match event {
+            Event::LayerSkipped { digest, size } => {
+                let bar = self.bar(digest, *size);
+                bar.set_position(*size);
+                bar.finish_with_message("present");
             }
             Event::LayerStarted { digest, size } => {
-                if !self.tty {
-                    let _ = writeln!(err, "{}: {} to transfer", short(digest), mib(*size));
-                    return;
-                }
-                row(&mut s, digest, 0, *size, "");
+                self.bar(digest, *size);
             }
             Event::LayerProgress {
                 digest,
                 bytes,
                 size,
-            } => {
-                if !self.tty {
-                    return;
-                }
-                row(&mut s, digest, *bytes, *size, "");
-                let now = Instant::now();
-                if s.last.is_some_and(|t| now - t < Duration::from_millis(100)) {
-                    return;
-                }
-                s.last = Some(now);
-            }
+            } => self.bar(digest, *size).set_position(*bytes),
             Event::LayerDone { digest, size } => {
-                if !self.tty {
-                    let _ = writeln!(err, "{}: done", short(digest));
-                    return;
-                }
-                row(&mut s, digest, *size, *size, "done");
+                let bar = self.bar(digest, *size);
+                bar.set_position(*size);
+                bar.finish_with_message("done");
             }
-            Event::LayerRetry {
-                digest,
-                offset,
-                error,
-            } => {
-                let _ = writeln!(
-                    err,
-                    "{}: transfer broke ({error}); resuming at {offset}",
-                    short(digest)
-                );
-                return;
-            }
-            Event::Done { image, id, .. } => {
-                if self.tty {
-                    self.draw(&mut s, &mut err);
+            Event::Done { .. } => {
+                // The bars stay as they are; the result goes below them.
+                for bar in self.lock().values() {
+                    if !bar.is_finished() {
+                        bar.abandon();
+                    }
                 }
-                let _ = writeln!(err, "{image}: {id}");
-                return;
+                if let Some(line) = always_line(event) {
+                    let _ = writeln!(std::io::stderr().lock(), "{line}");
+                }
+            }
+            Event::Resolved { .. } | Event::LayerRetry { .. } => {
+                if let Some(line) = always_line(event) {
+                    let _ = self.multi.println(line);
+                }
             }
         }
-        self.draw(&mut s, &mut err);
     }
 
-    fn draw(&self, s: &mut State, err: &mut impl Write) {
-        if s.drawn > 0 {
-            let _ = write!(err, "\x1b[{}A", s.drawn);
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ProgressBar>> {
+        self.layers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The layer's bar, added below the others when first seen.
+    fn bar(&self, digest: &str, size: u64) -> ProgressBar {
+        let mut layers = self.lock();
+        layers
+            .entry(digest.to_string())
+            .or_insert_with(|| {
+                let bar = self.multi.add(ProgressBar::new(size));
+                bar.set_style(self.style.clone());
+                bar.set_prefix(short(digest).to_string());
+                bar
+            })
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_a_terminal_events_are_plain_lines() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let lines: Vec<Option<String>> = [
+            Event::Resolved {
+                reference: "r/x:1".into(),
+                manifest_digest: "sha256:m".into(),
+                layers: 2,
+                total_bytes: 3 << 20,
+            },
+            Event::LayerSkipped {
+                digest: digest.clone(),
+                size: 1,
+            },
+            Event::LayerStarted {
+                digest: digest.clone(),
+                size: 1 << 20,
+            },
+            Event::LayerProgress {
+                digest: digest.clone(),
+                bytes: 1,
+                size: 2,
+            },
+            Event::LayerRetry {
+                digest: digest.clone(),
+                offset: 7,
+                error: "reset".into(),
+            },
+            Event::LayerDone {
+                digest: digest.clone(),
+                size: 2,
+            },
+            Event::Done {
+                reference: "r/x:1".into(),
+                image: "r/x:1".into(),
+                id: "sha256:i".into(),
+            },
+        ]
+        .iter()
+        .map(plain_line)
+        .collect();
+        let want = [
+            Some("r/x:1: sha256:m, 2 layers, 3.0 MiB"),
+            Some("abababababab: already present"),
+            Some("abababababab: 1.0 MiB to transfer"),
+            None,
+            Some("abababababab: transfer broke (reset); resuming at 7"),
+            Some("abababababab: done"),
+            Some("r/x:1: sha256:i"),
+        ];
+        assert_eq!(lines, want.map(|l| l.map(String::from)));
+        for line in lines.iter().flatten() {
+            assert!(!line.contains('\x1b'), "no escape codes: {line:?}");
         }
-        for digest in &s.order {
-            let (done, size, what) = s.rows[digest];
-            let width = 30usize;
-            let filled = if size == 0 {
-                width
-            } else {
-                ((done as f64 / size as f64) * width as f64) as usize
-            }
-            .min(width);
-            let label = if what.is_empty() {
-                format!("{} / {}", mib(done), mib(size))
-            } else {
-                what.to_string()
-            };
-            let _ = writeln!(
-                err,
-                "\x1b[2K{} [{}{}] {label}",
-                short(digest),
-                "=".repeat(filled),
-                " ".repeat(width - filled)
-            );
-        }
-        s.drawn = s.order.len();
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hutch_store::{Digest, Image, Ingest, IngestLayer, Store};
+use oci_spec::image::ImageConfiguration;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::body::CONFIG_LIMIT;
@@ -71,7 +72,7 @@ pub async fn pull(
                 available,
             }
         })?;
-        let digest = chosen.digest.clone();
+        let digest = chosen.digest().to_string();
         let (b, ct) = client.manifest(r, &digest).await?;
         let actual = digest_of(&b);
         if actual != digest {
@@ -94,62 +95,59 @@ pub async fn pull(
     }
     let parsed: Manifest =
         serde_json::from_slice(&body).map_err(|e| malformed("the manifest", e.to_string()))?;
-    if !manifest::config_type_ok(&parsed.config.media_type) {
+    if !manifest::config_type_ok(parsed.config().media_type()) {
         return Err(RegistryError::UnknownMediaType {
             reference: r.to_string(),
             what: "config".into(),
-            media_type: parsed.config.media_type.clone(),
+            media_type: parsed.config().media_type().to_string(),
         });
     }
-    for layer in &parsed.layers {
-        if !manifest::layer_type_ok(&layer.media_type) {
+    for layer in parsed.layers() {
+        if !manifest::layer_type_ok(layer.media_type()) {
             return Err(RegistryError::UnknownMediaType {
                 reference: r.to_string(),
-                what: format!("layer {}", layer.digest),
-                media_type: layer.media_type.clone(),
+                what: format!("layer {}", layer.digest()),
+                media_type: layer.media_type().to_string(),
             });
         }
     }
     let manifest_digest = Digest::of_bytes(&body);
     let total = parsed
-        .layers
+        .layers()
         .iter()
-        .fold(0u64, |sum, l| sum.saturating_add(l.size));
+        .fold(0u64, |sum, l| sum.saturating_add(l.size()));
     events(Event::Resolved {
         reference: r.to_string(),
         manifest_digest: manifest_digest.to_string(),
-        layers: parsed.layers.len(),
+        layers: parsed.layers().len(),
         total_bytes: total,
     });
 
     // The config names the layers' diff_ids, which is what the store keeps layers by.
-    let config_digest = parse_digest(r, &parsed.config.digest, "the config digest")?;
+    let config_digest = parse_digest(r, parsed.config().digest().as_ref(), "the config digest")?;
     let config = fetch_small(
         client,
         r,
-        &parsed.config.digest,
-        parsed.config.size,
+        parsed.config().digest().as_ref(),
+        parsed.config().size(),
         "config",
     )
     .await?;
-    let config_json: serde_json::Value =
+    let image_config: ImageConfiguration =
         serde_json::from_slice(&config).map_err(|e| malformed("the config", e.to_string()))?;
-    let diff_ids: Vec<Digest> = config_json["rootfs"]["diff_ids"]
-        .as_array()
-        .map(|ids| {
-            ids.iter()
-                .map(|v| parse_digest(r, v.as_str().unwrap_or_default(), "a diff_id"))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()?
-        .unwrap_or_default();
-    if diff_ids.len() != parsed.layers.len() {
+    let diff_ids: Vec<Digest> = image_config
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|id| parse_digest(r, id, "a diff_id"))
+        .collect::<Result<_, _>>()?;
+    if diff_ids.len() != parsed.layers().len() {
         return Err(malformed(
             "the config",
             format!(
                 "it lists {} diff_ids for {} layers",
                 diff_ids.len(),
-                parsed.layers.len()
+                parsed.layers().len()
             ),
         ));
     }
@@ -167,13 +165,13 @@ pub async fn pull(
         .and_then(|()| ingest.add_bytes(&config, &config_digest, "the config"))
         .map_err(|e| RegistryError::store(r, e))?;
 
-    let mut layers = Vec::with_capacity(parsed.layers.len());
+    let mut layers = Vec::with_capacity(parsed.layers().len());
     let mut seen = std::collections::HashSet::new();
     let limit = Arc::new(Semaphore::new(CONCURRENT_LAYERS));
     let mut downloads = Vec::new();
-    let count = parsed.layers.len();
-    for (i, (desc, diff_id)) in parsed.layers.iter().zip(&diff_ids).enumerate() {
-        let blob = parse_digest(r, &desc.digest, "a layer digest")?;
+    let count = parsed.layers().len();
+    for (i, (desc, diff_id)) in parsed.layers().iter().zip(&diff_ids).enumerate() {
+        let blob = parse_digest(r, desc.digest().as_ref(), "a layer digest")?;
         layers.push(IngestLayer {
             diff_id: diff_id.clone(),
             blob: blob.clone(),
@@ -182,12 +180,12 @@ pub async fn pull(
         // another compression still brings its blob, so the image can be saved and pushed.
         if !seen.insert(diff_id.clone()) || (store.has_layer(diff_id) && store.has_blob(&blob)) {
             events(Event::LayerSkipped {
-                digest: desc.digest.clone(),
-                size: desc.size,
+                digest: desc.digest().to_string(),
+                size: desc.size(),
             });
             continue;
         }
-        let what = format!("{} ({} of {count})", desc.digest, i + 1);
+        let what = format!("{} ({} of {count})", desc.digest(), i + 1);
         let limit = Arc::clone(&limit);
         let ingest = Arc::clone(&ingest);
         let (client, r) = (client.clone(), r.clone());
@@ -262,11 +260,11 @@ async fn download_layer(
     events: Sink<'_>,
 ) -> Result<(), RegistryError> {
     events(Event::LayerStarted {
-        digest: desc.digest.clone(),
-        size: desc.size,
+        digest: desc.digest().to_string(),
+        size: desc.size(),
     });
     let (tx, rx) = mpsc::channel::<Bytes>(32);
-    let size = desc.size;
+    let size = desc.size();
     let worker = tokio::task::spawn_blocking({
         let (blob, diff_id, what) = (blob.clone(), diff_id.clone(), what.clone());
         move || {
@@ -283,8 +281,8 @@ async fn download_layer(
     fed?;
     stored.map_err(|e| RegistryError::store(r, e))?;
     events(Event::LayerDone {
-        digest: desc.digest.clone(),
-        size: desc.size,
+        digest: desc.digest().to_string(),
+        size: desc.size(),
     });
     Ok(())
 }
@@ -301,7 +299,7 @@ async fn feed(
     let mut last_report = 0u64;
     loop {
         attempt += 1;
-        let failure = match client.blob(r, &desc.digest, delivered).await {
+        let failure = match client.blob(r, desc.digest().as_ref(), delivered).await {
             Ok((resp, ranged)) => {
                 let mut skip = if ranged { 0 } else { delivered };
                 let mut stream = resp.bytes_stream();
@@ -324,11 +322,11 @@ async fn feed(
                     }
                     // Never more than the descriptor says: the store would refuse the excess
                     // too, but a registry streaming forever should not be read forever.
-                    if delivered + chunk.len() as u64 > desc.size {
+                    if delivered + chunk.len() as u64 > desc.size() {
                         return Err(RegistryError::TooLarge {
                             reference: r.to_string(),
-                            what: format!("layer {}", desc.digest),
-                            limit: desc.size,
+                            what: format!("layer {}", desc.digest()),
+                            limit: desc.size(),
                         });
                     }
                     delivered += chunk.len() as u64;
@@ -336,23 +334,23 @@ async fn feed(
                         // The store stopped reading: its error says why.
                         return Ok(());
                     }
-                    if delivered - last_report >= 1 << 20 || delivered == desc.size {
+                    if delivered - last_report >= 1 << 20 || delivered == desc.size() {
                         last_report = delivered;
                         events(Event::LayerProgress {
-                            digest: desc.digest.clone(),
+                            digest: desc.digest().to_string(),
                             bytes: delivered,
-                            size: desc.size,
+                            size: desc.size(),
                         });
                     }
                 }
                 match broke {
                     Some(e) => e,
-                    None if delivered >= desc.size => return Ok(()),
+                    None if delivered >= desc.size() => return Ok(()),
                     None => RegistryError::Truncated {
                         reference: r.to_string(),
-                        what: format!("layer {}", desc.digest),
+                        what: format!("layer {}", desc.digest()),
                         got: delivered,
-                        expected: desc.size,
+                        expected: desc.size(),
                     },
                 }
             }
@@ -363,7 +361,7 @@ async fn feed(
             return Err(failure);
         }
         events(Event::LayerRetry {
-            digest: desc.digest.clone(),
+            digest: desc.digest().to_string(),
             offset: delivered,
             error: failure.to_string(),
         });

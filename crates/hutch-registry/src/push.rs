@@ -38,24 +38,32 @@ pub async fn push(
         what: format!("the stored manifest of {name}"),
         detail: e.to_string(),
     })?;
-    let total: u64 = parsed.layers.iter().map(|l| l.size).sum();
+    let total: u64 = parsed.layers().iter().map(|l| l.size()).sum();
     events(Event::Resolved {
         reference: r.to_string(),
         manifest_digest: image.manifest_digest.to_string(),
-        layers: parsed.layers.len(),
+        layers: parsed.layers().len(),
         total_bytes: total,
     });
-    for desc in std::iter::once(&parsed.config).chain(&parsed.layers) {
-        push_blob(client, store, r, &desc.digest, desc.size, events).await?;
+    for desc in std::iter::once(parsed.config()).chain(parsed.layers()) {
+        push_blob(
+            client,
+            store,
+            r,
+            desc.digest().as_ref(),
+            desc.size(),
+            events,
+        )
+        .await?;
     }
     let tag = r
         .tag
         .clone()
         .unwrap_or_else(|| image.manifest_digest.to_string());
     let media_type = parsed
-        .media_type
-        .clone()
-        .unwrap_or_else(|| manifest::OCI_MANIFEST.to_string());
+        .media_type()
+        .as_ref()
+        .map_or_else(|| manifest::OCI_MANIFEST.to_string(), ToString::to_string);
     let mut headers = HeaderMap::new();
     headers.insert(
         CONTENT_TYPE,

@@ -1,13 +1,16 @@
 //! The one runtime API every backend implements, and the types it speaks.
 
+use std::any::Any;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hutch_wire::{BootOutcome, StartProcess};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::AgentClient;
-use crate::capability::Capabilities;
-use crate::error::Result;
+use crate::capability::{Capabilities, CapabilityName};
+use crate::error::{Result, RuntimeError};
 
 /// How a sandbox reaches the network.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,8 +104,115 @@ pub struct Sandbox {
     pub agent: AgentClient,
 }
 
+/// A one-shot sandbox started by [`Backend::run_attached`]: its command runs on the caller's
+/// stdio; [`Backend::wait_attached`] reports how it ended and removes the sandbox.
+pub struct AttachedRun {
+    pub info: SandboxInfo,
+    /// The agent, reachable once it has dialed home (the command does not wait for that).
+    pub agent: AgentClient,
+    /// What the backend that started the run needs to finish it; opaque to everyone else.
+    backend_state: Box<dyn Any + Send>,
+}
+
+impl AttachedRun {
+    pub fn new(info: SandboxInfo, agent: AgentClient, backend_state: impl Any + Send) -> Self {
+        Self {
+            info,
+            agent,
+            backend_state: Box::new(backend_state),
+        }
+    }
+
+    /// The run's parts, with the backend's state as the `T` it put there; the run back
+    /// unchanged when it holds something else (another backend's run).
+    pub fn into_parts<T: Any>(self) -> Result<(SandboxInfo, AgentClient, T), Box<Self>> {
+        match self.backend_state.downcast::<T>() {
+            Ok(state) => Ok((self.info, self.agent, *state)),
+            Err(backend_state) => Err(Box::new(Self {
+                backend_state,
+                ..self
+            })),
+        }
+    }
+}
+
+/// A stopped sandbox's writes ([`Backend::writable_layer`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WritableLayer {
+    /// An overlayfs upper directory: whiteouts are 0/0 character devices, opaque
+    /// directories carry `trusted.overlay.opaque=y`.
+    pub upper: PathBuf,
+    /// Paths in `upper`, relative, that are the backend's mount points rather than the
+    /// sandbox's writes: a layer made of `upper` leaves them out.
+    pub mount_points: Vec<PathBuf>,
+}
+
+/// How [`Backend::attach_network`] joins a sandbox to a network (issue 13).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    pub mode: NetworkMode,
+    /// Destinations (CIDRs or host names) the sandbox may reach; empty allows every one
+    /// that `deny_out` does not name.
+    #[serde(default)]
+    pub allow_out: Vec<String>,
+    /// Destinations the sandbox may never reach; wins over `allow_out`.
+    #[serde(default)]
+    pub deny_out: Vec<String>,
+}
+
+/// How [`Backend::checkpoint`] saves a sandbox (issue 16).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointOptions {
+    /// Keep the sandbox running afterwards; by default it stops once saved.
+    #[serde(default)]
+    pub leave_running: bool,
+    /// Save the filesystem only (the writable layer), not the memory of its processes.
+    #[serde(default)]
+    pub filesystem_only: bool,
+}
+
+/// A saved sandbox: what [`Backend::restore`] needs to bring it back. The backend owns the
+/// format of the files in `dir`; this descriptor is what a caller records about them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotDescriptor {
+    /// The sandbox that was saved.
+    pub sandbox_id: String,
+    /// The directory holding the saved state.
+    pub dir: PathBuf,
+    /// The image the sandbox ran, by name and id: a restore needs the same layers below.
+    pub image: String,
+    pub image_id: String,
+    /// The spec the sandbox was created with, which a restore starts from.
+    pub spec: SandboxSpec,
+    /// Whether the memory of its processes was saved (else the filesystem only).
+    pub memory: bool,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// The backend that wrote it: another backend cannot restore it.
+    pub backend: String,
+}
+
+/// What [`Backend::restore`] brings back, and as which sandbox.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RestoreSpec {
+    pub snapshot: SnapshotDescriptor,
+    /// The new sandbox's id; chosen by the backend when unset.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Labels of the new sandbox, in place of the saved spec's.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
 /// A sandbox runtime. Implementations must clean up after every failure, including ones
 /// halfway through `create`: no mount, runtime container, process or directory is left.
+///
+/// Operations not every backend offers are methods here too, each named by a
+/// [`CapabilityName`], with a default that refuses with
+/// [`RuntimeError::UnsupportedCapability`] (the reason the backend reports for it). They are
+/// not a separate extension trait so that a caller holding a `dyn Backend` reaches them
+/// without knowing the concrete type; callers check [`Backend::capabilities`] up front, and
+/// a backend adds one by overriding the method and reporting the capability supported.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
@@ -118,4 +228,247 @@ pub trait Backend: Send + Sync {
     async fn kill(&self, id: &str) -> Result<()>;
     /// Kills if needed and removes every trace of the sandbox.
     async fn delete(&self, id: &str) -> Result<()>;
+
+    /// Runs `process` as a one-shot sandbox's first process, on this process's stdout and
+    /// stderr (and stdin when `stdin`): nothing stands between boot and the command, and the
+    /// sandbox ends when the command does. The agent still dials home, for signals and the
+    /// rest of the API while it runs. [`CapabilityName::SandboxRunAttached`].
+    async fn run_attached(
+        &self,
+        spec: SandboxSpec,
+        process: &StartProcess,
+        stdin: bool,
+    ) -> Result<AttachedRun> {
+        let _ = (spec, process, stdin);
+        Err(refuse(self, CapabilityName::SandboxRunAttached))
+    }
+
+    /// Waits for a run of [`Backend::run_attached`] to end, removes its sandbox, and says
+    /// how its command ended.
+    async fn wait_attached(&self, run: AttachedRun) -> Result<BootOutcome> {
+        let _ = run;
+        Err(refuse(self, CapabilityName::SandboxRunAttached))
+    }
+
+    /// The writable layer of the sandbox `id`, complete once it has stopped: a build turns
+    /// it into an image layer. [`CapabilityName::SandboxWritableLayer`].
+    fn writable_layer(&self, id: &str) -> Result<WritableLayer> {
+        let _ = id;
+        Err(refuse(self, CapabilityName::SandboxWritableLayer))
+    }
+
+    /// Listens on a unix socket the sandbox `id` reaches at `/run/hutch/<name>`; the caller
+    /// decides what speaks there (the build channel of builder sandboxes is one).
+    /// [`CapabilityName::SandboxSocket`].
+    fn listen_in_sandbox(&self, id: &str, name: &str) -> Result<tokio::net::UnixListener> {
+        let _ = (id, name);
+        Err(refuse(self, CapabilityName::SandboxSocket))
+    }
+
+    /// Joins the running sandbox `id` to the network `config` describes.
+    /// [`CapabilityName::NetworkAttach`].
+    async fn attach_network(&self, id: &str, config: &NetworkConfig) -> Result<()> {
+        let _ = (id, config);
+        Err(refuse(self, CapabilityName::NetworkAttach))
+    }
+
+    /// Saves the sandbox `id` into `dir` (which must be empty or missing).
+    /// [`CapabilityName::SandboxCheckpoint`].
+    async fn checkpoint(
+        &self,
+        id: &str,
+        dir: &Path,
+        options: &CheckpointOptions,
+    ) -> Result<SnapshotDescriptor> {
+        let _ = (id, dir, options);
+        Err(refuse(self, CapabilityName::SandboxCheckpoint))
+    }
+
+    /// Starts a new sandbox from a checkpoint; returns once its agent answers.
+    /// [`CapabilityName::SandboxRestore`].
+    async fn restore(&self, spec: RestoreSpec) -> Result<Sandbox> {
+        let _ = spec;
+        Err(refuse(self, CapabilityName::SandboxRestore))
+    }
+}
+
+/// The refusal of an operation `backend` does not implement.
+fn refuse<B: Backend + ?Sized>(backend: &B, capability: CapabilityName) -> RuntimeError {
+    RuntimeError::unsupported(backend.name(), &backend.capabilities(), capability)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capability::{Capability, CapabilityReason};
+    use crate::error::RetryClass;
+
+    /// A backend with only the required operations, reporting network attach as coming
+    /// later and saying nothing of the others.
+    struct Minimal;
+
+    #[async_trait::async_trait]
+    impl Backend for Minimal {
+        fn name(&self) -> &'static str {
+            "minimal"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::default()
+                .supported(&[CapabilityName::SandboxCreate])
+                .unsupported(
+                    CapabilityName::NetworkAttach,
+                    CapabilityReason::FeatureGated {
+                        feature: "networks".into(),
+                    },
+                )
+        }
+        async fn create(&self, _: SandboxSpec) -> Result<Sandbox> {
+            Err(RuntimeError::InvalidSpec {
+                reason: "test".into(),
+            })
+        }
+        async fn attach(&self, id: &str) -> Result<Sandbox> {
+            Err(RuntimeError::NotFound { id: id.into() })
+        }
+        async fn inspect(&self, id: &str) -> Result<SandboxInfo> {
+            Err(RuntimeError::NotFound { id: id.into() })
+        }
+        async fn list(&self) -> Result<Vec<SandboxInfo>> {
+            Ok(Vec::new())
+        }
+        async fn stop(&self, _: &str, _: Duration) -> Result<()> {
+            Ok(())
+        }
+        async fn kill(&self, _: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn delete(&self, _: &str) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn refused_as(result: Result<impl Sized>, expected: CapabilityName) -> CapabilityReason {
+        match result {
+            Err(e @ RuntimeError::UnsupportedCapability { .. }) => {
+                assert_eq!(e.code(), "unsupported_capability");
+                assert_eq!(e.retry_class(), RetryClass::NotRetryable);
+                let RuntimeError::UnsupportedCapability {
+                    backend,
+                    capability,
+                    reason,
+                } = e
+                else {
+                    unreachable!()
+                };
+                assert_eq!(backend, "minimal");
+                assert_eq!(capability, expected);
+                reason
+            }
+            Err(e) => panic!("{expected}: expected an unsupported capability, got {e}"),
+            Ok(_) => panic!("{expected}: a default implementation succeeded"),
+        }
+    }
+
+    fn info(id: &str) -> SandboxInfo {
+        SandboxInfo {
+            id: id.into(),
+            state: SandboxState::Running,
+            image: "busybox:latest".into(),
+            image_id: "sha256:00".into(),
+            created_at: 0,
+            spec: SandboxSpec::default(),
+        }
+    }
+
+    fn agent() -> AgentClient {
+        AgentClient::via_proxy("http://127.0.0.1:9", "sbx", None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn operations_a_backend_does_not_implement_are_refused_with_its_reason() {
+        let backend: &dyn Backend = &Minimal;
+        let permanent = |reason: CapabilityReason| {
+            assert!(
+                matches!(reason, CapabilityReason::Permanent { .. }),
+                "{reason:?}"
+            )
+        };
+        permanent(refused_as(
+            backend
+                .run_attached(SandboxSpec::default(), &StartProcess::default(), false)
+                .await,
+            CapabilityName::SandboxRunAttached,
+        ));
+        permanent(refused_as(
+            backend
+                .wait_attached(AttachedRun::new(info("a"), agent(), ()))
+                .await,
+            CapabilityName::SandboxRunAttached,
+        ));
+        permanent(refused_as(
+            backend.writable_layer("a"),
+            CapabilityName::SandboxWritableLayer,
+        ));
+        permanent(refused_as(
+            backend.listen_in_sandbox("a", "build.sock"),
+            CapabilityName::SandboxSocket,
+        ));
+        permanent(refused_as(
+            backend
+                .checkpoint(
+                    "a",
+                    Path::new("/nonexistent"),
+                    &CheckpointOptions::default(),
+                )
+                .await,
+            CapabilityName::SandboxCheckpoint,
+        ));
+        let snapshot = SnapshotDescriptor {
+            sandbox_id: "a".into(),
+            dir: "/nonexistent".into(),
+            image: "busybox:latest".into(),
+            image_id: "sha256:00".into(),
+            spec: SandboxSpec::default(),
+            memory: true,
+            created_at: 0,
+            backend: "minimal".into(),
+        };
+        permanent(refused_as(
+            backend
+                .restore(RestoreSpec {
+                    snapshot,
+                    id: None,
+                    labels: BTreeMap::new(),
+                })
+                .await,
+            CapabilityName::SandboxRestore,
+        ));
+        // The reason the backend reports, not a generic one.
+        assert_eq!(
+            refused_as(
+                backend.attach_network("a", &NetworkConfig::default()).await,
+                CapabilityName::NetworkAttach,
+            ),
+            CapabilityReason::FeatureGated {
+                feature: "networks".into()
+            }
+        );
+        assert!(matches!(
+            backend.capabilities().get(CapabilityName::NetworkAttach),
+            Capability::Unsupported { .. }
+        ));
+    }
+
+    #[test]
+    fn an_attached_run_gives_its_state_back_only_as_its_own_type() {
+        struct Mine(u32);
+        let run = AttachedRun::new(info("one"), agent(), Mine(7));
+        let run = match run.into_parts::<String>() {
+            Ok(_) => panic!("another backend's state was taken for a String"),
+            Err(run) => *run,
+        };
+        assert_eq!(run.info.id, "one");
+        let (info, _, Mine(n)) = run.into_parts::<Mine>().ok().unwrap();
+        assert_eq!((info.id.as_str(), n), ("one", 7));
+    }
 }

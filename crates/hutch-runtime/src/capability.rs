@@ -35,6 +35,21 @@ pub enum CapabilityName {
     SnapshotFilesystem,
     SnapshotMemory,
     WarmPool,
+    /// A one-shot sandbox whose first process runs on the caller's stdio
+    /// ([`crate::Backend::run_attached`]).
+    SandboxRunAttached,
+    /// A stopped sandbox's writes as a directory a build turns into a layer
+    /// ([`crate::Backend::writable_layer`]).
+    SandboxWritableLayer,
+    /// A unix socket the host listens on inside a sandbox, such as the build channel
+    /// ([`crate::Backend::listen_in_sandbox`]).
+    SandboxSocket,
+    /// Joining a running sandbox to a network ([`crate::Backend::attach_network`]).
+    NetworkAttach,
+    /// Saving a sandbox's state to a directory ([`crate::Backend::checkpoint`]).
+    SandboxCheckpoint,
+    /// A new sandbox from a checkpoint ([`crate::Backend::restore`]).
+    SandboxRestore,
 }
 
 impl fmt::Display for CapabilityName {
@@ -44,7 +59,7 @@ impl fmt::Display for CapabilityName {
             .as_ref()
             .and_then(|v| v.as_str())
             .unwrap_or("capability");
-        f.write_str(name)
+        f.pad(name)
     }
 }
 
@@ -80,25 +95,56 @@ pub enum Capability {
     Unsupported { reason: CapabilityReason },
 }
 
+/// What runs the sandboxes, as the backend found it: which build of which runtime, on which
+/// platform, and what that means for the capabilities (an old build's notes say what it
+/// lacks).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Capabilities(BTreeMap<CapabilityName, Capability>);
+pub struct RuntimeDetails {
+    /// E.g. `runsc`.
+    pub runtime: String,
+    /// E.g. `0.0~20240729.0`.
+    pub version: String,
+    /// E.g. `systrap` or `ptrace`.
+    pub platform: String,
+    /// Deliberate choices and limits of this build, one sentence each.
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeDetails>,
+    #[serde(default)]
+    pub features: BTreeMap<CapabilityName, Capability>,
+}
 
 impl Capabilities {
     pub fn supported(mut self, names: &[CapabilityName]) -> Self {
         for name in names {
-            self.0.insert(*name, Capability::Supported);
+            self.features.insert(*name, Capability::Supported);
         }
         self
     }
 
     pub fn unsupported(mut self, name: CapabilityName, reason: CapabilityReason) -> Self {
-        self.0.insert(name, Capability::Unsupported { reason });
+        self.features
+            .insert(name, Capability::Unsupported { reason });
         self
+    }
+
+    pub fn with_runtime(mut self, runtime: RuntimeDetails) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    pub fn runtime(&self) -> Option<&RuntimeDetails> {
+        self.runtime.as_ref()
     }
 
     /// The entry for `name`; a capability a backend does not mention is unsupported.
     pub fn get(&self, name: CapabilityName) -> Capability {
-        self.0
+        self.features
             .get(&name)
             .cloned()
             .unwrap_or(Capability::Unsupported {
@@ -113,6 +159,6 @@ impl Capabilities {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&CapabilityName, &Capability)> {
-        self.0.iter()
+        self.features.iter()
     }
 }

@@ -12,6 +12,18 @@ pub enum RetryClass {
     Unknown,
 }
 
+/// How a sandbox's agent came to be unreachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentUnreachable {
+    /// The agent had no connection within the wait: nothing was sent to it, so the request
+    /// may be replayed as it is.
+    NeverConnected,
+    /// The connection failed or broke during the exchange, or the agent answered something
+    /// unreadable: a request may have reached the agent.
+    Disrupted,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("sandbox {id} not found")]
@@ -35,7 +47,12 @@ pub enum RuntimeError {
     #[error("filesystem: {message}")]
     FilesystemFailure { code: String, message: String },
     #[error("the sandbox's agent is unreachable: {reason}")]
-    AgentUnavailable { reason: String },
+    AgentUnavailable {
+        /// Whether a request could have reached the agent: a caller that replays requests
+        /// (the proxy) decides on this, never on `reason`'s wording.
+        kind: AgentUnreachable,
+        reason: String,
+    },
     #[error("sandbox {id} is not running (state: {state})")]
     NotRunning { id: String, state: String },
     #[error("{backend} backend failure: {message}")]
@@ -86,6 +103,35 @@ impl RuntimeError {
         }
     }
 
+    /// The error of a backend asked for `capability` it does not offer: the reason it reports
+    /// in [`crate::Backend::capabilities`], or a permanent one when it does not mention it.
+    pub fn unsupported(
+        backend: &'static str,
+        capabilities: &crate::capability::Capabilities,
+        capability: CapabilityName,
+    ) -> Self {
+        let reason = match capabilities.get(capability) {
+            crate::capability::Capability::Unsupported { reason } => reason,
+            // Reported supported yet not implemented: a backend bug, still refused cleanly.
+            crate::capability::Capability::Supported => CapabilityReason::Permanent {
+                detail: "reported supported, but the backend does not implement it".into(),
+            },
+        };
+        Self::UnsupportedCapability {
+            backend,
+            capability,
+            reason,
+        }
+    }
+
+    /// A failure of the agent's connection or stream after a request may have been sent.
+    pub(crate) fn agent_disrupted(reason: impl Into<String>) -> Self {
+        Self::AgentUnavailable {
+            kind: AgentUnreachable::Disrupted,
+            reason: reason.into(),
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {
             context: context.into(),
@@ -95,3 +141,57 @@ impl RuntimeError {
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capability::Capabilities;
+
+    #[test]
+    fn a_refusal_carries_the_reason_the_backend_reports() {
+        let gated = CapabilityReason::FeatureGated {
+            feature: "issue 16".into(),
+        };
+        let caps = Capabilities::default()
+            .supported(&[CapabilityName::SandboxCreate])
+            .unsupported(CapabilityName::SandboxCheckpoint, gated.clone());
+        let e = RuntimeError::unsupported("x", &caps, CapabilityName::SandboxCheckpoint);
+        assert!(matches!(
+            &e,
+            RuntimeError::UnsupportedCapability { reason, capability: CapabilityName::SandboxCheckpoint, .. }
+                if *reason == gated
+        ));
+        assert_eq!(
+            e.to_string(),
+            "sandbox_checkpoint is not supported by the x backend: not available yet (issue 16)"
+        );
+        // Unmentioned, or claimed yet not implemented: refused as permanent all the same.
+        for name in [
+            CapabilityName::SandboxRestore,
+            CapabilityName::SandboxCreate,
+        ] {
+            assert!(matches!(
+                RuntimeError::unsupported("x", &caps, name),
+                RuntimeError::UnsupportedCapability {
+                    reason: CapabilityReason::Permanent { .. },
+                    ..
+                }
+            ));
+        }
+    }
+
+    #[test]
+    fn an_unreachable_agent_is_retryable_whatever_the_kind() {
+        for kind in [
+            AgentUnreachable::NeverConnected,
+            AgentUnreachable::Disrupted,
+        ] {
+            let e = RuntimeError::AgentUnavailable {
+                kind,
+                reason: "r".into(),
+            };
+            assert_eq!(e.retry_class(), RetryClass::Retryable);
+            assert_eq!(e.code(), "agent_unavailable");
+        }
+    }
+}

@@ -1,9 +1,13 @@
 //! The Hutch sandbox runtime, usable as a library without any server.
 //!
 //! - [`Backend`] is the one API over every runtime: create, attach, inspect, list, stop,
-//!   kill, delete. Each backend reports [`Capabilities`], every one supported or unsupported
-//!   with a [`CapabilityReason`], and unsupported calls fail with
-//!   [`RuntimeError::UnsupportedCapability`], never a silent no-op.
+//!   kill, delete, and the operations not every backend offers (one-shot attached runs, a
+//!   stopped sandbox's writable layer, a socket inside a sandbox, network attach,
+//!   checkpoint and restore). Each backend reports [`Capabilities`], every one supported or
+//!   unsupported with a [`CapabilityReason`], and unsupported calls fail with
+//!   [`RuntimeError::UnsupportedCapability`], never a silent no-op. Callers hold a
+//!   `dyn Backend`; the concrete backend is named only where it is built and for its own
+//!   maintenance (the gVisor backend's `sweep_incomplete`).
 //! - Errors are one typed enum, [`RuntimeError`], each with a [`RetryClass`].
 //! - [`agent::AgentClient`] talks to a sandbox's agent (processes, files) over the
 //!   connection the agent dialed home on.
@@ -19,8 +23,9 @@ mod error;
 pub mod gvisor;
 
 pub use backend::{
-    Backend, DEFAULT_PIDS_LIMIT, MAX_PIDS_LIMIT, NetworkMode, Sandbox, SandboxInfo, SandboxSpec,
-    SandboxState,
+    AttachedRun, Backend, CheckpointOptions, DEFAULT_PIDS_LIMIT, MAX_PIDS_LIMIT, NetworkConfig,
+    NetworkMode, RestoreSpec, Sandbox, SandboxInfo, SandboxSpec, SandboxState, SnapshotDescriptor,
+    WritableLayer,
 };
-pub use capability::{Capabilities, Capability, CapabilityName, CapabilityReason};
-pub use error::{Result, RetryClass, RuntimeError};
+pub use capability::{Capabilities, Capability, CapabilityName, CapabilityReason, RuntimeDetails};
+pub use error::{AgentUnreachable, Result, RetryClass, RuntimeError};

@@ -1,37 +1,40 @@
-//! API keys and their scopes. Only a key's SHA-256 is stored; the secret is shown once, at
-//! creation.
+//! The one auth layer: reading a request's API key and checking its scope. Keys themselves
+//! (storage, hashing, scopes) are `hutch_state::keys`.
 //!
 //! Keys are required whenever the server listens on a non-loopback address (or when asked
 //! to require them with `--require-keys`). On loopback without that, requests without a
 //! key pass, so `SandboxClient.for_localhost()` works as is; a key that is presented is
 //! still checked, scope included.
 //!
-//! A key is scoped to one namespace, or is an admin key (every namespace). Namespaces are
-//! the tenancy boundary: a namespace key reaches only its own sandboxes, through the
-//! lifecycle API and the proxy alike. What every namespace shares (templates, the image
-//! store) a namespace key may read and add to, but only an admin key may delete or replace.
+//! Handlers take [`Caller`] (the request's key, checked) or [`Scoped`] (that, plus the
+//! namespace the route names, valid and within the key's scope): they never read the
+//! `Authorization` header themselves.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequestParts, Path};
 use axum::http::HeaderMap;
-use sha2::{Digest, Sha256};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use hutch_state::keys::{ApiKey, Keys, SECRET_PREFIX};
 
-use crate::db::{ApiKey, Db};
+use crate::App;
 use crate::error::ApiError;
-use crate::sandboxes::{now_ms, random_hex};
 
-/// What every secret starts with, so a leaked one is recognizable.
-pub const SECRET_PREFIX: &str = "hutch_";
+/// The namespace of the flat routes (`/sandboxes/...`).
+pub const DEFAULT_NS: &str = "default";
 
 #[derive(Clone)]
 pub struct Auth {
-    db: Arc<Db>,
+    keys: Keys,
     required: bool,
 }
 
 impl Auth {
-    pub fn new(db: Arc<Db>, required: bool) -> Self {
-        Self { db, required }
+    pub fn new(keys: Keys, required: bool) -> Self {
+        Self { keys, required }
     }
 
     pub fn required(&self) -> bool {
@@ -59,7 +62,7 @@ impl Auth {
                 Ok(None)
             };
         };
-        match self.db.key_by_secret(&hash(secret), now_ms())? {
+        match self.keys.find(secret)? {
             Some(key) => Ok(Some(key)),
             None if !self.required && !secret.starts_with(SECRET_PREFIX) => {
                 // A loopback client configured with some other service's key (the SDKs
@@ -69,19 +72,25 @@ impl Auth {
             None => Err(ApiError::unauthorized("invalid API key")),
         }
     }
+}
 
-    /// [`Auth::check`], and the key, if any, must reach namespace `ns`.
-    pub fn check_namespace(&self, headers: &HeaderMap, ns: &str) -> Result<(), ApiError> {
-        match self.check(headers)? {
-            Some(key) if !key.covers(ns) => Err(out_of_scope(&key, ns)),
+/// Who sends a request: the key it presented (checked), or none where keys are not
+/// required.
+pub struct Caller(pub Option<ApiKey>);
+
+impl Caller {
+    /// The key, if any, must reach namespace `ns`.
+    pub fn reach(&self, ns: &str) -> Result<(), ApiError> {
+        match &self.0 {
+            Some(key) if !key.covers(ns) => Err(out_of_scope(key, ns)),
             _ => Ok(()),
         }
     }
 
-    /// [`Auth::check`], and the key, if any, must be an admin key: for `what`, an operation
-    /// on something every namespace shares.
-    pub fn check_admin(&self, headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
-        match self.check(headers)? {
+    /// The key, if any, must be an admin key: for `what`, an operation on something every
+    /// namespace shares.
+    pub fn admin(&self, what: &str) -> Result<(), ApiError> {
+        match &self.0 {
             Some(key) if !key.is_admin() => Err(ApiError::forbidden(format!(
                 "{what} needs an admin key; key {} is scoped to namespace {:?} \
                  (create one with `hutch key create --admin`)",
@@ -90,6 +99,42 @@ impl Auth {
             ))),
             _ => Ok(()),
         }
+    }
+}
+
+impl FromRequestParts<Arc<App>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        app.auth.check(&parts.headers).map(Caller)
+    }
+}
+
+/// A request within one namespace: the route's `{ns}` (or [`DEFAULT_NS`] on the flat
+/// routes), a valid name, and within the caller's scope; checked in that order.
+pub struct Scoped {
+    pub ns: String,
+}
+
+impl FromRequestParts<Arc<App>> for Scoped {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Response> {
+        let ns = match Path::<HashMap<String, String>>::from_request_parts(parts, app).await {
+            Ok(Path(mut params)) => params.remove("ns"),
+            // A route without parameters: the flat `/sandboxes`.
+            Err(PathRejection::MissingPathParams(_)) => None,
+            // Parameters that do not decode are refused as axum refuses them, never read as
+            // the default namespace.
+            Err(rejection) => return Err(rejection.into_response()),
+        }
+        .unwrap_or_else(|| DEFAULT_NS.to_string());
+        let check = || -> Result<(), ApiError> {
+            hutch_state::sandboxes::validate_namespace(&ns)?;
+            app.auth.check(&parts.headers).map(Caller)?.reach(&ns)
+        };
+        check().map_err(IntoResponse::into_response)?;
+        Ok(Self { ns })
     }
 }
 
@@ -102,46 +147,10 @@ pub fn out_of_scope(key: &ApiKey, ns: &str) -> ApiError {
     ))
 }
 
-fn hash(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
-
-/// Creates a key scoped to `namespace` (`None`: an admin key); returns it with its secret,
-/// which is not stored.
-pub fn create_key(
-    db: &Db,
-    name: &str,
-    namespace: Option<&str>,
-) -> Result<(ApiKey, String), ApiError> {
-    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "a key name must be 1-64 printable characters",
-        ));
-    }
-    if let Some(ns) = namespace {
-        crate::lifecycle::check_namespace(ns)?;
-    }
-    let secret = format!("{SECRET_PREFIX}{}", random_hex(24)?);
-    let id = format!(
-        "key_{}",
-        &hex::encode(Sha256::digest(secret.as_bytes()))[..12]
-    );
-    let at = now_ms();
-    db.insert_key(&id, name, &hash(&secret), at, namespace)?;
-    Ok((
-        ApiKey {
-            id,
-            name: name.to_string(),
-            created_at: at,
-            last_used_at: None,
-            namespace: namespace.map(str::to_string),
-        },
-        secret,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
+    use hutch_state::db::Db;
+
     use super::*;
 
     fn bearer(secret: &str) -> HeaderMap {
@@ -153,25 +162,29 @@ mod tests {
         h
     }
 
-    #[test]
-    fn required_keys_are_checked() {
+    fn keys() -> (tempfile::TempDir, Keys) {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Db::open(&dir.path().join("s.db")).unwrap());
-        let (key, secret) = create_key(&db, "ci", None).unwrap();
-        let auth = Auth::new(Arc::clone(&db), true);
+        (dir, Keys::new(db))
+    }
+
+    #[test]
+    fn required_keys_are_checked() {
+        let (_dir, keys) = keys();
+        let (key, secret) = keys.create("ci", None).unwrap();
+        let auth = Auth::new(keys.clone(), true);
         assert_eq!(auth.check(&bearer(&secret)).unwrap().unwrap().id, key.id);
         assert_eq!(auth.check(&HeaderMap::new()).unwrap_err().status, 401);
         assert_eq!(auth.check(&bearer("hutch_nope")).unwrap_err().status, 401);
         assert_eq!(auth.check(&bearer("other")).unwrap_err().status, 401);
-        db.remove_key(&key.id).unwrap();
+        keys.remove(&key.id).unwrap();
         assert!(auth.check(&bearer(&secret)).is_err());
     }
 
     #[test]
     fn loopback_without_keys_lets_requests_pass_but_checks_hutch_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Db::open(&dir.path().join("s.db")).unwrap());
-        let auth = Auth::new(db, false);
+        let (_dir, keys) = keys();
+        let auth = Auth::new(keys, false);
         assert!(auth.check(&HeaderMap::new()).unwrap().is_none());
         assert!(auth.check(&bearer("tl_some_cloud_key")).unwrap().is_none());
         assert!(auth.check(&bearer("hutch_forged")).is_err());
@@ -179,28 +192,28 @@ mod tests {
 
     #[test]
     fn namespace_keys_reach_their_namespace_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Db::open(&dir.path().join("s.db")).unwrap());
-        let (_, team) = create_key(&db, "team-a", Some("a")).unwrap();
-        let (_, admin) = create_key(&db, "root", None).unwrap();
+        let (_dir, keys) = keys();
+        let (_, team) = keys.create("team-a", Some("a")).unwrap();
+        let (_, admin) = keys.create("root", None).unwrap();
         for required in [true, false] {
-            let auth = Auth::new(Arc::clone(&db), required);
-            assert!(auth.check_namespace(&bearer(&team), "a").is_ok());
-            let refused = auth.check_namespace(&bearer(&team), "b").unwrap_err();
+            let auth = Auth::new(keys.clone(), required);
+            let caller = |secret: &str| Caller(auth.check(&bearer(secret)).unwrap());
+            assert!(caller(&team).reach("a").is_ok());
+            let refused = caller(&team).reach("b").unwrap_err();
             assert_eq!((refused.status.as_u16(), refused.code), (403, "forbidden"));
             assert_eq!(
-                auth.check_admin(&bearer(&team), "deleting a template")
+                caller(&team)
+                    .admin("deleting a template")
                     .unwrap_err()
                     .status,
                 403
             );
-            assert!(auth.check_namespace(&bearer(&admin), "b").is_ok());
-            assert!(auth.check_admin(&bearer(&admin), "x").is_ok());
+            assert!(caller(&admin).reach("b").is_ok());
+            assert!(caller(&admin).admin("x").is_ok());
         }
         // Without required keys, a client that presents none is not limited.
-        let open = Auth::new(Arc::clone(&db), false);
-        assert!(open.check_namespace(&HeaderMap::new(), "b").is_ok());
-        assert!(open.check_admin(&HeaderMap::new(), "x").is_ok());
-        assert!(create_key(&db, "bad", Some("Not A Namespace")).is_err());
+        let open = Caller(Auth::new(keys, false).check(&HeaderMap::new()).unwrap());
+        assert!(open.reach("b").is_ok());
+        assert!(open.admin("x").is_ok());
     }
 }

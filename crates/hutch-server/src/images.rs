@@ -17,6 +17,7 @@ use hutch_registry::{
 use serde::Deserialize;
 
 use crate::App;
+use crate::auth::Caller;
 use crate::error::ApiError;
 
 /// The registry client the server pulls with (insecure registries from
@@ -46,8 +47,8 @@ fn pull_failed(reference: &str, e: &RegistryError) -> ApiError {
 pub async fn ensure(app: &App, reference: &str) -> Result<String, ApiError> {
     // The built-in images are made here, never pulled.
     for builtin in [
-        crate::default_image::DEFAULT_IMAGE,
-        crate::default_image::BUILDER_IMAGE,
+        hutch_state::default_image::DEFAULT_IMAGE,
+        hutch_state::default_image::BUILDER_IMAGE,
     ] {
         if reference == builtin || format!("{reference}:latest") == builtin {
             return Ok(builtin.to_string());
@@ -87,8 +88,11 @@ struct PullBody {
 
 /// `POST /hutch/v1/images/pull {"reference": ...}`: `application/x-ndjson`, one progress
 /// event per line, ending with `done` or `{"event":"error","code":..,"message":..}`.
-pub async fn pull(State(app): State<Arc<App>>, req: Request) -> Result<Response, ApiError> {
-    app.auth.check(req.headers())?;
+pub async fn pull(
+    State(app): State<Arc<App>>,
+    _: Caller,
+    req: Request,
+) -> Result<Response, ApiError> {
     let body: PullBody = crate::lifecycle::json_body(req.into_body()).await?;
     let parsed = Reference::parse(&body.reference).map_err(|e| pull_failed(&body.reference, &e))?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();

@@ -1,34 +1,28 @@
-//! `hutch serve`: the platform over the runtime.
+//! `hutch serve`: the HTTP edge over `hutch_state`.
 //!
-//! - [`lifecycle`]: the Tensorlake-compatible lifecycle API (`/v1/namespaces/{ns}/sandboxes`),
-//!   key introspection and the OpenAPI document, on the API listener (:8900).
-//! - [`proxy`] and [`pty`]: the sandbox proxy (:9443), forwarding to each sandbox's agent.
-//! - [`sandboxes`]: the lifecycle itself, reconciliation after a restart, timeouts.
-//! - [`db`]: the embedded SQLite state; [`auth`]: API keys and their namespace scopes;
-//!   `csrf`: the Host, Origin and body-type checks both listeners make.
+//! - `lifecycle`: the Tensorlake-compatible lifecycle API (one sandbox router under
+//!   `/v1/namespaces/{ns}` and flat), key introspection, `/healthz`, and `openapi`'s
+//!   document, on the API listener (:8900); `platform`: the template routes; `images`: pulls.
+//! - `proxy` and `pty`: the sandbox proxy (:9443), forwarding to each sandbox's agent.
+//! - `auth`: the one auth layer (the `Caller` and `Scoped` extractors); `csrf`: the Host,
+//!   Origin and body-type checks both listeners make; `listen`: the listeners' bounds.
+//! - `error`: `ApiError`, and the one mapping of `hutch_state::StateError` to HTTP.
 //!
-//! This is the only crate that knows HTTP routes served to users, and the only one that
-//! touches SQLite. Sandboxes outlive the server: stopping it (gracefully or by `kill -9`)
-//! leaves them running, and the next start adopts them.
+//! The state (SQLite, sandboxes, templates, builds, keys) is `hutch_state`'s; this crate is
+//! the only one that knows HTTP routes served to users. Sandboxes outlive the server:
+//! stopping it (gracefully or by `kill -9`) leaves them running, and the next start adopts
+//! them.
 
-mod admission;
-pub mod auth;
-mod build_events;
+mod auth;
 mod csrf;
-pub mod db;
-pub mod default_image;
-pub mod discovery;
 mod error;
 mod images;
-pub mod lifecycle;
-pub mod listen;
+mod lifecycle;
+mod listen;
 mod openapi;
 mod platform;
-pub mod proxy;
-pub mod pty;
-pub mod sandboxes;
-pub mod template_builds;
-pub mod templates;
+mod proxy;
+mod pty;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,17 +31,16 @@ use std::sync::Arc;
 use anyhow::Context;
 use hutch_runtime::Backend;
 use hutch_runtime::gvisor::GvisorBackend;
+use hutch_state::builds::Builds;
+use hutch_state::{Sandboxes, State, discovery, state_id};
 use hutch_store::Store;
 
-pub use error::ApiError;
-pub use sandboxes::{Limits, Sandboxes};
+pub use hutch_state::Limits;
+pub use listen::HttpBounds;
 
 /// How old a sandbox directory without a record must be to count as left behind by a
 /// process killed mid-create or mid-delete (a live create writes its record within ms).
 const INCOMPLETE_AGE: std::time::Duration = std::time::Duration::from_secs(20);
-
-/// The state database's file name inside the state directory.
-pub const DB_FILE: &str = "hutch.db";
 
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -73,32 +66,22 @@ pub struct ServeConfig {
 }
 
 /// Everything the handlers share.
-pub struct App {
-    pub sandboxes: Arc<Sandboxes>,
-    pub auth: auth::Auth,
+struct App {
+    sandboxes: Arc<Sandboxes>,
+    auth: auth::Auth,
     /// What `sandbox_url` says: where clients reach the proxy.
-    pub proxy_url: String,
+    proxy_url: String,
     /// [`state_id`] of the state directory, reported by `/healthz`.
-    pub state_id: String,
+    state_id: String,
     /// The secret `/healthz` proves it knows to `hutch run` (see [`discovery`]).
-    pub(crate) published: std::sync::OnceLock<discovery::Published>,
+    published: std::sync::OnceLock<discovery::Published>,
     /// Pulls missing images.
-    pub registry: hutch_registry::Client,
-    pub pull_policy: hutch_registry::PullPolicy,
+    registry: hutch_registry::Client,
+    pull_policy: hutch_registry::PullPolicy,
     /// Templates and their builds.
-    pub builds: Arc<template_builds::Builds>,
+    builds: Arc<Builds>,
     /// The hosts and origins served (see [`csrf`]).
     browser_policy: csrf::Policy,
-}
-
-/// A fingerprint of the state directory `home`: the CLI compares its own with the one a
-/// running server reports to know that both see the same store. The path itself is not
-/// disclosed.
-pub fn state_id(home: &std::path::Path) -> String {
-    use sha2::Digest as _;
-    let canonical = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_path_buf());
-    let digest = sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes());
-    hex::encode(&digest[..8])
 }
 
 /// Opens the state, reconciles, and serves until `shutdown` resolves. Sandboxes keep running
@@ -109,41 +92,24 @@ pub async fn serve(
     store: Store,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let db = Arc::new(db::Db::open(&config.home.join(DB_FILE))?);
-    let image = default_image::ensure(&store, &config.busybox)?;
-    default_image::ensure_builder(&store, &config.busybox)?;
     let backend: Arc<dyn Backend> = Arc::clone(&gvisor) as Arc<dyn Backend>;
     let gvisor_for_sweep = Arc::clone(&gvisor);
-    let sandboxes = Sandboxes::new(
-        Arc::clone(&db),
-        backend,
-        store.clone(),
-        image.name.clone(),
-        config.limits.clone(),
-    );
     let registry = images::client(&config.registry_egress)?;
-    let builds = template_builds::Builds::new(
-        Arc::clone(&db),
-        templates::Templates::new(Arc::clone(&db), store.clone()),
-        gvisor,
+    let State {
+        sandboxes,
+        builds,
+        keys,
+    } = State::start(
+        &config.home,
+        &config.busybox,
+        config.limits.clone(),
+        backend,
         store,
         registry.clone(),
-        Arc::clone(&sandboxes),
-    );
-    sandboxes.set_builds(&builds);
-    let started = std::time::Instant::now();
-    let (adopted, ended, orphans) = sandboxes
-        .reconcile()
-        .await
-        .map_err(|e| anyhow::anyhow!("reconciling with the runtime: {e}"))?;
-    tracing::info!(
-        adopted,
-        ended,
-        orphans,
-        ms = started.elapsed().as_millis() as u64,
-        "reconciled state with the runtime"
-    );
-    let swept = hutch_build::engine::sweep_orphans(&gvisor_for_sweep).await
+    )
+    .await
+    .context("starting the state (database, built-in images, reconcile with the runtime)")?;
+    let swept = hutch_build::engine::sweep_orphans(&*gvisor_for_sweep).await
         + gvisor_for_sweep.sweep_incomplete(INCOMPLETE_AGE);
     if swept > 0 {
         tracing::info!(swept, "removed sandboxes of builds interrupted by a crash");
@@ -153,17 +119,16 @@ pub async fn serve(
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-            let swept = hutch_build::engine::sweep_orphans(&gvisor_for_sweep).await
+            let swept = hutch_build::engine::sweep_orphans(&*gvisor_for_sweep).await
                 + gvisor_for_sweep.sweep_incomplete(INCOMPLETE_AGE);
             if swept > 0 {
                 tracing::info!(swept, "removed sandboxes of interrupted builds or deletes");
             }
         }
     });
-    tokio::spawn(Arc::clone(&sandboxes).monitor());
 
     let loopback = config.listen.ip().is_loopback() && config.proxy_listen.ip().is_loopback();
-    let auth = auth::Auth::new(Arc::clone(&db), config.require_keys || !loopback);
+    let auth = auth::Auth::new(keys, config.require_keys || !loopback);
     let proxy_host =
         if config.proxy_listen.ip().is_loopback() || config.proxy_listen.ip().is_unspecified() {
             "localhost".to_string()

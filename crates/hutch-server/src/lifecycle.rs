@@ -1,6 +1,7 @@
-//! The lifecycle API (:8900), in the shapes the Tensorlake SDKs send and parse:
-//! `/v1/namespaces/{ns}/sandboxes[/{id-or-name}]` and the flat `/sandboxes…` form (namespace
-//! `default`), plus `POST /platform/v1/keys/introspect` and `GET /openapi.json`.
+//! The lifecycle API (:8900), in the shapes the Tensorlake SDKs send and parse: one router
+//! of sandbox routes, nested under `/v1/namespaces/{ns}` and served flat (`/sandboxes…`,
+//! namespace `default`), plus `POST /platform/v1/keys/introspect` and `GET /openapi.json`.
+//! Every sandbox route takes [`Scoped`]: the namespace checked against the caller's key once.
 //!
 //! Bodies are read and parsed here rather than by extractors so that every malformed,
 //! oversized or mistyped request gets a JSON error the SDK can parse, never a plain-text one.
@@ -18,10 +19,12 @@ use hutch_runtime::NetworkMode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use hutch_state::CreateParams;
+use hutch_state::db::{SandboxRow, Status};
+
 use crate::App;
-use crate::db::{SandboxRow, Status};
+use crate::auth::{Caller, Scoped};
 use crate::error::ApiError;
-use crate::sandboxes::CreateParams;
 
 /// Largest lifecycle request body.
 const BODY_LIMIT: usize = 1 << 20;
@@ -35,25 +38,13 @@ const PAGE_DEFAULT: usize = 100;
 const PAGE_MAX: usize = 1000;
 
 pub fn router(app: Arc<App>) -> Router {
+    let sandboxes = Router::new()
+        .route("/sandboxes", post(create).get(list))
+        .route("/sandboxes/{id}", get(get_one).patch(update).delete(delete))
+        .route("/sandboxes/{id}/{action}", post(lifecycle_action));
     let router = Router::new()
-        .route(
-            "/v1/namespaces/{ns}/sandboxes",
-            post(create_ns).get(list_ns),
-        )
-        .route(
-            "/v1/namespaces/{ns}/sandboxes/{id}",
-            get(get_ns).patch(update_ns).delete(delete_ns),
-        )
-        .route(
-            "/v1/namespaces/{ns}/sandboxes/{id}/{action}",
-            post(action_ns),
-        )
-        .route("/sandboxes", post(create_flat).get(list_flat))
-        .route(
-            "/sandboxes/{id}",
-            get(get_flat).patch(update_flat).delete(delete_flat),
-        )
-        .route("/sandboxes/{id}/{action}", post(action_flat))
+        .nest("/v1/namespaces/{ns}", sandboxes.clone())
+        .merge(sandboxes)
         .route("/platform/v1/keys/introspect", post(introspect))
         .route("/openapi.json", get(crate::openapi::document))
         .route("/healthz", get(healthz))
@@ -75,7 +66,7 @@ pub fn router(app: Arc<App>) -> Router {
 async fn healthz(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let mut health = json!({"status": "ok", "state_id": app.state_id});
     let challenge = headers
-        .get(crate::discovery::CHALLENGE_HEADER)
+        .get(hutch_state::discovery::CHALLENGE_HEADER)
         .and_then(|v| v.to_str().ok());
     if let (Some(challenge), Some(published)) = (challenge, app.published.get())
         && let Some(proof) = published.proof(challenge)
@@ -85,23 +76,16 @@ async fn healthz(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     axum::Json(health).into_response()
 }
 
-const DEFAULT_NS: &str = "default";
+/// The sandbox a route names (`{id}`: an id or a name), whatever prefix it is under.
+#[derive(Deserialize)]
+struct SandboxPath {
+    id: String,
+}
 
-pub(crate) fn check_namespace(ns: &str) -> Result<(), ApiError> {
-    let ok = !ns.is_empty()
-        && ns.len() <= 63
-        && ns
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_namespace",
-            format!("invalid namespace {ns:?}: use 1-63 characters of a-z, 0-9, '-' and '_'"),
-        ))
-    }
+#[derive(Deserialize)]
+struct ActionPath {
+    id: String,
+    action: String,
 }
 
 /// Reads a JSON body under the limit; every failure is a typed 4xx.
@@ -146,11 +130,6 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Res
             format!("invalid request body: {e}"),
         )
     })
-}
-
-/// The request's key (when one is presented or required) must reach namespace `ns`.
-fn authorize(app: &App, headers: &HeaderMap, ns: &str) -> Result<(), ApiError> {
-    app.auth.check_namespace(headers, ns)
 }
 
 // ---- create ------------------------------------------------------------------------------
@@ -286,18 +265,6 @@ fn validate_create(body: &CreateBody) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn create_ns(State(app): State<Arc<App>>, Path(ns): Path<String>, req: Request) -> Response {
-    create(app, ns, req)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
-}
-
-async fn create_flat(State(app): State<Arc<App>>, req: Request) -> Response {
-    create(app, DEFAULT_NS.into(), req)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
-}
-
 /// How long a blocking create may hold the request: the client's timeout less its grace.
 fn create_wait(headers: &HeaderMap) -> Duration {
     let ms = |name: &str| {
@@ -316,9 +283,11 @@ fn create_wait(headers: &HeaderMap) -> Duration {
     }
 }
 
-async fn create(app: Arc<App>, ns: String, req: Request) -> Result<Response, ApiError> {
-    check_namespace(&ns)?;
-    authorize(&app, req.headers(), &ns)?;
+async fn create(
+    State(app): State<Arc<App>>,
+    Scoped { ns }: Scoped,
+    req: Request,
+) -> Result<Response, ApiError> {
     let wait_for = create_wait(req.headers());
     let body: CreateBody = json_body(req.into_body()).await?;
     validate_create(&body)?;
@@ -482,29 +451,12 @@ pub fn sandbox_info(row: &SandboxRow, proxy_url: &str) -> Value {
     info
 }
 
-async fn get_ns(
-    State(app): State<Arc<App>>,
-    Path((ns, id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    get_one(&app, &ns, &id, &headers)
-}
-
-async fn get_flat(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    get_one(&app, DEFAULT_NS, &id, &headers)
-}
-
 /// The image record a client needs to run the image's own ENTRYPOINT and CMD.
 async fn image(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    _: Caller,
 ) -> Result<Response, ApiError> {
-    app.auth.check(&headers)?;
     // As a create resolves it: a template, else the image's store name.
     let name = match app.builds.templates().find(&name)? {
         Some(t) => t.image,
@@ -514,10 +466,12 @@ async fn image(
     Ok(axum::Json(image).into_response())
 }
 
-fn get_one(app: &App, ns: &str, id: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
-    check_namespace(ns)?;
-    authorize(app, headers, ns)?;
-    let row = app.sandboxes.get(ns, id)?;
+async fn get_one(
+    State(app): State<Arc<App>>,
+    Scoped { ns }: Scoped,
+    Path(SandboxPath { id }): Path<SandboxPath>,
+) -> Result<Response, ApiError> {
+    let row = app.sandboxes.get(&ns, &id)?;
     Ok(axum::Json(sandbox_info(&row, &app.proxy_url)).into_response())
 }
 
@@ -531,39 +485,19 @@ struct ListQuery {
     include_terminated: bool,
 }
 
-async fn list_ns(
+async fn list(
     State(app): State<Arc<App>>,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
+    Scoped { ns }: Scoped,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    list(&app, &ns, &headers, query)
-}
-
-async fn list_flat(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    list(&app, DEFAULT_NS, &headers, query)
-}
-
-fn list(
-    app: &App,
-    ns: &str,
-    headers: &HeaderMap,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    check_namespace(ns)?;
-    authorize(app, headers, ns)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
     let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
         Some(c) => Some(decode_cursor(c)?),
         None => None,
     };
-    let rows = app.sandboxes.db().list_sandboxes(
-        Some(ns),
+    let rows = app.sandboxes.list(
+        &ns,
         after.as_ref().map(|(t, id)| (*t, id.as_str())),
         limit + 1,
         q.include_terminated,
@@ -610,25 +544,12 @@ fn present<'de, D: serde::Deserializer<'de>>(
     Option::<NetworkBody>::deserialize(d).map(Some)
 }
 
-async fn update_ns(
+async fn update(
     State(app): State<Arc<App>>,
-    Path((ns, id)): Path<(String, String)>,
+    Scoped { ns }: Scoped,
+    Path(SandboxPath { id }): Path<SandboxPath>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    update(&app, &ns, &id, req).await
-}
-
-async fn update_flat(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    update(&app, DEFAULT_NS, &id, req).await
-}
-
-async fn update(app: &App, ns: &str, id: &str, req: Request) -> Result<Response, ApiError> {
-    check_namespace(ns)?;
-    authorize(app, req.headers(), ns)?;
     let body: UpdateBody = json_body(req.into_body()).await?;
     if body.resources.is_some() {
         return Err(unsupported(
@@ -652,65 +573,33 @@ async fn update(app: &App, ns: &str, id: &str, req: Request) -> Result<Response,
     let _ = (body.auto_resume, body.allow_unauthenticated_access);
     let row = app
         .sandboxes
-        .update(ns, id, body.name.as_deref(), body.timeout_secs)?;
+        .update(&ns, &id, body.name.as_deref(), body.timeout_secs)?;
     Ok(axum::Json(sandbox_info(&row, &app.proxy_url)).into_response())
 }
 
-async fn delete_ns(
+async fn delete(
     State(app): State<Arc<App>>,
-    Path((ns, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Scoped { ns }: Scoped,
+    Path(SandboxPath { id }): Path<SandboxPath>,
 ) -> Result<Response, ApiError> {
-    delete(&app, &ns, &id, &headers).await
-}
-
-async fn delete_flat(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    delete(&app, DEFAULT_NS, &id, &headers).await
-}
-
-async fn delete(app: &App, ns: &str, id: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
-    check_namespace(ns)?;
-    authorize(app, headers, ns)?;
-    let row = app.sandboxes.delete(ns, id).await?;
+    let row = app.sandboxes.delete(&ns, &id).await?;
     Ok(axum::Json(sandbox_info(&row, &app.proxy_url)).into_response())
-}
-
-async fn action_ns(
-    State(app): State<Arc<App>>,
-    Path((ns, id, action)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    lifecycle_action(&app, &ns, &id, &action, &headers)
-}
-
-async fn action_flat(
-    State(app): State<Arc<App>>,
-    Path((id, action)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    lifecycle_action(&app, DEFAULT_NS, &id, &action, &headers)
 }
 
 /// Lifecycle actions this server does not offer yet get a typed refusal after the sandbox
 /// is found (so an unknown sandbox is still a 404 the SDK maps to not-found).
-fn lifecycle_action(
-    app: &App,
-    ns: &str,
-    id: &str,
-    action: &str,
-    headers: &HeaderMap,
+async fn lifecycle_action(
+    State(app): State<Arc<App>>,
+    Scoped { ns }: Scoped,
+    Path(ActionPath { id, action }): Path<ActionPath>,
 ) -> Result<Response, ApiError> {
-    check_namespace(ns)?;
-    authorize(app, headers, ns)?;
-    let feature = match action {
-        "suspend" | "resume" => "suspend and resume",
-        "snapshot" | "snapshots" => "snapshots",
-        "copy" => "sandbox copy",
-        "file_systems" => "file system mounts",
+    use hutch_runtime::{Capability, CapabilityName as C};
+    // The backend capability each action needs (file system mounts need the server first).
+    let (feature, capability) = match action.as_str() {
+        "suspend" | "resume" => ("suspend and resume", Some(C::SandboxSuspend)),
+        "snapshot" | "snapshots" => ("snapshots", Some(C::SandboxCheckpoint)),
+        "copy" => ("sandbox copy", Some(C::SandboxRestore)),
+        "file_systems" => ("file system mounts", None),
         _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -719,18 +608,27 @@ fn lifecycle_action(
             ));
         }
     };
-    app.sandboxes.get(ns, id)?;
+    app.sandboxes.get(&ns, &id)?;
+    // The backend's own reason when it lacks the capability; none of these has a route
+    // yet, so a backend that has it still gets a 501, saying the server is what lacks.
+    let backend = app.sandboxes.backend();
+    let why = match capability.map(|c| backend.capabilities().get(c)) {
+        Some(Capability::Unsupported { reason }) => {
+            format!("the {} backend cannot: {reason}", backend.name())
+        }
+        _ => "this server does not implement it yet".to_string(),
+    };
     Err(ApiError::new(
         StatusCode::NOT_IMPLEMENTED,
         "unsupported_capability",
-        format!("{feature} is not supported by the gvisor backend yet"),
+        format!("{feature} is not supported: {why}"),
     ))
 }
 
 // ---- keys --------------------------------------------------------------------------------
 
-async fn introspect(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    match app.auth.check(&headers)? {
+async fn introspect(Caller(key): Caller, headers: HeaderMap) -> Result<Response, ApiError> {
+    match key {
         Some(key) => Ok(axum::Json(json!({
             "id": key.id,
             "name": key.name,

@@ -1,11 +1,12 @@
-//! The platform API's template routes, as the `tensorlake` crate 0.5.160 calls them, under
-//! `/platform/v1` (API-key scoped) and `/platform/v1/organizations/{org}/projects/{project}`
-//! (scope headers; one local organization and project, so the scope is accepted as given):
+//! The platform API's template routes, as the `tensorlake` crate 0.5.160 calls them: one
+//! router nested under `/platform/v1` (API-key scoped) and
+//! `/platform/v1/organizations/{org}/projects/{project}` (scope headers; one local
+//! organization and project, so the scope is accepted as given):
 //!
 //! - `GET    .../sandbox-templates[?pageSize=&next=]` → `{items, pagination: {next}}`
 //! - `GET|DELETE .../sandbox-templates/{id}` and `.../sandbox-templates/by-name/{name}`
 //! - `POST   .../sandbox-template-builds` (prepare), `GET .../sandbox-template-builds/{id}`,
-//!   `POST .../sandbox-template-builds/{id}/complete` (see `template_builds`).
+//!   `POST .../sandbox-template-builds/{id}/complete` (see `hutch_state::builds`).
 //! - `GET /images/v4/images`: the CAS image catalog, empty (CAS builds are not served yet).
 //!
 //! Templates are shared by every namespace, so any valid key may list, read and build
@@ -18,13 +19,15 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hutch_state::builds::{CompleteRequest, PrepareRequest};
+use hutch_state::db::{ApiKey, TemplateRow};
 use serde_json::{Value, json};
 
 use crate::App;
-use crate::db::{ApiKey, TemplateRow};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::lifecycle::json_body;
 
@@ -33,38 +36,29 @@ const PAGE_MAX: usize = 1000;
 
 type Params = Path<HashMap<String, String>>;
 
-pub fn routes(mut router: Router<Arc<App>>) -> Router<Arc<App>> {
-    // The SDKs list both image families and fail if either catalog fails: the CAS catalog
-    // is served, empty, until content-addressed streaming images are built here.
-    router = router.route("/images/v4/images", get(cas_catalog));
-    for prefix in [
-        "/platform/v1",
-        "/platform/v1/organizations/{org}/projects/{project}",
-    ] {
-        router = router
-            .route(
-                &format!("{prefix}/sandbox-templates"),
-                get(list).post(create),
-            )
-            .route(
-                &format!("{prefix}/sandbox-templates/by-name/{{name}}"),
-                get(get_template).delete(delete_template),
-            )
-            .route(
-                &format!("{prefix}/sandbox-templates/{{id}}"),
-                get(get_template).delete(delete_template),
-            )
-            .route(&format!("{prefix}/sandbox-template-builds"), post(prepare))
-            .route(
-                &format!("{prefix}/sandbox-template-builds/{{id}}"),
-                get(build_status),
-            )
-            .route(
-                &format!("{prefix}/sandbox-template-builds/{{id}}/complete"),
-                post(complete),
-            );
-    }
+pub fn routes(router: Router<Arc<App>>) -> Router<Arc<App>> {
+    let templates = Router::new()
+        .route("/sandbox-templates", get(list).post(create))
+        .route(
+            "/sandbox-templates/by-name/{name}",
+            get(get_template).delete(delete_template),
+        )
+        .route(
+            "/sandbox-templates/{id}",
+            get(get_template).delete(delete_template),
+        )
+        .route("/sandbox-template-builds", post(prepare))
+        .route("/sandbox-template-builds/{id}", get(build_status))
+        .route("/sandbox-template-builds/{id}/complete", post(complete));
     router
+        // The SDKs list both image families and fail if either catalog fails: the CAS
+        // catalog is served, empty, until content-addressed streaming images are built here.
+        .route("/images/v4/images", get(cas_catalog))
+        .nest("/platform/v1", templates.clone())
+        .nest(
+            "/platform/v1/organizations/{org}/projects/{project}",
+            templates,
+        )
 }
 
 fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> &'a str {
@@ -73,11 +67,10 @@ fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> &'a str {
 
 async fn list(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: Caller,
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    app.auth.check(&headers)?;
     let page = match query.get("pageSize") {
         Some(n) => n
             .parse::<usize>()
@@ -107,51 +100,58 @@ async fn list(
     Ok(axum::Json(json!({"items": items, "pagination": {"next": next}})).into_response())
 }
 
-async fn cas_catalog(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    app.auth.check(&headers)?;
+async fn cas_catalog(_: Caller) -> Result<Response, ApiError> {
     Ok(axum::Json(json!({"items": [], "pagination": {"next": null}})).into_response())
 }
 
-/// Registering a template from a sandbox snapshot needs snapshots, which are not here yet.
-async fn create(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    app.auth.check(&headers)?;
+/// Registering a template from a sandbox snapshot needs snapshots, which are not here yet:
+/// the backend's reason when it cannot checkpoint, else the server's.
+async fn create(State(app): State<Arc<App>>, _: Caller) -> Result<Response, ApiError> {
+    let backend = app.sandboxes.backend();
+    let why = match backend
+        .capabilities()
+        .get(hutch_runtime::CapabilityName::SandboxCheckpoint)
+    {
+        hutch_runtime::Capability::Unsupported { reason } => {
+            format!("the {} backend cannot: {reason}", backend.name())
+        }
+        hutch_runtime::Capability::Supported => "this server does not implement it yet".into(),
+    };
     Err(ApiError::new(
         StatusCode::NOT_IMPLEMENTED,
         "unsupported_capability",
-        "registering a template from a sandbox snapshot needs snapshots, which this server \
-         does not support yet; build one with POST .../sandbox-template-builds",
+        format!(
+            "registering a template from a sandbox snapshot needs snapshots ({why}); build \
+             one with POST .../sandbox-template-builds"
+        ),
     ))
 }
 
 /// The template a route names: `{name}` on `.../by-name/{name}`, `{id}` otherwise.
 fn lookup(app: &App, p: &HashMap<String, String>) -> Result<TemplateRow, ApiError> {
-    let db = app.builds.templates().db();
+    let templates = app.builds.templates();
     let (row, what) = match p.get("name") {
-        Some(name) => (db.template_by_name(name)?, name.as_str()),
-        None => (db.template(param(p, "id"))?, param(p, "id")),
+        Some(name) => (templates.by_name(name)?, name.as_str()),
+        None => (templates.by_id(param(p, "id"))?, param(p, "id")),
     };
-    row.ok_or_else(|| crate::templates::template_not_found(what))
+    Ok(row.ok_or_else(|| hutch_state::templates::template_not_found(what))?)
 }
 
 async fn get_template(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: Caller,
     Path(p): Params,
 ) -> Result<Response, ApiError> {
-    app.auth.check(&headers)?;
     let row = lookup(&app, &p)?;
     Ok(axum::Json(app.builds.templates().json(&row)).into_response())
 }
 
 async fn delete_template(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(p): Params,
 ) -> Result<Response, ApiError> {
-    app.auth.check_admin(&headers, "deleting a template")?;
+    caller.admin("deleting a template")?;
     let templates = app.builds.templates();
     let removed = templates.remove(&lookup(&app, &p)?.id)?;
     Ok(axum::Json(templates.json(&removed)).into_response())
@@ -159,39 +159,40 @@ async fn delete_template(
 
 async fn prepare(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    Caller(key): Caller,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let key = app.auth.check(&headers)?;
     let body: Value = json_body(body).await?;
     if let Some(name) = body.get("name").and_then(Value::as_str) {
         refuse_replacing(&app, key.as_ref(), name)?;
     }
+    let body: PrepareRequest = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid build request: {e}")))?;
     let prepared = app.builds.prepare(body)?;
     Ok((StatusCode::OK, axum::Json(prepared)).into_response())
 }
 
 async fn build_status(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: Caller,
     Path(p): Params,
 ) -> Result<Response, ApiError> {
-    app.auth.check(&headers)?;
     Ok(axum::Json(app.builds.status(param(&p, "id"))?).into_response())
 }
 
 async fn complete(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    Caller(key): Caller,
     Path(p): Params,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let key = app.auth.check(&headers)?;
     let body: Value = json_body(body).await?;
     // Checked again at completion: another build may have registered the name meanwhile.
-    if let Some(build) = app.builds.templates().db().build(param(&p, "id"))? {
-        refuse_replacing(&app, key.as_ref(), &build.name)?;
+    if let Some(name) = app.builds.name_of(param(&p, "id"))? {
+        refuse_replacing(&app, key.as_ref(), &name)?;
     }
+    let body: CompleteRequest = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid completion: {e}")))?;
     let registered = app.builds.complete(param(&p, "id"), body)?;
     Ok(axum::Json(registered).into_response())
 }
@@ -202,13 +203,7 @@ fn refuse_replacing(app: &App, key: Option<&ApiKey>, name: &str) -> Result<(), A
     let Some(key) = key.filter(|k| !k.is_admin()) else {
         return Ok(());
     };
-    if app
-        .builds
-        .templates()
-        .db()
-        .template_by_name(name)?
-        .is_some()
-    {
+    if app.builds.templates().by_name(name)?.is_some() {
         return Err(ApiError::forbidden(format!(
             "template {name:?} exists and replacing it needs an admin key; key {} is scoped \
              to namespace {:?}",

@@ -15,12 +15,14 @@ use axum::extract::{FromRequestParts, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
-use hutch_runtime::RuntimeError;
 use hutch_runtime::agent::BoxError;
+use hutch_runtime::{AgentUnreachable, RuntimeError};
+
+use hutch_state::StateError;
+use hutch_state::db::{ApiKey, SandboxRow, Status};
 
 use crate::App;
-use crate::auth::out_of_scope;
-use crate::db::{ApiKey, SandboxRow, Status};
+use crate::auth::{Caller, out_of_scope};
 use crate::error::ApiError;
 
 /// Headers that describe one hop, not the message; HTTP/2 forbids most of them.
@@ -123,7 +125,7 @@ fn resolve(
     target: &Target,
 ) -> Result<Option<SandboxRow>, ApiError> {
     let row = match target {
-        Target::Id(id) => app.sandboxes.db().sandbox(id)?,
+        Target::Id(id) => app.sandboxes.by_id(id)?,
         Target::Named { name, namespace } => {
             // Refused before the lookup, so a key learns nothing of other namespaces' names.
             if let Some(key) = key.filter(|k| !k.covers(namespace)) {
@@ -131,8 +133,8 @@ fn resolve(
             }
             match app.sandboxes.get(namespace, name) {
                 Ok(row) => Some(row),
-                Err(e) if e.status == StatusCode::NOT_FOUND => None,
-                Err(e) => return Err(e),
+                Err(StateError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
             }
         }
     };
@@ -144,11 +146,7 @@ fn resolve(
     }
 }
 
-async fn forward(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
-    let key = match app.auth.check(req.headers()) {
-        Ok(key) => key,
-        Err(e) => return e.into_response(),
-    };
+async fn forward(State(app): State<Arc<App>>, Caller(key): Caller, req: Request<Body>) -> Response {
     let Some(target) = target(req.headers()) else {
         return proxy_error(
             StatusCode::BAD_REQUEST,
@@ -199,7 +197,7 @@ async fn forward(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
             return proxy_error(
                 StatusCode::BAD_GATEWAY,
                 "SANDBOX_UNREACHABLE",
-                format!("sandbox {}: {}", row.id, e.message),
+                format!("sandbox {}: {e}", row.id),
             );
         }
     };
@@ -248,17 +246,26 @@ async fn forward(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
             }
             Response::from_parts(parts, Body::new(body))
         }
-        Err(RuntimeError::AgentUnavailable { reason }) if reason.contains("did not connect") => {
-            proxy_error(
-                StatusCode::BAD_GATEWAY,
-                "SANDBOX_UNREACHABLE",
-                format!("sandbox {}: {reason}", row.id),
-            )
-        }
-        Err(e) => proxy_error(
+        Err(e) => forwarding_failed(&row.id, e),
+    }
+}
+
+/// The answer to a request the agent did not answer. Only one that never reached the agent
+/// gets the code the SDK replays on; the kind says so, never the message's wording.
+fn forwarding_failed(id: &str, e: RuntimeError) -> Response {
+    match e {
+        RuntimeError::AgentUnavailable {
+            kind: AgentUnreachable::NeverConnected,
+            reason,
+        } => proxy_error(
+            StatusCode::BAD_GATEWAY,
+            "SANDBOX_UNREACHABLE",
+            format!("sandbox {id}: {reason}"),
+        ),
+        e => proxy_error(
             StatusCode::BAD_GATEWAY,
             "PROXY_ERROR",
-            format!("sandbox {}: {e}", row.id),
+            format!("sandbox {id}: {e}"),
         ),
     }
 }
@@ -266,6 +273,41 @@ async fn forward(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn error_of(resp: Response) -> (StatusCode, serde_json::Value) {
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn only_a_request_that_never_reached_the_agent_is_marked_replayable() {
+        let never = RuntimeError::AgentUnavailable {
+            kind: AgentUnreachable::NeverConnected,
+            reason: "the agent did not connect within 10s".into(),
+        };
+        let (status, body) = error_of(forwarding_failed("sbx", never)).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            body.to_string().matches("SANDBOX_UNREACHABLE").count(),
+            1,
+            "{body}"
+        );
+        assert!(
+            body.to_string()
+                .contains("sandbox sbx: the agent did not connect within 10s"),
+            "{body}"
+        );
+        // Wording that merely looks like it is not enough: the request may have arrived.
+        let lost = RuntimeError::AgentUnavailable {
+            kind: AgentUnreachable::Disrupted,
+            reason: "the agent did not connect; connection lost".into(),
+        };
+        let (status, body) = error_of(forwarding_failed("sbx", lost)).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(body.to_string().contains("PROXY_ERROR"), "{body}");
+        assert!(!body.to_string().contains("SANDBOX_UNREACHABLE"), "{body}");
+    }
 
     #[test]
     fn credentials_never_reach_the_sandbox() {

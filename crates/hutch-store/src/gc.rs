@@ -134,8 +134,9 @@ impl Store {
                 path,
                 reason: format!("invalid manifest: {e}"),
             })?;
-        Ok(std::iter::once(manifest.config.digest)
-            .chain(manifest.layers.into_iter().map(|l| l.digest))
-            .collect())
+        std::iter::once(manifest.config())
+            .chain(manifest.layers())
+            .map(crate::oci::digest_of)
+            .collect()
     }
 }

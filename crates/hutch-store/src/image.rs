@@ -11,6 +11,7 @@ use crate::error::StoreError;
 
 /// The parts of an image config a sandbox needs to start the image's process.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImageConfig {
     pub env: Vec<String>,
     pub entrypoint: Option<Vec<String>>,
@@ -21,13 +22,17 @@ pub struct ImageConfig {
 
 /// A named image, as recorded in `images/<name>.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Image {
     /// Normalized name, e.g. `busybox:latest`.
     pub name: String,
     /// Digest of the config blob (docker's "image id").
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub id: Digest,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub manifest_digest: Digest,
     /// Layer diff_ids, bottom (first applied) first.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub layers: Vec<Digest>,
     pub config: ImageConfig,
     /// Sum of the unpacked sizes of the layers.

@@ -9,6 +9,8 @@ use std::io::Read;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use oci_spec::image::ImageManifestBuilder;
+
 use crate::blob::{StagedBlob, blob_path, not_an_image, stage_bytes, stage_file};
 use crate::budget::{ImageBudget, UnpackLimits};
 use crate::compression::{Compression, detect_compression};
@@ -18,8 +20,7 @@ use crate::error::{IoContext, StoreError};
 use crate::image::{Image, ImageConfig, LayerRecord, parse_config};
 use crate::name::normalize_name;
 use crate::oci::{
-    self, Descriptor, Manifest, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD,
-    OCI_MANIFEST,
+    self, Descriptor, MediaType, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD,
 };
 use crate::source::{self, Layout, SourceDir};
 use crate::staging::{Staging, write_atomic};
@@ -257,15 +258,19 @@ fn stage_oci(
     let resolved = oci::resolve(&src.dir, name, source)?;
     let manifest = stage_bytes(blobs, &resolved.manifest_bytes)?;
     stage_bytes(blobs, &resolved.config_bytes)?;
-    let count = resolved.manifest.layers.len();
+    let count = resolved.manifest.layers().len();
     let mut layers = Vec::with_capacity(count);
-    for (i, desc) in resolved.manifest.layers.iter().enumerate() {
-        let what = format!("layer blob {} ({} of {count})", desc.digest, i + 1);
-        let path = oci::blob_in(&src.dir, &desc.digest);
+    for (i, desc) in resolved.manifest.layers().iter().enumerate() {
+        let what = format!("layer blob {} ({} of {count})", desc.digest(), i + 1);
+        let digest = oci::digest_of(desc).map_err(|e| match e {
+            StoreError::Unsupported { .. } => e,
+            other => not_an_image(source, format!("{what}: {other}")),
+        })?;
+        let path = oci::blob_in(&src.dir, &digest);
         let staged = stage_file(
             &path,
             blobs,
-            Some((&desc.digest, desc.size)),
+            Some((&digest, Some(desc.size()))),
             src.staged,
             &what,
             source,
@@ -300,12 +305,14 @@ fn stage_docker(
         descriptors.push(descriptor(media_type, &staged));
         layers.push(staged);
     }
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(OCI_MANIFEST.to_string()),
-        config: descriptor(OCI_CONFIG, &config),
-        layers: descriptors,
-    };
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(descriptor(OCI_CONFIG, &config))
+        .layers(descriptors)
+        .build()
+        .map_err(|e| StoreError::io("encoding the manifest", std::io::Error::other(e)))?;
+    // No maps in it: field order alone makes the bytes, the same as ever.
     let bytes = serde_json::to_vec(&manifest)
         .map_err(|e| StoreError::io("encoding the manifest", e.into()))?;
     debug_assert_eq!(config.digest, resolved.config_digest);
@@ -314,13 +321,7 @@ fn stage_docker(
 }
 
 fn descriptor(media_type: &str, blob: &StagedBlob) -> Descriptor {
-    Descriptor {
-        media_type: Some(media_type.to_string()),
-        digest: blob.digest.clone(),
-        size: Some(blob.size),
-        annotations: Default::default(),
-        platform: None,
-    }
+    oci::descriptor(media_type, &blob.digest, blob.size)
 }
 
 fn staged_compression(

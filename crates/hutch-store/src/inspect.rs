@@ -10,7 +10,7 @@ use crate::blob::blob_path;
 use crate::digest::Digest;
 use crate::error::StoreError;
 use crate::image::Image;
-use crate::oci::Manifest;
+use crate::oci::{self, Manifest};
 use crate::store::Store;
 
 /// An image record with the details of its layers and config (`hutch image inspect`).
@@ -54,33 +54,38 @@ impl Store {
     pub fn inspect(&self, name: &str) -> Result<Inspection, StoreError> {
         let image = self.image(name)?;
         let (_, manifest) = self.stored_manifest(&image)?;
-        if manifest.layers.len() != image.layers.len() {
-            return Err(StoreError::Corrupt {
-                path: blob_path(&self.blobs_dir(), &image.manifest_digest),
-                reason: format!(
-                    "the manifest of {} lists {} layers, its record {}",
-                    image.name,
-                    manifest.layers.len(),
-                    image.layers.len()
-                ),
-            });
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: blob_path(&self.blobs_dir(), &image.manifest_digest),
+            reason,
+        };
+        if manifest.layers().len() != image.layers.len() {
+            return Err(corrupt(format!(
+                "the manifest of {} lists {} layers, its record {}",
+                image.name,
+                manifest.layers().len(),
+                image.layers.len()
+            )));
         }
         let layer_details = image
             .layers
             .iter()
-            .zip(&manifest.layers)
-            .map(|(diff_id, descriptor)| LayerDetails {
-                diff_id: diff_id.clone(),
-                blob: descriptor.digest.clone(),
-                media_type: descriptor.media_type.clone(),
-                blob_size: descriptor.size,
-                size_bytes: self
-                    .has_layer(diff_id)
-                    .then(|| self.read_layer_record(diff_id).ok())
-                    .flatten()
-                    .map(|record| record.size_bytes),
+            .zip(manifest.layers())
+            .map(|(diff_id, descriptor)| {
+                let blob = oci::digest_of(descriptor)
+                    .map_err(|e| corrupt(format!("the manifest of {}: {e}", image.name)))?;
+                Ok(LayerDetails {
+                    diff_id: diff_id.clone(),
+                    blob,
+                    media_type: Some(descriptor.media_type().to_string()),
+                    blob_size: Some(descriptor.size()),
+                    size_bytes: self
+                        .has_layer(diff_id)
+                        .then(|| self.read_layer_record(diff_id).ok())
+                        .flatten()
+                        .map(|record| record.size_bytes),
+                })
             })
-            .collect();
+            .collect::<Result<_, StoreError>>()?;
         // Only informational: an unreadable config leaves these fields empty.
         let dates: ConfigDates = fs::read(blob_path(&self.blobs_dir(), &image.id))
             .ok()

@@ -12,7 +12,7 @@
 //!   layers/<hex>/layer.json   {diff_id, size_bytes, blob, unpacked_at}
 //!   images/<name>.json        an [`Image`] record ('/' in the name stored as '+')
 //!   pins/<holder>.json        layers a running sandbox uses
-//!   tmp/                      private staging area of imports
+//!   tmp/                      staging area: imports' and callers' ScratchDirs, each locked
 //!   store.lock                flock(2)ed around every mutation of the shared state
 //! ```
 //!
@@ -72,5 +72,6 @@ pub use ingest::{Ingest, IngestLayer};
 pub use inspect::{Inspection, LayerDetails};
 pub use layer_tar::{CompressedLayer, write_layer, write_layer_zstd};
 pub use name::normalize_name;
+pub use staging::ScratchDir;
 pub use store::Store;
 pub use unpack::unpack_archive;

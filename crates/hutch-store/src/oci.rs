@@ -1,12 +1,13 @@
 //! Reading an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/*`): choosing the
 //! manifest for the requested tag and platform (through nested indexes) and verifying the
-//! manifest and config blobs against their descriptors. The same manifest types describe the
-//! manifests the store keeps in its own `blobs/`.
+//! manifest and config blobs against their descriptors. The shapes are `oci_spec`'s, the
+//! same the registry client reads and the store keeps in its own `blobs/`; Docker's media
+//! types arrive as [`MediaType::Other`]. Every digest is turned into the store's own
+//! [`Digest`] (sha256, checked) before it names a path or a blob.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub(crate) use oci_spec::image::{Descriptor, ImageIndex, ImageManifest as Manifest, MediaType};
 
 use crate::blob::{not_an_image, read_small, read_verified};
 use crate::digest::Digest;
@@ -27,54 +28,34 @@ pub(crate) const CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// Bounds index recursion so a cyclic or absurdly deep index cannot loop forever.
 const MAX_INDEX_DEPTH: usize = 4;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Descriptor {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) media_type: Option<String>,
-    pub(crate) digest: Digest,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) size: Option<u64>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub(crate) annotations: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) platform: Option<Platform>,
+/// A descriptor's digest as the store's: only sha256, with exactly 64 lowercase hex digits.
+pub(crate) fn digest_of(descriptor: &Descriptor) -> Result<Digest, StoreError> {
+    Digest::parse(descriptor.digest().as_ref())
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct Platform {
-    pub(crate) architecture: String,
-    pub(crate) os: String,
+/// A descriptor for `digest` (`size` bytes of `media_type`).
+pub(crate) fn descriptor(media_type: &str, digest: &Digest, size: u64) -> Descriptor {
+    let digest: oci_spec::image::Digest = digest
+        .as_str()
+        .parse()
+        .expect("a store digest is a valid OCI digest");
+    Descriptor::new(MediaType::from(media_type), size, digest)
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Manifest {
-    pub(crate) schema_version: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) media_type: Option<String>,
-    pub(crate) config: Descriptor,
-    pub(crate) layers: Vec<Descriptor>,
+/// `value` as JSON with every map's keys sorted: `oci_spec` keeps annotations in a
+/// `HashMap`, and the same image must always give the same bytes (digests, saved archives).
+pub(crate) fn canonical_json(value: &impl serde::Serialize) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&serde_json::to_value(value)?)
 }
 
-/// An index or a manifest: which one a blob is can only be told after reading it when the
-/// referencing descriptor omits its media type.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct IndexOrManifest {
-    #[serde(default)]
-    schema_version: Option<u32>,
-    #[serde(default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    manifests: Option<Vec<Descriptor>>,
-    #[serde(default)]
-    config: Option<Descriptor>,
-    #[serde(default)]
-    layers: Option<Vec<Descriptor>>,
+/// A blob of an image layout: an index or a manifest, told apart by its shape when its
+/// `mediaType` (optional at the top level) is absent.
+enum IndexOrManifest {
+    Index(Box<ImageIndex>),
+    Manifest(Box<Manifest>),
 }
 
-#[derive(Deserialize)]
+#[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct OciLayoutFile {
     image_layout_version: String,
@@ -102,38 +83,36 @@ pub(crate) fn resolve(dir: &Path, name: &str, source: &Path) -> Result<ResolvedO
         });
     }
     let index_bytes = read_small(&dir.join("index.json"), "index.json", source)?;
-    let mut current = parse_index_or_manifest(&index_bytes, "index.json", source)?;
+    let mut current = parse_index(&index_bytes, "index.json", source)?;
     let mut what = "index.json".to_string();
     for _ in 0..=MAX_INDEX_DEPTH {
-        let Some(manifests) = current.manifests.take() else {
-            return Err(not_an_image(
-                source,
-                format!("{what} is not an image index"),
-            ));
-        };
-        let chosen =
-            select(&manifests, name).map_err(|r| not_an_image(source, format!("{what} {r}")))?;
-        let chosen_what = format!("manifest {}", chosen.digest);
+        let chosen = select(current.manifests(), name)
+            .map_err(|r| not_an_image(source, format!("{what} {r}")))?;
+        let digest = digest_in(chosen, &what, source)?;
+        let chosen_what = format!("manifest {digest}");
         let bytes = read_verified(
-            &blob_in(dir, &chosen.digest),
-            &chosen.digest,
-            chosen.size,
+            &blob_in(dir, &digest),
+            &digest,
+            Some(chosen.size()),
             &chosen_what,
             source,
         )?;
-        let parsed = parse_index_or_manifest(&bytes, &chosen_what, source)?;
-        if parsed.manifests.is_some() {
-            current = parsed;
-            what = format!("nested index {}", chosen.digest);
-            continue;
-        }
-        let manifest = into_manifest(parsed, &chosen_what, source)?;
-        let config = &manifest.config;
+        let manifest = match parse_index_or_manifest(&bytes, &chosen_what, source)? {
+            IndexOrManifest::Index(index) => {
+                current = *index;
+                what = format!("nested index {digest}");
+                continue;
+            }
+            IndexOrManifest::Manifest(manifest) => *manifest,
+        };
+        let config = manifest.config();
+        check_config_media_type(config, source)?;
+        let config_digest = digest_in(config, &chosen_what, source)?;
         let config_bytes = read_verified(
-            &blob_in(dir, &config.digest),
-            &config.digest,
-            config.size,
-            &format!("config {}", config.digest),
+            &blob_in(dir, &config_digest),
+            &config_digest,
+            Some(config.size()),
+            &format!("config {config_digest}"),
             source,
         )?;
         return Ok(ResolvedOci {
@@ -148,57 +127,70 @@ pub(crate) fn resolve(dir: &Path, name: &str, source: &Path) -> Result<ResolvedO
     ))
 }
 
+/// A digest a layout's `what` names, as the store's; an unsupported algorithm stays
+/// `Unsupported`, anything else that is not a sha256 digest makes the layout not an image.
+fn digest_in(descriptor: &Descriptor, what: &str, source: &Path) -> Result<Digest, StoreError> {
+    digest_of(descriptor).map_err(|e| match e {
+        StoreError::Unsupported { .. } => e,
+        other => not_an_image(source, format!("{what} names an invalid digest: {other}")),
+    })
+}
+
+fn parse_index(bytes: &[u8], what: &str, source: &Path) -> Result<ImageIndex, StoreError> {
+    match parse_index_or_manifest(bytes, what, source)? {
+        IndexOrManifest::Index(index) => Ok(*index),
+        IndexOrManifest::Manifest(_) => Err(not_an_image(
+            source,
+            format!("{what} is not an image index"),
+        )),
+    }
+}
+
 fn parse_index_or_manifest(
     bytes: &[u8],
     what: &str,
     source: &Path,
 ) -> Result<IndexOrManifest, StoreError> {
-    let parsed: IndexOrManifest = serde_json::from_slice(bytes).map_err(|e| {
+    let invalid = |e: serde_json::Error| {
         not_an_image(
             source,
             format!("{what} is not a valid image index or manifest: {e}"),
         )
-    })?;
-    if let Some(media_type) = parsed.media_type.as_deref() {
+    };
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(invalid)?;
+    if let Some(media_type) = value.get("mediaType") {
         let known = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
-        if !known.contains(&media_type) {
+        if !media_type.as_str().is_some_and(|m| known.contains(&m)) {
             return Err(StoreError::Unsupported {
-                what: format!("{what} of media type {media_type:?}"),
+                what: format!("{what} of media type {media_type}"),
             });
         }
     }
-    if parsed.schema_version.is_some_and(|v| v != 2) {
+    if value.get("schemaVersion").is_some_and(|v| *v != 2) {
         return Err(StoreError::Unsupported {
             what: format!("{what} with schemaVersion other than 2"),
         });
     }
-    Ok(parsed)
-}
-
-fn into_manifest(
-    parsed: IndexOrManifest,
-    what: &str,
-    source: &Path,
-) -> Result<Manifest, StoreError> {
-    let (Some(config), Some(layers)) = (parsed.config, parsed.layers) else {
+    if value.get("manifests").is_some() {
+        return serde_json::from_value(value)
+            .map(|i| IndexOrManifest::Index(Box::new(i)))
+            .map_err(invalid);
+    }
+    if value.get("config").is_none() || value.get("layers").is_none() {
         return Err(not_an_image(
             source,
             format!("{what} is neither an image index nor an image manifest"),
         ));
-    };
-    check_config_media_type(&config, source)?;
-    Ok(Manifest {
-        schema_version: 2,
-        media_type: parsed.media_type,
-        config,
-        layers,
-    })
+    }
+    serde_json::from_value(value)
+        .map(|m| IndexOrManifest::Manifest(Box::new(m)))
+        .map_err(invalid)
 }
 
 fn check_config_media_type(config: &Descriptor, source: &Path) -> Result<(), StoreError> {
-    match config.media_type.as_deref() {
-        None | Some(OCI_CONFIG) | Some(DOCKER_CONFIG) => Ok(()),
-        Some(other) => Err(not_an_image(
+    match config.media_type().to_string().as_str() {
+        OCI_CONFIG | DOCKER_CONFIG => Ok(()),
+        other => Err(not_an_image(
             source,
             format!(
                 "its config has media type {other:?}, which is not a container image config (an OCI artifact?)"
@@ -224,22 +216,16 @@ pub(crate) fn index_names(
     index_bytes: &[u8],
     source: &Path,
 ) -> Result<Vec<Vec<String>>, StoreError> {
-    let index = parse_index_or_manifest(index_bytes, "index.json", source)?;
-    let manifests = index
-        .manifests
-        .ok_or_else(|| not_an_image(source, "index.json is not an image index"))?;
-    Ok(manifests.iter().map(annotated_names).collect())
+    let index = parse_index(index_bytes, "index.json", source)?;
+    Ok(index.manifests().iter().map(annotated_names).collect())
 }
 
 /// The store names an index entry's annotations give its image: the containerd name, and the
 /// OCI ref name when it is a full reference rather than a bare tag (a tag holds neither ':'
 /// nor '/'). Invalid names are skipped.
 fn annotated_names(descriptor: &Descriptor) -> Vec<String> {
-    let containerd = descriptor.annotations.get(CONTAINERD_NAME);
-    let full_ref = descriptor
-        .annotations
-        .get(REF_NAME)
-        .filter(|r| r.contains([':', '/']));
+    let containerd = annotation(descriptor, CONTAINERD_NAME);
+    let full_ref = annotation(descriptor, REF_NAME).filter(|r| r.contains([':', '/']));
     let mut names: Vec<String> = Vec::new();
     for reference in containerd.into_iter().chain(full_ref) {
         match name_from_reference(reference) {
@@ -282,9 +268,9 @@ fn select<'a>(manifests: &'a [Descriptor], name: &str) -> Result<&'a Descriptor,
     }
     let arch = host_architecture();
     let for_host = candidates.iter().find(|d| {
-        d.platform
+        d.platform()
             .as_ref()
-            .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+            .is_some_and(|p| p.os().to_string() == "linux" && p.architecture().to_string() == arch)
     });
     if let Some(found) = for_host {
         return Ok(found);
@@ -292,7 +278,11 @@ fn select<'a>(manifests: &'a [Descriptor], name: &str) -> Result<&'a Descriptor,
     // Attestation manifests (buildx) carry platform unknown/unknown and are never the image.
     let real: Vec<&&Descriptor> = candidates
         .iter()
-        .filter(|d| d.platform.as_ref().is_none_or(|p| p.os != "unknown"))
+        .filter(|d| {
+            d.platform()
+                .as_ref()
+                .is_none_or(|p| p.os().to_string() != "unknown")
+        })
         .collect();
     if let [only] = real.as_slice() {
         return Ok(only);
@@ -303,31 +293,37 @@ fn select<'a>(manifests: &'a [Descriptor], name: &str) -> Result<&'a Descriptor,
     ))
 }
 
+fn annotation<'a>(descriptor: &'a Descriptor, key: &str) -> Option<&'a String> {
+    descriptor.annotations().as_ref()?.get(key)
+}
+
 fn ref_matches(descriptor: &Descriptor, name: &str, tag: &str) -> bool {
     let names_image = |value: &str| name_from_reference(value).is_ok_and(|n| n == name);
-    let ref_name = descriptor.annotations.get(REF_NAME);
-    let containerd = descriptor.annotations.get(CONTAINERD_NAME);
+    let ref_name = annotation(descriptor, REF_NAME);
+    let containerd = annotation(descriptor, CONTAINERD_NAME);
     ref_name.is_some_and(|r| r == tag || names_image(r))
         || containerd.is_some_and(|c| names_image(c))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use oci_spec::image::PlatformBuilder;
+
     use super::*;
 
     fn desc(n: u8, ref_name: Option<&str>, platform: Option<(&str, &str)>) -> Descriptor {
-        Descriptor {
-            media_type: Some(OCI_MANIFEST.into()),
-            digest: Digest::of_bytes(&[n]),
-            size: None,
-            annotations: ref_name
-                .map(|r| BTreeMap::from([(REF_NAME.to_string(), r.to_string())]))
-                .unwrap_or_default(),
-            platform: platform.map(|(os, architecture)| Platform {
-                architecture: architecture.into(),
-                os: os.into(),
-            }),
-        }
+        let mut d = descriptor(OCI_MANIFEST, &Digest::of_bytes(&[n]), 1);
+        d.set_annotations(ref_name.map(|r| HashMap::from([(REF_NAME.to_string(), r.to_string())])));
+        d.set_platform(platform.map(|(os, architecture)| {
+            PlatformBuilder::default()
+                .os(os)
+                .architecture(architecture)
+                .build()
+                .expect("platform")
+        }));
+        d
     }
 
     #[test]
@@ -335,12 +331,12 @@ mod tests {
         let arch = host_architecture();
         let tagged = [desc(1, Some("old"), None), desc(2, Some("latest"), None)];
         assert_eq!(
-            select(&tagged, "x:latest").expect("tag").digest,
-            tagged[1].digest
+            select(&tagged, "x:latest").expect("tag").digest(),
+            tagged[1].digest()
         );
         assert_eq!(
-            select(&tagged, "x:old").expect("tag").digest,
-            tagged[0].digest
+            select(&tagged, "x:old").expect("tag").digest(),
+            tagged[0].digest()
         );
 
         let multi = [
@@ -349,14 +345,14 @@ mod tests {
             desc(5, None, Some(("unknown", "unknown"))),
         ];
         assert_eq!(
-            select(&multi, "x:latest").expect("platform").digest,
-            multi[1].digest
+            select(&multi, "x:latest").expect("platform").digest(),
+            multi[1].digest()
         );
 
         let single = [desc(6, Some("other"), None)];
         assert_eq!(
-            select(&single, "x:latest").expect("only").digest,
-            single[0].digest
+            select(&single, "x:latest").expect("only").digest(),
+            single[0].digest()
         );
 
         let attested = [
@@ -364,8 +360,8 @@ mod tests {
             desc(8, None, Some(("unknown", "unknown"))),
         ];
         assert_eq!(
-            select(&attested, "x:latest").expect("real").digest,
-            attested[0].digest
+            select(&attested, "x:latest").expect("real").digest(),
+            attested[0].digest()
         );
 
         let ambiguous = [
@@ -380,18 +376,22 @@ mod tests {
     fn full_names_win_over_shared_tags() {
         let named = |n: u8, full: &str| {
             let mut d = desc(n, Some("latest"), None);
-            d.annotations
-                .insert(CONTAINERD_NAME.to_string(), full.to_string());
+            let mut annotations = d.annotations().clone().unwrap_or_default();
+            annotations.insert(CONTAINERD_NAME.to_string(), full.to_string());
+            d.set_annotations(Some(annotations));
             d
         };
         let both = [
             named(1, "docker.io/library/a:latest"),
             named(2, "ghcr.io/org/b:latest"),
         ];
-        assert_eq!(select(&both, "a:latest").expect("a").digest, both[0].digest);
         assert_eq!(
-            select(&both, "ghcr.io/org/b:latest").expect("b").digest,
-            both[1].digest
+            select(&both, "a:latest").expect("a").digest(),
+            both[0].digest()
+        );
+        assert_eq!(
+            select(&both, "ghcr.io/org/b:latest").expect("b").digest(),
+            both[1].digest()
         );
         assert!(
             select(&both, "c:latest").is_err(),

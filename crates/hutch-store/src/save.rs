@@ -4,19 +4,19 @@
 //! `org.opencontainers.image.ref.name` holds its tag (what the OCI spec and skopeo expect) and
 //! `io.containerd.image.name` its full store name, which a load restores.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use oci_spec::image::ImageIndexBuilder;
 
 use crate::blob::blob_path;
 use crate::digest::{Digest, HashingReader};
 use crate::error::{IoContext, StoreError};
 use crate::image::Image;
-use crate::oci::{CONTAINERD_NAME, Descriptor, OCI_INDEX, OCI_MANIFEST, REF_NAME};
+use crate::oci::{self, CONTAINERD_NAME, Descriptor, MediaType, REF_NAME};
 use crate::staging::unique_name;
 use crate::store::Store;
 
@@ -27,7 +27,7 @@ const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 struct Export {
     image: Image,
     manifest: Vec<u8>,
-    manifest_media_type: String,
+    manifest_media_type: MediaType,
     /// The config and layer blobs, each once.
     blobs: Vec<OpenBlob>,
 }
@@ -36,14 +36,6 @@ struct OpenBlob {
     digest: Digest,
     file: File,
     what: String,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Index {
-    schema_version: u32,
-    media_type: &'static str,
-    manifests: Vec<Descriptor>,
 }
 
 impl Store {
@@ -75,30 +67,38 @@ impl Store {
         let _lock = self.lock()?;
         let image = self.image(name)?;
         let (manifest, parsed) = self.stored_manifest(&image)?;
-        if parsed.config.digest != image.id {
-            return Err(StoreError::Corrupt {
-                path: blob_path(&self.blobs_dir(), &image.manifest_digest),
-                reason: format!(
-                    "the manifest of {} names config {}, its record {}",
-                    image.name, parsed.config.digest, image.id
-                ),
-            });
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: blob_path(&self.blobs_dir(), &image.manifest_digest),
+            reason,
+        };
+        let digest_of = |d: &Descriptor| {
+            oci::digest_of(d).map_err(|e| {
+                corrupt(format!(
+                    "the manifest of {} names {}: {e}",
+                    image.name,
+                    d.digest()
+                ))
+            })
+        };
+        let config = digest_of(parsed.config())?;
+        if config != image.id {
+            return Err(corrupt(format!(
+                "the manifest of {} names config {config}, its record {}",
+                image.name, image.id
+            )));
         }
-        let count = parsed.layers.len();
-        let described = std::iter::once(("config".to_string(), &parsed.config)).chain(
-            parsed
-                .layers
-                .iter()
-                .enumerate()
-                .map(|(i, d)| (format!("layer blob ({} of {count})", i + 1), d)),
-        );
+        let count = parsed.layers().len();
+        let mut described = vec![("config".to_string(), config)];
+        for (i, d) in parsed.layers().iter().enumerate() {
+            described.push((format!("layer blob ({} of {count})", i + 1), digest_of(d)?));
+        }
         let mut seen = HashSet::new();
         let mut blobs = Vec::with_capacity(count + 1);
-        for (what, descriptor) in described {
-            if !seen.insert(&descriptor.digest) {
+        for (what, digest) in described {
+            if !seen.insert(digest.clone()) {
                 continue;
             }
-            let path = blob_path(&self.blobs_dir(), &descriptor.digest);
+            let path = blob_path(&self.blobs_dir(), &digest);
             let file = match OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -108,7 +108,7 @@ impl Store {
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
                     return Err(StoreError::BlobMissing {
                         image: image.name.clone(),
-                        digest: descriptor.digest.clone(),
+                        digest,
                     });
                 }
                 Err(err) => {
@@ -116,15 +116,16 @@ impl Store {
                 }
             };
             blobs.push(OpenBlob {
-                digest: descriptor.digest.clone(),
+                what: format!("{what} {digest} of image {}", image.name),
+                digest,
                 file,
-                what: format!("{what} {} of image {}", descriptor.digest, image.name),
             });
         }
         Ok(Export {
             manifest_media_type: parsed
-                .media_type
-                .unwrap_or_else(|| OCI_MANIFEST.to_string()),
+                .media_type()
+                .clone()
+                .unwrap_or(MediaType::ImageManifest),
             image,
             manifest,
             blobs,
@@ -135,22 +136,23 @@ impl Store {
 fn write_archive<W: Write>(export: Export, out: W) -> Result<(), StoreError> {
     let image = &export.image;
     let tag = image.name.rsplit_once(':').map_or("latest", |(_, tag)| tag);
-    let index = Index {
-        schema_version: 2,
-        media_type: OCI_INDEX,
-        manifests: vec![Descriptor {
-            media_type: Some(export.manifest_media_type.clone()),
-            digest: image.manifest_digest.clone(),
-            size: Some(export.manifest.len() as u64),
-            annotations: BTreeMap::from([
-                (REF_NAME.to_string(), tag.to_string()),
-                (CONTAINERD_NAME.to_string(), image.name.clone()),
-            ]),
-            platform: None,
-        }],
-    };
+    let mut manifest = oci::descriptor(
+        export.manifest_media_type.as_ref(),
+        &image.manifest_digest,
+        export.manifest.len() as u64,
+    );
+    manifest.set_annotations(Some(HashMap::from([
+        (REF_NAME.to_string(), tag.to_string()),
+        (CONTAINERD_NAME.to_string(), image.name.clone()),
+    ])));
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(vec![manifest])
+        .build()
+        .map_err(|e| StoreError::io("encoding index.json", std::io::Error::other(e)))?;
     let index =
-        serde_json::to_vec(&index).map_err(|e| StoreError::io("encoding index.json", e.into()))?;
+        oci::canonical_json(&index).map_err(|e| StoreError::io("encoding index.json", e.into()))?;
 
     let mut archive = Archive {
         tar: tar::Builder::new(out),

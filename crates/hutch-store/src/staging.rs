@@ -2,7 +2,9 @@
 //!
 //! Imports build everything (blobs, unpacked layers) in a private `tmp/import-*` directory that
 //! holds its own flock for as long as the import runs, so a later `Store::open` can tell an
-//! abandoned directory (lock free) from a live one (lock held). Small files written
+//! abandoned directory (lock free) from a live one (lock held). [`ScratchDir`]s, the working
+//! directories callers outside the store keep in `tmp/` (build contexts, archives being
+//! assembled), are staging directories too (`tmp/scratch-*`). Small files written
 //! atomically (records, pins) and directories being deleted by gc are only created while the
 //! store lock is held, so whoever holds that lock may remove them outright.
 
@@ -18,6 +20,10 @@ use crate::syscalls;
 
 const STAGING_LOCK: &str = ".lock";
 const STAGING_LOCK_PENDING: &str = ".lock.pending";
+/// Name prefixes of staging directories: one without its lock file yet is still being set
+/// up, not abandoned.
+const IMPORT_PREFIX: &str = "import";
+const SCRATCH_PREFIX: &str = "scratch";
 /// Entries of `tmp/` whose owner cannot be determined are left alone for this long.
 const LEFTOVER_AGE: Duration = Duration::from_secs(60 * 60);
 
@@ -75,7 +81,11 @@ pub(crate) struct Staging {
 
 impl Staging {
     pub(crate) fn new(tmp: &Path) -> Result<Staging, StoreError> {
-        let dir = tmp.join(unique_name("import"));
+        Self::named(tmp, IMPORT_PREFIX)
+    }
+
+    fn named(tmp: &Path, prefix: &str) -> Result<Staging, StoreError> {
+        let dir = tmp.join(unique_name(prefix));
         DirBuilder::new()
             .mode(0o700)
             .create(&dir)
@@ -119,6 +129,52 @@ impl Drop for Staging {
                 tracing::warn!(dir = %self.dir.display(), %err, "could not remove staging directory");
             }
         }
+    }
+}
+
+/// A working directory in the store's `tmp/` for callers outside the store, removed with
+/// everything in it on drop. It holds the same lock as an import's staging directory, so
+/// neither `Store::open` nor `fsck --repair` in any process removes it while it lives, and
+/// both remove it once its owner is gone.
+///
+/// [`ScratchDir::path`] is an empty subdirectory: the lock file stays beside it, out of
+/// whatever the caller puts there (a build context must not grow a `.lock`).
+pub struct ScratchDir {
+    staging: Staging,
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    /// `label` says whose directory it is (`[a-z0-9-]`, e.g. `build-context`); it only
+    /// shows in the directory's name.
+    pub(crate) fn new(tmp: &Path, label: &str) -> Result<ScratchDir, StoreError> {
+        let valid = !label.is_empty()
+            && label.len() <= 32
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid {
+            return Err(StoreError::InvalidName {
+                name: label.to_string(),
+                reason: "a scratch directory's label is 1 to 32 of [a-z0-9-]".to_string(),
+            });
+        }
+        let staging = Staging::named(tmp, &format!("{SCRATCH_PREFIX}-{label}"))?;
+        let path = staging.subdir("work")?;
+        Ok(ScratchDir { staging, path })
+    }
+
+    /// The directory to work in; empty when created.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::fmt::Debug for ScratchDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScratchDir")
+            .field("dir", &self.staging.dir)
+            .finish()
     }
 }
 
@@ -179,9 +235,11 @@ pub(crate) fn leftovers(tmp: &Path, holding_store_lock: bool) -> Result<Vec<Left
 }
 
 fn is_staging_dir(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("import-"))
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+        [IMPORT_PREFIX, SCRATCH_PREFIX]
+            .iter()
+            .any(|p| n.strip_prefix(p).is_some_and(|rest| rest.starts_with('-')))
+    })
 }
 
 /// `Some(true)` if the directory has a staging lock nobody holds, `Some(false)` if it is held,

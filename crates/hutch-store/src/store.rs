@@ -12,7 +12,7 @@ use crate::digest::Digest;
 use crate::error::{IoContext, StoreError};
 use crate::image::{Image, LayerRecord, PinRecord};
 use crate::name::{check_holder, normalize_name, record_file_name};
-use crate::staging::{StoreLock, clean_leftovers, write_atomic};
+use crate::staging::{ScratchDir, StoreLock, clean_leftovers, write_atomic};
 
 /// A content-addressed image store rooted at one directory. Cheap to clone; every operation
 /// re-reads the disk, so several `Store`s (in one or many processes) can share a root.
@@ -66,6 +66,14 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// A private working directory inside the store (same filesystem, so what is assembled
+    /// there can be renamed in), removed on drop. Unlike anything else put in `tmp/`, it
+    /// survives `Store::open` and `fsck --repair` of other processes while it lives; see
+    /// [`ScratchDir`]. `label` (`[a-z0-9-]`) only names it.
+    pub fn scratch_dir(&self, label: &str) -> Result<ScratchDir, StoreError> {
+        ScratchDir::new(&self.tmp_dir(), label)
     }
 
     /// The same store, unpacking under `limits` instead.

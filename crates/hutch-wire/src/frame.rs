@@ -14,7 +14,7 @@ pub const MAX_PAYLOAD: usize = 8 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FrameKind {
-    /// JSON `{"pid": .., "started_at": ..}`.
+    /// JSON [`StartedPayload`].
     Started = 1,
     Stdout = 2,
     Stderr = 3,
@@ -22,7 +22,7 @@ pub enum FrameKind {
     Exit = 4,
     /// JSON [`crate::ErrorBody`]; the last frame of a stream.
     Error = 5,
-    /// JSON `{"first_available": seq}`: the requested start was already evicted from the ring.
+    /// JSON [`GapPayload`]: the requested start was already evicted from the ring.
     Gap = 6,
 }
 
@@ -38,6 +38,20 @@ impl FrameKind {
             _ => return None,
         })
     }
+}
+
+/// Payload of a [`FrameKind::Started`] frame, the first of an exec's stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StartedPayload {
+    pub pid: i32,
+    /// Milliseconds since the epoch.
+    pub started_at: i64,
+}
+
+/// Payload of a [`FrameKind::Gap`] frame (its `seq` says the same).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GapPayload {
+    pub first_available: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,6 +177,24 @@ mod tests {
             assert_eq!(got, frames, "split at {split}");
             assert_eq!(dec.pending(), 0);
         }
+    }
+
+    #[test]
+    fn control_payloads_keep_their_json_shape() {
+        let started = StartedPayload {
+            pid: 7,
+            started_at: 1_700_000_000_000,
+        };
+        assert_eq!(
+            serde_json::to_string(&started).unwrap(),
+            r#"{"pid":7,"started_at":1700000000000}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&GapPayload { first_available: 3 }).unwrap(),
+            r#"{"first_available":3}"#
+        );
+        let back: StartedPayload = serde_json::from_str(r#"{"pid":7,"started_at":5}"#).unwrap();
+        assert_eq!(back.pid, 7);
     }
 
     #[test]

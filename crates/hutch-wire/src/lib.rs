@@ -5,12 +5,16 @@
 //! compatible with the `tensorlake` crate 0.5.160), Hutch's own extensions under
 //! `/hutch/v1/...`, the binary framing of raw output streams, and the PTY protocol (the SDK's
 //! websocket messages and the length-prefixed stream that carries them). It has no I/O and no
-//! async: the agent, which must stay small, depends on it and on nothing else of Hutch.
+//! async: the agent, which must stay small, depends on it and on nothing else of Hutch. The
+//! one exception is what every crate above needs the same way: random ids (`ids`, read from
+//! the kernel) and the millisecond clock (`clock`).
 
 pub mod build_channel;
+pub mod clock;
 pub mod error;
 pub mod files;
 pub mod frame;
+pub mod ids;
 pub mod process;
 pub mod pty;
 pub mod query;

@@ -27,7 +27,8 @@ pub use stream::attach;
 
 use crate::http::ApiError;
 use crate::output::{OutputLog, Stream};
-use crate::process::{self, Processes, now_ms};
+use crate::process::{self, Processes};
+use hutch_wire::clock::now_ms;
 use terminal::Terminal;
 
 /// Bytes of terminal output kept for the next attach.
@@ -152,8 +153,9 @@ impl PtySessions {
         };
         let (terminal, slave) = Terminal::open(req.rows, req.cols)
             .map_err(|e| internal("opening a pseudo-terminal", e))?;
-        let id = terminal::random_hex(8).map_err(|e| internal("reading randomness", e))?;
-        let token = terminal::random_hex(32).map_err(|e| internal("reading randomness", e))?;
+        let id = hutch_wire::ids::random_hex(8).map_err(|e| internal("reading randomness", e))?;
+        let token =
+            hutch_wire::ids::random_hex(32).map_err(|e| internal("reading randomness", e))?;
         let stdio = |fd: &std::os::fd::OwnedFd| {
             fd.try_clone()
                 .map(Stdio::from)

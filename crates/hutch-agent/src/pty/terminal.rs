@@ -135,25 +135,6 @@ fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> io::Result<()> {
     check(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &size) }).map(drop)
 }
 
-/// `bytes` bytes from the kernel's random source, hex-encoded: session ids and tokens.
-pub fn random_hex(bytes: usize) -> io::Result<String> {
-    let mut buf = vec![0u8; bytes];
-    let mut filled = 0;
-    while filled < bytes {
-        // SAFETY: getrandom writes at most `bytes - filled` bytes into our buffer.
-        let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), bytes - filled, 0) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        filled += n as usize;
-    }
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// Compares secrets in time independent of where they first differ.
 pub fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len()
@@ -184,8 +165,5 @@ mod tests {
         assert!(same_secret("abc", "abc"));
         assert!(!same_secret("abc", "abd"));
         assert!(!same_secret("abc", "ab"));
-        let a = random_hex(16).expect("getrandom");
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, random_hex(16).expect("getrandom"));
     }
 }

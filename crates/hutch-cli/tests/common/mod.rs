@@ -159,7 +159,7 @@ impl Home {
             .map(|d| {
                 d.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n != "platform")
+                    .filter(|n| n != "build.json")
                     .collect()
             })
             .unwrap_or_default();

@@ -45,7 +45,7 @@ impl Home {
         let child = Command::new(hutch_bin())
             .envs(envs.iter().copied())
             .env("HUTCH_HOME", self.path())
-            .env("HUTCH_LOG", "info,hutch_server=debug")
+            .env("HUTCH_LOG", "info,hutch_server=debug,hutch_state=debug")
             .args(["serve", "--listen"])
             .arg(format!("127.0.0.1:{api_port}"))
             .arg("--proxy-listen")

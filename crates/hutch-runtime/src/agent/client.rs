@@ -4,11 +4,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
+use hutch_wire::frame::StartedPayload;
 use hutch_wire::query::encode;
 use hutch_wire::{
     CreatePty, ErrorBody, ExitInfo, FileStat, FrameDecoder, FrameKind, HealthResponse,
     ListDirectoryResponse, ListProcessesResponse, ListPtySessions, ProcessInfo, PtySession,
-    SendSignalResponse, StartProcess,
+    SendSignalRequest, SendSignalResponse, StartProcess,
 };
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
@@ -121,9 +122,8 @@ impl AgentClient {
     ) -> Result<T> {
         let resp = self.call(method, uri, body, domain).await?;
         let bytes = collect(resp.into_body()).await?;
-        serde_json::from_slice(&bytes).map_err(|e| RuntimeError::AgentUnavailable {
-            reason: format!("agent sent malformed JSON: {e}"),
-        })
+        serde_json::from_slice(&bytes)
+            .map_err(|e| RuntimeError::agent_disrupted(format!("agent sent malformed JSON: {e}")))
     }
 
     pub async fn health(&self) -> Result<bool> {
@@ -180,7 +180,9 @@ impl AgentClient {
     /// Signals a process by pid or by managed-process name.
     pub async fn signal(&self, process: impl std::fmt::Display, signal: i32) -> Result<bool> {
         let uri = format!("/api/v1/processes/{}/signal", encode(&process.to_string()));
-        let body = json_body(&serde_json::json!({ "signal": signal }));
+        let body = json_body(&SendSignalRequest {
+            signal: signal.into(),
+        });
         let resp: SendSignalResponse = self.json(Method::POST, &uri, body, Domain::Process).await?;
         Ok(resp.success)
     }
@@ -297,8 +299,8 @@ impl AgentClient {
         let wait = Duration::from_millis(200);
         let resp = tokio::time::timeout(grace + Duration::from_secs(2), self.send(req, wait))
             .await
-            .map_err(|_| RuntimeError::AgentUnavailable {
-                reason: "the agent did not answer the shutdown request".into(),
+            .map_err(|_| {
+                RuntimeError::agent_disrupted("the agent did not answer the shutdown request")
             })??;
         drop(resp);
         Ok(())
@@ -358,16 +360,14 @@ impl ExecStream {
             let frame = self
                 .decoder
                 .next_frame()
-                .map_err(|e| RuntimeError::AgentUnavailable {
-                    reason: format!("corrupt stream: {e}"),
-                })?;
+                .map_err(|e| RuntimeError::agent_disrupted(format!("corrupt stream: {e}")))?;
             if let Some(frame) = frame {
                 let event = match frame.kind {
                     FrameKind::Started => {
-                        let v: serde_json::Value =
-                            serde_json::from_slice(&frame.payload).unwrap_or_default();
+                        let started: Option<StartedPayload> =
+                            serde_json::from_slice(&frame.payload).ok();
                         ExecEvent::Started {
-                            pid: v["pid"].as_i64().unwrap_or(-1),
+                            pid: started.map_or(-1, |s| s.pid.into()),
                         }
                     }
                     FrameKind::Stdout => ExecEvent::Stdout {
@@ -384,9 +384,7 @@ impl ExecStream {
                     FrameKind::Exit => {
                         self.finished = true;
                         let exit = serde_json::from_slice(&frame.payload).map_err(|e| {
-                            RuntimeError::AgentUnavailable {
-                                reason: format!("malformed exit frame: {e}"),
-                            }
+                            RuntimeError::agent_disrupted(format!("malformed exit frame: {e}"))
                         })?;
                         ExecEvent::Exit(exit)
                     }
@@ -409,14 +407,14 @@ impl ExecStream {
                     }
                 }
                 Some(Err(e)) => {
-                    return Err(RuntimeError::AgentUnavailable {
-                        reason: format!("stream interrupted: {e}"),
-                    });
+                    return Err(RuntimeError::agent_disrupted(format!(
+                        "stream interrupted: {e}"
+                    )));
                 }
                 None => {
-                    return Err(RuntimeError::AgentUnavailable {
-                        reason: "stream ended before the process's exit".into(),
-                    });
+                    return Err(RuntimeError::agent_disrupted(
+                        "stream ended before the process's exit",
+                    ));
                 }
             }
         }
@@ -443,9 +441,7 @@ pub(super) async fn collect(body: Incoming) -> Result<Bytes> {
     body.collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|e| RuntimeError::AgentUnavailable {
-            reason: format!("reading the agent's answer: {e}"),
-        })
+        .map_err(|e| RuntimeError::agent_disrupted(format!("reading the agent's answer: {e}")))
 }
 
 /// A request body fed chunk by chunk through the returned sender (stdin, uploads).

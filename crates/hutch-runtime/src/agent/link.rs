@@ -21,7 +21,7 @@ use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::error::{Result, RuntimeError};
+use crate::error::{AgentUnreachable, Result, RuntimeError};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body of requests sent to the agent: anything from a full buffer to a live stream,
@@ -244,6 +244,7 @@ impl AgentLink {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) | Err(_) => {
                     return Err(RuntimeError::AgentUnavailable {
+                        kind: AgentUnreachable::NeverConnected,
                         reason: format!("the agent did not connect within {timeout:?}"),
                     });
                 }
@@ -261,15 +262,11 @@ impl AgentLink {
         sender
             .ready()
             .await
-            .map_err(|e| RuntimeError::AgentUnavailable {
-                reason: format!("connection lost: {e}"),
-            })?;
+            .map_err(|e| RuntimeError::agent_disrupted(format!("connection lost: {e}")))?;
         sender
             .send_request(req)
             .await
-            .map_err(|e| RuntimeError::AgentUnavailable {
-                reason: format!("request failed: {e}"),
-            })
+            .map_err(|e| RuntimeError::agent_disrupted(format!("request failed: {e}")))
     }
 
     /// Closes the current connection; the agent notices and dials again.
@@ -277,6 +274,38 @@ impl AgentLink {
         let previous = self.0.current.lock().ok().and_then(|mut cur| cur.take());
         if let Some(prev) = previous {
             prev.close();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::AgentUnreachable;
+
+    #[tokio::test]
+    async fn an_agent_that_never_dials_is_reported_as_never_connected() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = AgentLink::listen(&dir.path().join("agent.sock"), None).unwrap();
+        match link.wait_connected(Duration::from_millis(50)).await {
+            Err(RuntimeError::AgentUnavailable { kind, reason }) => {
+                assert_eq!(kind, AgentUnreachable::NeverConnected, "{reason}");
+            }
+            other => panic!("expected the agent to be unavailable, got {other:?}"),
+        }
+        // A request is refused the same way: it never left this process.
+        let req = Request::builder()
+            .uri("/api/v1/health")
+            .body(super::super::client::empty())
+            .unwrap();
+        match link.send(req, Duration::from_millis(50)).await {
+            Err(RuntimeError::AgentUnavailable { kind, .. }) => {
+                assert_eq!(kind, AgentUnreachable::NeverConnected)
+            }
+            other => panic!(
+                "expected the agent to be unavailable, got {:?}",
+                other.err()
+            ),
         }
     }
 }

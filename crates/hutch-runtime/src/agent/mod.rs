@@ -1,10 +1,12 @@
 //! Talking to a sandbox's agent: the dial-home link and a typed client over it.
 
 mod client;
+mod http;
 mod link;
 mod pty;
 mod remote;
 
 pub use client::{AgentClient, ExecEvent, ExecStream, channel_body, empty, full};
+pub use http::{CONNECT_TIMEOUT, HttpClient, http_client};
 pub use link::{AgentLink, BoxError, RequestBody};
 pub use pty::{PtyInput, PtyStream};

@@ -36,9 +36,7 @@ impl PtyInput {
         self.0
             .send(Bytes::from(framed))
             .await
-            .map_err(|_| RuntimeError::AgentUnavailable {
-                reason: "the PTY stream is closed".into(),
-            })
+            .map_err(|_| RuntimeError::agent_disrupted("the PTY stream is closed"))
     }
 }
 
@@ -61,12 +59,10 @@ impl PtyStream {
     /// replaced this one.
     pub async fn next_payload(&mut self) -> Result<Option<Vec<u8>>> {
         loop {
-            let payload =
-                self.decoder
-                    .next_payload()
-                    .map_err(|e| RuntimeError::AgentUnavailable {
-                        reason: format!("corrupt PTY stream: {e}"),
-                    })?;
+            let payload = self
+                .decoder
+                .next_payload()
+                .map_err(|e| RuntimeError::agent_disrupted(format!("corrupt PTY stream: {e}")))?;
             if payload.is_some() {
                 return Ok(payload);
             }
@@ -77,15 +73,15 @@ impl PtyStream {
                     }
                 }
                 Some(Err(e)) => {
-                    return Err(RuntimeError::AgentUnavailable {
-                        reason: format!("PTY stream interrupted: {e}"),
-                    });
+                    return Err(RuntimeError::agent_disrupted(format!(
+                        "PTY stream interrupted: {e}"
+                    )));
                 }
                 None if self.decoder.pending() == 0 => return Ok(None),
                 None => {
-                    return Err(RuntimeError::AgentUnavailable {
-                        reason: "PTY stream ended mid-message".into(),
-                    });
+                    return Err(RuntimeError::agent_disrupted(
+                        "PTY stream ended mid-message",
+                    ));
                 }
             }
         }
@@ -98,8 +94,6 @@ impl PtyStream {
         };
         PtyMessage::decode(&payload)
             .map(Some)
-            .map_err(|e| RuntimeError::AgentUnavailable {
-                reason: format!("corrupt PTY stream: {e}"),
-            })
+            .map_err(|e| RuntimeError::agent_disrupted(format!("corrupt PTY stream: {e}")))
     }
 }

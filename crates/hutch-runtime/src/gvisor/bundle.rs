@@ -194,3 +194,242 @@ pub fn write(spec: &Spec, bundle_dir: &Path) -> Result<()> {
         .map_err(|e| RuntimeError::io(format!("creating {}", bundle_dir.display()), e))?;
     spec.save(bundle_dir.join("config.json")).map_err(invalid)
 }
+
+#[cfg(test)]
+mod tests {
+    use oci_spec::runtime::LinuxNamespaceType;
+
+    use super::*;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        config: AgentConfig,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            for d in ["rootfs", "run"] {
+                std::fs::create_dir(dir.path().join(d)).unwrap();
+            }
+            std::fs::write(dir.path().join("agent"), b"").unwrap();
+            Self {
+                dir,
+                config: AgentConfig::default(),
+            }
+        }
+
+        fn rootfs(&self) -> PathBuf {
+            self.dir.path().join("rootfs")
+        }
+
+        fn spec(&self, tmp_in_rootfs: bool) -> Spec {
+            let (rootfs, agent, run) = (
+                self.rootfs(),
+                self.dir.path().join("agent"),
+                self.dir.path().join("run"),
+            );
+            build(&BundleSpec {
+                rootfs: &rootfs,
+                agent_binary: &agent,
+                socket_dir: &run,
+                hostname: "box",
+                agent_config: &self.config,
+                cpus: None,
+                memory_backstop_bytes: None,
+                cgroup: Some(PathBuf::from("/hutch/box")),
+                pids_backstop: 4242,
+                tmp_in_rootfs,
+            })
+            .unwrap()
+        }
+    }
+
+    fn mount<'a>(spec: &'a Spec, destination: &str) -> Option<&'a oci_spec::runtime::Mount> {
+        spec.mounts()
+            .as_ref()?
+            .iter()
+            .find(|m| m.destination() == Path::new(destination))
+    }
+
+    fn options(m: &oci_spec::runtime::Mount) -> Vec<String> {
+        m.options().clone().unwrap_or_default()
+    }
+
+    #[test]
+    fn every_sandbox_has_a_pids_backstop_and_its_own_cgroup_even_without_limits() {
+        let spec = Fixture::new().spec(false);
+        let linux = spec.linux().as_ref().unwrap();
+        let resources = linux.resources().as_ref().unwrap();
+        assert_eq!(resources.pids().as_ref().unwrap().limit(), 4242);
+        assert!(resources.memory().is_none() && resources.cpu().is_none());
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/hutch/box"))
+        );
+    }
+
+    #[test]
+    fn limits_reach_the_cgroup() {
+        let f = Fixture::new();
+        let (rootfs, agent, run) = (
+            f.rootfs(),
+            f.dir.path().join("agent"),
+            f.dir.path().join("run"),
+        );
+        let spec = build(&BundleSpec {
+            rootfs: &rootfs,
+            agent_binary: &agent,
+            socket_dir: &run,
+            hostname: "box",
+            agent_config: &f.config,
+            cpus: Some(1.5),
+            memory_backstop_bytes: Some(768 << 20),
+            cgroup: None,
+            pids_backstop: 100,
+            tmp_in_rootfs: false,
+        })
+        .unwrap();
+        let resources = spec.linux().as_ref().unwrap().resources().clone().unwrap();
+        let cpu = resources.cpu().clone().unwrap();
+        assert_eq!((cpu.quota(), cpu.period()), (Some(150_000), Some(100_000)));
+        assert_eq!(resources.memory().unwrap().limit(), Some(768 << 20));
+    }
+
+    #[test]
+    fn the_sandbox_gets_its_own_network_namespace_never_the_hosts() {
+        let spec = Fixture::new().spec(false);
+        let namespaces = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .clone()
+            .unwrap_or_default();
+        let net = namespaces
+            .iter()
+            .find(|n| n.typ() == LinuxNamespaceType::Network)
+            .expect("a network namespace");
+        // A path would join an existing namespace, such as the host's.
+        assert!(net.path().is_none(), "{net:?}");
+        for typ in [
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Uts,
+        ] {
+            assert!(
+                namespaces
+                    .iter()
+                    .any(|n| n.typ() == typ && n.path().is_none()),
+                "{typ:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_agent_is_pid_1_from_a_read_only_bind_with_its_config() {
+        let mut f = Fixture::new();
+        f.config.pids_limit = Some(77);
+        let spec = f.spec(false);
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(
+            process.args().as_deref(),
+            Some(&[AGENT_PATH_IN_SANDBOX.to_string()][..])
+        );
+        let env = process.env().clone().unwrap_or_default();
+        let config = env
+            .iter()
+            .find_map(|kv| kv.strip_prefix(&format!("{}=", hutch_wire::AGENT_CONFIG_ENV)))
+            .expect("the agent's config in its environment");
+        let config: AgentConfig = serde_json::from_str(config).unwrap();
+        assert_eq!(config.pids_limit, Some(77));
+        let agent = mount(&spec, AGENT_PATH_IN_SANDBOX).unwrap();
+        assert_eq!(
+            agent.source().as_deref(),
+            Some(f.dir.path().join("agent").as_path())
+        );
+        assert!(options(agent).contains(&"ro".to_string()));
+        let socket = mount(&spec, hutch_wire::AGENT_SOCKET_DIR).unwrap();
+        assert_eq!(
+            socket.source().as_deref(),
+            Some(f.dir.path().join("run").as_path())
+        );
+        // Nothing that reaches past gVisor's own kernel.
+        let caps = process.capabilities().as_ref().unwrap();
+        for set in [caps.bounding(), caps.effective(), caps.permitted()] {
+            let set = set.clone().unwrap_or_default();
+            assert!(!set.contains(&Capability::SysAdmin) && !set.contains(&Capability::NetAdmin));
+            assert!(set.contains(&Capability::Setuid));
+        }
+    }
+
+    #[test]
+    fn tmp_is_runscs_tmpfs_unless_the_rootfs_keeps_it() {
+        let f = Fixture::new();
+        std::fs::create_dir(f.rootfs().join("tmp")).unwrap();
+        assert!(mount(&f.spec(false), "/tmp").is_none());
+        let spec = f.spec(true);
+        let tmp = mount(&spec, "/tmp").expect("the rootfs's /tmp bound over /tmp");
+        assert_eq!(
+            tmp.source().as_deref(),
+            Some(f.rootfs().join("tmp").as_path())
+        );
+        let opts = options(tmp);
+        for o in ["bind", "rw", "nosuid", "nodev"] {
+            assert!(opts.contains(&o.to_string()), "{opts:?}");
+        }
+    }
+
+    #[test]
+    fn a_tmp_symlink_in_the_image_is_resolved_inside_the_rootfs() {
+        let f = Fixture::new();
+        let rootfs = f.rootfs();
+        std::fs::create_dir(rootfs.join("etc")).unwrap();
+        // Image content: `/tmp -> /etc` must bind the image's `/etc`, not the host's.
+        std::os::unix::fs::symlink("/etc", rootfs.join("tmp")).unwrap();
+        let spec = f.spec(true);
+        let tmp = mount(&spec, "/tmp").unwrap();
+        assert_eq!(tmp.source().as_deref(), Some(rootfs.join("etc").as_path()));
+        // A `/tmp` that is no directory in the image leaves runsc's tmpfs in place.
+        std::fs::remove_file(rootfs.join("tmp")).unwrap();
+        std::fs::write(rootfs.join("tmp"), b"").unwrap();
+        assert!(mount(&f.spec(true), "/tmp").is_none());
+        std::fs::remove_file(rootfs.join("tmp")).unwrap();
+        std::os::unix::fs::symlink("/nowhere", rootfs.join("tmp")).unwrap();
+        assert!(mount(&f.spec(true), "/tmp").is_none());
+    }
+
+    #[test]
+    fn kernel_filesystems_are_mounted_nosuid() {
+        let spec = Fixture::new().spec(false);
+        // `/proc` is gVisor's own procfs, with the runtime spec's default (no options).
+        assert!(mount(&spec, "/proc").is_some());
+        for destination in ["/sys", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue"] {
+            let Some(m) = mount(&spec, destination) else {
+                panic!("no {destination} mount");
+            };
+            assert!(
+                options(m).contains(&"nosuid".to_string()),
+                "{destination}: {m:?}"
+            );
+        }
+        for destination in ["/sys", "/dev/shm"] {
+            let m = mount(&spec, destination).unwrap();
+            assert!(
+                options(m).contains(&"nodev".to_string()),
+                "{destination}: {m:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_bundle_is_written_as_config_json() {
+        let f = Fixture::new();
+        let bundle = f.dir.path().join("bundle");
+        write(&f.spec(false), &bundle).unwrap();
+        let loaded = Spec::load(bundle.join("config.json")).unwrap();
+        assert_eq!(loaded.hostname().as_deref(), Some("box"));
+        assert_eq!(loaded, f.spec(false));
+    }
+}

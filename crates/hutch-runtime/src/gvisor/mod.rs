@@ -23,20 +23,16 @@ use hutch_wire::{AgentConfig, BootOutcome, StartProcess};
 
 use crate::agent::{AgentClient, AgentLink};
 use crate::backend::{
-    Backend, DEFAULT_PIDS_LIMIT, MAX_PIDS_LIMIT, NetworkMode, Sandbox, SandboxInfo, SandboxSpec,
-    SandboxState,
+    AttachedRun, Backend, DEFAULT_PIDS_LIMIT, MAX_PIDS_LIMIT, NetworkMode, Sandbox, SandboxInfo,
+    SandboxSpec, SandboxState, WritableLayer,
 };
 use crate::capability::{Capabilities, CapabilityName as C, CapabilityReason};
 use crate::error::{Result, RuntimeError};
 use persist::SandboxRecord;
 pub use runsc::Runsc;
 
-/// A one-shot sandbox running its command on the caller's stdio
-/// ([`GvisorBackend::run_attached`]).
-pub struct AttachedRun {
-    pub info: SandboxInfo,
-    /// The agent, reachable once it has dialed home (the command does not wait for that).
-    pub agent: AgentClient,
+/// What a one-shot sandbox's [`AttachedRun`] carries for [`Backend::wait_attached`].
+struct AttachedState {
     supervisor: tokio::process::Child,
     /// Threads copying the sandbox's output to ours (see [`caller_output`]).
     copiers: Vec<std::thread::JoinHandle<()>>,
@@ -238,7 +234,7 @@ impl GvisorBackend {
                 .map_err(|e| RuntimeError::io(format!("creating {}", d.display()), e))?;
         }
         private_dir(&run)?;
-        let created_at = now_ms();
+        let created_at = hutch_wire::clock::now_ms();
         let record = SandboxRecord {
             id: id.to_string(),
             image: image.name.clone(),
@@ -338,148 +334,6 @@ impl GvisorBackend {
             spec: spec.clone(),
         };
         Ok((link, supervisor, info, copiers))
-    }
-
-    /// Runs `process` as a one-shot sandbox's first process, on this process's stdout and
-    /// stderr (and stdin when `stdin`), the way `runsc run` runs a container: no round trip
-    /// to the agent stands between boot and the command, and the sandbox ends when the
-    /// command does. [`Self::wait_attached`] then reports its exit and removes the sandbox.
-    /// The agent still dials home, for signals and the rest of the API while it runs.
-    pub async fn run_attached(
-        &self,
-        mut spec: SandboxSpec,
-        process: &StartProcess,
-        stdin: bool,
-    ) -> Result<AttachedRun> {
-        let id = self.admit(&mut spec)?;
-        match self.launch(&id, &spec, Some((process, stdin))) {
-            Ok((link, supervisor, info, copiers)) => Ok(AttachedRun {
-                info,
-                agent: AgentClient::new(link),
-                supervisor,
-                copiers,
-            }),
-            Err(e) => {
-                if let Err(cleanup) = self.teardown(&id).await {
-                    tracing::warn!(%id, error = %cleanup, "cleanup after a failed create");
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Waits for a one-shot sandbox to end, removes it, and says how its command ended.
-    pub async fn wait_attached(&self, mut run: AttachedRun) -> Result<BootOutcome> {
-        let id = run.info.id.clone();
-        let status = run.supervisor.wait().await;
-        // The sandbox's processes are gone, so the copies reach end of file.
-        for copier in run.copiers.drain(..) {
-            let _ = tokio::task::spawn_blocking(move || copier.join()).await;
-        }
-        let run_dir = self.dir(&id).join("run");
-        // The run directory is writable from inside: a planted symlink is refused, not
-        // followed (it would show a host file in the error below), and sizes are bounded.
-        let read_run = |name: &str, max: u64| {
-            hutch_store::rooted::read_no_follow(&run_dir, std::path::Path::new(name), max)
-        };
-        let outcome = read_run(hutch_wire::BOOT_OUTCOME_FILE, 64 << 10)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<BootOutcome>(&bytes).ok());
-        let log = read_run(hutch_wire::AGENT_LOG_FILE, 1 << 20)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        // Read before teardown removes the cgroup.
-        let pids_hit = pids_limit_reached(&id);
-        drop(run.agent);
-        self.forget_link(&id);
-        if let Err(e) = self.teardown(&id).await {
-            tracing::warn!(%id, error = %e, "removing a one-shot sandbox");
-        }
-
-        if let Some(outcome) = outcome {
-            return Ok(outcome);
-        }
-        if pids_hit {
-            return Err(RuntimeError::BackendFailure {
-                backend: BACKEND,
-                message: format!(
-                    "the sandbox ended: its processes reached the host's limit of {} tasks \
-                     (a fork bomb?); the limit inside is {} processes",
-                    host_pids_backstop(run.info.spec.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT)),
-                    run.info.spec.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT),
-                ),
-            });
-        }
-        // No outcome file: a plain exit, whose code the agent made runsc's.
-        match status.as_ref().ok().and_then(|s| s.code()) {
-            Some(code) => Ok(BootOutcome::Exit(hutch_wire::ExitInfo {
-                exit_code: Some(code.into()),
-                signal: None,
-                oom_killed: false,
-                reason: hutch_wire::ProcessExitReason::Exited,
-            })),
-            None => Err(RuntimeError::BackendFailure {
-                backend: BACKEND,
-                message: format!(
-                    "the sandbox ended before its command did (runsc: {}){}",
-                    status.map_or_else(|e| e.to_string(), |s| s.to_string()),
-                    if log.trim().is_empty() {
-                        String::new()
-                    } else {
-                        format!("; agent log: {}", last_lines(&log, 6))
-                    }
-                ),
-            }),
-        }
-    }
-
-    /// Listens on a unix socket the sandbox reaches at `/run/hutch/<name>` (the directory of
-    /// its dial-home socket, which runsc lets it connect out of). The host decides what speaks
-    /// there: the build channel of builder sandboxes is one.
-    pub fn listen_in_sandbox(&self, id: &str, name: &str) -> Result<tokio::net::UnixListener> {
-        validate_id(id)?;
-        if name.is_empty()
-            || name == hutch_wire::AGENT_SOCKET_NAME
-            || name.contains('/')
-            || name.starts_with('.')
-        {
-            return Err(RuntimeError::InvalidSpec {
-                reason: format!("{name:?} cannot name a socket in the sandbox"),
-            });
-        }
-        let run = self.dir(id).join("run");
-        if !run.is_dir() {
-            return Err(RuntimeError::NotFound { id: id.to_string() });
-        }
-        let path = run.join(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(RuntimeError::io(format!("removing {}", path.display()), e)),
-        }
-        tokio::net::UnixListener::bind(&path)
-            .map_err(|e| RuntimeError::io(format!("listening on {}", path.display()), e))
-    }
-
-    /// The sandbox's writable layer: an overlayfs upper directory (whiteouts are 0/0
-    /// character devices, opaque directories carry `trusted.overlay.opaque=y`), and the
-    /// paths in it, relative, that are Hutch's mount points rather than the sandbox's
-    /// writes. Complete once the sandbox has stopped; a build turns it into a layer.
-    pub fn writable_layer(&self, id: &str) -> Result<(PathBuf, Vec<PathBuf>)> {
-        let record = self.record(id)?;
-        let upper = self.dir(id).join("upper");
-        let mut mount_points = vec![PathBuf::from("run/hutch"), PathBuf::from("run/hutch-agent")];
-        // runsc creates `/run` for those two when the image has none: not content either.
-        let image_has_run = record.layers.iter().any(|l| {
-            hutch_store::Digest::parse(l)
-                // The entry itself, never what a symlink there points to on the host.
-                .map(|d| std::fs::symlink_metadata(self.store.layer_dir(&d).join("run")).is_ok())
-                .unwrap_or(false)
-        });
-        if !image_has_run {
-            mount_points.push(PathBuf::from("run"));
-        }
-        Ok((upper, mount_points))
     }
 
     /// Checks a spec and settles the new sandbox's id.
@@ -729,6 +583,18 @@ impl Backend for GvisorBackend {
             .unsupported(C::SnapshotFilesystem, later("filesystem snapshots"))
             .unsupported(C::SnapshotMemory, later("memory snapshots"))
             .unsupported(C::WarmPool, later("warm pools"))
+            .supported(&[
+                C::SandboxRunAttached,
+                C::SandboxWritableLayer,
+                C::SandboxSocket,
+            ])
+            .unsupported(C::NetworkAttach, later("network attach, issue 13"))
+            .unsupported(
+                C::SandboxCheckpoint,
+                later("checkpoint and restore, issue 16"),
+            )
+            .unsupported(C::SandboxRestore, later("checkpoint and restore, issue 16"))
+            .with_runtime(self.runsc.details())
     }
 
     async fn create(&self, mut spec: SandboxSpec) -> Result<Sandbox> {
@@ -825,6 +691,160 @@ impl Backend for GvisorBackend {
         }
         self.teardown(id).await
     }
+
+    /// The way `runsc run` runs a container: the command is the agent's boot process.
+    async fn run_attached(
+        &self,
+        mut spec: SandboxSpec,
+        process: &StartProcess,
+        stdin: bool,
+    ) -> Result<AttachedRun> {
+        let id = self.admit(&mut spec)?;
+        match self.launch(&id, &spec, Some((process, stdin))) {
+            Ok((link, supervisor, info, copiers)) => Ok(AttachedRun::new(
+                info,
+                AgentClient::new(link),
+                AttachedState {
+                    supervisor,
+                    copiers,
+                },
+            )),
+            Err(e) => {
+                if let Err(cleanup) = self.teardown(&id).await {
+                    tracing::warn!(%id, error = %cleanup, "cleanup after a failed create");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn wait_attached(&self, run: AttachedRun) -> Result<BootOutcome> {
+        let (info, agent, mut state) =
+            run.into_parts::<AttachedState>()
+                .map_err(|run| RuntimeError::InvalidSpec {
+                    reason: format!(
+                        "sandbox {} is not a one-shot run of this backend",
+                        run.info.id
+                    ),
+                })?;
+        let id = info.id.clone();
+        let status = state.supervisor.wait().await;
+        // The sandbox's processes are gone, so the copies reach end of file.
+        for copier in state.copiers.drain(..) {
+            let _ = tokio::task::spawn_blocking(move || copier.join()).await;
+        }
+        let run_dir = self.dir(&id).join("run");
+        // The run directory is writable from inside: a planted symlink is refused, not
+        // followed (it would show a host file in the error below), and sizes are bounded.
+        let read_run = |name: &str, max: u64| {
+            hutch_store::rooted::read_no_follow(&run_dir, std::path::Path::new(name), max)
+        };
+        let outcome = read_run(hutch_wire::BOOT_OUTCOME_FILE, 64 << 10)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<BootOutcome>(&bytes).ok());
+        let log = read_run(hutch_wire::AGENT_LOG_FILE, 1 << 20)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        // Read before teardown removes the cgroup.
+        let pids_hit = pids_limit_reached(&id);
+        // The agent removes its secret first thing: still there, the agent never ran, and
+        // the exit status is runsc's own (a failed start), not the command's.
+        let never_started = (outcome.is_none()
+            && run_dir.join(hutch_wire::AGENT_SECRET_FILE).exists())
+        .then(|| runsc_failed(&self.dir(&id), &status));
+        drop(agent);
+        self.forget_link(&id);
+        if let Err(e) = self.teardown(&id).await {
+            tracing::warn!(%id, error = %e, "removing a one-shot sandbox");
+        }
+
+        if let Some(outcome) = outcome {
+            return Ok(outcome);
+        }
+        if pids_hit {
+            return Err(RuntimeError::BackendFailure {
+                backend: BACKEND,
+                message: format!(
+                    "the sandbox ended: its processes reached the host's limit of {} tasks \
+                     (a fork bomb?); the limit inside is {} processes",
+                    host_pids_backstop(info.spec.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT)),
+                    info.spec.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT),
+                ),
+            });
+        }
+        if let Some(failed) = never_started {
+            return Err(failed);
+        }
+        // No outcome file: a plain exit, whose code the agent made runsc's.
+        match status.as_ref().ok().and_then(|s| s.code()) {
+            Some(code) => Ok(BootOutcome::Exit(hutch_wire::ExitInfo {
+                exit_code: Some(code.into()),
+                signal: None,
+                oom_killed: false,
+                reason: hutch_wire::ProcessExitReason::Exited,
+            })),
+            None => Err(RuntimeError::BackendFailure {
+                backend: BACKEND,
+                message: format!(
+                    "the sandbox ended before its command did (runsc: {}){}",
+                    status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                    if log.trim().is_empty() {
+                        String::new()
+                    } else {
+                        format!("; agent log: {}", last_lines(&log, 6))
+                    }
+                ),
+            }),
+        }
+    }
+
+    /// The socket is in the directory of the dial-home socket, which runsc lets the sandbox
+    /// connect out of.
+    fn listen_in_sandbox(&self, id: &str, name: &str) -> Result<tokio::net::UnixListener> {
+        validate_id(id)?;
+        if name.is_empty()
+            || name == hutch_wire::AGENT_SOCKET_NAME
+            || name.contains('/')
+            || name.starts_with('.')
+        {
+            return Err(RuntimeError::InvalidSpec {
+                reason: format!("{name:?} cannot name a socket in the sandbox"),
+            });
+        }
+        let run = self.dir(id).join("run");
+        if !run.is_dir() {
+            return Err(RuntimeError::NotFound { id: id.to_string() });
+        }
+        let path = run.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(RuntimeError::io(format!("removing {}", path.display()), e)),
+        }
+        tokio::net::UnixListener::bind(&path)
+            .map_err(|e| RuntimeError::io(format!("listening on {}", path.display()), e))
+    }
+
+    /// The overlay's upper directory, less Hutch's mount points in it.
+    fn writable_layer(&self, id: &str) -> Result<WritableLayer> {
+        let record = self.record(id)?;
+        let upper = self.dir(id).join("upper");
+        let mut mount_points = vec![PathBuf::from("run/hutch"), PathBuf::from("run/hutch-agent")];
+        // runsc creates `/run` for those two when the image has none: not content either.
+        let image_has_run = record.layers.iter().any(|l| {
+            hutch_store::Digest::parse(l)
+                // The entry itself, never what a symlink there points to on the host.
+                .map(|d| std::fs::symlink_metadata(self.store.layer_dir(&d).join("run")).is_ok())
+                .unwrap_or(false)
+        });
+        if !image_has_run {
+            mount_points.push(PathBuf::from("run"));
+        }
+        Ok(WritableLayer {
+            upper,
+            mount_points,
+        })
+    }
 }
 
 fn runsc_state(status: &str) -> SandboxState {
@@ -919,6 +939,42 @@ fn pids_limit_reached(id: &str) -> bool {
         .is_some_and(|n| n > 0)
 }
 
+/// The error of a sandbox whose runsc ended before its agent started, with what runsc said.
+/// Read before teardown removes the sandbox's directory.
+fn runsc_failed(
+    dir: &std::path::Path,
+    status: &std::io::Result<std::process::ExitStatus>,
+) -> RuntimeError {
+    let log =
+        hutch_store::rooted::read_no_follow(dir, std::path::Path::new(runsc::RUNSC_LOG), 1 << 20)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+    // runsc logs JSON lines (`{"msg": ..., "level": ...}`); show the messages.
+    let messages: Vec<String> = log
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["msg"].as_str().map(str::to_string))
+                .unwrap_or_else(|| line.to_string())
+        })
+        .collect();
+    RuntimeError::BackendFailure {
+        backend: BACKEND,
+        message: format!(
+            "runsc failed before the sandbox started ({}){}",
+            status
+                .as_ref()
+                .map_or_else(|e| e.to_string(), |s| s.to_string()),
+            if messages.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", last_lines(&messages.join("\n"), 4))
+            }
+        ),
+    }
+}
+
 /// Writes the agent's secret where only it will read it (see
 /// [`hutch_wire::AGENT_SECRET_FILE`]), owner-only, replacing anything planted there.
 fn write_secret(run: &std::path::Path, secret: &str) -> Result<()> {
@@ -937,17 +993,12 @@ fn write_secret(run: &std::path::Path, secret: &str) -> Result<()> {
 }
 
 fn random_id() -> Result<String> {
-    random_hex(10)
+    hutch_wire::ids::sandbox_id().map_err(|e| RuntimeError::io("reading random bytes", e))
 }
 
 /// `n` random bytes, as hex.
 fn random_hex(n: usize) -> Result<String> {
-    let mut bytes = vec![0u8; n];
-    let file = std::fs::File::open("/dev/urandom")
-        .map_err(|e| RuntimeError::io("opening /dev/urandom", e))?;
-    std::io::Read::read_exact(&mut &file, &mut bytes)
-        .map_err(|e| RuntimeError::io("reading /dev/urandom", e))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    hutch_wire::ids::random_hex(n).map_err(|e| RuntimeError::io("reading random bytes", e))
 }
 
 fn remove_cgroups(id: &str) {
@@ -960,11 +1011,4 @@ fn remove_cgroups(id: &str) {
             let _ = std::fs::remove_dir(&dir);
         }
     }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

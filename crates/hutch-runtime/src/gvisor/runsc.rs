@@ -3,12 +3,21 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 
 use crate::error::{Result, RuntimeError};
 
 const BACKEND: &str = "gvisor";
+
+/// Whether the Sentry opens sandbox files itself (runsc's `--directfs`, on by default since
+/// 2023) rather than asking the gofer for each. See `docs/ARCHITECTURE.md` for the
+/// measurement and the security argument behind the choice.
+const DIRECTFS: bool = true;
+
+/// runsc's log in a sandbox's directory (warnings and errors only: it stays empty while
+/// all goes well).
+pub const RUNSC_LOG: &str = "runsc.log";
 
 /// Where a sandbox's stdio (its agent's, and so a boot process's) goes.
 pub enum SupervisorStdio {
@@ -26,7 +35,9 @@ pub enum SupervisorStdio {
 pub struct Runsc {
     pub binary: PathBuf,
     pub root: PathBuf,
+    /// The platform in use: [`RunscBuild::platform`] unless `$HUTCH_RUNSC_PLATFORM` says.
     pub platform: String,
+    pub build: RunscBuild,
 }
 
 /// What `runsc state`/`list` report for one container.
@@ -51,15 +62,63 @@ impl Runsc {
             })?;
         std::fs::create_dir_all(&root)
             .map_err(|e| RuntimeError::io(format!("creating {}", root.display()), e))?;
+        let build = detect_build(&binary, &root);
         let platform = match std::env::var("HUTCH_RUNSC_PLATFORM") {
-            Ok(p) => p,
-            Err(_) => detect_platform(&binary, &root),
+            Ok(p) if !p.is_empty() => p,
+            _ => build.platform.clone(),
         };
         Ok(Self {
             binary,
             root,
             platform,
+            build,
         })
+    }
+
+    /// What `capabilities()` and `hutch info` report of this runsc: version, platform, the
+    /// flags chosen, and what an old build lacks.
+    pub fn details(&self) -> crate::capability::RuntimeDetails {
+        let b = &self.build;
+        let mut notes = Vec::new();
+        if self.platform != b.platform {
+            notes.push(format!(
+                "platform {} chosen by $HUTCH_RUNSC_PLATFORM",
+                self.platform
+            ));
+        }
+        if !b.has_systrap {
+            notes.push(
+                "this build has no systrap platform: ptrace makes every syscall-heavy \
+                 workload (fork+exec, file I/O) several times slower; runsc 2024 or later has it"
+                    .into(),
+            );
+        } else if let Some(failure) = &b.systrap_failure {
+            notes.push(format!(
+                "systrap does not work on this host, so ptrace: {failure}"
+            ));
+        }
+        if b.has_overlay2 {
+            notes.push(
+                "--overlay2=none: root filesystem writes go to the sandbox's host upper layer \
+                 (builds commit it, snapshots copy it)"
+                    .into(),
+            );
+        }
+        if b.has_directfs {
+            notes.push(format!("--directfs={}", DIRECTFS));
+        }
+        if !b.fast_checkpoint() {
+            notes.push(
+                "checkpoints take seconds on builds before 2024 (6.2 s measured for busybox)"
+                    .into(),
+            );
+        }
+        crate::capability::RuntimeDetails {
+            runtime: "runsc".into(),
+            version: b.version.clone(),
+            platform: self.platform.clone(),
+            notes,
+        }
     }
 
     fn command(&self) -> Command {
@@ -70,6 +129,15 @@ impl Runsc {
             .arg("--host-uds=open")
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        // Root filesystem writes must land in the sandbox's host `upper/` (the writable
+        // layer builds commit and snapshots copy), not in runsc's own overlay inside the
+        // sandbox, which 2023+ builds default to (`root:self`).
+        if self.build.has_overlay2 {
+            cmd.arg("--overlay2=none");
+        }
+        if self.build.has_directfs {
+            cmd.arg(format!("--directfs={DIRECTFS}"));
+        }
         cmd
     }
 
@@ -92,6 +160,11 @@ impl Runsc {
         let mut cmd = self.command();
         if !cgroups {
             cmd.arg("--ignore-cgroups");
+        }
+        // runsc's own errors (a bad spec, a failed boot) also go to this file, beside the
+        // stderr the caller may not be watching; a failed start is reported from it.
+        if let Some(dir) = bundle.parent() {
+            cmd.arg(format!("--log={}", dir.join(RUNSC_LOG).display()));
         }
         match stdio {
             SupervisorStdio::Log(console_log) => {
@@ -186,11 +259,14 @@ impl Runsc {
             .unwrap_or(false)
     }
 
-    /// Removes lock files of `id` once no state remains for it.
+    /// Removes lock files of `id` once no state remains for it, and the control socket
+    /// runsc 2023+ keeps in its root (`runsc-<id>.sock`), which a sandbox killed rather
+    /// than ended leaves behind.
     pub fn remove_stale_locks(&self, id: &str) {
         if self.knows(id) {
             return;
         }
+        let _ = std::fs::remove_file(self.root.join(format!("runsc-{id}.sock")));
         let Ok(dir) = std::fs::read_dir(&self.root) else {
             return;
         };
@@ -265,37 +341,152 @@ impl Runsc {
     }
 }
 
-/// Asks runsc which platforms it has, remembering the answer per runsc binary: the probe
-/// costs a Go process start, which `hutch run` should not pay every time.
-fn detect_platform(binary: &Path, root: &Path) -> String {
+/// What one runsc binary is and offers, learnt once per binary (see [`detect_build`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunscBuild {
+    /// `runsc --version`'s first line, without its `runsc version ` prefix
+    /// (e.g. `0.0~20240729.0`).
+    pub version: String,
+    /// The platform sandboxes run on: systrap where the build has it and a probe sandbox
+    /// booted on it here, else ptrace (kvm hangs on these PVM hosts).
+    pub platform: String,
+    /// The build has systrap, whether or not it worked here.
+    pub has_systrap: bool,
+    /// The build has `--overlay2` (2023 on), whose default since then (`root:self`) puts the
+    /// root filesystem's writes in an overlay inside the sandbox instead of Hutch's `upper/`.
+    pub has_overlay2: bool,
+    /// The build has `--directfs` (2023 on): the Sentry opens the container's files itself
+    /// through file descriptors the gofer donates, instead of asking the gofer per operation.
+    pub has_directfs: bool,
+    /// Why systrap is not used although the build has it (the probe's error), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systrap_failure: Option<String>,
+}
+
+impl RunscBuild {
+    /// The build's date from its version (`0.0~20240729.0` → 20240729), if it has one.
+    pub fn date(&self) -> Option<u32> {
+        let digits: String = self
+            .version
+            .split('~')
+            .nth(1)?
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok().filter(|d| *d > 20_150_000)
+    }
+
+    /// Builds from before 2024 checkpoint in seconds (6.2 s for a busybox sandbox on this
+    /// kind of host with the 2022-12 build) rather than a tenth of one.
+    pub fn fast_checkpoint(&self) -> bool {
+        self.date().is_some_and(|d| d >= 20_240_000)
+    }
+}
+
+/// Learns what `binary` is, remembering the answer per runsc binary (path, size, mtime) in
+/// `root`: the probes cost Go process starts and a probe sandbox's boot (~0.2 s), which
+/// `hutch run` should not pay every time.
+fn detect_build(binary: &Path, root: &Path) -> RunscBuild {
     let fingerprint = std::fs::metadata(binary)
         .map(|m| {
             use std::os::unix::fs::MetadataExt;
-            format!("{}:{}:{}", binary.display(), m.size(), m.mtime())
+            // The leading tag changes whenever what is detected does.
+            format!("v2:{}:{}:{}", binary.display(), m.size(), m.mtime())
         })
         .unwrap_or_default();
-    let cache = root.join("platform");
-    if let Ok(cached) = std::fs::read_to_string(&cache)
-        && let Some((fp, platform)) = cached.trim().rsplit_once(' ')
-        && fp == fingerprint
-    {
-        return platform.to_string();
+    #[derive(Serialize, Deserialize)]
+    struct Cached {
+        fingerprint: String,
+        build: RunscBuild,
     }
-    let help = std::process::Command::new(binary)
-        .arg("flags")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let platform = if help.contains("systrap") {
-        "systrap"
-    } else {
-        "ptrace"
+    let cache = root.join("build.json");
+    if let Ok(bytes) = std::fs::read(&cache)
+        && let Ok(cached) = serde_json::from_slice::<Cached>(&bytes)
+        && cached.fingerprint == fingerprint
+    {
+        return cached.build;
+    }
+    let stdout = |args: &[&str]| {
+        std::process::Command::new(binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            // `runsc flags` writes to stderr, `--version` to stdout.
+            .map(|o| {
+                let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&o.stderr));
+                text
+            })
+            .unwrap_or_default()
     };
-    let tmp = root.join(format!(".platform.{}", std::process::id()));
-    if std::fs::write(&tmp, format!("{fingerprint} {platform}\n")).is_ok() {
+    let version = stdout(&["--version"])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .trim_start_matches("runsc version ")
+        .to_string();
+    let flags = stdout(&["flags"]);
+    let has_flag = |name: &str| {
+        flags.lines().any(|l| {
+            l.trim_start().starts_with(&format!("-{name} ")) || l.trim() == format!("-{name}")
+        })
+    };
+    let has_systrap = flags.contains("systrap");
+    let mut build = RunscBuild {
+        version,
+        platform: "ptrace".into(),
+        has_systrap,
+        has_overlay2: has_flag("overlay2"),
+        has_directfs: has_flag("directfs"),
+        systrap_failure: None,
+    };
+    if has_systrap {
+        match probe_platform(binary, root, "systrap") {
+            Ok(()) => build.platform = "systrap".into(),
+            Err(e) => {
+                tracing::warn!(error = %e, "runsc's systrap platform does not work here; using ptrace");
+                build.systrap_failure = Some(e);
+            }
+        }
+    }
+    let tmp = root.join(format!(".build.{}", std::process::id()));
+    let cached = Cached {
+        fingerprint,
+        build: build.clone(),
+    };
+    if let Ok(bytes) = serde_json::to_vec(&cached)
+        && std::fs::write(&tmp, bytes).is_ok()
+    {
         let _ = std::fs::rename(&tmp, &cache);
     }
-    platform.to_string()
+    // The cache of releases before 0.1, which knew only the platform.
+    let _ = std::fs::remove_file(root.join("platform"));
+    build
+}
+
+/// Boots a throwaway sandbox on `platform` running the host's `/bin/true` (`runsc do`), in a
+/// state directory of its own so nothing of it is mistaken for a Hutch sandbox.
+fn probe_platform(binary: &Path, root: &Path, platform: &str) -> std::result::Result<(), String> {
+    let probe_root = root.join(format!(".probe.{}", std::process::id()));
+    let out = std::process::Command::new(binary)
+        .arg(format!("--root={}", probe_root.display()))
+        .arg(format!("--platform={platform}"))
+        .arg("--network=none")
+        .arg("--ignore-cgroups")
+        .args(["do", "/bin/true"])
+        .stdin(Stdio::null())
+        .output();
+    let _ = std::fs::remove_dir_all(&probe_root);
+    match out {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "`runsc --platform={platform} do /bin/true` failed ({}): {}",
+            o.status,
+            last_lines(&String::from_utf8_lossy(&o.stderr), 3)
+        )),
+        Err(e) => Err(format!("running runsc: {e}")),
+    }
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {

@@ -32,7 +32,7 @@ use crate::error::{IoContext, StoreError};
 use crate::image::{Image, LayerRecord, PinRecord, parse_config};
 use crate::import::{PlannedLayer, unpack_into};
 use crate::name::record_file_name;
-use crate::oci::{Descriptor, Manifest};
+use crate::oci::{self, Manifest};
 use crate::staging::{Staging, StoreLock, leftovers, unique_name};
 use crate::store::Store;
 use crate::syscalls;
@@ -299,10 +299,10 @@ impl Fsck<'_> {
         let name = image.name.as_str();
         let manifest = self.image_manifest(image)?;
         if let Some(manifest) = &manifest {
-            if manifest.config.digest != image.id {
+            if manifest.config != image.id {
                 let detail = format!(
                     "its manifest names config {}, its record {}",
-                    manifest.config.digest, image.id
+                    manifest.config, image.id
                 );
                 self.find(FindingKind::BrokenImage, name, detail);
             }
@@ -318,14 +318,14 @@ impl Fsck<'_> {
         self.check_config(image)?;
 
         let count = image.layers.len();
-        let layer_blobs: Vec<&Descriptor> = manifest.iter().flat_map(|m| &m.layers).collect();
+        let layer_blobs: Vec<&(Digest, u64)> = manifest.iter().flat_map(|m| &m.layers).collect();
         let mut seen = HashSet::new();
-        for (i, descriptor) in layer_blobs.iter().enumerate() {
-            if !seen.insert(&descriptor.digest) {
+        for (i, (digest, size)) in layer_blobs.iter().enumerate() {
+            if !seen.insert(digest) {
                 continue;
             }
-            let what = format!("layer blob {} ({} of {count})", descriptor.digest, i + 1);
-            self.check_referenced_blob(name, descriptor, &what)?;
+            let what = format!("layer blob {digest} ({} of {count})", i + 1);
+            self.check_referenced_blob(name, digest, *size, &what)?;
         }
 
         let mut seen = HashSet::new();
@@ -340,7 +340,7 @@ impl Fsck<'_> {
             let blob = layer_blobs
                 .get(i)
                 .filter(|_| layer_blobs.len() == count)
-                .map(|d| d.digest.clone());
+                .map(|(digest, _)| digest.clone());
             let usable = match &blob {
                 Some(blob) => matches!(self.verify_blob(blob)?, BlobState::Good(_)),
                 None => false,
@@ -372,8 +372,9 @@ impl Fsck<'_> {
         Ok(())
     }
 
-    /// The image's stored manifest, parsed, or `None` after reporting why it is unusable.
-    fn image_manifest(&mut self, image: &Image) -> Result<Option<Manifest>, StoreError> {
+    /// The blobs the image's stored manifest names, or `None` after reporting why it is
+    /// unusable.
+    fn image_manifest(&mut self, image: &Image) -> Result<Option<ManifestBlobs>, StoreError> {
         let digest = &image.manifest_digest;
         match self.verify_blob(digest)? {
             BlobState::Good(_) => {}
@@ -385,8 +386,11 @@ impl Fsck<'_> {
         }
         let path = blob_path(&self.store.blobs_dir(), digest);
         let bytes = fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
-        match serde_json::from_slice::<Manifest>(&bytes) {
-            Ok(manifest) => Ok(Some(manifest)),
+        let blobs = serde_json::from_slice::<Manifest>(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|m| ManifestBlobs::of(&m).map_err(|e| e.to_string()));
+        match blobs {
+            Ok(blobs) => Ok(Some(blobs)),
             Err(err) => {
                 let detail = format!("its manifest {digest} is not a valid image manifest: {err}");
                 self.find(FindingKind::BrokenImage, &image.name, detail);
@@ -429,12 +433,13 @@ impl Fsck<'_> {
     fn check_referenced_blob(
         &mut self,
         name: &str,
-        descriptor: &Descriptor,
+        digest: &Digest,
+        expected: u64,
         what: &str,
     ) -> Result<(), StoreError> {
-        match self.verify_blob(&descriptor.digest)? {
+        match self.verify_blob(digest)? {
             BlobState::Good(size) => {
-                if let Some(expected) = descriptor.size.filter(|s| *s != size) {
+                if expected != size {
                     let detail =
                         format!("its manifest gives {what} {expected} bytes, the blob has {size}");
                     self.find(FindingKind::BrokenImage, name, detail);
@@ -527,6 +532,26 @@ fn layer_problem(
         Ok(record) if &record.diff_id == diff_id => Ok(None),
         Ok(record) => incomplete(&format!("its layer.json is for layer {}", record.diff_id)),
         Err(err) => incomplete(&format!("its layer.json is invalid: {err}")),
+    }
+}
+
+/// What fsck needs of a stored manifest: its blobs, as the store's digests.
+struct ManifestBlobs {
+    config: Digest,
+    /// Digest and size of each layer blob, in order.
+    layers: Vec<(Digest, u64)>,
+}
+
+impl ManifestBlobs {
+    fn of(manifest: &Manifest) -> Result<Self, StoreError> {
+        Ok(Self {
+            config: oci::digest_of(manifest.config())?,
+            layers: manifest
+                .layers()
+                .iter()
+                .map(|d| Ok((oci::digest_of(d)?, d.size())))
+                .collect::<Result<_, StoreError>>()?,
+        })
     }
 }
 

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 pub const DEFAULT_IMAGE: &str = "hutch/default:latest";
 /// The store name of the builder image template builds run in: the default image plus
 /// `/usr/local/bin/tl-rootfs-build`, a link to the agent binary (which, run under that name,
-/// hands the build to the host; see `template_builds`).
+/// hands the build to the host; see `builds`).
 pub const BUILDER_IMAGE: &str = "hutch/rootfs-builder:latest";
 
 #[derive(Debug, thiserror::Error)]
@@ -77,9 +77,8 @@ fn ensure_named(store: &Store, busybox: &Path, name: &str) -> Result<Image, Defa
     }])
     .to_string();
 
-    let dir = tempfile::Builder::new()
-        .prefix("default-image")
-        .tempdir_in(store.root().join("tmp"))?;
+    // Locked against other processes' cleanup of the store's tmp/, removed on drop.
+    let dir = store.scratch_dir("default-image")?;
     let archive_path = dir.path().join("image.tar");
     let mut archive = tar::Builder::new(std::fs::File::create(&archive_path)?);
     append(&mut archive, "manifest.json", manifest.as_bytes(), 0o644)?;

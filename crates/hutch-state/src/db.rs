@@ -189,8 +189,10 @@ pub struct SandboxRow {
 impl SandboxRow {
     /// When `timeout_secs` runs out, in ms since the epoch, counted from the start.
     pub fn deadline_ms(&self) -> Option<i64> {
-        (self.timeout_secs > 0 && self.status != Status::Terminated)
-            .then(|| self.started_at.unwrap_or(self.created_at) + self.timeout_secs * 1000)
+        (self.timeout_secs > 0 && self.status != Status::Terminated).then(|| {
+            let start = self.started_at.unwrap_or(self.created_at);
+            start.saturating_add(self.timeout_secs.saturating_mul(1000))
+        })
     }
 }
 

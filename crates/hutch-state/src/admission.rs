@@ -1,12 +1,10 @@
-//! What the server admits: how many sandboxes run and wait at once, and how big one may be
-//! on this host. A create over either bound is answered (429 or 400) instead of queued or
-//! started against capacity that is not there.
+//! What the sandbox service admits: how many sandboxes run and wait at once, and how big one
+//! may be on this host. A create over either bound is refused (`CapacityExceeded`,
+//! `ExceedsHost`) instead of queued or started against capacity that is not there.
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
-
-use crate::error::ApiError;
+use crate::error::StateError;
 
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -62,11 +60,9 @@ impl HostCapacity {
         Self { cpus, memory_mb }
     }
 
-    /// Refuses a sandbox no bigger host could ever run here: a typed 400 naming the field.
-    pub fn admit(&self, cpus: Option<f64>, memory_mb: Option<u64>) -> Result<(), ApiError> {
-        let refuse = |message: String| {
-            ApiError::new(StatusCode::BAD_REQUEST, "exceeds_host_capacity", message)
-        };
+    /// Refuses a sandbox no bigger host could ever run here, naming the field.
+    pub fn admit(&self, cpus: Option<f64>, memory_mb: Option<u64>) -> Result<(), StateError> {
+        let refuse = StateError::ExceedsHost;
         if let Some(c) = cpus
             && c > self.cpus
         {
@@ -98,11 +94,15 @@ mod tests {
             memory_mb: 4096,
         };
         assert!(host.admit(Some(2.0), Some(4096)).is_ok());
-        let e = host.admit(Some(1024.0), None).unwrap_err();
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        assert!(e.message.contains("resources.cpus") && e.message.contains('2'));
+        let e = host.admit(Some(1024.0), None).unwrap_err().to_string();
+        assert!(e.contains("resources.cpus") && e.contains('2'), "{e}");
         let e = host.admit(None, Some(4 << 20)).unwrap_err();
-        assert!(e.message.contains("resources.memory_mb") && e.message.contains("4096"));
+        assert_eq!(e.code(), "exceeds_host_capacity");
+        let e = e.to_string();
+        assert!(
+            e.contains("resources.memory_mb") && e.contains("4096"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -12,13 +12,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::http::StatusCode;
 use hutch_store::{Image, Store};
 use serde_json::{Value, json};
 
 use crate::db::{BuildRow, BuildState, Db, NodeKind, TemplateRow, templates::BuildResult};
-use crate::error::ApiError;
-use crate::sandboxes::{now_ms, random_hex};
+use crate::error::{Conflict, Invalid, Kind, StateError};
+use crate::{now_ms, random_hex};
 
 /// The store repository template images live in: `hutch-template:<template id>`.
 pub const TEMPLATE_REPO: &str = "hutch-template";
@@ -57,7 +56,7 @@ impl Templates {
     }
 
     /// Opens the registry of the state directory `home` (for the CLI).
-    pub fn open(home: &Path, store: Store) -> anyhow::Result<Self> {
+    pub fn open(home: &Path, store: Store) -> Result<Self, StateError> {
         let db = Db::open(&home.join(crate::DB_FILE))?;
         Ok(Self::new(Arc::new(db), store))
     }
@@ -66,19 +65,29 @@ impl Templates {
         &self.db
     }
 
-    pub fn list(&self) -> Result<Vec<TemplateRow>, ApiError> {
+    pub fn list(&self) -> Result<Vec<TemplateRow>, StateError> {
         Ok(self.db.templates()?)
     }
 
     /// A template by id, else by name.
-    pub fn find(&self, id_or_name: &str) -> Result<Option<TemplateRow>, ApiError> {
+    pub fn find(&self, id_or_name: &str) -> Result<Option<TemplateRow>, StateError> {
         if let Some(row) = self.db.template(id_or_name)? {
             return Ok(Some(row));
         }
         Ok(self.db.template_by_name(id_or_name)?)
     }
 
-    pub fn get(&self, id_or_name: &str) -> Result<TemplateRow, ApiError> {
+    /// The template with this id (ids only).
+    pub fn by_id(&self, id: &str) -> Result<Option<TemplateRow>, StateError> {
+        Ok(self.db.template(id)?)
+    }
+
+    /// The template with this name (names only).
+    pub fn by_name(&self, name: &str) -> Result<Option<TemplateRow>, StateError> {
+        Ok(self.db.template_by_name(name)?)
+    }
+
+    pub fn get(&self, id_or_name: &str) -> Result<TemplateRow, StateError> {
         self.find(id_or_name)?
             .ok_or_else(|| template_not_found(id_or_name))
     }
@@ -89,7 +98,7 @@ impl Templates {
     }
 
     /// Removes a template and releases its image; refused while templates are built on it.
-    pub fn remove(&self, id_or_name: &str) -> Result<TemplateRow, ApiError> {
+    pub fn remove(&self, id_or_name: &str) -> Result<TemplateRow, StateError> {
         let row = self.get(id_or_name)?;
         match self.db.delete_template(&row.id)? {
             Ok(Some(row)) => {
@@ -110,15 +119,14 @@ impl Templates {
     }
 
     /// Own, total and snapshot bytes of `image` over `parent`'s layers.
-    pub fn sizes(&self, image: &Image, parent: Option<&TemplateRow>) -> Result<Sizes, ApiError> {
+    pub fn sizes(&self, image: &Image, parent: Option<&TemplateRow>) -> Result<Sizes, StateError> {
         let parent_layers = match parent {
             Some(p) => self.store.image(&p.image).map_err(store_error)?.layers,
             None => Vec::new(),
         };
         if !image.layers.starts_with(&parent_layers) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "lineage_mismatch",
+            return Err(StateError::conflict(
+                Conflict::LineageMismatch,
                 format!(
                     "the built image does not sit on the layers of its parent template {}",
                     parent.map(|p| p.name.as_str()).unwrap_or_default()
@@ -139,7 +147,7 @@ impl Templates {
 
     /// Registers an image already in the store as the template `name` (replacing a template
     /// of that name that has no children), through the same path as a seed build.
-    pub fn register(&self, r: Registration<'_>) -> Result<TemplateRow, ApiError> {
+    pub fn register(&self, r: Registration<'_>) -> Result<TemplateRow, StateError> {
         validate_name(r.name)?;
         let sizes = self.sizes(r.image, r.parent)?;
         let mut build = new_build(NewBuild {
@@ -172,7 +180,7 @@ impl Templates {
     }
 
     /// Registers the template of a built build (one transaction; see `Db::complete_build`).
-    pub fn complete(&self, build_id: &str) -> Result<TemplateRow, ApiError> {
+    pub fn complete(&self, build_id: &str) -> Result<TemplateRow, StateError> {
         let build = self
             .db
             .build(build_id)?
@@ -247,7 +255,7 @@ pub(crate) struct NewBuild<'a> {
 }
 
 /// A `prepared` build row with fresh build, template and snapshot ids.
-pub(crate) fn new_build(b: NewBuild<'_>) -> Result<BuildRow, ApiError> {
+pub(crate) fn new_build(b: NewBuild<'_>) -> Result<BuildRow, StateError> {
     let now = now_ms();
     Ok(BuildRow {
         id: format!("bld_{}", random_hex(10)?),
@@ -281,12 +289,12 @@ pub(crate) fn new_build(b: NewBuild<'_>) -> Result<BuildRow, ApiError> {
     })
 }
 
-pub(crate) fn new_template_id() -> Result<String, ApiError> {
+pub(crate) fn new_template_id() -> Result<String, StateError> {
     Ok(format!("tpl_{}", random_hex(10)?))
 }
 
 /// Template names: what the SDK accepts, minus what would be confused with an id or a path.
-pub fn validate_name(name: &str) -> Result<(), ApiError> {
+pub fn validate_name(name: &str) -> Result<(), StateError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && !name.starts_with("tpl_")
@@ -300,9 +308,8 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_template_name",
+        Err(StateError::invalid(
+            Invalid::TemplateName,
             format!(
                 "invalid template name {name:?}: use 1-128 characters of letters, digits, '-', '_', \
                  '.', ':' and '/', not starting with \"tpl_\""
@@ -311,40 +318,30 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-pub fn template_not_found(what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "template_not_found",
-        format!("template {what:?} not found"),
-    )
+pub fn template_not_found(what: &str) -> StateError {
+    StateError::not_found(Kind::Template, what)
 }
 
-pub fn build_not_found(id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "build_not_found",
-        format!("template build {id:?} not found"),
-    )
+pub fn build_not_found(id: &str) -> StateError {
+    StateError::not_found(Kind::Build, id)
 }
 
-fn store_error(e: hutch_store::StoreError) -> ApiError {
-    ApiError::internal(e)
+fn store_error(e: hutch_store::StoreError) -> StateError {
+    StateError::Store(e)
 }
 
-fn conflict_error(conflict: crate::db::templates::TemplateConflict) -> ApiError {
+fn conflict_error(conflict: crate::db::templates::TemplateConflict) -> StateError {
     use crate::db::templates::TemplateConflict as C;
     match conflict {
-        C::HasChildren { id, children } => ApiError::new(
-            StatusCode::CONFLICT,
-            "template_has_children",
+        C::HasChildren { id, children } => StateError::conflict(
+            Conflict::TemplateHasChildren,
             format!(
                 "template {id} has templates built on it ({}); remove those first",
                 children.join(", ")
             ),
         ),
-        C::BuildState { id, state } => ApiError::new(
-            StatusCode::CONFLICT,
-            "build_not_built",
+        C::BuildState { id, state } => StateError::conflict(
+            Conflict::BuildNotBuilt,
             format!(
                 "template build {id} is {}, not built: nothing to register",
                 state.as_str()

@@ -6,33 +6,35 @@
 //!   leaves an orphan that reconciliation removes, never a sandbox nobody records;
 //! - runtime work runs in tasks of its own, so a client that disconnects mid-request cancels
 //!   nothing halfway;
-//! - the server only ever removes runtime sandboxes labelled as its own.
+//! - the server only ever removes runtime sandboxes labelled as its own;
+//! - a sandbox is reported running only after every subscriber to its events (template
+//!   builds: a builder sandbox's build channel) has seen it run.
+//!
+//! `monitor.rs` holds what settles rows against the runtime: reconcile after a start, and
+//! the timeout and liveness monitor.
+
+mod monitor;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use hutch_runtime::agent::AgentClient;
-use hutch_runtime::{Backend, NetworkMode, RuntimeError, SandboxSpec, SandboxState};
+use hutch_runtime::{Backend, NetworkMode, RuntimeError, SandboxSpec};
 use hutch_store::Store;
 use hutch_wire::StartProcess;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 pub use crate::admission::{HostCapacity, Limits};
 use crate::db::{Db, Reason, SandboxRow, Status};
-use crate::error::ApiError;
+use crate::error::{Conflict, Invalid, Kind, StateError};
+use crate::now_ms;
 
 /// The label that marks a runtime sandbox as this server's.
 pub const OWNER_LABEL: &str = "hutch.owner";
 const OWNER: &str = "hutch-serve";
-/// How often the monitor checks deadlines.
-const TICK: Duration = Duration::from_millis(500);
-/// How often the monitor asks the runtime which sandboxes still run.
-const LIVENESS_EVERY: u32 = 6;
-/// How often the monitor purges old terminated rows, and at most how many per pass.
-const PURGE_EVERY: u32 = 20;
-const PURGE_BATCH: usize = 500;
+/// How long a sandbox's start waits for subscribers to handle its `Running` event.
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(5);
 
 /// What a running (or booting) sandbox holds: its place in the admission count and its
 /// share of capacity. Dropped when it ends.
@@ -60,6 +62,31 @@ pub struct CreateParams {
     pub spec: serde_json::Value,
 }
 
+/// What happens to sandboxes, for whoever must act on it (see [`Sandboxes::subscribe`]).
+#[derive(Debug)]
+pub enum SandboxEvent {
+    /// The sandbox runs (booted, or adopted after a restart). It is reported running only
+    /// once `seen` is dropped (or after a bound), so a subscriber can prepare for it first.
+    Running {
+        id: String,
+        image: String,
+        seen: Seen,
+    },
+    /// The sandbox ended (its row is terminated); its runtime side is being removed.
+    Ended { id: String },
+}
+
+/// Held by a subscriber while it handles a `Running` event: [`Seen::done`], or dropping it,
+/// lets the sandbox be reported running.
+#[derive(Debug)]
+pub struct Seen(oneshot::Sender<()>);
+
+impl Seen {
+    pub fn done(self) {
+        let _ = self.0.send(());
+    }
+}
+
 pub struct Sandboxes {
     db: Arc<Db>,
     backend: Arc<dyn Backend>,
@@ -74,8 +101,8 @@ pub struct Sandboxes {
     boots: Arc<Semaphore>,
     /// Bumped on every status change; waiters re-read the database.
     changes: watch::Sender<u64>,
-    /// Template builds: builder sandboxes get a build channel while they run.
-    builds: std::sync::OnceLock<std::sync::Weak<crate::template_builds::Builds>>,
+    /// Who hears of sandboxes starting and ending.
+    subscribers: Mutex<Vec<mpsc::UnboundedSender<SandboxEvent>>>,
 }
 
 impl Sandboxes {
@@ -100,35 +127,44 @@ impl Sandboxes {
             boots: Arc::new(Semaphore::new(limits.concurrent_boots.max(1))),
             limits,
             changes: watch::channel(0).0,
-            builds: std::sync::OnceLock::new(),
+            subscribers: Mutex::new(Vec::new()),
         })
     }
 
-    pub(crate) fn set_builds(&self, builds: &Arc<crate::template_builds::Builds>) {
-        let _ = self.builds.set(Arc::downgrade(builds));
+    /// Every [`SandboxEvent`] from now on, in order.
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<SandboxEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock_subscribers().push(tx);
+        rx
     }
 
-    fn builds(&self) -> Option<Arc<crate::template_builds::Builds>> {
-        self.builds.get().and_then(std::sync::Weak::upgrade)
+    fn lock_subscribers(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<mpsc::UnboundedSender<SandboxEvent>>> {
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Opens the build channel of a builder sandbox that runs.
-    fn running_hook(&self, id: &str, image: &str) {
-        if image == crate::default_image::BUILDER_IMAGE
-            && let Some(builds) = self.builds()
-        {
-            builds.listen(id);
+    /// Tells subscribers that `id` runs and waits (boundedly) until they have handled it.
+    async fn announce_running(&self, id: &str, image: &str) {
+        let mut handled = Vec::new();
+        self.lock_subscribers().retain(|tx| {
+            let (seen, done) = oneshot::channel();
+            let event = SandboxEvent::Running {
+                id: id.to_string(),
+                image: image.to_string(),
+                seen: Seen(seen),
+            };
+            handled.push(done);
+            tx.send(event).is_ok()
+        });
+        for done in handled {
+            let _ = tokio::time::timeout(ANNOUNCE_WAIT, done).await;
         }
     }
 
-    fn gone_hook(&self, id: &str) {
-        if let Some(builds) = self.builds() {
-            builds.forget(id);
-        }
-    }
-
-    pub fn db(&self) -> &Db {
-        &self.db
+    fn announce_ended(&self, id: &str) {
+        self.lock_subscribers()
+            .retain(|tx| tx.send(SandboxEvent::Ended { id: id.to_string() }).is_ok());
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -143,28 +179,24 @@ impl Sandboxes {
         self.changes.send_modify(|n| *n += 1);
     }
 
-    /// Records the sandbox as `pending` and starts it in the background.
     pub fn store(&self) -> &Store {
         &self.store
     }
 
     /// The image `name` names in the store, or the default image.
-    pub fn image(&self, name: Option<&str>) -> Result<hutch_store::Image, ApiError> {
+    pub fn image(&self, name: Option<&str>) -> Result<hutch_store::Image, StateError> {
         let name = name.unwrap_or(&self.default_image);
         self.store.image(name).map_err(|e| {
             if e.is_not_found() {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "image_not_found",
-                    format!("image {name:?} not found; import or pull it first"),
-                )
+                StateError::not_found(Kind::Image, name)
             } else {
-                ApiError::bad_request(e.to_string())
+                StateError::invalid(Invalid::Request, e.to_string())
             }
         })
     }
 
-    pub fn create(self: &Arc<Self>, p: CreateParams) -> Result<SandboxRow, ApiError> {
+    /// Records the sandbox as `pending` and starts it in the background.
+    pub fn create(self: &Arc<Self>, p: CreateParams) -> Result<SandboxRow, StateError> {
         if let Some(name) = &p.name {
             validate_name(name)?;
         }
@@ -173,15 +205,9 @@ impl Sandboxes {
         // Taken before the row is written: a create that cannot even wait is refused whole.
         let admitted = Arc::clone(&self.admission)
             .try_acquire_owned()
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_pending",
-                    format!(
-                        "{} sandboxes run and {} creates already wait for room; retry later",
-                        self.limits.max_sandboxes, self.limits.max_queued
-                    ),
-                )
+            .map_err(|_| StateError::CapacityExceeded {
+                max_sandboxes: self.limits.max_sandboxes,
+                max_queued: self.limits.max_queued,
             })?;
         let id = new_id()?;
         let row = SandboxRow {
@@ -199,9 +225,8 @@ impl Sandboxes {
             timeout_secs: p.timeout_secs.unwrap_or(0),
         };
         if !self.db.insert_sandbox(&row)? {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "name_taken",
+            return Err(StateError::conflict(
+                Conflict::NameTaken,
                 format!(
                     "a sandbox named {:?} already exists",
                     p.name.as_deref().unwrap_or_default()
@@ -225,7 +250,7 @@ impl Sandboxes {
     }
 
     /// Waits until the sandbox leaves `pending` or `timeout` passes; returns its row then.
-    pub async fn settle(&self, id: &str, timeout: Duration) -> Result<SandboxRow, ApiError> {
+    pub async fn settle(&self, id: &str, timeout: Duration) -> Result<SandboxRow, StateError> {
         let mut changes = self.changes.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -250,7 +275,8 @@ impl Sandboxes {
         let image = spec.image.clone();
         let deadline = p
             .max_pending_secs
-            .map(|secs| tokio::time::Instant::now() + Duration::from_secs(secs));
+            // A bound past what the clock can represent is no bound.
+            .and_then(|secs| tokio::time::Instant::now().checked_add(Duration::from_secs(secs)));
         // Waits for room, but gives its queue place back as soon as the create is deleted.
         let mut changes = self.changes.subscribe();
         let acquire = Arc::clone(&self.capacity).acquire_owned();
@@ -307,7 +333,7 @@ impl Sandboxes {
         }
         self.lock_agents().insert(id.clone(), sandbox.agent);
         self.lock_permits().insert(id.clone(), held);
-        self.running_hook(&id, &image);
+        self.announce_running(&id, &image).await;
         match self.db.mark_running(&id, now_ms()) {
             Ok(true) => {
                 tracing::info!(%id, "sandbox running");
@@ -344,7 +370,7 @@ impl Sandboxes {
         };
         self.lock_agents().remove(id);
         self.lock_permits().remove(id);
-        self.gone_hook(id);
+        self.announce_ended(id);
         self.changed();
         ended
     }
@@ -364,14 +390,33 @@ impl Sandboxes {
         }
     }
 
-    fn get_row(&self, id: &str) -> Result<SandboxRow, ApiError> {
+    fn get_row(&self, id: &str) -> Result<SandboxRow, StateError> {
         self.db
             .sandbox(id)?
-            .ok_or_else(|| ApiError::sandbox_not_found(id))
+            .ok_or_else(|| StateError::not_found(Kind::Sandbox, id))
+    }
+
+    /// The sandbox with this id, in whatever namespace it lives.
+    pub fn by_id(&self, id: &str) -> Result<Option<SandboxRow>, StateError> {
+        Ok(self.db.sandbox(id)?)
+    }
+
+    /// A namespace's sandboxes, oldest first, after `after` (`(created_at, id)` of the last
+    /// one seen), at most `limit`; live ones only unless `include_terminated`.
+    pub fn list(
+        &self,
+        namespace: &str,
+        after: Option<(i64, &str)>,
+        limit: usize,
+        include_terminated: bool,
+    ) -> Result<Vec<SandboxRow>, StateError> {
+        Ok(self
+            .db
+            .list_sandboxes(Some(namespace), after, limit, include_terminated)?)
     }
 
     /// A sandbox by id, or by name (the live one with that name, else the newest).
-    pub fn get(&self, namespace: &str, id_or_name: &str) -> Result<SandboxRow, ApiError> {
+    pub fn get(&self, namespace: &str, id_or_name: &str) -> Result<SandboxRow, StateError> {
         if let Some(row) = self.db.sandbox(id_or_name)?
             && row.namespace == namespace
         {
@@ -379,10 +424,14 @@ impl Sandboxes {
         }
         self.db
             .sandbox_by_name(namespace, id_or_name)?
-            .ok_or_else(|| ApiError::sandbox_not_found(id_or_name))
+            .ok_or_else(|| StateError::not_found(Kind::Sandbox, id_or_name))
     }
 
-    pub async fn delete(&self, namespace: &str, id_or_name: &str) -> Result<SandboxRow, ApiError> {
+    pub async fn delete(
+        &self,
+        namespace: &str,
+        id_or_name: &str,
+    ) -> Result<SandboxRow, StateError> {
         let row = self.get(namespace, id_or_name)?;
         let reason = match row.status {
             Status::Pending => Reason::Cancelled,
@@ -399,36 +448,53 @@ impl Sandboxes {
         id_or_name: &str,
         name: Option<&str>,
         timeout_secs: Option<i64>,
-    ) -> Result<SandboxRow, ApiError> {
+    ) -> Result<SandboxRow, StateError> {
         let row = self.get(namespace, id_or_name)?;
         if row.status == Status::Terminated {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "sandbox_terminated",
+            return Err(StateError::conflict(
+                Conflict::SandboxTerminated,
                 format!("sandbox {} is terminated", row.id),
             ));
         }
         if let Some(name) = name {
             validate_name(name)?;
             if !self.db.set_name(&row.id, Some(name))? {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "name_taken",
+                return Err(StateError::conflict(
+                    Conflict::NameTaken,
                     format!("a sandbox named {name:?} already exists"),
                 ));
             }
         }
         if let Some(t) = timeout_secs {
             if t < 0 {
-                return Err(ApiError::bad_request("timeout_secs must not be negative"));
+                return Err(StateError::invalid(
+                    Invalid::Request,
+                    "timeout_secs must not be negative",
+                ));
             }
             self.db.set_timeout(&row.id, t)?;
         }
         self.get_row(&row.id)
     }
 
+    /// Sets the lifetime of sandbox `id`, counted from its start (0: no limit), whatever
+    /// its namespace: for the services that run sandboxes of their own (template builds).
+    pub fn set_timeout(&self, id: &str, timeout_secs: i64) -> Result<(), StateError> {
+        self.db.set_timeout(id, timeout_secs)?;
+        Ok(())
+    }
+
+    /// Ends sandbox `id` `secs` seconds from now, unless something sets its timeout again.
+    pub fn expire_in(&self, id: &str, secs: i64) -> Result<(), StateError> {
+        if let Some(row) = self.db.sandbox(id)? {
+            let ran = (now_ms() - row.started_at.unwrap_or(row.created_at)) / 1000;
+            self.db.set_timeout(id, ran + secs)?;
+        }
+        Ok(())
+    }
+
     /// The agent of a running sandbox, connecting to it if this process has not yet.
-    pub async fn agent(&self, row: &SandboxRow) -> Result<AgentClient, ApiError> {
+    pub async fn agent(&self, row: &SandboxRow) -> Result<AgentClient, StateError> {
         if let Some(agent) = self.lock_agents().get(&row.id).cloned() {
             return Ok(agent);
         }
@@ -440,174 +506,6 @@ impl Sandboxes {
             .insert(row.id.clone(), sandbox.agent.clone());
         Ok(sandbox.agent)
     }
-
-    /// Settles the database against the runtime after a start: adopts what runs, ends what
-    /// died, removes this server's orphans. Returns (adopted, ended, orphans removed).
-    pub async fn reconcile(self: &Arc<Self>) -> Result<(usize, usize, usize), ApiError> {
-        let runtime: HashMap<String, hutch_runtime::SandboxInfo> = self
-            .backend
-            .list()
-            .await?
-            .into_iter()
-            .map(|s| (s.id.clone(), s))
-            .collect();
-        let live = self.db.live_sandboxes()?;
-        let mut adopt = Vec::new();
-        let mut ended = 0;
-        for row in &live {
-            match runtime.get(&row.id).map(|s| s.state) {
-                Some(SandboxState::Running) => adopt.push(row.clone()),
-                _ => {
-                    let reason = if row.status == Status::Pending {
-                        Reason::StartupFailed
-                    } else {
-                        Reason::Lost
-                    };
-                    self.terminate_row(&row.id, reason, Some("not running after a server restart"));
-                    if runtime.contains_key(&row.id) {
-                        self.remove_runtime(&row.id).await;
-                    }
-                    ended += 1;
-                }
-            }
-        }
-        let attaches = adopt.into_iter().map(|row| {
-            let this = Arc::clone(self);
-            tokio::spawn(async move {
-                match this.backend.attach(&row.id).await {
-                    Ok(sandbox) => {
-                        this.lock_agents().insert(row.id.clone(), sandbox.agent);
-                        this.running_hook(&row.id, &row.image);
-                        if let (Ok(admitted), Ok(capacity)) = (
-                            Arc::clone(&this.admission).try_acquire_owned(),
-                            Arc::clone(&this.capacity).try_acquire_owned(),
-                        ) {
-                            let held = Held {
-                                _admitted: admitted,
-                                _capacity: capacity,
-                            };
-                            this.lock_permits().insert(row.id.clone(), held);
-                        }
-                        if row.status == Status::Pending {
-                            let _ = this.db.mark_running(&row.id, now_ms());
-                        }
-                        true
-                    }
-                    Err(e) => {
-                        tracing::warn!(id = %row.id, error = %e, "could not adopt sandbox");
-                        this.terminate_row(&row.id, Reason::Lost, Some(&e.to_string()));
-                        this.remove_runtime(&row.id).await;
-                        false
-                    }
-                }
-            })
-        });
-        let mut adopted = 0;
-        for task in attaches.collect::<Vec<_>>() {
-            match task.await {
-                Ok(true) => adopted += 1,
-                _ => ended += 1,
-            }
-        }
-        let live_ids: std::collections::HashSet<String> = self
-            .db
-            .live_sandboxes()?
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
-        let mut orphans = 0;
-        for (id, info) in &runtime {
-            let ours = info.spec.labels.get(OWNER_LABEL).map(String::as_str) == Some(OWNER);
-            if ours && !live_ids.contains(id) {
-                tracing::info!(%id, "removing orphaned sandbox");
-                self.remove_runtime(id).await;
-                orphans += 1;
-            }
-        }
-        self.changed();
-        Ok((adopted, ended, orphans))
-    }
-
-    /// Enforces timeouts and notices sandboxes that died on their own. Runs forever.
-    pub async fn monitor(self: Arc<Self>) {
-        let mut ticks = 0u32;
-        loop {
-            tokio::time::sleep(TICK).await;
-            ticks = ticks.wrapping_add(1);
-            let Ok(live) = self.db.live_sandboxes() else {
-                continue;
-            };
-            let now = now_ms();
-            for row in &live {
-                if row.deadline_ms().is_some_and(|d| d <= now) {
-                    tracing::info!(id = %row.id, "sandbox timed out");
-                    if self.terminate_row(&row.id, Reason::Timeout, None) {
-                        let this = Arc::clone(&self);
-                        let id = row.id.clone();
-                        tokio::spawn(async move { this.remove_runtime(&id).await });
-                    }
-                }
-            }
-            if ticks.is_multiple_of(PURGE_EVERY) {
-                self.purge(now);
-            }
-            if !ticks.is_multiple_of(LIVENESS_EVERY) {
-                continue;
-            }
-            let Ok(runtime) = self.backend.list().await else {
-                continue;
-            };
-            let running: std::collections::HashSet<&str> = runtime
-                .iter()
-                .filter(|s| s.state == SandboxState::Running)
-                .map(|s| s.id.as_str())
-                .collect();
-            for row in live.iter().filter(|r| r.status == Status::Running) {
-                // Re-read: it may have ended since the list above.
-                let still_running = self
-                    .db
-                    .sandbox(&row.id)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|r| r.status == Status::Running);
-                // Confirmed by a second look a moment later: one scan can catch runsc in the
-                // middle of rewriting a state file, and a live sandbox must not be ended for it.
-                let dead = still_running && !running.contains(row.id.as_str()) && {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    !matches!(
-                        self.backend.inspect(&row.id).await,
-                        Ok(info) if info.state == SandboxState::Running
-                    )
-                };
-                if dead {
-                    tracing::warn!(id = %row.id, "sandbox died");
-                    self.terminate_row(
-                        &row.id,
-                        Reason::Lost,
-                        Some("the sandbox exited on its own"),
-                    );
-                    let this = Arc::clone(&self);
-                    let id = row.id.clone();
-                    tokio::spawn(async move { this.remove_runtime(&id).await });
-                }
-            }
-        }
-    }
-}
-
-impl Sandboxes {
-    /// Forgets sandboxes that ended more than the retention ago, a batch at a time.
-    fn purge(&self, now: i64) {
-        let retention = i64::try_from(self.limits.retention.as_millis()).unwrap_or(i64::MAX);
-        match self
-            .db
-            .purge_terminated(now.saturating_sub(retention), PURGE_BATCH)
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(rows = n, "purged terminated sandboxes"),
-            Err(e) => tracing::warn!(error = %e, "purging terminated sandboxes"),
-        }
-    }
 }
 
 /// Resolves at `deadline`, or never without one.
@@ -618,17 +516,16 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-fn not_running(row: &SandboxRow) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        "sandbox_not_running",
+fn not_running(row: &SandboxRow) -> StateError {
+    StateError::conflict(
+        Conflict::SandboxNotRunning,
         format!("sandbox {} is {}", row.id, row.status.as_str()),
     )
 }
 
 /// Names: 1-63 characters of `a-z`, `0-9` and `-`, starting with a letter or digit (they
 /// are used as DNS labels in `<name>.local`).
-pub fn validate_name(name: &str) -> Result<(), ApiError> {
+pub fn validate_name(name: &str) -> Result<(), StateError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -639,9 +536,8 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_name",
+        Err(StateError::invalid(
+            Invalid::SandboxName,
             format!(
                 "invalid sandbox name {name:?}: use 1-63 characters of a-z, 0-9 and '-', \
                  not starting or ending with '-'"
@@ -650,21 +546,23 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-fn new_id() -> Result<String, ApiError> {
-    random_hex(10)
+fn new_id() -> Result<String, StateError> {
+    Ok(hutch_wire::ids::sandbox_id()?)
 }
 
-/// `len` random bytes, hex-encoded (ids, key secrets).
-pub(crate) fn random_hex(len: usize) -> Result<String, ApiError> {
-    let mut bytes = vec![0u8; len];
-    let file = std::fs::File::open("/dev/urandom").map_err(ApiError::internal)?;
-    std::io::Read::read_exact(&mut &file, &mut bytes).map_err(ApiError::internal)?;
-    Ok(hex::encode(bytes))
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// Namespaces: 1-63 characters of `a-z`, `0-9`, `-` and `_`.
+pub fn validate_namespace(ns: &str) -> Result<(), StateError> {
+    let ok = !ns.is_empty()
+        && ns.len() <= 63
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::invalid(
+            Invalid::Namespace,
+            format!("invalid namespace {ns:?}: use 1-63 characters of a-z, 0-9, '-' and '_'"),
+        ))
+    }
 }

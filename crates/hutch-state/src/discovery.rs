@@ -62,7 +62,7 @@ pub fn publish(home: &Path, api: SocketAddr) -> std::io::Result<Published> {
     };
     let published = Published {
         api: format!("http://{}", SocketAddr::new(ip, api.port())),
-        nonce: random_bytes(32)?,
+        nonce: hutch_wire::ids::random_bytes(32)?,
     };
     let body = serde_json::json!({"api": published.api, "nonce": hex::encode(&published.nonce)});
     let tmp = home.join(format!(".{SERVE_FILE}.{}", std::process::id()));
@@ -105,14 +105,7 @@ pub fn read(home: &Path) -> Option<Published> {
 
 /// A fresh random challenge, hex.
 pub fn challenge() -> std::io::Result<String> {
-    random_bytes(32).map(hex::encode)
-}
-
-fn random_bytes(len: usize) -> std::io::Result<Vec<u8>> {
-    let mut bytes = vec![0u8; len];
-    let file = std::fs::File::open("/dev/urandom")?;
-    std::io::Read::read_exact(&mut &file, &mut bytes)?;
-    Ok(bytes)
+    hutch_wire::ids::random_hex(32)
 }
 
 /// HMAC (RFC 2104) over SHA-256.

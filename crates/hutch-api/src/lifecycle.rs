@@ -1,0 +1,415 @@
+//! The lifecycle API's bodies: create, get, list, update and delete sandboxes.
+//!
+//! Requests refuse unknown fields (a misspelt option is a 400, not silently ignored), as the
+//! Tensorlake server does; the SDKs omit what they leave unset.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// `POST .../sandboxes`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandboxRequest {
+    /// A template (name or id) or an image reference; the default template when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<CreateSandboxResources>,
+    /// Lifetime in seconds, counted from the start; 0 for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    pub timeout_secs: Option<i64>,
+    /// The command the sandbox starts with; a template's ENTRYPOINT and CMD when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkConfig>,
+    /// Restore from a snapshot (not supported yet: 400 `unsupported_capability`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// `false` requires a `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_resume: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_unauthenticated_access: Option<bool>,
+    /// Ports routed through the proxy (none yet: a non-empty list is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposed_ports: Option<Vec<u16>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    pub name: Option<String>,
+    /// File systems to mount (not supported yet: a non-empty list is refused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_systems: Vec<FileSystemMount>,
+    /// `false`: answer 202 with [`SandboxAccepted`] as soon as the sandbox is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<bool>,
+    /// Longest the sandbox may wait for capacity before it fails with `no_capacity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_secs: Option<u64>,
+    /// Hutch extension: environment for the entrypoint and processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+/// Resources asked for at create; `-1` (what the SDK sends for "unset") means the default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandboxResources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
+    /// This host has none to give: a non-empty list is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<Vec<GpuResources>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GpuResources {
+    pub count: u32,
+    pub model: String,
+}
+
+/// An egress policy; only "no internet" (`allow_internet_access: false`, no `allow_out`)
+/// can be honoured today.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    #[serde(default = "yes")]
+    pub allow_internet_access: bool,
+    #[serde(default)]
+    pub allow_out: Vec<String>,
+    #[serde(default)]
+    pub deny_out: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A file system mount as the SDKs send it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileSystemMount {
+    pub file_system_id: String,
+    pub mount_path: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prefetch: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// How a blocking create ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CreateOutcome {
+    /// 200: the sandbox runs.
+    Running,
+    /// 504: still pending when the client's timeout ran out.
+    Timeout,
+    /// 422: it failed to start.
+    Failed,
+}
+
+/// The answer to a blocking create.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreateSandboxResponse {
+    pub sandbox_id: String,
+    pub status: CreateOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The sandbox proxy's address (`running` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<TerminationReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_reason: Option<TerminationReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_details: Option<ErrorDetails>,
+}
+
+/// The 202 answer to a create with `wait: false`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxAccepted {
+    pub sandbox_id: String,
+    /// Always `pending`.
+    pub state: SandboxStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxStatus {
+    Pending,
+    Running,
+    Terminated,
+}
+
+impl SandboxStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Terminated => "terminated",
+        }
+    }
+}
+
+/// Why a sandbox ended; the first reason recorded wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminationReason {
+    UserRequested,
+    Cancelled,
+    Timeout,
+    StartupFailed,
+    NoCapacity,
+    /// It died while nobody asked (runtime crash, host reboot, found dead after a restart).
+    Lost,
+}
+
+/// `error_details` of a sandbox that failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetails {
+    pub message: Option<String>,
+}
+
+/// The resources a sandbox has.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ContainerResources {
+    pub cpus: f64,
+    pub memory_mb: i64,
+    pub disk_mb: i64,
+}
+
+/// One sandbox, in the SDK's `SandboxInfo` shape. It carries `sandbox_id` only: the SDK
+/// takes `id` as an alias and refuses a body with both.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxInfo {
+    pub sandbox_id: String,
+    pub namespace: String,
+    pub status: SandboxStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The template's name for a sandbox made from one (as it was asked for), else the
+    /// store image's name.
+    pub image: String,
+    /// Always `gvisor`.
+    pub runtime: String,
+    pub resources: ContainerResources,
+    /// 0 for none.
+    pub timeout_secs: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    pub network_policy: NetworkConfig,
+    pub auto_resume: bool,
+    pub allow_unauthenticated_access: bool,
+    pub file_systems: Vec<FileSystemMount>,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// `running` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_url: Option<String>,
+    /// `pending` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
+    /// `terminated` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_reason: Option<TerminationReason>,
+    /// `terminated` only; the same as `termination_reason`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<TerminationReason>,
+    /// Milliseconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminated_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_details: Option<ErrorDetails>,
+    /// Hutch extension: the template it was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_id: Option<String>,
+}
+
+/// `GET .../sandboxes`: a page, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ListSandboxesResponse {
+    pub sandboxes: Vec<SandboxInfo>,
+    /// Where the next page starts; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `GET .../sandboxes?cursor=&limit=&include_terminated=`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListSandboxesQuery {
+    /// The `cursor` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+    /// Hutch extension: include terminated sandboxes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_terminated: bool,
+}
+
+/// `PATCH .../sandboxes/{id}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSandboxRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_resume: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_unauthenticated_access: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposed_ports: Option<Vec<u16>>,
+    /// Absent: keep; `null`: unrestricted egress (refused today); an object: replace.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<NetworkConfig>)]
+    pub network: Option<Option<NetworkConfig>>,
+    /// Live resize (not supported yet: refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResizeSandboxResources>,
+    /// Hutch extension: a new lifetime in seconds, counted from the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    pub timeout_secs: Option<i64>,
+}
+
+/// Distinguishes a present `null` from an absent key.
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<NetworkConfig>>, D::Error> {
+    Option::<NetworkConfig>::deserialize(d).map(Some)
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeSandboxResources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
+}
+
+/// `POST .../sandboxes/{id}/{action}`: lifecycle actions the gvisor backend does not offer
+/// yet (501 `unsupported_capability` once the sandbox is found).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxAction {
+    Suspend,
+    Resume,
+    Snapshot,
+    Snapshots,
+    Copy,
+    FileSystems,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_running_sandbox_serializes_as_the_server_answers() {
+        let info = SandboxInfo {
+            sandbox_id: "sbx1".into(),
+            namespace: "default".into(),
+            status: SandboxStatus::Running,
+            name: Some("web".into()),
+            image: "busybox:latest".into(),
+            runtime: "gvisor".into(),
+            resources: ContainerResources {
+                cpus: 1.0,
+                memory_mb: 1024,
+                disk_mb: 0,
+            },
+            timeout_secs: 0,
+            entrypoint: None,
+            network_policy: NetworkConfig {
+                allow_internet_access: false,
+                allow_out: vec![],
+                deny_out: vec![],
+            },
+            auto_resume: true,
+            allow_unauthenticated_access: false,
+            file_systems: vec![],
+            created_at: 5,
+            sandbox_url: Some("http://127.0.0.1:9443".into()),
+            pending_reason: None,
+            termination_reason: None,
+            outcome: None,
+            terminated_at: None,
+            error_details: None,
+            template_id: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&info).unwrap(),
+            json!({
+                "sandbox_id": "sbx1", "namespace": "default", "status": "running", "name": "web",
+                "image": "busybox:latest", "runtime": "gvisor",
+                "resources": {"cpus": 1.0, "memory_mb": 1024, "disk_mb": 0},
+                "timeout_secs": 0,
+                "network_policy": {"allow_internet_access": false, "allow_out": [], "deny_out": []},
+                "auto_resume": true, "allow_unauthenticated_access": false, "file_systems": [],
+                "created_at": 5, "sandbox_url": "http://127.0.0.1:9443",
+            })
+        );
+    }
+
+    #[test]
+    fn a_failed_create_carries_its_reason_and_details() {
+        let failed = CreateSandboxResponse {
+            sandbox_id: "sbx1".into(),
+            status: CreateOutcome::Failed,
+            name: None,
+            sandbox_url: None,
+            reason: Some(TerminationReason::StartupFailed),
+            termination_reason: Some(TerminationReason::StartupFailed),
+            error_details: Some(ErrorDetails { message: None }),
+        };
+        assert_eq!(
+            serde_json::to_value(&failed).unwrap(),
+            json!({"sandbox_id": "sbx1", "status": "failed", "reason": "startup_failed",
+                   "termination_reason": "startup_failed", "error_details": {"message": null}})
+        );
+    }
+
+    #[test]
+    fn requests_refuse_unknown_fields_and_keep_an_explicit_null_network() {
+        assert!(serde_json::from_str::<CreateSandboxRequest>(r#"{"imag": "x"}"#).is_err());
+        let sdk: CreateSandboxRequest = serde_json::from_value(json!({
+            "image": "t", "resources": {"cpus": -1.0, "memory_mb": -1},
+            "network": {"allow_internet_access": false}, "wait": false
+        }))
+        .unwrap();
+        assert_eq!(sdk.resources.unwrap().memory_mb, Some(-1));
+        assert_eq!(sdk.network.unwrap().allow_out, Vec::<String>::new());
+        let keep: UpdateSandboxRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(keep.network, None);
+        let clear: UpdateSandboxRequest = serde_json::from_str(r#"{"network": null}"#).unwrap();
+        assert_eq!(clear.network, Some(None));
+    }
+}

@@ -1,0 +1,355 @@
+//! COPY and ADD (and WORKDIR's directory): files staged in a scratch directory, with the
+//! image's parent directories, that becomes the step's layer. ADD of a local archive unpacks
+//! it through the store's hardened extractor.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::BuildRequest;
+use super::Engine;
+use super::state::State;
+use crate::context::{EntryKind, digest_sources, resolve_sources, walk};
+use crate::error::BuildError;
+use crate::ignore::DockerIgnore;
+use crate::merged::{MergedView, resolve_owner};
+
+impl Engine<'_> {
+    /// WORKDIR creates its directory when the image lacks it (a small layer), owned by the
+    /// current USER like the parents it creates, as buildah does.
+    pub(super) async fn ensure_dir(&self, state: &mut State, dir: &str) -> Result<(), BuildError> {
+        if self.cached(state)? {
+            return Ok(());
+        }
+        // One read-only view of the image serves the lookups and the parents' metadata.
+        let view = self.view(state)?;
+        let user = state.config["config"]["User"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let owner = if user.is_empty() {
+            (0, 0)
+        } else {
+            resolve_owner(&view, &user).unwrap_or((0, 0))
+        };
+        if view.is_dir(dir) {
+            drop(view);
+            self.commit(state).await?;
+            return Ok(());
+        }
+        let scratch =
+            tempfile::tempdir().map_err(|e| BuildError::io("creating a scratch directory", e))?;
+        let staged = scratch.path().join("tree");
+        stage_parents(
+            &view,
+            &staged,
+            &format!("{}/x", dir.trim_end_matches('/')),
+            Some(owner),
+        )?;
+        drop(view);
+        self.add_layer_from(state, &staged, &[]).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn copy(
+        &self,
+        state: &mut State,
+        req: &BuildRequest,
+        ignore: &DockerIgnore,
+        stage: usize,
+        line: usize,
+        sources: &[String],
+        dest: &str,
+        from: Option<&State>,
+        chown: Option<&str>,
+        chmod: Option<&str>,
+        add: bool,
+    ) -> Result<(), BuildError> {
+        let file = &req.dockerfile_name;
+        let err = |message: String| BuildError::Dockerfile {
+            file: file.clone(),
+            line,
+            message,
+        };
+        let verb = if add { "ADD" } else { "COPY" };
+        let from_view = match from {
+            Some(s) => Some(self.view(s)?),
+            None => None,
+        };
+        let no_ignore = DockerIgnore::parse("");
+        let (root, ign): (&Path, &DockerIgnore) = match &from_view {
+            Some(v) => (v.root(), &no_ignore),
+            None => (&req.context, ignore),
+        };
+        let entries =
+            resolve_sources(root, ign, sources).map_err(|e| err(format!("{verb}: {e}")))?;
+        let inputs =
+            digest_sources(&entries, ign, root).map_err(|e| err(format!("{verb}: {e}")))?;
+        let text = format!("{verb} {} {dest}", sources.join(" "));
+        state.chain(
+            format!(
+                "{text} chown={chown:?} chmod={chmod:?} from={} inputs={inputs}",
+                from.map_or("", |s| s.key.as_str())
+            )
+            .as_bytes(),
+        );
+        if self.cached(state)? {
+            self.step(stage, line, &text, true);
+            return Ok(());
+        }
+        self.step(stage, line, &text, false);
+        let absolute = if dest.starts_with('/') {
+            dest.to_string()
+        } else {
+            format!("{}/{dest}", state.workdir().trim_end_matches('/'))
+        };
+        let view = self.view(state)?;
+        let owner = match chown {
+            Some(spec) => {
+                Some(resolve_owner(&view, spec).map_err(|e| err(format!("{verb} --chown: {e}")))?)
+            }
+            None => None,
+        };
+        let dest_is_dir = view.is_dir(&absolute);
+        // Docker: a destination ending in `/` (or `.`), several sources, a directory source
+        // or an existing directory is a directory to copy into; otherwise the file's new path.
+        let into_dir = absolute.ends_with('/')
+            || absolute.ends_with("/.")
+            || dest == "."
+            || entries.len() > 1
+            || dest_is_dir
+            || entries.iter().any(|e| matches!(e.kind, EntryKind::Dir));
+        let mode = match chmod {
+            Some(m) => Some(
+                u32::from_str_radix(m, 8)
+                    .map_err(|_| err(format!("{verb} --chmod={m}: not an octal mode")))?,
+            ),
+            None => None,
+        };
+        let scratch =
+            tempfile::tempdir().map_err(|e| BuildError::io("creating a scratch directory", e))?;
+        let staged = scratch.path().join("tree");
+        std::fs::create_dir_all(&staged).map_err(|e| BuildError::io("staging", e))?;
+        let dest_rel = PathBuf::from(
+            absolute
+                .trim_start_matches('/')
+                .trim_end_matches('.')
+                .trim_end_matches('/'),
+        );
+        let parent_of = if into_dir {
+            format!("/{}/x", dest_rel.display())
+        } else {
+            format!("/{}", dest_rel.display())
+        };
+        stage_parents(&view, &staged, &parent_of, owner)?;
+        drop(view);
+        let keep_owners = from.is_some();
+        // Hardlinked files stay hardlinked (within this COPY), as buildah keeps them.
+        let mut links: std::collections::HashMap<(u64, u64), PathBuf> =
+            std::collections::HashMap::new();
+        for entry in &entries {
+            let base = if into_dir {
+                match entry.kind {
+                    EntryKind::Dir => staged.join(&dest_rel),
+                    _ => staged
+                        .join(&dest_rel)
+                        .join(entry.rel.file_name().unwrap_or_default()),
+                }
+            } else {
+                staged.join(&dest_rel)
+            };
+            if add && matches!(entry.kind, EntryKind::File) && looks_like_tar(&entry.abs) {
+                let dir = if into_dir {
+                    staged.join(&dest_rel)
+                } else {
+                    base.clone()
+                };
+                std::fs::create_dir_all(&dir).map_err(|e| BuildError::io("staging", e))?;
+                extract_tar(&entry.abs, &dir, self.store.unpack_limits())
+                    .map_err(|e| err(format!("ADD {}: {e}", entry.rel.display())))?;
+                continue;
+            }
+            let items = walk(root, entry, ign).map_err(|e| err(format!("{verb}: {e}")))?;
+            for item in &items {
+                // A `.` source's items are named from the context root.
+                let sub = if entry.rel == Path::new(".") {
+                    if item.rel == Path::new(".") {
+                        Path::new("")
+                    } else {
+                        item.rel.as_path()
+                    }
+                } else {
+                    item.rel.strip_prefix(&entry.rel).unwrap_or(Path::new(""))
+                };
+                let target = if sub.as_os_str().is_empty() {
+                    base.clone()
+                } else {
+                    base.join(sub)
+                };
+                let is_dest_dir =
+                    matches!(entry.kind, EntryKind::Dir) && sub.as_os_str().is_empty();
+                if let Ok(meta) = std::fs::symlink_metadata(&item.abs)
+                    && meta.is_file()
+                    && meta.nlink() > 1
+                {
+                    if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
+                        let _ = std::fs::remove_file(&target);
+                        std::fs::hard_link(first, &target)
+                            .map_err(|e| err(format!("{verb} {}: {e}", item.rel.display())))?;
+                        continue;
+                    }
+                    links.insert((meta.dev(), meta.ino()), target.clone());
+                }
+                copy_item(&item.abs, &target, owner, mode, keep_owners, is_dest_dir)
+                    .map_err(|e| err(format!("{verb} {}: {e}", item.rel.display())))?;
+            }
+        }
+        if into_dir {
+            let d = staged.join(&dest_rel);
+            std::fs::create_dir_all(&d).map_err(|e| BuildError::io("staging", e))?;
+        }
+        self.add_layer_from(state, &staged, &[]).await
+    }
+}
+
+/// Creates `path`'s parent directories under `staged`: each with the metadata it has in the
+/// image (`view`) when it exists there (a layer's directory entry replaces the one below),
+/// else as root 0755, or owned by `owner` when the instruction names one.
+fn stage_parents(
+    view: &MergedView,
+    staged: &Path,
+    path: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<(), BuildError> {
+    let mut rel = PathBuf::new();
+    let comps: Vec<&str> = path
+        .trim_start_matches('/')
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    for comp in &comps[..comps.len().saturating_sub(1)] {
+        rel.push(comp);
+        let target = staged.join(&rel);
+        std::fs::create_dir_all(&target).map_err(|e| BuildError::io("staging a directory", e))?;
+        // Image content: looked up as the image sees it, never through a host symlink.
+        match view.metadata(&rel) {
+            Ok(meta) if meta.is_dir() => {
+                let _ = std::fs::set_permissions(
+                    &target,
+                    std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+                );
+                let _ = std::os::unix::fs::chown(&target, Some(meta.uid()), Some(meta.gid()));
+                if let Ok(real) = view.real_path(&rel) {
+                    copy_mtime(&real, &target);
+                }
+            }
+            _ => {
+                let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755));
+                let (uid, gid) = owner.unwrap_or((0, 0));
+                let _ = std::os::unix::fs::chown(&target, Some(uid), Some(gid));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn copy_mtime(from: &Path, to: &Path) {
+    if let Ok(meta) = std::fs::symlink_metadata(from) {
+        let times = [
+            libc::timespec {
+                tv_sec: meta.atime(),
+                tv_nsec: meta.atime_nsec(),
+            },
+            libc::timespec {
+                tv_sec: meta.mtime(),
+                tv_nsec: meta.mtime_nsec(),
+            },
+        ];
+        if let Ok(c) =
+            std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(to.as_os_str()))
+        {
+            // SAFETY: valid path and times array.
+            unsafe {
+                libc::utimensat(
+                    libc::AT_FDCWD,
+                    c.as_ptr(),
+                    times.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            };
+        }
+    }
+}
+
+/// Copies one item (a file, a symlink, or a directory without its contents) to `dst`,
+/// keeping modes and times. Owners become `owner` when given, else root (Docker's rule for
+/// the context), while content from another stage or image keeps its owners. `--chmod`
+/// applies to everything copied except the destination directory itself (buildah).
+fn copy_item(
+    src: &Path,
+    dst: &Path,
+    owner: Option<(u32, u32)>,
+    mode: Option<u32>,
+    keep_owners: bool,
+    is_dest_dir: bool,
+) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(src)?;
+    if let Some(parent) = dst.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let (uid, gid) = owner.unwrap_or(if keep_owners {
+        (meta.uid(), meta.gid())
+    } else {
+        (0, 0)
+    });
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(src)?;
+        let _ = std::fs::remove_file(dst);
+        std::os::unix::fs::symlink(target, dst)?;
+        std::os::unix::fs::lchown(dst, Some(uid), Some(gid))?;
+    } else if meta.is_dir() {
+        std::fs::create_dir_all(dst)?;
+        let m = match mode {
+            Some(m) if !is_dest_dir => m,
+            _ => meta.mode() & 0o7777,
+        };
+        std::fs::set_permissions(dst, std::fs::Permissions::from_mode(m))?;
+        std::os::unix::fs::chown(dst, Some(uid), Some(gid))?;
+    } else {
+        std::fs::copy(src, dst)?;
+        std::os::unix::fs::chown(dst, Some(uid), Some(gid))?;
+        std::fs::set_permissions(
+            dst,
+            std::fs::Permissions::from_mode(mode.unwrap_or(meta.mode() & 0o7777)),
+        )?;
+    }
+    copy_mtime(src, dst);
+    Ok(())
+}
+
+fn looks_like_tar(path: &Path) -> bool {
+    let mut head = [0u8; 512];
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let n = std::io::Read::read(&mut f, &mut head).unwrap_or(0);
+    head.starts_with(&[0x1f, 0x8b])
+        || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+        || (n >= 262 && &head[257..262] == b"ustar")
+}
+
+/// ADD of a local archive: its contents, extracted into `dir` by the store's hardened
+/// unpacker, under the rules and the budget an image layer gets (no path out of `dir`, no
+/// device nodes, host-only xattrs dropped, sparse files sparse): a build context is as
+/// untrusted as an image.
+fn extract_tar(
+    path: &Path,
+    dir: &Path,
+    limits: hutch_store::UnpackLimits,
+) -> Result<(), hutch_store::StoreError> {
+    let what = format!("ADD archive {}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| hutch_store::StoreError::Io {
+        context: format!("opening {what}"),
+        source: e,
+    })?;
+    hutch_store::unpack_archive(file, dir, &what, limits).map(|_| ())
+}

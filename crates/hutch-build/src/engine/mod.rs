@@ -1,0 +1,572 @@
+//! The build engine: a Dockerfile's stages into images in the store. Every RUN runs in a
+//! sandbox over the layers so far and its writes (the sandbox's writable layer) become the
+//! next layer; COPY and ADD stage their files in a directory that becomes a layer the same
+//! way. Every step's result is an image in the store named by a key over its parent's key,
+//! the instruction and its inputs, so an unchanged step is found and not run again.
+//!
+//! This module drives the stages and their instructions; [`state`] is a stage's result so
+//! far (layers, config, cache key), [`commit`] writes layers and records images, [`copy`]
+//! stages COPY, ADD and WORKDIR content, and [`run`] runs RUN in a sandbox. The engine
+//! reaches sandboxes only through [`Backend`]: any backend that offers
+//! [`CapabilityName::SandboxWritableLayer`] can build.
+
+mod commit;
+mod copy;
+mod run;
+mod state;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use hutch_runtime::{Backend, CapabilityName};
+use hutch_store::{Image, Store};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::dockerfile::{self, ArgDecl, Command, Dockerfile, Kind, Stage};
+use crate::error::BuildError;
+use crate::expand::expand;
+use crate::ignore::DockerIgnore;
+use crate::merged::MergedView;
+pub use run::{OWNER_LABEL, sweep_orphans};
+use state::State;
+
+/// Store names of cached steps: `hutch-build/step:<key>`.
+pub const CACHE_REPO: &str = "hutch-build/step";
+
+pub struct BuildRequest {
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The Dockerfile's text, and how to name it in messages.
+    pub dockerfile: String,
+    pub dockerfile_name: String,
+    /// The name the result gets in the store.
+    pub tag: Option<String>,
+    pub build_args: BTreeMap<String, String>,
+    /// Build up to this stage (default: the last).
+    pub target: Option<String>,
+    /// Limits of every RUN's sandbox: a RUN past `memory_mb` is killed and reported out of
+    /// memory, naming its line.
+    pub memory_mb: Option<u64>,
+    pub cpus: Option<f64>,
+}
+
+/// What a build reports while it works.
+#[derive(Debug, Clone)]
+pub enum BuildEvent {
+    Step {
+        stage: usize,
+        line: usize,
+        text: String,
+        cached: bool,
+    },
+    Output {
+        stderr: bool,
+        data: bytes::Bytes,
+    },
+    Warning {
+        line: usize,
+        message: String,
+    },
+}
+
+/// The store image of a registered template's name, if there is such a template.
+pub type TemplateResolver = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+pub struct Engine<'a> {
+    pub backend: &'a dyn Backend,
+    pub store: &'a Store,
+    pub registry: &'a hutch_registry::Client,
+    pub events: &'a (dyn Fn(BuildEvent) + Send + Sync),
+    /// Registered templates: the store image of a template name, looked up before the
+    /// store and the registry for `FROM` and `COPY --from`.
+    pub templates: Option<&'a TemplateResolver>,
+}
+
+fn cmd_json(command: &Command) -> Value {
+    match command {
+        Command::Exec(argv) => json!(argv),
+        Command::Shell(text) => json!(["/bin/sh", "-c", text]),
+    }
+}
+
+impl Engine<'_> {
+    pub async fn build(&self, req: &BuildRequest) -> Result<Image, BuildError> {
+        let file = req.dockerfile_name.clone();
+        let syntax = |line: usize, message: String| BuildError::Dockerfile {
+            file: file.clone(),
+            line,
+            message,
+        };
+        let parsed: Dockerfile =
+            dockerfile::parse(&req.dockerfile).map_err(|e| syntax(e.line, e.message.clone()))?;
+        // The context may be a client's upload: a `.dockerignore` symlink is not followed.
+        let ignore_text =
+            hutch_store::rooted::read_no_follow(&req.context, Path::new(".dockerignore"), 1 << 20)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+        let ignore = DockerIgnore::parse(&ignore_text);
+
+        // Global ARGs: visible to FROM lines only, unless redeclared in a stage.
+        let mut global: BTreeMap<String, String> = BTreeMap::new();
+        for ArgDecl { name, default, .. } in &parsed.global_args {
+            let value = req
+                .build_args
+                .get(name)
+                .cloned()
+                .or_else(|| {
+                    default
+                        .as_ref()
+                        .map(|d| expand_with(d, &global, parsed.escape))
+                        .transpose()
+                        .ok()
+                        .flatten()
+                })
+                .unwrap_or_default();
+            global.insert(name.clone(), value);
+        }
+        let last = match &req.target {
+            Some(t) => parsed
+                .stages
+                .iter()
+                .position(|s| s.name.as_deref() == Some(t.to_lowercase().as_str()))
+                .ok_or_else(|| syntax(1, format!("no stage named {t:?} to build (--target)")))?,
+            None => parsed.stages.len().saturating_sub(1),
+        };
+        // RUN needs the sandbox's writes back: refuse before any work, not at the first RUN.
+        let capabilities = self.backend.capabilities();
+        let runs = parsed.stages[..=last.min(parsed.stages.len().saturating_sub(1))]
+            .iter()
+            .flat_map(|s| &s.instructions)
+            .any(|i| matches!(i.kind, Kind::Run(_)));
+        if runs && !capabilities.is_supported(CapabilityName::SandboxWritableLayer) {
+            return Err(hutch_runtime::RuntimeError::unsupported(
+                self.backend.name(),
+                &capabilities,
+                CapabilityName::SandboxWritableLayer,
+            )
+            .into());
+        }
+        let mut done: Vec<State> = Vec::new();
+        for (index, stage) in parsed.stages.iter().enumerate().take(last + 1) {
+            let state = self
+                .stage(req, &parsed, index, stage, &global, &done, &ignore)
+                .await?;
+            done.push(state);
+        }
+        let final_state = done.pop().ok_or_else(|| syntax(1, "no FROM".into()))?;
+        let cached = self.commit(&final_state).await?;
+        match &req.tag {
+            Some(tag) => {
+                let image = self.commit_as(&final_state, tag).await?;
+                Ok(image)
+            }
+            None => Ok(cached),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn stage(
+        &self,
+        req: &BuildRequest,
+        parsed: &Dockerfile,
+        index: usize,
+        stage: &Stage,
+        global: &BTreeMap<String, String>,
+        done: &[State],
+        ignore: &DockerIgnore,
+    ) -> Result<State, BuildError> {
+        let file = &req.dockerfile_name;
+        let err = |line: usize, message: String| BuildError::Dockerfile {
+            file: file.clone(),
+            line,
+            message,
+        };
+        let escape = parsed.escape;
+        let base = expand_with(&stage.base, global, escape).map_err(|e| err(stage.line, e))?;
+        if base.trim().is_empty() {
+            return Err(err(
+                stage.line,
+                format!(
+                    "FROM {}: the base image name is empty after expansion (a build-arg not given?)",
+                    stage.base
+                ),
+            ));
+        }
+        (self.events)(BuildEvent::Step {
+            stage: index,
+            line: stage.line,
+            text: format!("FROM {base}"),
+            cached: false,
+        });
+        let mut state = if base.eq_ignore_ascii_case("scratch") {
+            State::scratch()
+        } else if let Some(i) = parsed.stages[..index]
+            .iter()
+            .position(|s| s.name.as_deref() == Some(base.to_lowercase().as_str()))
+        {
+            done[i].clone()
+        } else {
+            self.image_state(&base)
+                .await
+                .map_err(|e| err(stage.line, e.to_string()))?
+        };
+        state.stage_env.clear();
+        state.cmd_set = false;
+        // ARGs in scope for this stage; build args apply to declared ones only.
+        let mut args: BTreeMap<String, String> = BTreeMap::new();
+        for instruction in &stage.instructions {
+            let line = instruction.line;
+            let lookup = |args: &BTreeMap<String, String>, state: &State, name: &str| {
+                state.env_lookup(name).or_else(|| args.get(name).cloned())
+            };
+            let ex = |word: &str, args: &BTreeMap<String, String>, state: &State| {
+                expand(word, &|n| lookup(args, state, n), escape).map_err(|e| err(line, e))
+            };
+            match &instruction.kind {
+                Kind::Arg(decls) => {
+                    for d in decls {
+                        let value = match req.build_args.get(&d.name) {
+                            Some(v) => v.clone(),
+                            None => match &d.default {
+                                Some(def) => ex(def, &args, &state)?,
+                                None => global.get(&d.name).cloned().unwrap_or_default(),
+                            },
+                        };
+                        args.insert(d.name.clone(), value);
+                    }
+                    self.step(
+                        index,
+                        line,
+                        &format!(
+                            "ARG {}",
+                            decls
+                                .iter()
+                                .map(|d| d.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        ),
+                        true,
+                    );
+                }
+                Kind::Env(pairs) => {
+                    for (k, v) in pairs {
+                        let v = ex(v, &args, &state)?;
+                        state.set_env(k, &v);
+                    }
+                    state.chain(format!("ENV {pairs:?}").as_bytes());
+                    self.step(
+                        index,
+                        line,
+                        &format!(
+                            "ENV {}",
+                            pairs
+                                .iter()
+                                .map(|(k, _)| k.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        ),
+                        true,
+                    );
+                }
+                Kind::Workdir(dir) => {
+                    let dir = ex(dir, &args, &state)?;
+                    let dir = if dir.starts_with('/') {
+                        dir
+                    } else {
+                        format!("{}/{dir}", state.workdir().trim_end_matches('/'))
+                    };
+                    state.config["config"]["WorkingDir"] = json!(dir);
+                    state.chain(format!("WORKDIR {dir}").as_bytes());
+                    self.step(index, line, &format!("WORKDIR {dir}"), false);
+                    self.ensure_dir(&mut state, &dir).await?;
+                }
+                Kind::User(user) => {
+                    let user = ex(user, &args, &state)?;
+                    state.config["config"]["User"] = json!(user);
+                    state.chain(format!("USER {user}").as_bytes());
+                    self.step(index, line, &format!("USER {user}"), true);
+                }
+                Kind::Entrypoint(c) => {
+                    state.config["config"]["Entrypoint"] = cmd_json(c);
+                    // Docker: a new ENTRYPOINT clears an inherited CMD, not this stage's.
+                    if !state.cmd_set {
+                        state.config["config"]["Cmd"] = Value::Null;
+                    }
+                    state.chain(format!("ENTRYPOINT {}", cmd_json(c)).as_bytes());
+                    self.step(index, line, "ENTRYPOINT", true);
+                }
+                Kind::Cmd(c) => {
+                    state.config["config"]["Cmd"] = cmd_json(c);
+                    state.cmd_set = true;
+                    state.chain(format!("CMD {}", cmd_json(c)).as_bytes());
+                    self.step(index, line, "CMD", true);
+                }
+                Kind::Ignored {
+                    instruction,
+                    args: text,
+                } => {
+                    (self.events)(BuildEvent::Warning {
+                        line,
+                        // The reference's wording (the Tensorlake SDK's planning warning).
+                        message: format!(
+                            "Dockerfile instruction '{instruction}' is applied during the image \
+                             build but has no effect when running sandboxes from this image \
+                             ({instruction} {text})"
+                        ),
+                    });
+                }
+                kind @ (Kind::Copy { .. } | Kind::Add { .. }) => {
+                    // COPY and ADD differ only in `--from` (COPY) and archives and URLs (ADD).
+                    let (sources, dest, from, chown, chmod, add) = match kind {
+                        Kind::Copy {
+                            sources,
+                            dest,
+                            from,
+                            chown,
+                            chmod,
+                        } => (sources, dest, from.as_ref(), chown, chmod, false),
+                        Kind::Add {
+                            sources,
+                            dest,
+                            chown,
+                            chmod,
+                        } => (sources, dest, None, chown, chmod, true),
+                        _ => unreachable!("matched COPY or ADD above"),
+                    };
+                    let sources = sources
+                        .iter()
+                        .map(|s| ex(s, &args, &state))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if add && let Some(url) = sources.iter().find(|s| s.contains("://")) {
+                        return Err(err(
+                            line,
+                            format!(
+                                "ADD of a URL ({url}) is not supported: builds have no network"
+                            ),
+                        ));
+                    }
+                    let dest = ex(dest, &args, &state)?;
+                    let from_state = match from {
+                        None => None,
+                        Some(f) => {
+                            let f = ex(f, &args, &state)?;
+                            let found = parsed.stages[..index]
+                                .iter()
+                                .position(|s| s.name.as_deref() == Some(f.to_lowercase().as_str()))
+                                .or_else(|| f.parse::<usize>().ok().filter(|i| *i < index));
+                            if found.is_none()
+                                && let Ok(n) = f.parse::<usize>()
+                            {
+                                return Err(err(
+                                    line,
+                                    format!(
+                                        "COPY --from={f}: no build stage {n} before this one (stages are numbered from 0; this is stage {index})"
+                                    ),
+                                ));
+                            }
+                            Some(match found {
+                                Some(i) => done[i].clone(),
+                                None if parsed.stages.iter().any(|s| {
+                                    s.name.as_deref() == Some(f.to_lowercase().as_str())
+                                }) =>
+                                {
+                                    return Err(err(
+                                        line,
+                                        format!(
+                                            "COPY --from={f}: circular dependency: stage {f:?} is this one or comes after it, and stages may only copy from earlier ones"
+                                        ),
+                                    ));
+                                }
+                                None => self
+                                    .image_state(&f)
+                                    .await
+                                    .map_err(|e| err(line, format!("COPY --from={f}: {e}")))?,
+                            })
+                        }
+                    };
+                    self.copy(
+                        &mut state,
+                        req,
+                        ignore,
+                        index,
+                        line,
+                        &sources,
+                        &dest,
+                        from_state.as_ref(),
+                        chown.as_deref(),
+                        chmod.as_deref(),
+                        add,
+                    )
+                    .await?;
+                }
+                Kind::Run(command) => {
+                    self.run(req, &mut state, &args, (index, line), command)
+                        .await?;
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    fn step(&self, stage: usize, line: usize, text: &str, cached: bool) {
+        (self.events)(BuildEvent::Step {
+            stage,
+            line,
+            text: text.to_string(),
+            cached,
+        });
+    }
+
+    /// The state of an image (local, else pulled): its layers, config and a key over its id.
+    async fn image_state(&self, reference: &str) -> Result<State, BuildError> {
+        if let Some(image) = self.templates.and_then(|t| t(reference)) {
+            let image = self.store.image(&image)?;
+            return self.image_state_of(&image);
+        }
+        let parsed = hutch_registry::Reference::parse(reference)?;
+        let name = parsed.store_name();
+        let image = match self.store.image(&name) {
+            Ok(image) => image,
+            Err(e) if e.is_not_found() => {
+                let log = |_: hutch_registry::Event| {};
+                hutch_registry::pull(self.registry, self.store, &parsed, &log).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.image_state_of(&image)
+    }
+
+    fn image_state_of(&self, image: &Image) -> Result<State, BuildError> {
+        let (layers, config) = self.stored(image)?;
+        let mut state = State {
+            layers,
+            config,
+            key: String::new(),
+            stage_env: Vec::new(),
+            cmd_set: false,
+        };
+        state.key = hex::encode(Sha256::digest(image.id.as_str().as_bytes()));
+        Ok(state)
+    }
+
+    fn view(&self, state: &State) -> Result<MergedView, BuildError> {
+        let dirs: Vec<PathBuf> = state
+            .layers
+            .iter()
+            .rev()
+            .map(|l| self.store.layer_dir(&l.diff_id))
+            .collect();
+        MergedView::new(&dirs)
+    }
+}
+
+fn expand_with(
+    word: &str,
+    vars: &BTreeMap<String, String>,
+    escape: char,
+) -> Result<String, String> {
+    expand(word, &|n| vars.get(n).cloned(), escape)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use hutch_runtime::{Capabilities, RuntimeError, Sandbox, SandboxInfo, SandboxSpec};
+
+    use super::*;
+
+    /// A backend that can create sandboxes but not hand their writes back.
+    #[derive(Default)]
+    struct NoLayers {
+        created: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Backend for NoLayers {
+        fn name(&self) -> &'static str {
+            "no-layers"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::default().supported(&[CapabilityName::SandboxCreate])
+        }
+        async fn create(&self, _: SandboxSpec) -> hutch_runtime::Result<Sandbox> {
+            self.created.store(true, Ordering::SeqCst);
+            Err(RuntimeError::InvalidSpec {
+                reason: "not in this test".into(),
+            })
+        }
+        async fn attach(&self, id: &str) -> hutch_runtime::Result<Sandbox> {
+            Err(RuntimeError::NotFound { id: id.into() })
+        }
+        async fn inspect(&self, id: &str) -> hutch_runtime::Result<SandboxInfo> {
+            Err(RuntimeError::NotFound { id: id.into() })
+        }
+        async fn list(&self) -> hutch_runtime::Result<Vec<SandboxInfo>> {
+            Ok(Vec::new())
+        }
+        async fn stop(&self, _: &str, _: Duration) -> hutch_runtime::Result<()> {
+            Ok(())
+        }
+        async fn kill(&self, _: &str) -> hutch_runtime::Result<()> {
+            Ok(())
+        }
+        async fn delete(&self, _: &str) -> hutch_runtime::Result<()> {
+            Ok(())
+        }
+    }
+
+    async fn build_with(backend: &NoLayers, dockerfile: &str) -> Result<Image, BuildError> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let registry =
+            hutch_registry::Client::new(hutch_registry::ClientConfig::default()).unwrap();
+        let context = dir.path().join("context");
+        std::fs::create_dir(&context).unwrap();
+        let engine = Engine {
+            backend,
+            store: &store,
+            registry: &registry,
+            events: &|_| {},
+            templates: None,
+        };
+        engine
+            .build(&BuildRequest {
+                context,
+                dockerfile: dockerfile.into(),
+                dockerfile_name: "Dockerfile".into(),
+                tag: Some("t:latest".into()),
+                build_args: BTreeMap::new(),
+                target: None,
+                memory_mb: None,
+                cpus: None,
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_run_on_a_backend_without_writable_layers_is_refused_before_any_sandbox() {
+        let backend = NoLayers::default();
+        let err = build_with(&backend, "FROM scratch\nENV A=b\nRUN true\n")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BuildError::Runtime(RuntimeError::UnsupportedCapability {
+                    capability: CapabilityName::SandboxWritableLayer,
+                    ..
+                })
+            ),
+            "{err}"
+        );
+        assert!(!backend.created.load(Ordering::SeqCst));
+        // Without a RUN the backend is never needed.
+        let image = build_with(&backend, "FROM scratch\nENV A=b\nWORKDIR /w\n")
+            .await
+            .unwrap();
+        assert_eq!(image.name, "t:latest");
+    }
+}

@@ -1,0 +1,96 @@
+//! A stage's result so far: its layers, its image config, and the cache key over its steps.
+
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use hutch_store::Digest;
+
+use super::CACHE_REPO;
+
+#[derive(Clone, Debug)]
+pub(super) struct Layer {
+    pub(super) diff_id: Digest,
+    pub(super) blob: Digest,
+    pub(super) media_type: String,
+    pub(super) size: u64,
+}
+
+/// A stage's result so far.
+#[derive(Clone, Debug)]
+pub(super) struct State {
+    pub(super) layers: Vec<Layer>,
+    /// The whole OCI image config (its `config` object is what instructions change).
+    pub(super) config: Value,
+    pub(super) key: String,
+    /// Env keys set by this stage: re-setting one updates it in place, while re-setting an
+    /// inherited one moves it to the end (buildah's order).
+    pub(super) stage_env: Vec<String>,
+    /// Whether this stage set CMD: a later ENTRYPOINT clears only an inherited CMD.
+    pub(super) cmd_set: bool,
+}
+
+impl State {
+    pub(super) fn scratch() -> State {
+        State {
+            layers: Vec::new(),
+            config: json!({"architecture": "amd64", "os": "linux", "config": {}}),
+            key: hex::encode(Sha256::digest(b"scratch")),
+            stage_env: Vec::new(),
+            cmd_set: false,
+        }
+    }
+
+    pub(super) fn env(&self) -> Vec<String> {
+        self.config["config"]["Env"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub(super) fn env_lookup(&self, name: &str) -> Option<String> {
+        self.env().into_iter().rev().find_map(|kv| {
+            kv.split_once('=')
+                .filter(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    pub(super) fn set_env(&mut self, key: &str, value: &str) {
+        let mut env = self.env();
+        let entry = format!("{key}={value}");
+        let position = env.iter().position(|kv| kv.split('=').next() == Some(key));
+        match position {
+            Some(i) if self.stage_env.iter().any(|k| k == key) => env[i] = entry,
+            _ => {
+                env.retain(|kv| kv.split('=').next() != Some(key));
+                env.push(entry);
+                self.stage_env.push(key.to_string());
+            }
+        }
+        self.config["config"]["Env"] = json!(env);
+    }
+
+    pub(super) fn workdir(&self) -> String {
+        self.config["config"]["WorkingDir"]
+            .as_str()
+            .filter(|w| !w.is_empty())
+            .unwrap_or("/")
+            .to_string()
+    }
+
+    pub(super) fn chain(&mut self, what: &[u8]) {
+        let mut h = Sha256::new();
+        h.update(self.key.as_bytes());
+        h.update([0]);
+        h.update(what);
+        self.key = hex::encode(h.finalize());
+    }
+
+    pub(super) fn cache_name(&self) -> String {
+        format!("{CACHE_REPO}:{}", self.key)
+    }
+}

@@ -1,0 +1,151 @@
+//! The gVisor backend through the `Backend` trait alone: what it reports it can do, how it
+//! refuses what it cannot, and the optional operations that need no running sandbox. Runs
+//! against a real store and the installed runsc (no sandbox is started).
+
+use std::path::Path;
+
+use hutch_runtime::gvisor::{GvisorBackend, GvisorConfig};
+use hutch_runtime::{
+    Backend, Capability, CapabilityName as C, CapabilityReason, CheckpointOptions, NetworkConfig,
+    RuntimeError,
+};
+
+struct Fixture {
+    home: tempfile::TempDir,
+    backend: GvisorBackend,
+}
+
+fn fixture() -> Fixture {
+    // Unix socket paths are short: a home directly under /tmp.
+    let home = tempfile::Builder::new()
+        .prefix("hs")
+        .tempdir_in("/tmp")
+        .unwrap();
+    // `new` only checks that the agent binary exists; nothing here boots a sandbox.
+    let agent_binary = home.path().join("agent");
+    std::fs::write(&agent_binary, b"").unwrap();
+    let store = hutch_store::Store::open(&home.path().join("store")).unwrap();
+    let backend = GvisorBackend::new(
+        GvisorConfig {
+            home: home.path().to_path_buf(),
+            agent_binary,
+        },
+        store,
+    )
+    .unwrap();
+    Fixture { home, backend }
+}
+
+fn feature_gated(capability: Capability) -> String {
+    match capability {
+        Capability::Unsupported {
+            reason: CapabilityReason::FeatureGated { feature },
+        } => feature,
+        other => panic!("expected a feature-gated capability, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_optional_operations_it_offers_are_reported_supported() {
+    let f = fixture();
+    let caps = f.backend.capabilities();
+    for name in [
+        C::SandboxRunAttached,
+        C::SandboxWritableLayer,
+        C::SandboxSocket,
+    ] {
+        assert!(caps.is_supported(name), "{name}");
+    }
+    assert!(feature_gated(caps.get(C::NetworkAttach)).contains("issue 13"));
+    assert!(feature_gated(caps.get(C::SandboxCheckpoint)).contains("issue 16"));
+    assert!(feature_gated(caps.get(C::SandboxRestore)).contains("issue 16"));
+}
+
+#[tokio::test]
+async fn network_attach_checkpoint_and_restore_are_refused_as_reported() {
+    let f = fixture();
+    let backend: &dyn Backend = &f.backend;
+    let caps = backend.capabilities();
+    let check = |result: Result<(), RuntimeError>, name: C| match result {
+        Err(RuntimeError::UnsupportedCapability {
+            backend: "gvisor",
+            capability,
+            reason,
+        }) => {
+            assert_eq!(capability, name);
+            assert_eq!(Capability::Unsupported { reason }, caps.get(name));
+        }
+        other => panic!("{name}: expected a refusal, got {other:?}"),
+    };
+    check(
+        backend
+            .attach_network("sbx", &NetworkConfig::default())
+            .await,
+        C::NetworkAttach,
+    );
+    check(
+        backend
+            .checkpoint(
+                "sbx",
+                Path::new("/tmp/nowhere"),
+                &CheckpointOptions::default(),
+            )
+            .await
+            .map(|_| ()),
+        C::SandboxCheckpoint,
+    );
+}
+
+#[tokio::test]
+async fn the_build_channel_socket_is_placed_in_the_sandboxs_run_directory_only() {
+    let f = fixture();
+    let backend: &dyn Backend = &f.backend;
+    let invalid = |name: &str| {
+        matches!(
+            backend.listen_in_sandbox("sbx", name),
+            Err(RuntimeError::InvalidSpec { .. })
+        )
+    };
+    for name in [
+        "",
+        hutch_wire::AGENT_SOCKET_NAME,
+        "../escape.sock",
+        "a/b",
+        ".hidden",
+    ] {
+        assert!(invalid(name), "{name:?} was accepted");
+    }
+    assert!(matches!(
+        backend.listen_in_sandbox("../x", "build.sock"),
+        Err(RuntimeError::InvalidSpec { .. })
+    ));
+    assert!(matches!(
+        backend.listen_in_sandbox("nosuch", "build.sock"),
+        Err(RuntimeError::NotFound { .. })
+    ));
+
+    // A sandbox's run directory as `create` leaves it, with a stale file where the socket
+    // goes: the socket replaces it and a client reaches the listener.
+    let run = f.home.path().join("sandboxes/sbx/run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("build.sock"), b"stale").unwrap();
+    let listener = backend.listen_in_sandbox("sbx", "build.sock").unwrap();
+    let client = tokio::net::UnixStream::connect(run.join("build.sock"));
+    let (accepted, connected) = tokio::join!(listener.accept(), client);
+    accepted.unwrap();
+    connected.unwrap();
+}
+
+#[tokio::test]
+async fn the_writable_layer_of_an_unknown_sandbox_is_not_found() {
+    let f = fixture();
+    let backend: &dyn Backend = &f.backend;
+    assert!(matches!(
+        backend.writable_layer("nosuch"),
+        Err(RuntimeError::NotFound { .. })
+    ));
+    assert!(matches!(
+        backend.writable_layer("../../etc"),
+        Err(RuntimeError::InvalidSpec { .. })
+    ));
+}

@@ -1,0 +1,108 @@
+//! Hutch's state and the services over it, without HTTP.
+//!
+//! - [`db`]: the embedded SQLite database (versioned migrations), the record of truth for
+//!   sandboxes, templates, template builds and API keys.
+//! - [`sandboxes`]: the sandbox lifecycle over the runtime (create, settle, delete, update),
+//!   admission (capacity, queue, host size), reconcile after a restart, and the timeout and
+//!   liveness monitor. It reports sandboxes starting and ending as [`SandboxEvent`]s.
+//! - [`templates`]: the template registry; [`builds`]: template builds (prepare, the build
+//!   channel of builder sandboxes, the build itself, complete).
+//! - [`keys`]: API keys and their namespace scopes.
+//! - [`default_image`]: the built-in default and builder images; [`discovery`]: the
+//!   `serve.json` a running server publishes for `hutch run`.
+//!
+//! Errors are one [`StateError`] with typed variants and stable codes; this crate knows
+//! nothing of HTTP (the server maps errors to statuses). It is the only crate that touches
+//! SQLite, and `Sandboxes` the only code that writes a sandbox's row.
+
+mod admission;
+pub mod builds;
+pub mod db;
+pub mod default_image;
+pub mod discovery;
+mod error;
+pub mod keys;
+pub mod sandboxes;
+pub mod templates;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use hutch_runtime::Backend;
+use hutch_store::Store;
+
+pub use error::{Conflict, Invalid, Kind, StateError};
+pub use sandboxes::{CreateParams, HostCapacity, Limits, SandboxEvent, Sandboxes};
+
+/// The services of one state directory, as `hutch serve` runs them.
+pub struct State {
+    pub sandboxes: Arc<Sandboxes>,
+    /// Template builds, and through them the template registry.
+    pub builds: Arc<builds::Builds>,
+    pub keys: keys::Keys,
+}
+
+impl State {
+    /// Opens the state of `home`, makes the built-in images if the store lacks them,
+    /// reconciles the sandbox rows with the runtime and starts the timeout and liveness
+    /// monitor (a task of its own, for as long as the process runs).
+    pub async fn start(
+        home: &Path,
+        busybox: &Path,
+        limits: Limits,
+        backend: Arc<dyn Backend>,
+        store: Store,
+        registry: hutch_registry::Client,
+    ) -> Result<Self, StateError> {
+        let db = Arc::new(db::Db::open(&home.join(DB_FILE))?);
+        let image = default_image::ensure(&store, busybox)?;
+        default_image::ensure_builder(&store, busybox)?;
+        let sandboxes = Sandboxes::new(
+            Arc::clone(&db),
+            Arc::clone(&backend),
+            store.clone(),
+            image.name,
+            limits,
+        );
+        let builds = builds::Builds::new(
+            Arc::clone(&db),
+            templates::Templates::new(Arc::clone(&db), store.clone()),
+            backend,
+            store,
+            registry,
+            Arc::clone(&sandboxes),
+        );
+        let started = std::time::Instant::now();
+        let (adopted, ended, orphans) = sandboxes.reconcile().await?;
+        tracing::info!(
+            adopted,
+            ended,
+            orphans,
+            ms = started.elapsed().as_millis() as u64,
+            "reconciled state with the runtime"
+        );
+        tokio::spawn(Arc::clone(&sandboxes).monitor());
+        Ok(Self {
+            sandboxes,
+            builds,
+            keys: keys::Keys::new(db),
+        })
+    }
+}
+
+/// The state database's file name inside the state directory.
+pub const DB_FILE: &str = "hutch.db";
+
+/// A fingerprint of the state directory `home`: the CLI compares its own with the one a
+/// running server reports to know that both see the same store. The path itself is not
+/// disclosed.
+pub fn state_id(home: &std::path::Path) -> String {
+    use sha2::Digest as _;
+    let canonical = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_path_buf());
+    let digest = sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..8])
+}
+
+// Ids, key secrets, build tokens and timestamps: the same everywhere (`hutch_wire`).
+pub use hutch_wire::clock::now_ms;
+pub(crate) use hutch_wire::ids::random_hex;

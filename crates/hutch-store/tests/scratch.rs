@@ -1,0 +1,85 @@
+//! `Store::scratch_dir`: a working directory in `tmp/` that other `Store`s leave alone while
+//! it lives (open's cleanup, fsck, fsck --repair), unlike lock-less leftovers beside it.
+
+mod fixture;
+
+use std::fs;
+
+use fixture::Env;
+use hutch_store::{FindingKind, Store, StoreError};
+
+#[test]
+fn a_live_scratch_dir_survives_open_and_repair_while_leftovers_go() {
+    let env = Env::new();
+    let root = env.store.root().to_path_buf();
+    let scratch = env.store.scratch_dir("build-context").expect("scratch");
+    let work = scratch.path().to_path_buf();
+    assert!(work.starts_with(root.join("tmp")), "{}", work.display());
+    assert_eq!(fs::read_dir(&work).expect("ls").count(), 0, "starts empty");
+    fs::write(work.join("Dockerfile"), b"FROM scratch\n").expect("write");
+
+    // What the server used to leave in tmp/ (a tempdir with no lock), and a scratch dir whose
+    // owner died (its lock file is there, nobody holds it).
+    let lockless = root.join("tmp/build-context-abc123");
+    fs::create_dir_all(lockless.join("sub")).expect("lockless");
+    let orphan = root.join("tmp/scratch-build-context-1-2-3");
+    fs::create_dir_all(orphan.join("work")).expect("orphan");
+    fs::write(orphan.join(".lock"), b"").expect("orphan lock");
+
+    // Another handle on the same root, as `hutch image ls` in another process opens it.
+    Store::open(&root).expect("open again");
+    assert!(
+        !lockless.exists(),
+        "a lock-less leftover is cleaned on open"
+    );
+    assert!(
+        !orphan.exists(),
+        "an abandoned scratch dir is cleaned on open"
+    );
+    assert_eq!(
+        fs::read(work.join("Dockerfile")).expect("still there"),
+        b"FROM scratch\n"
+    );
+
+    let other = Store::open(&root).expect("open");
+    fs::create_dir(&lockless).expect("lockless again");
+    let report = other.fsck(false).expect("fsck");
+    assert_eq!(
+        report
+            .findings
+            .iter()
+            .map(|f| (f.kind, f.subject.as_str()))
+            .collect::<Vec<_>>(),
+        [(FindingKind::StaleTmp, "tmp/build-context-abc123")],
+        "only the leftover is reported: {report:#?}"
+    );
+    let repaired = other.fsck(true).expect("repair");
+    assert!(
+        repaired.findings.iter().all(|f| f.repaired),
+        "{repaired:#?}"
+    );
+    assert!(!lockless.exists(), "repair removes the leftover");
+    assert!(
+        work.join("Dockerfile").is_file(),
+        "repair keeps the live scratch dir"
+    );
+
+    let dir = work.parent().expect("parent").to_path_buf();
+    drop(scratch);
+    assert!(!dir.exists(), "dropping the guard removes the directory");
+    assert!(other.fsck(false).expect("fsck").is_clean());
+}
+
+#[test]
+fn a_scratch_dir_needs_a_plain_label_and_a_fresh_name() {
+    let env = Env::new();
+    for bad in ["", "../up", "Upper", "a/b", &"x".repeat(33)] {
+        match env.store.scratch_dir(bad) {
+            Err(StoreError::InvalidName { .. }) => {}
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    let a = env.store.scratch_dir("default-image").expect("a");
+    let b = env.store.scratch_dir("default-image").expect("b");
+    assert_ne!(a.path(), b.path());
+}
