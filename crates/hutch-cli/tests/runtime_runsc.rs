@@ -100,6 +100,35 @@ fn a_runsc_that_cannot_start_the_sandbox_says_why() {
     home.assert_clean();
 }
 
+/// The run directory (`/run/hutch`) is writable from inside: a command that plants a file
+/// where the agent's secret was, a symlink to a host path even, and exits with its own code
+/// is reported with that code. The host neither follows the link nor takes the planted file
+/// for a runsc that never started the sandbox.
+#[test]
+fn a_file_planted_where_the_secret_was_does_not_fake_a_failed_start() {
+    let home = Home::with(&["busybox"]);
+    let out = home.run(&[
+        "run",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "ln -s /etc/hostname /run/hutch/agent.secret && exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("runsc failed"), "{}", stderr(&out));
+    let out = home.run(&[
+        "run",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo planted > /run/hutch/agent.secret && exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    home.assert_clean();
+}
+
 fn runsc() -> std::path::PathBuf {
     std::env::var_os("HUTCH_RUNSC")
         .map(Into::into)

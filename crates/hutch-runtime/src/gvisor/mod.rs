@@ -747,10 +747,15 @@ impl Backend for GvisorBackend {
             .unwrap_or_default();
         // Read before teardown removes the cgroup.
         let pids_hit = pids_limit_reached(&id);
-        // The agent removes its secret first thing: still there, the agent never ran, and
-        // the exit status is runsc's own (a failed start), not the command's.
+        // runsc ends with 128 when it fails itself, and the agent removes its secret first
+        // thing: both, and the agent never ran, so the status is runsc's (a failed start),
+        // not the command's. The run directory is the sandbox's to write: the file is looked
+        // at, never followed, and a command's own exit code other than 128 is never
+        // mistaken for it whatever it planted there.
         let never_started = (outcome.is_none()
-            && run_dir.join(hutch_wire::AGENT_SECRET_FILE).exists())
+            && status.as_ref().ok().and_then(|s| s.code()) == Some(RUNSC_FAILED)
+            && std::fs::symlink_metadata(run_dir.join(hutch_wire::AGENT_SECRET_FILE))
+                .is_ok_and(|m| m.file_type().is_file()))
         .then(|| runsc_failed(&self.dir(&id), &status));
         drop(agent);
         self.forget_link(&id);
@@ -938,6 +943,10 @@ fn pids_limit_reached(id: &str) -> bool {
         })
         .is_some_and(|n| n > 0)
 }
+
+/// The exit status of a `runsc` that failed itself (a bad flag, a spec it refused, a
+/// sandbox it could not start), in the 2022 and 2024 builds alike.
+const RUNSC_FAILED: i32 = 128;
 
 /// The error of a sandbox whose runsc ended before its agent started, with what runsc said.
 /// Read before teardown removes the sandbox's directory.
