@@ -16,9 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use hutch_runtime::gvisor::{GvisorBackend, GvisorConfig};
 use hutch_runtime::{Backend, SandboxSpec};
-use hutch_store::Store;
 
 use measure::{Latency, Memory};
 use setup::Setup;
@@ -56,21 +54,7 @@ fn run() -> anyhow::Result<()> {
     let (n_cheap, n_create) = iterations()?;
     let setup = Setup::prepare()?;
     setup.clean_raw();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    let store = Store::open(&setup.home.join("store"))
-        .with_context(|| format!("opening the store in {}", setup.home.display()))?;
-    let backend = GvisorBackend::new(
-        GvisorConfig {
-            home: setup.home.clone(),
-            agent_binary: setup.agent.clone(),
-        },
-        store,
-    )?;
-    runtime.block_on(measure::clean_sandboxes(&backend))?;
+    let (runtime, backend) = setup.library()?;
 
     let started = now_utc();
     let mut latency: Vec<Latency> = Vec::new();

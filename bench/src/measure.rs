@@ -347,18 +347,6 @@ async fn read_through_file_api(agent: &AgentClient, path: &str) -> anyhow::Resul
     Ok(text)
 }
 
-/// Removes sandboxes an interrupted earlier run left in the bench's home.
-pub async fn clean_sandboxes(backend: &GvisorBackend) -> anyhow::Result<()> {
-    for sandbox in backend.list().await.context("listing leftover sandboxes")? {
-        eprintln!("hutch-bench: removing leftover sandbox {}", sandbox.id);
-        backend
-            .delete(&sandbox.id)
-            .await
-            .with_context(|| format!("removing leftover sandbox {}", sandbox.id))?;
-    }
-    Ok(())
-}
-
 /// What `hutch run` spends before creating anything: `hutch info` does the same set-up
 /// (process start, tokio, opening the store, finding the agent and runsc) and exits.
 pub fn cli_overhead(setup: &Setup, n: usize) -> anyhow::Result<(String, Samples)> {

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail, ensure};
-use hutch_runtime::gvisor::Runsc;
+use hutch_runtime::Backend;
+use hutch_runtime::gvisor::{GvisorBackend, GvisorConfig, Runsc};
+use hutch_store::Store;
 
 /// The agent's static build, as hutch-cli's build script leaves it.
 const AGENT_TARGET_PATH: &str = "target/agent/x86_64-unknown-linux-gnu/release/hutch-agent";
@@ -167,6 +169,36 @@ impl Setup {
             String::from_utf8_lossy(&out.stderr).trim()
         );
         Ok(())
+    }
+
+    /// A tokio runtime and the library backend on the bench's home (the store `hutch`
+    /// imported into), with the sandboxes an interrupted earlier run left there removed.
+    pub fn library(&self) -> anyhow::Result<(tokio::runtime::Runtime, GvisorBackend)> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?;
+        let store = Store::open(&self.home.join("store"))
+            .with_context(|| format!("opening the store in {}", self.home.display()))?;
+        let backend = GvisorBackend::new(
+            GvisorConfig {
+                home: self.home.clone(),
+                agent_binary: self.agent.clone(),
+            },
+            store,
+        )?;
+        runtime.block_on(async {
+            for sandbox in backend.list().await.context("listing leftover sandboxes")? {
+                eprintln!("hutch-bench: removing leftover sandbox {}", sandbox.id);
+                backend
+                    .delete(&sandbox.id)
+                    .await
+                    .with_context(|| format!("removing leftover sandbox {}", sandbox.id))?;
+            }
+            anyhow::Ok(())
+        })?;
+        Ok((runtime, backend))
     }
 
     /// `runsc --version`'s first line for the runsc in use.

@@ -40,9 +40,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use hutch_runtime::agent::{AgentClient, ExecEvent, full};
-use hutch_runtime::gvisor::{GvisorBackend, GvisorConfig};
 use hutch_runtime::{Backend, SandboxSpec};
-use hutch_store::Store;
 use hutch_wire::StartProcess;
 
 use setup::Setup;
@@ -274,21 +272,7 @@ fn run() -> anyhow::Result<()> {
     let pip = pip_wheel()?;
     setup.import_fixture("debian")?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    let store = Store::open(&setup.home.join("store"))
-        .with_context(|| format!("opening the store in {}", setup.home.display()))?;
-    let backend = GvisorBackend::new(
-        GvisorConfig {
-            home: setup.home.clone(),
-            agent_binary: setup.agent.clone(),
-        },
-        store,
-    )?;
-    runtime.block_on(measure::clean_sandboxes(&backend))?;
+    let (runtime, backend) = setup.library()?;
     let host_work = tempfile::Builder::new()
         .prefix("runtime-host")
         .tempdir_in(&setup.home)

@@ -4,7 +4,6 @@
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hutch_api::ErrorBody;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
@@ -12,6 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use hutch_runtime::agent::{MAX_ANSWER_BYTES, read_capped};
 pub use hutch_runtime::agent::{RequestBody as Body, full};
 
 /// Where the server is: `$HUTCH_SERVER`, else the default lifecycle address.
@@ -83,6 +83,15 @@ pub async fn send_with(
     Ok(resp)
 }
 
+/// An answer read whole: a JSON document or an error body, refused past
+/// [`MAX_ANSWER_BYTES`] (through the proxy, the other side is a sandbox's agent).
+pub async fn read_whole(body: Incoming) -> anyhow::Result<Bytes> {
+    read_capped(body, MAX_ANSWER_BYTES)
+        .await
+        .map_err(anyhow::Error::from_boxed)
+        .context("reading the server's answer")
+}
+
 /// A JSON request whose answer must be a 2xx JSON body; an error answer becomes its message.
 pub async fn json(
     base: &str,
@@ -106,7 +115,7 @@ pub async fn json_with(
     let body = body.map_or_else(|| full(Bytes::new()), |b| full(b.to_string()));
     let resp = send_with(base, method, path, host, headers, body).await?;
     let status = resp.status();
-    let bytes = resp.into_body().collect().await?.to_bytes();
+    let bytes = read_whole(resp.into_body()).await?;
     let value: Value = if bytes.is_empty() {
         Value::Null
     } else {
@@ -135,4 +144,53 @@ pub async fn call<T: DeserializeOwned>(
     let body = body.map(serde_json::to_value).transpose()?;
     let value = json(base, method, path, host, body).await?;
     serde_json::from_value(value).with_context(|| format!("an unexpected answer from {base}{path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A server that answers one request with `body`, as a 200.
+    async fn answer_once(body: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            while !request.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                if tcp.read(&mut byte).await.unwrap() == 0 {
+                    return;
+                }
+                request.push(byte[0]);
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = tcp.write_all(head.as_bytes()).await;
+            let _ = tcp.write_all(&body).await;
+        });
+        base
+    }
+
+    #[tokio::test]
+    async fn a_json_answer_past_the_cap_is_refused_not_buffered() {
+        // JSON whitespace past the cap: read whole, the answer would parse.
+        let mut body = vec![b' '; MAX_ANSWER_BYTES];
+        body.extend_from_slice(br#"{"ok":true}"#);
+        let base = answer_once(body).await;
+        let err = json(&base, Method::GET, "/big", None, None)
+            .await
+            .expect_err("an answer past the cap was read");
+        assert!(format!("{err:#}").contains("length limit"), "{err:#}");
+
+        let base = answer_once(br#"{"ok":true}"#.to_vec()).await;
+        let value = json(&base, Method::GET, "/small", None, None)
+            .await
+            .unwrap();
+        assert_eq!(value["ok"], true);
+    }
 }

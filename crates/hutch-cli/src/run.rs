@@ -226,7 +226,7 @@ async fn server_pull(api: &str, reference: &str) -> anyhow::Result<()> {
     let status = resp.status();
     let mut body = resp.into_body();
     if !status.is_success() {
-        let bytes = body.collect().await?.to_bytes();
+        let bytes = client::read_whole(body).await?;
         match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(e) => anyhow::bail!("{}", e.error),
             Err(_) => anyhow::bail!("{}", String::from_utf8_lossy(&bytes)),

@@ -266,7 +266,7 @@ async fn exec(api: &str, sandbox: &str, command: Vec<String>) -> anyhow::Result<
     .await?;
     if !resp.status().is_success() {
         let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
+        let body = client::read_whole(resp.into_body()).await?;
         bail!("{} (HTTP {status})", String::from_utf8_lossy(&body));
     }
     let mut body = resp.into_body();
@@ -317,7 +317,7 @@ async fn copy(api: &str, from: &str, to: &str) -> anyhow::Result<()> {
             .await?;
             let status = resp.status();
             if !status.is_success() {
-                let bytes = resp.into_body().collect().await?.to_bytes();
+                let bytes = client::read_whole(resp.into_body()).await?;
                 bail!("{} (HTTP {status})", String::from_utf8_lossy(&bytes));
             }
             // Streamed to the destination as it arrives, never held whole.
@@ -355,7 +355,7 @@ async fn copy(api: &str, from: &str, to: &str) -> anyhow::Result<()> {
             .with_context(|| format!("uploading {from}"))?;
             let status = resp.status();
             if !status.is_success() {
-                let body = resp.into_body().collect().await?.to_bytes();
+                let body = client::read_whole(resp.into_body()).await?;
                 bail!("{} (HTTP {status})", String::from_utf8_lossy(&body));
             }
         }

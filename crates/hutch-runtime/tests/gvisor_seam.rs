@@ -7,7 +7,7 @@ use std::path::Path;
 use hutch_runtime::gvisor::{GvisorBackend, GvisorConfig};
 use hutch_runtime::{
     Backend, Capability, CapabilityName as C, CapabilityReason, CheckpointOptions, NetworkConfig,
-    RuntimeError,
+    RestoreSpec, RuntimeError, SandboxSpec, SnapshotDescriptor,
 };
 
 struct Fixture {
@@ -93,6 +93,27 @@ async fn network_attach_checkpoint_and_restore_are_refused_as_reported() {
             .await
             .map(|_| ()),
         C::SandboxCheckpoint,
+    );
+    let snapshot = SnapshotDescriptor {
+        sandbox_id: "sbx".into(),
+        dir: "/tmp/nowhere".into(),
+        image: "busybox:latest".into(),
+        image_id: "sha256:00".into(),
+        spec: SandboxSpec::default(),
+        memory: true,
+        created_at: 0,
+        backend: "gvisor".into(),
+    };
+    check(
+        backend
+            .restore(RestoreSpec {
+                snapshot,
+                id: None,
+                labels: Default::default(),
+            })
+            .await
+            .map(|_| ()),
+        C::SandboxRestore,
     );
 }
 

@@ -14,6 +14,7 @@ use hutch_wire::{
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
+use super::http::{MAX_ANSWER_BYTES, read_capped};
 use super::link::{AgentLink, BoxError, RequestBody};
 use super::pty::PtyStream;
 use super::remote::ProxyRoute;
@@ -437,10 +438,11 @@ fn json_body<T: serde::Serialize>(value: &T) -> RequestBody {
     full(serde_json::to_vec(value).unwrap_or_default())
 }
 
+/// An answer of the agent read whole, at most [`MAX_ANSWER_BYTES`]: the agent is the
+/// sandbox's, and a longer answer is refused rather than buffered.
 pub(super) async fn collect(body: Incoming) -> Result<Bytes> {
-    body.collect()
+    read_capped(body, MAX_ANSWER_BYTES)
         .await
-        .map(|c| c.to_bytes())
         .map_err(|e| RuntimeError::agent_disrupted(format!("reading the agent's answer: {e}")))
 }
 

@@ -7,6 +7,6 @@ mod pty;
 mod remote;
 
 pub use client::{AgentClient, ExecEvent, ExecStream, channel_body, empty, full};
-pub use http::{CONNECT_TIMEOUT, HttpClient, http_client};
+pub use http::{CONNECT_TIMEOUT, HttpClient, MAX_ANSWER_BYTES, http_client, read_capped};
 pub use link::{AgentLink, BoxError, RequestBody};
 pub use pty::{PtyInput, PtyStream};

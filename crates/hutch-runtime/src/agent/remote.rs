@@ -8,9 +8,12 @@ use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, HOST, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
 
-use super::http::{HttpClient, http_client};
+use super::http::{HttpClient, http_client, read_capped};
 use super::link::RequestBody;
 use crate::error::{AgentUnreachable, Result, RuntimeError};
+
+/// The most of a 502/503 body from the proxy that is read into the error.
+const PROXY_ERROR_BYTES: usize = 16 << 10;
 
 /// Where a sandbox's proxy is and how to address the sandbox on it.
 #[derive(Debug)]
@@ -56,7 +59,9 @@ impl ProxyRoute {
     /// Sends one request on a pooled connection. A proxy that cannot reach the agent
     /// (502/503) is reported like a dropped link, so callers retry and reattach the same way.
     /// `wait` is for the dial-home link: here waiting for the agent is the proxy's business,
-    /// and connecting to the proxy is bounded by the client's [`super::CONNECT_TIMEOUT`].
+    /// and connecting to the proxy is bounded by the client's [`super::CONNECT_TIMEOUT`]
+    /// (the one shorter `wait`, shutdown's, comes with its own bound on the whole request,
+    /// and no caller shuts a sandbox down through a proxy).
     pub async fn send(
         &self,
         mut req: Request<RequestBody>,
@@ -98,7 +103,8 @@ impl ProxyRoute {
             StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
         ) {
             let status = resp.status();
-            let body = super::client::collect(resp.into_body())
+            // The proxy's own error body, shown in a message: a little of it is plenty.
+            let body = read_capped(resp.into_body(), PROXY_ERROR_BYTES)
                 .await
                 .unwrap_or_default();
             return Err(unavailable(format!(
@@ -125,7 +131,17 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::Full;
+
+    use super::super::http::test_server::serve;
     use super::*;
+
+    fn get(path: &str) -> Request<RequestBody> {
+        Request::builder()
+            .uri(path)
+            .body(super::super::client::empty())
+            .unwrap()
+    }
 
     #[tokio::test]
     async fn a_proxy_that_cannot_be_reached_never_received_the_request() {
@@ -136,11 +152,10 @@ mod tests {
             .unwrap()
             .port();
         let remote = ProxyRoute::new(&format!("http://127.0.0.1:{port}"), "sbx", None).unwrap();
-        let req = Request::builder()
-            .uri("/api/v1/health")
-            .body(super::super::client::empty())
-            .unwrap();
-        match remote.send(req, Duration::from_secs(2)).await {
+        match remote
+            .send(get("/api/v1/health"), Duration::from_secs(2))
+            .await
+        {
             Err(RuntimeError::AgentUnavailable { kind, reason }) => {
                 assert_eq!(kind, AgentUnreachable::NeverConnected, "{reason}")
             }
@@ -153,45 +168,24 @@ mod tests {
 
     #[tokio::test]
     async fn a_proxy_502_or_503_is_a_disrupted_agent_and_the_connection_is_kept() {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicUsize, Ordering};
-
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&accepted);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                        let status = match req.uri().path() {
-                            "/bad-gateway" => StatusCode::BAD_GATEWAY,
-                            "/unavailable" => StatusCode::SERVICE_UNAVAILABLE,
-                            _ => StatusCode::OK,
-                        };
-                        let host = req.headers()[HOST].to_str().unwrap_or_default().to_string();
-                        let mut resp = Response::new(http_body_util::Full::new(
-                            bytes::Bytes::from(format!("host {host}")),
-                        ));
-                        *resp.status_mut() = status;
-                        Ok::<_, std::convert::Infallible>(resp)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                        .await;
-                });
-            }
-        });
-        let remote =
-            ProxyRoute::new(&format!("http://localhost:{port}"), "sbx1", Some("k")).unwrap();
-        let get = |path: &str| {
-            Request::builder()
-                .uri(path)
-                .body(super::super::client::empty())
-                .unwrap()
-        };
+        let server = serve(|req: Request<Incoming>| async move {
+            let status = match req.uri().path() {
+                "/bad-gateway" => StatusCode::BAD_GATEWAY,
+                "/unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::OK,
+            };
+            let host = req.headers()[HOST].to_str().unwrap_or_default().to_string();
+            let mut resp = Response::new(Full::new(bytes::Bytes::from(format!("host {host}"))));
+            *resp.status_mut() = status;
+            resp
+        })
+        .await;
+        let remote = ProxyRoute::new(
+            &format!("http://localhost:{}", server.port),
+            "sbx1",
+            Some("k"),
+        )
+        .unwrap();
         for path in ["/bad-gateway", "/unavailable"] {
             match remote.send(get(path), Duration::from_secs(2)).await {
                 Err(RuntimeError::AgentUnavailable { kind, reason }) => {
@@ -205,10 +199,31 @@ mod tests {
             .send(get("/api/v1/health"), Duration::from_secs(2))
             .await;
         assert_eq!(ok.unwrap().status(), StatusCode::OK);
-        assert_eq!(
-            accepted.load(Ordering::SeqCst),
-            1,
-            "one kept-alive connection"
-        );
+        assert_eq!(server.accepted(), 1, "one kept-alive connection");
+    }
+
+    #[tokio::test]
+    async fn an_agents_answer_past_the_cap_is_refused_not_buffered() {
+        use super::super::AgentClient;
+        use super::super::http::MAX_ANSWER_BYTES;
+
+        // A health answer padded with JSON whitespace past the cap: read whole, it would
+        // parse and say healthy.
+        let server = serve(|_| async move {
+            let mut body = vec![b' '; MAX_ANSWER_BYTES];
+            body.extend_from_slice(br#"{"healthy":true}"#);
+            Response::new(Full::new(bytes::Bytes::from(body)))
+        })
+        .await;
+        let agent =
+            AgentClient::via_proxy(&format!("http://127.0.0.1:{}", server.port), "sbx", None)
+                .unwrap();
+        match agent.health().await {
+            Err(RuntimeError::AgentUnavailable { kind, reason }) => {
+                assert_eq!(kind, AgentUnreachable::Disrupted);
+                assert!(reason.contains("length limit"), "{reason}");
+            }
+            other => panic!("expected the answer refused, got {other:?}"),
+        }
     }
 }
