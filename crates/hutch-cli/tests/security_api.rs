@@ -200,6 +200,87 @@ async fn namespace_keys_reach_only_their_namespace() {
     home.assert_clean();
 }
 
+/// `path` with its parameters filled: `{ns}` is `ns`, `{action}` one the router knows, the
+/// rest names nothing.
+fn fill(path: &str, ns: &str) -> String {
+    let mut out = String::new();
+    let mut rest = path;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}').expect("balanced braces") + open;
+        out.push_str(&rest[..open]);
+        out.push_str(match &rest[open + 1..close] {
+            "ns" => ns,
+            "action" => "suspend",
+            _ => "placeholder",
+        });
+        rest = &rest[close + 1..];
+    }
+    out + rest
+}
+
+/// Every route the document lists goes through the one auth layer, twins and platform
+/// prefixes included: without a key each is refused, and a namespace key is refused outside
+/// its namespace (flat routes are `default`) and at every template deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_is_behind_the_key_check() {
+    let home = Home::new();
+    let alice = key(&home, "alice", &["--namespace", "team-a"]);
+    let server = home.serve_on(free_port(), free_port(), &["--require-keys"]);
+    let http = http();
+    let api = format!("http://127.0.0.1:{}", server.api_port);
+    let spec: Value = http
+        .get(format!("{api}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut checked = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if ["/healthz", "/openapi.json"].contains(&path.as_str()) {
+                continue;
+            }
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let url = format!("{api}{}", fill(path, "team-b"));
+            // A JSON string no route takes: a route that skipped the check answers 400.
+            let request = || {
+                http.request(method.clone(), &url)
+                    .header("content-type", "application/json")
+                    .body("\"placeholder\"")
+            };
+            let resp = request().send().await.unwrap();
+            let what = format!("{method} {url} without a key");
+            assert_eq!(resp.status(), 401, "{what}");
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["code"], "unauthorized", "{what}: {body}");
+            let out_of_scope = path.starts_with("/v1/namespaces/")
+                || path.starts_with("/sandboxes")
+                || (method == reqwest::Method::DELETE && path.contains("/sandbox-templates/"));
+            if out_of_scope {
+                let resp = request().bearer_auth(&alice).send().await.unwrap();
+                let what = format!("{method} {url} with a team-a key");
+                assert_eq!(resp.status(), 403, "{what}");
+                let body: Value = resp.json().await.unwrap();
+                assert_eq!(body["code"], "forbidden", "{what}: {body}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "only {checked} operations in the document");
+    // The proxy too.
+    let resp = http
+        .get(format!("{}/api/v1/health", server.proxy_url()))
+        .header("host", "abc.local")
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 401, "unauthorized").await;
+    drop(server);
+    home.assert_clean();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_in_a_browser_cannot_drive_a_loopback_server() {
     let home = Home::new();

@@ -68,18 +68,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::AgentUnavailable { .. } => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let code = match e.code() {
-            "not_found" => "not_found",
-            "already_exists" => "already_exists",
-            "invalid_spec" => "invalid_spec",
-            "capacity_rejected" => "capacity_rejected",
-            "unsupported_capability" => "unsupported_capability",
-            "image_not_found" => "image_not_found",
-            "agent_unavailable" => "agent_unavailable",
-            "not_running" => "not_running",
-            _ => "backend_failure",
-        };
-        Self::new(status, code, e.to_string())
+        Self::new(status, hutch_state::runtime_code(&e), e.to_string())
     }
 }
 

@@ -29,6 +29,9 @@ pub fn client(egress: &EgressPolicy) -> anyhow::Result<Client> {
     Ok(Client::new(config)?)
 }
 
+/// Progress lines of one pull that may wait for a client reading slowly.
+const PULL_EVENTS: usize = 256;
+
 fn pull_failed(reference: &str, e: &RegistryError) -> ApiError {
     tracing::info!(%reference, error = %e, "pull failed");
     let (status, code) = match e {
@@ -95,19 +98,33 @@ pub async fn pull(
 ) -> Result<Response, ApiError> {
     let body: PullBody = crate::lifecycle::json_body(req.into_body()).await?;
     let parsed = Reference::parse(&body.reference).map_err(|e| pull_failed(&body.reference, &e))?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(PULL_EVENTS);
     tokio::spawn(async move {
-        let send = tx.clone();
-        let events = move |event: Event| {
-            let _ = send.send(serde_json::to_string(&event).unwrap_or_default() + "\n");
+        // Progress a client does not read in time is dropped; the last line (`done` or
+        // `error`) always goes out.
+        let done = std::sync::Mutex::new(None);
+        let events = |event: Event| {
+            let line = serde_json::to_string(&event).unwrap_or_default() + "\n";
+            match event {
+                Event::Done { .. } => *done.lock().unwrap_or_else(|p| p.into_inner()) = Some(line),
+                _ => {
+                    let _ = tx.try_send(line);
+                }
+            }
         };
         let outcome =
             hutch_registry::pull(&app.registry, app.sandboxes.store(), &parsed, &events).await;
-        if let Err(e) = outcome {
-            let err = pull_failed(&body.reference, &e);
-            let line =
-                serde_json::json!({"event": "error", "code": err.code, "message": err.message});
-            let _ = tx.send(line.to_string() + "\n");
+        let last = match outcome {
+            Ok(_) => done.into_inner().unwrap_or_else(|p| p.into_inner()),
+            Err(e) => {
+                let err = pull_failed(&body.reference, &e);
+                let line =
+                    serde_json::json!({"event": "error", "code": err.code, "message": err.message});
+                Some(line.to_string() + "\n")
+            }
+        };
+        if let Some(line) = last {
+            let _ = tx.send(line).await;
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {

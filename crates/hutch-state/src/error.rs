@@ -154,8 +154,9 @@ impl StateError {
     }
 }
 
-/// The runtime's code, if it is one clients know; `backend_failure` otherwise.
-fn runtime_code(e: &RuntimeError) -> &'static str {
+/// The runtime's code, if it is one clients know; `backend_failure` otherwise. The one list
+/// of them: the server's own mapping of runtime errors uses it too.
+pub fn runtime_code(e: &RuntimeError) -> &'static str {
     match e.code() {
         "not_found" => "not_found",
         "already_exists" => "already_exists",

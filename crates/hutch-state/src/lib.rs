@@ -4,7 +4,7 @@
 //!   sandboxes, templates, template builds and API keys.
 //! - [`sandboxes`]: the sandbox lifecycle over the runtime (create, settle, delete, update),
 //!   admission (capacity, queue, host size), reconcile after a restart, and the timeout and
-//!   liveness monitor. It reports sandboxes starting and ending as [`SandboxEvent`]s.
+//!   liveness monitor. It tells [`SandboxObserver`]s of sandboxes starting and ending.
 //! - [`templates`]: the template registry; [`builds`]: template builds (prepare, the build
 //!   channel of builder sandboxes, the build itself, complete).
 //! - [`keys`]: API keys and their namespace scopes.
@@ -31,8 +31,8 @@ use std::sync::Arc;
 use hutch_runtime::Backend;
 use hutch_store::Store;
 
-pub use error::{Conflict, Invalid, Kind, StateError};
-pub use sandboxes::{CreateParams, HostCapacity, Limits, SandboxEvent, Sandboxes};
+pub use error::{Conflict, Invalid, Kind, StateError, runtime_code};
+pub use sandboxes::{CreateParams, HostCapacity, Limits, SandboxObserver, Sandboxes};
 
 /// The services of one state directory, as `hutch serve` runs them.
 pub struct State {

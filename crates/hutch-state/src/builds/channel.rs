@@ -16,9 +16,43 @@ use super::{BUILDER_GRACE_SECS, Builds, CHANNEL_IDLE, Limits, events, token_hash
 use crate::db::BuildRow;
 use crate::now_ms;
 
+/// Connections a builder sandbox may hold open on its build channel at once. A builder makes
+/// one; each costs the host two threads for as long as it lasts (up to [`CHANNEL_IDLE`]
+/// idle), so a sandbox opening thousands must not get thousands.
+const CONNECTIONS: usize = 2;
+
+/// Serves each connection `listener` accepts with `serve`, at most `limit` at a time; one
+/// past that is closed at once. Runs until its task is aborted.
+async fn accept<F, Fut>(listener: tokio::net::UnixListener, limit: usize, serve: F)
+where
+    F: Fn(tokio::net::UnixStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let open = Arc::new(tokio::sync::Semaphore::new(limit));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            // Not a warning: a sandbox reconnecting in a loop must not flood the log either.
+            tracing::debug!(limit, "closed a build-channel connection past the limit");
+            continue;
+        };
+        let served = serve(stream);
+        tokio::spawn(async move {
+            served.await;
+            drop(permit);
+        });
+    }
+}
+
 impl Builds {
     /// Opens the build channel of a builder sandbox.
-    pub fn listen(self: &Arc<Self>, sandbox: &str) {
+    pub(super) fn listen(&self, sandbox: &str) {
+        let Some(this) = self.me.upgrade() else {
+            return;
+        };
         let listener = match self.backend.listen_in_sandbox(sandbox, BUILD_SOCKET_NAME) {
             Ok(l) => l,
             Err(e) => {
@@ -26,26 +60,18 @@ impl Builds {
                 return;
             }
         };
-        let this = Arc::clone(self);
         let id = sandbox.to_string();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                };
-                let this = Arc::clone(&this);
-                let id = id.clone();
-                tokio::spawn(async move { this.serve_channel(id, stream).await });
-            }
-        });
+        let task = tokio::spawn(accept(listener, CONNECTIONS, move |stream| {
+            let (this, id) = (Arc::clone(&this), id.clone());
+            async move { this.serve_channel(id, stream).await }
+        }));
         if let Some(old) = self.lock().insert(sandbox.to_string(), task) {
             old.abort();
         }
     }
 
     /// Closes the build channel of a sandbox that is gone (a build in flight goes on).
-    pub fn forget(&self, sandbox: &str) {
+    pub(super) fn forget(&self, sandbox: &str) {
         if let Some(task) = self.lock().remove(sandbox) {
             task.abort();
         }
@@ -355,6 +381,54 @@ mod tests {
         );
         assert!(unpack_context(&mut finish(tar).as_slice(), &dir).is_err());
         assert!(!outer.path().join("through.txt").exists());
+    }
+
+    #[tokio::test]
+    async fn a_builder_holds_at_most_a_few_channel_connections() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("build.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let served = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let counter = Arc::clone(&served);
+        let task = tokio::spawn(accept(listener, 2, move |stream| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut released = released.clone();
+            async move {
+                // An idle builder: holds its connection until told to let go.
+                let _ = released.wait_for(|r| *r).await;
+                drop(stream);
+            }
+        }));
+        let mut clients = Vec::new();
+        for _ in 0..10 {
+            clients.push(tokio::net::UnixStream::connect(&path).await.unwrap());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(served.load(Ordering::SeqCst), 2);
+        // The other eight were closed, not left waiting.
+        let mut closed = 0;
+        for client in &mut clients {
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(
+                std::time::Duration::from_millis(200),
+                tokio::io::AsyncReadExt::read(client, &mut byte),
+            )
+            .await;
+            if matches!(read, Ok(Ok(0))) {
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, 8);
+        // Once the open ones end, the channel serves again.
+        release.send(true).unwrap();
+        drop(clients);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let _again = tokio::net::UnixStream::connect(&path).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(served.load(Ordering::SeqCst), 3);
+        task.abort();
     }
 
     #[test]

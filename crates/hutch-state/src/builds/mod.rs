@@ -18,8 +18,8 @@
 //! - `run.rs`: the build (or import) itself, and its result on the build row;
 //! - `events.rs`: the bounded queue of a build's events back to the builder.
 //!
-//! Builder sandboxes are [`Sandboxes`]' own: `Builds` hears of them starting and ending
-//! through [`Sandboxes::subscribe`] and sets their timeouts through `Sandboxes`.
+//! Builder sandboxes are [`Sandboxes`]' own: `Builds` hears of them starting and ending as a
+//! [`SandboxObserver`] and sets their timeouts through `Sandboxes`.
 
 mod api;
 mod channel;
@@ -32,14 +32,13 @@ use std::sync::{Arc, Mutex};
 use hutch_runtime::Backend;
 use hutch_store::Store;
 use sha2::Digest as _;
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 
 pub use api::{CompleteRequest, ParentRef, PrepareRequest};
 
 use crate::db::Db;
 use crate::now_ms;
-use crate::sandboxes::{SandboxEvent, Sandboxes};
+use crate::sandboxes::{SandboxObserver, Sandboxes};
 use crate::templates::Templates;
 
 /// What a builder sandbox gets: it only relays, the host does the work.
@@ -56,6 +55,8 @@ const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 const CHANNEL_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub struct Builds {
+    /// Itself, for the build-channel tasks its observer callbacks start.
+    me: std::sync::Weak<Self>,
     db: Arc<Db>,
     templates: Templates,
     backend: Arc<dyn Backend>,
@@ -93,8 +94,8 @@ impl Builds {
             Ok(n) => tracing::warn!(builds = n, "marked builds interrupted by a restart failed"),
             Err(e) => tracing::error!(error = %e, "settling interrupted builds"),
         }
-        let events = sandboxes.subscribe();
-        let this = Arc::new(Self {
+        let this = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             db,
             templates,
             backend,
@@ -104,7 +105,8 @@ impl Builds {
             listeners: Mutex::new(HashMap::new()),
         });
         this.sweep();
-        tokio::spawn(Self::follow(Arc::downgrade(&this), events));
+        let observer: std::sync::Weak<dyn SandboxObserver> = Arc::downgrade(&this) as _;
+        this.sandboxes.observe(observer);
         let weak = Arc::downgrade(&this);
         tokio::spawn(async move {
             loop {
@@ -144,26 +146,21 @@ impl Builds {
         &self.templates
     }
 
-    /// Acts on what happens to sandboxes: a builder sandbox that runs gets its build
-    /// channel (before it is reported running), one that ends loses it.
-    async fn follow(weak: std::sync::Weak<Self>, mut events: UnboundedReceiver<SandboxEvent>) {
-        while let Some(event) = events.recv().await {
-            let Some(this) = weak.upgrade() else {
-                return;
-            };
-            match event {
-                SandboxEvent::Running { id, image, seen } => {
-                    if image == crate::default_image::BUILDER_IMAGE {
-                        this.listen(&id);
-                    }
-                    seen.done();
-                }
-                SandboxEvent::Ended { id } => this.forget(&id),
-            }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A builder sandbox that runs gets its build channel (before it is reported running), one
+/// that ends loses it; other sandboxes cost a string comparison.
+impl SandboxObserver for Builds {
+    fn running(&self, id: &str, image: &str) {
+        if image == crate::default_image::BUILDER_IMAGE {
+            self.listen(id);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
-        self.listeners.lock().unwrap_or_else(|p| p.into_inner())
+    fn ended(&self, id: &str) {
+        self.forget(id);
     }
 }

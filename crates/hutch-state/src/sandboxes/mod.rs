@@ -7,8 +7,8 @@
 //! - runtime work runs in tasks of its own, so a client that disconnects mid-request cancels
 //!   nothing halfway;
 //! - the server only ever removes runtime sandboxes labelled as its own;
-//! - a sandbox is reported running only after every subscriber to its events (template
-//!   builds: a builder sandbox's build channel) has seen it run.
+//! - a sandbox is reported running only after every [`SandboxObserver`] (template builds: a
+//!   builder sandbox's build channel) has handled its start.
 //!
 //! `monitor.rs` holds what settles rows against the runtime: reconcile after a start, and
 //! the timeout and liveness monitor.
@@ -16,14 +16,14 @@
 mod monitor;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use hutch_runtime::agent::AgentClient;
 use hutch_runtime::{Backend, NetworkMode, RuntimeError, SandboxSpec};
 use hutch_store::Store;
 use hutch_wire::StartProcess;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 pub use crate::admission::{HostCapacity, Limits};
 use crate::db::{Db, Reason, SandboxRow, Status};
@@ -33,8 +33,6 @@ use crate::now_ms;
 /// The label that marks a runtime sandbox as this server's.
 pub const OWNER_LABEL: &str = "hutch.owner";
 const OWNER: &str = "hutch-serve";
-/// How long a sandbox's start waits for subscribers to handle its `Running` event.
-const ANNOUNCE_WAIT: Duration = Duration::from_secs(5);
 
 /// What a running (or booting) sandbox holds: its place in the admission count and its
 /// share of capacity. Dropped when it ends.
@@ -62,29 +60,16 @@ pub struct CreateParams {
     pub spec: serde_json::Value,
 }
 
-/// What happens to sandboxes, for whoever must act on it (see [`Sandboxes::subscribe`]).
-#[derive(Debug)]
-pub enum SandboxEvent {
-    /// The sandbox runs (booted, or adopted after a restart). It is reported running only
-    /// once `seen` is dropped (or after a bound), so a subscriber can prepare for it first.
-    Running {
-        id: String,
-        image: String,
-        seen: Seen,
-    },
+/// A service that must act on sandboxes starting and ending (see [`Sandboxes::observe`]).
+///
+/// Called inline, on the path that starts or ends the sandbox: no queue to bound, no round
+/// trip, and a sandbox is reported running only once every observer has returned. So an
+/// observer must be quick, must not block, and must not call back into [`Sandboxes`].
+pub trait SandboxObserver: Send + Sync {
+    /// The sandbox runs (booted, or adopted after a restart) but is not reported running yet.
+    fn running(&self, id: &str, image: &str);
     /// The sandbox ended (its row is terminated); its runtime side is being removed.
-    Ended { id: String },
-}
-
-/// Held by a subscriber while it handles a `Running` event: [`Seen::done`], or dropping it,
-/// lets the sandbox be reported running.
-#[derive(Debug)]
-pub struct Seen(oneshot::Sender<()>);
-
-impl Seen {
-    pub fn done(self) {
-        let _ = self.0.send(());
-    }
+    fn ended(&self, id: &str);
 }
 
 pub struct Sandboxes {
@@ -102,7 +87,7 @@ pub struct Sandboxes {
     /// Bumped on every status change; waiters re-read the database.
     changes: watch::Sender<u64>,
     /// Who hears of sandboxes starting and ending.
-    subscribers: Mutex<Vec<mpsc::UnboundedSender<SandboxEvent>>>,
+    observers: Mutex<Vec<Weak<dyn SandboxObserver>>>,
 }
 
 impl Sandboxes {
@@ -127,44 +112,37 @@ impl Sandboxes {
             boots: Arc::new(Semaphore::new(limits.concurrent_boots.max(1))),
             limits,
             changes: watch::channel(0).0,
-            subscribers: Mutex::new(Vec::new()),
+            observers: Mutex::new(Vec::new()),
         })
     }
 
-    /// Every [`SandboxEvent`] from now on, in order.
-    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<SandboxEvent> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.lock_subscribers().push(tx);
-        rx
+    /// Tells `observer` of every sandbox that starts or ends from now on, for as long as it
+    /// lives.
+    pub fn observe(&self, observer: Weak<dyn SandboxObserver>) {
+        self.lock_observers().push(observer);
     }
 
-    fn lock_subscribers(
-        &self,
-    ) -> std::sync::MutexGuard<'_, Vec<mpsc::UnboundedSender<SandboxEvent>>> {
-        self.subscribers.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_observers(&self) -> std::sync::MutexGuard<'_, Vec<Weak<dyn SandboxObserver>>> {
+        self.observers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Tells subscribers that `id` runs and waits (boundedly) until they have handled it.
-    async fn announce_running(&self, id: &str, image: &str) {
-        let mut handled = Vec::new();
-        self.lock_subscribers().retain(|tx| {
-            let (seen, done) = oneshot::channel();
-            let event = SandboxEvent::Running {
-                id: id.to_string(),
-                image: image.to_string(),
-                seen: Seen(seen),
-            };
-            handled.push(done);
-            tx.send(event).is_ok()
-        });
-        for done in handled {
-            let _ = tokio::time::timeout(ANNOUNCE_WAIT, done).await;
+    /// The observers still alive, taken out of the lock so that none is called under it.
+    fn observers(&self) -> Vec<Arc<dyn SandboxObserver>> {
+        let mut observers = self.lock_observers();
+        observers.retain(|o| o.strong_count() > 0);
+        observers.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    fn announce_running(&self, id: &str, image: &str) {
+        for observer in self.observers() {
+            observer.running(id, image);
         }
     }
 
     fn announce_ended(&self, id: &str) {
-        self.lock_subscribers()
-            .retain(|tx| tx.send(SandboxEvent::Ended { id: id.to_string() }).is_ok());
+        for observer in self.observers() {
+            observer.ended(id);
+        }
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -252,15 +230,18 @@ impl Sandboxes {
     /// Waits until the sandbox leaves `pending` or `timeout` passes; returns its row then.
     pub async fn settle(&self, id: &str, timeout: Duration) -> Result<SandboxRow, StateError> {
         let mut changes = self.changes.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
+        // A bound past what the clock can represent is no bound.
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
         loop {
             let row = self.get_row(id)?;
             if row.status != Status::Pending {
                 return Ok(row);
             }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return self.get_row(id),
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() {
+                    return self.get_row(id);
+                },
+                _ = sleep_until(deadline) => return self.get_row(id),
             }
         }
     }
@@ -333,14 +314,17 @@ impl Sandboxes {
         }
         self.lock_agents().insert(id.clone(), sandbox.agent);
         self.lock_permits().insert(id.clone(), held);
-        self.announce_running(&id, &image).await;
+        self.announce_running(&id, &image);
         match self.db.mark_running(&id, now_ms()) {
             Ok(true) => {
                 tracing::info!(%id, "sandbox running");
                 self.changed();
             }
-            // Deleted while it booted.
-            _ => self.remove_runtime(&id).await,
+            // Deleted while it booted: its observers heard it end before they heard it run.
+            _ => {
+                self.announce_ended(&id);
+                self.remove_runtime(&id).await;
+            }
         }
     }
 

@@ -58,7 +58,7 @@ impl Sandboxes {
                 match this.backend.attach(&row.id).await {
                     Ok(sandbox) => {
                         this.lock_agents().insert(row.id.clone(), sandbox.agent);
-                        this.announce_running(&row.id, &row.image).await;
+                        this.announce_running(&row.id, &row.image);
                         if let (Ok(admitted), Ok(capacity)) = (
                             Arc::clone(&this.admission).try_acquire_owned(),
                             Arc::clone(&this.capacity).try_acquire_owned(),
