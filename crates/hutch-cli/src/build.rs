@@ -108,6 +108,9 @@ pub async fn build_image(
 
 /// The build's events on stderr: one line per step and the RUN output as it comes; on a
 /// terminal, also a spinner under them naming the running step and its time.
+/// The most of an unfinished output line the terminal renderer holds before printing it.
+const MAX_PARTIAL_LINE: usize = 64 << 10;
+
 struct Progress {
     spinner: Option<ProgressBar>,
     /// On a terminal, output is printed above the spinner a whole line at a time; this is
@@ -161,6 +164,12 @@ impl Progress {
                     let whole: Vec<u8> = partial.drain(..=end).collect();
                     let text = String::from_utf8_lossy(&whole[..end]);
                     spinner.suspend(|| eprintln!("{text}"));
+                } else if partial.len() >= MAX_PARTIAL_LINE {
+                    // A step printing without newlines (`cat /dev/zero`): print what is held
+                    // rather than hold it all.
+                    let text = String::from_utf8_lossy(&partial).into_owned();
+                    partial.clear();
+                    spinner.suspend(|| eprintln!("{text}"));
                 }
                 return;
             }
@@ -193,5 +202,28 @@ impl Drop for Progress {
         if let Some(spinner) = &self.spinner {
             spinner.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_without_newlines_is_printed_not_held() {
+        let progress = Progress::new(true);
+        for _ in 0..64 {
+            progress.handle(BuildEvent::Output {
+                stderr: false,
+                data: bytes::Bytes::from(vec![b'0'; 16 << 10]),
+            });
+        }
+        let held = progress
+            .partial
+            .lock()
+            .map(|p| p.len())
+            .unwrap_or(usize::MAX);
+        // 1 MiB went through; what stays held is under the 64 KiB a line may hold.
+        assert!(held < 64 << 10, "{held} bytes of one line held");
     }
 }

@@ -147,13 +147,13 @@ pub async fn call<T: DeserializeOwned>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
     /// A server that answers one request with `body`, as a 200.
-    async fn answer_once(body: Vec<u8>) -> String {
+    pub(crate) async fn answer_once(body: Vec<u8>) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {

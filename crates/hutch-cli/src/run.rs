@@ -210,6 +210,9 @@ async fn find_server() -> anyhow::Result<Option<String>> {
 }
 
 /// Has the server pull `reference`, drawing its progress events.
+/// The longest progress line `server_pull` holds (a line is one small JSON event).
+const MAX_PULL_LINE: usize = 64 << 10;
+
 async fn server_pull(api: &str, reference: &str) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
     let body = serde_json::to_string(&PullImageRequest {
@@ -239,6 +242,11 @@ async fn server_pull(api: &str, reference: &str) -> anyhow::Result<()> {
             continue;
         };
         pending.extend_from_slice(&data);
+        anyhow::ensure!(
+            pending.len() <= MAX_PULL_LINE || pending.contains(&b'\n'),
+            "the server sent a progress line over {} KiB",
+            MAX_PULL_LINE >> 10
+        );
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
             let value: serde_json::Value = serde_json::from_slice(&line).unwrap_or_default();
@@ -567,4 +575,20 @@ async fn pump_stdin(agent: AgentClient, pid: i64) {
     drop(tx);
     let _ = upload.await;
     let _ = agent.close_stdin(pid).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pull_progress_line_past_the_cap_is_refused_not_buffered() {
+        // One "line" of 1 MiB without a newline: held whole, it would end in a parse, not
+        // in this error.
+        let base = crate::client::tests::answer_once(vec![b' '; 1 << 20]).await;
+        let err = server_pull(&base, "busybox")
+            .await
+            .expect_err("an endless line was accepted");
+        assert!(format!("{err:#}").contains("progress line over"), "{err:#}");
+    }
 }
