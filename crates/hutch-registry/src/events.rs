@@ -1,6 +1,6 @@
 //! What a pull or push reports while it works: structured events for the API, and a
-//! terminal renderer for the CLI (a bar per layer on a TTY, drawn by `indicatif`; plain
-//! lines otherwise, no escape codes).
+//! terminal renderer for the CLI (on a TTY a bar per transfer under way, drawn by
+//! `indicatif`, and a line per finished layer; plain lines otherwise, no escape codes).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -54,8 +54,8 @@ pub enum Event {
 /// Where events go.
 pub type Sink<'a> = &'a (dyn Fn(Event) + Send + Sync);
 
-/// Draws events on stderr: one bar per layer on a terminal, a line per layer start and end
-/// otherwise.
+/// Draws events on stderr: on a terminal a bar per layer being transferred, a line once it
+/// is done; otherwise a line per layer start and end.
 pub struct Renderer {
     /// `None` off a terminal: plain lines.
     bars: Option<Bars>,
@@ -118,16 +118,9 @@ fn always_line(event: &Event) -> Option<String> {
 
 impl Renderer {
     pub fn new(tty: bool) -> Self {
-        let bars = tty.then(|| Bars {
-            multi: MultiProgress::new(),
-            layers: Mutex::new(HashMap::new()),
-            style: ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {binary_bytes} / {binary_total_bytes} {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        });
-        Self { bars }
+        Self {
+            bars: tty.then(|| Bars::new(MultiProgress::new())),
+        }
     }
 
     pub fn handle(&self, event: Event) {
@@ -143,13 +136,20 @@ impl Renderer {
 }
 
 impl Bars {
+    fn new(multi: MultiProgress) -> Self {
+        Self {
+            multi,
+            layers: Mutex::new(HashMap::new()),
+            style: ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {binary_bytes} / {binary_total_bytes} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        }
+    }
+
     fn handle(&self, event: &Event) {
         match event {
-            Event::LayerSkipped { digest, size } => {
-                let bar = self.bar(digest, *size);
-                bar.set_position(*size);
-                bar.finish_with_message("present");
-            }
             Event::LayerStarted { digest, size } => {
                 self.bar(digest, *size);
             }
@@ -158,17 +158,23 @@ impl Bars {
                 bytes,
                 size,
             } => self.bar(digest, *size).set_position(*bytes),
-            Event::LayerDone { digest, size } => {
-                let bar = self.bar(digest, *size);
-                bar.set_position(*size);
-                bar.finish_with_message("done");
+            // A finished layer leaves the bars for its plain line above them: the bars are
+            // the transfers under way (a pull runs a few at once), however many layers the
+            // image has.
+            Event::LayerSkipped { digest, .. } | Event::LayerDone { digest, .. } => {
+                if let Some(bar) = self.lock().remove(digest) {
+                    bar.finish_and_clear();
+                    self.multi.remove(&bar);
+                }
+                if let Some(line) = plain_line(event) {
+                    let _ = self.multi.println(line);
+                }
             }
             Event::Done { .. } => {
-                // The bars stay as they are; the result goes below them.
-                for bar in self.lock().values() {
-                    if !bar.is_finished() {
-                        bar.abandon();
-                    }
+                // Bars of transfers that never finished stay as they are; the result goes
+                // below them.
+                for (_, bar) in self.lock().drain() {
+                    bar.abandon();
                 }
                 if let Some(line) = always_line(event) {
                     let _ = writeln!(std::io::stderr().lock(), "{line}");
@@ -186,7 +192,7 @@ impl Bars {
         self.layers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The layer's bar, added below the others when first seen.
+    /// The bar of a layer under way, added below the others when first seen.
     fn bar(&self, digest: &str, size: u64) -> ProgressBar {
         let mut layers = self.lock();
         layers
@@ -259,5 +265,51 @@ mod tests {
         for line in lines.iter().flatten() {
             assert!(!line.contains('\x1b'), "no escape codes: {line:?}");
         }
+    }
+
+    /// However many layers an image has, the bars on screen are the transfers under way.
+    #[test]
+    fn a_terminal_shows_a_bar_per_transfer_under_way_only() {
+        let bars = Bars::new(MultiProgress::with_draw_target(
+            indicatif::ProgressDrawTarget::hidden(),
+        ));
+        let digest = |i: usize| format!("sha256:{i:064x}");
+        let mut most = 0;
+        for wave in (0..300).collect::<Vec<_>>().chunks(3) {
+            for &i in wave {
+                bars.handle(&Event::LayerSkipped {
+                    digest: digest(1000 + i),
+                    size: 5,
+                });
+                bars.handle(&Event::LayerStarted {
+                    digest: digest(i),
+                    size: 10,
+                });
+                bars.handle(&Event::LayerProgress {
+                    digest: digest(i),
+                    bytes: 5,
+                    size: 10,
+                });
+            }
+            most = most.max(bars.lock().len());
+            for &i in wave {
+                bars.handle(&Event::LayerDone {
+                    digest: digest(i),
+                    size: 10,
+                });
+            }
+        }
+        assert_eq!(most, 3, "one bar per transfer under way");
+        assert!(bars.lock().is_empty(), "finished layers keep no bar");
+        bars.handle(&Event::LayerStarted {
+            digest: digest(1),
+            size: 10,
+        });
+        bars.handle(&Event::Done {
+            reference: "r/x:1".into(),
+            image: "r/x:1".into(),
+            id: "sha256:i".into(),
+        });
+        assert!(bars.lock().is_empty());
     }
 }

@@ -72,7 +72,13 @@ pub async fn pull(
                 available,
             }
         })?;
-        let digest = chosen.digest().to_string();
+        // Checked as the store's before it names anything, even a URL.
+        let digest = parse_digest(
+            r,
+            chosen.digest().as_ref(),
+            "the linux/amd64 manifest digest",
+        )?
+        .to_string();
         let (b, ct) = client.manifest(r, &digest).await?;
         let actual = digest_of(&b);
         if actual != digest {

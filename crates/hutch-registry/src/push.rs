@@ -38,7 +38,11 @@ pub async fn push(
         what: format!("the stored manifest of {name}"),
         detail: e.to_string(),
     })?;
-    let total: u64 = parsed.layers().iter().map(|l| l.size()).sum();
+    // Sizes a registry announced for layers the store already had were never checked.
+    let total = parsed
+        .layers()
+        .iter()
+        .fold(0u64, |sum, l| sum.saturating_add(l.size()));
     events(Event::Resolved {
         reference: r.to_string(),
         manifest_digest: image.manifest_digest.to_string(),

@@ -300,6 +300,49 @@ async fn a_layer_longer_than_its_descriptor_is_not_read_on() {
     assert!(written < BOUNDED, "the client read {written} bytes");
 }
 
+/// An index's digests are checked as sha256 digests before one is asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_naming_a_non_sha256_manifest_is_refused_before_it_is_asked_for() {
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": format!("sha512:{}", "ab".repeat(64)), "size": 10,
+                       "platform": {"architecture": "amd64", "os": "linux"}}],
+    })
+    .to_string()
+    .into_bytes();
+    let asked = Arc::new(AtomicU64::new(0));
+    let counted = asked.clone();
+    let registry = Fake::start(
+        "127.0.0.1:0",
+        Arc::new(move |path, _| {
+            if path.contains("/manifests/sha512:") {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Reply::status(404, &[])
+            } else if path.contains("/manifests/") {
+                Reply::json(&index, "application/vnd.oci.image.index.v1+json")
+            } else {
+                Reply::status(404, &[])
+            }
+        }),
+    )
+    .await;
+    let err = pull(
+        &client(&registry, None),
+        &format!("{}/x:1", registry.host()),
+    )
+    .await
+    .expect_err("a sha512 manifest");
+    assert!(matches!(err, RegistryError::Malformed { .. }), "{err}");
+    assert!(err.to_string().contains("sha512"), "{err}");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        0,
+        "the manifest was asked for"
+    );
+}
+
 /// A registry that wants a Bearer token from `realm`, and 404s once it has one.
 fn bearer_registry(realm: String) -> Handler {
     Arc::new(move |_, headers| {

@@ -7,13 +7,19 @@
 //! namespaced and API-key-scoped forms. `crates/hutch-cli/tests/openapi_routes.rs` checks the
 //! document against a running server's router both ways.
 
-use axum::Json;
+use std::sync::LazyLock;
+
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
 use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-pub async fn document() -> Json<Value> {
-    Json(spec())
+/// The document is the same for the server's whole life: made once, on the first request.
+pub async fn document() -> impl IntoResponse {
+    static DOCUMENT: LazyLock<Vec<u8>> =
+        LazyLock::new(|| serde_json::to_vec(&spec()).unwrap_or_default());
+    ([(CONTENT_TYPE, "application/json")], DOCUMENT.as_slice())
 }
 
 /// Every route may also answer these; the document says so once, in its description.

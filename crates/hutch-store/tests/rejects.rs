@@ -180,6 +180,48 @@ fn missing_blob_is_not_an_image() {
     assert_not_an_image(&import_fails(&env, &env.layout(&files)), "missing");
 }
 
+/// A digest of a layout (its index's or its manifest's) is checked as the store's sha256
+/// digest before it names a file: one that would climb out of `blobs/sha256/`, or name
+/// another algorithm's directory, is refused and nothing is read through it.
+#[test]
+fn hostile_digests_in_a_layout_never_name_a_file() {
+    let env = Env::new();
+    let img = image(vec![Layer::new().file("f", b"x").bytes()]).build();
+    let with_index_entry = |digest: &str| {
+        let mut files = img.oci_files("latest");
+        let mut index: serde_json::Value = serde_json::from_slice(&files[1].1).expect("index");
+        index["manifests"][0]["digest"] = digest.into();
+        files[1].1 = serde_json::to_vec(&index).expect("index");
+        files
+    };
+    let with_layer_digest = |digest: &str| {
+        let mut manifest: serde_json::Value = serde_json::from_slice(&img.manifest).unwrap();
+        manifest["layers"][0]["digest"] = digest.into();
+        let manifest = serde_json::to_vec(&manifest).unwrap();
+        let mut files = img.oci_files("latest");
+        let mut index: serde_json::Value = serde_json::from_slice(&files[1].1).expect("index");
+        index["manifests"][0] =
+            fixture::descriptor("application/vnd.oci.image.manifest.v1+json", &manifest);
+        files[1].1 = serde_json::to_vec(&index).expect("index");
+        files.push((fixture::blob_name(&manifest), manifest));
+        files
+    };
+    let upper = format!("sha256:{}", "A".repeat(64));
+    for bad in ["sha256:../../../../etc/passwd", "sha256:..", upper.as_str()] {
+        let err = import_fails(&env, &env.layout(&with_index_entry(bad)));
+        assert_not_an_image(&err, "index.json");
+        let err = import_fails(&env, &env.layout(&with_layer_digest(bad)));
+        assert_not_an_image(&err, "manifest");
+    }
+    let sha512 = format!("sha512:{}", "ab".repeat(64));
+    for files in [with_index_entry(&sha512), with_layer_digest(&sha512)] {
+        match import_fails(&env, &env.layout(&files)) {
+            StoreError::Unsupported { what } => assert!(what.contains("sha512"), "{what}"),
+            other => panic!("expected Unsupported for a sha512 digest, got {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn a_corrupt_zstd_layer_is_a_typed_error() {
     let env = Env::new();

@@ -4,6 +4,7 @@
 mod fixture;
 
 use std::fs;
+use std::time::{Duration, SystemTime};
 
 use fixture::Env;
 use hutch_store::{FindingKind, Store, StoreError};
@@ -82,4 +83,37 @@ fn a_scratch_dir_needs_a_plain_label_and_a_fresh_name() {
     let a = env.store.scratch_dir("default-image").expect("a");
     let b = env.store.scratch_dir("default-image").expect("b");
     assert_ne!(a.path(), b.path());
+}
+
+/// A process killed between creating a scratch dir and publishing its lock leaves a dir
+/// with no `.lock` (maybe a `.lock.pending`). Cleanup takes it for one being set up while it
+/// is fresh, and removes it once it is old: it does not stay forever.
+#[test]
+fn a_scratch_dir_left_without_its_lock_is_swept_once_old() {
+    let env = Env::new();
+    let root = env.store.root().to_path_buf();
+    let fresh = root.join("tmp/scratch-build-context-1-2-3");
+    let aged = root.join("tmp/scratch-build-context-4-5-6");
+    let aged_pending = root.join("tmp/scratch-default-image-7-8-9");
+    for dir in [&fresh, &aged, &aged_pending] {
+        fs::create_dir(dir).expect("mkdir");
+    }
+    fs::write(aged_pending.join(".lock.pending"), b"").expect("pending lock");
+    let two_hours_ago = SystemTime::now() - Duration::from_secs(2 * 60 * 60);
+    for dir in [&aged, &aged_pending] {
+        fs::File::open(dir)
+            .and_then(|d| d.set_modified(two_hours_ago))
+            .expect("age the dir");
+    }
+
+    Store::open(&root).expect("open again");
+    assert!(
+        fresh.is_dir(),
+        "a fresh lock-less scratch dir may still be set up"
+    );
+    assert!(!aged.exists(), "an old lock-less scratch dir is swept");
+    assert!(
+        !aged_pending.exists(),
+        "an old half-locked scratch dir is swept"
+    );
 }

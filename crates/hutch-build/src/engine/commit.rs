@@ -113,8 +113,8 @@ impl Engine<'_> {
         tree: &Path,
         exclude: &[PathBuf],
     ) -> Result<(), BuildError> {
-        let scratch =
-            tempfile::tempdir().map_err(|e| BuildError::io("creating a scratch directory", e))?;
+        // In the store's tmp/, where a build killed mid-step leaves it for the next open.
+        let scratch = self.store.scratch_dir("build-layer")?;
         let blob = scratch.path().join("layer.tar.zst");
         let layer = {
             let (tree, exclude, blob) = (tree.to_path_buf(), exclude.to_vec(), blob.clone());

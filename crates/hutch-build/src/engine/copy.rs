@@ -1,6 +1,7 @@
-//! COPY and ADD (and WORKDIR's directory): files staged in a scratch directory, with the
-//! image's parent directories, that becomes the step's layer. ADD of a local archive unpacks
-//! it through the store's hardened extractor.
+//! COPY and ADD (and WORKDIR's directory): files staged in a scratch directory of the store
+//! (whose `tmp/` a later open sweeps when a build dies mid-step), with the image's parent
+//! directories, that becomes the step's layer. ADD of a local archive unpacks it through the
+//! store's hardened extractor.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -36,8 +37,7 @@ impl Engine<'_> {
             self.commit(state).await?;
             return Ok(());
         }
-        let scratch =
-            tempfile::tempdir().map_err(|e| BuildError::io("creating a scratch directory", e))?;
+        let scratch = self.store.scratch_dir("build-workdir")?;
         let staged = scratch.path().join("tree");
         stage_parents(
             &view,
@@ -125,8 +125,7 @@ impl Engine<'_> {
             ),
             None => None,
         };
-        let scratch =
-            tempfile::tempdir().map_err(|e| BuildError::io("creating a scratch directory", e))?;
+        let scratch = self.store.scratch_dir("build-copy")?;
         let staged = scratch.path().join("tree");
         std::fs::create_dir_all(&staged).map_err(|e| BuildError::io("staging", e))?;
         let dest_rel = PathBuf::from(
