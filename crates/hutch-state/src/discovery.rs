@@ -65,6 +65,8 @@ pub fn publish(home: &Path, api: SocketAddr) -> std::io::Result<Published> {
         nonce: hutch_wire::ids::random_bytes(32)?,
     };
     let body = serde_json::json!({"api": published.api, "nonce": hex::encode(&published.nonce)});
+    // A server killed between write and rename left its temporary file: swept here.
+    hutch_store::remove_dead_pid_entries(home, &[&format!(".{SERVE_FILE}.")]);
     let tmp = home.join(format!(".{SERVE_FILE}.{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let mut file = std::fs::OpenOptions::new()
@@ -141,6 +143,16 @@ mod tests {
             hex::encode(mac),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn a_publish_killed_before_its_rename_leaves_nothing_for_good() {
+        let home = tempfile::tempdir().unwrap();
+        let left = home.path().join(format!(".{SERVE_FILE}.2147483646"));
+        std::fs::write(&left, b"{\"api\"").unwrap();
+        publish(home.path(), "127.0.0.1:8900".parse().unwrap()).unwrap();
+        assert!(!left.exists(), "a dead server's temporary serve.json left");
+        assert!(home.path().join(SERVE_FILE).is_file());
     }
 
     #[test]

@@ -408,7 +408,7 @@ fn detect_build(binary: &Path, root: &Path) -> RunscBuild {
     }
     // A detection killed midway left its probe's state directory or its unrenamed cache;
     // it also left no cache, so the next detection (this one) comes here and removes them.
-    remove_dead_probes(root);
+    hutch_store::remove_dead_pid_entries(root, &[".probe.", ".build."]);
     let stdout = |args: &[&str]| {
         std::process::Command::new(binary)
             .args(args)
@@ -466,34 +466,6 @@ fn detect_build(binary: &Path, root: &Path) -> RunscBuild {
     // The cache of releases before 0.1, which knew only the platform.
     let _ = std::fs::remove_file(root.join("platform"));
     build
-}
-
-/// Removes `.probe.<pid>` directories and `.build.<pid>` files of detections whose process
-/// is gone (a live one, another `hutch` detecting at the same moment, is left alone).
-fn remove_dead_probes(root: &Path) {
-    let Ok(dir) = std::fs::read_dir(root) else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let Some(pid) = name
-            .strip_prefix(".probe.")
-            .or_else(|| name.strip_prefix(".build."))
-            .and_then(|pid| pid.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        // SAFETY: signal 0 only checks that the process exists.
-        if pid > 0 && unsafe { libc::kill(pid, 0) } == 0 {
-            continue;
-        }
-        let path = entry.path();
-        let _ = match entry.file_type() {
-            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
-            _ => std::fs::remove_file(&path),
-        };
-    }
 }
 
 /// Boots a throwaway sandbox on `platform` running the host's `/bin/true` (`runsc do`), in a
