@@ -228,6 +228,13 @@ pub trait Backend: Send + Sync {
     async fn kill(&self, id: &str) -> Result<()>;
     /// Kills if needed and removes every trace of the sandbox.
     async fn delete(&self, id: &str) -> Result<()>;
+    /// Removes what a process killed mid-create or mid-delete left without a record (only
+    /// what is older than `min_age`: a create in progress elsewhere is not touched). Returns
+    /// how many sandboxes' remains were removed; a backend that leaves none has nothing to do.
+    fn sweep_incomplete(&self, min_age: Duration) -> usize {
+        let _ = min_age;
+        0
+    }
 
     /// Runs `process` as a one-shot sandbox's first process, on this process's stdout and
     /// stderr (and stdin when `stdin`): nothing stands between boot and the command, and the

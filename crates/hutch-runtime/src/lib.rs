@@ -6,8 +6,7 @@
 //!   checkpoint and restore). Each backend reports [`Capabilities`], every one supported or
 //!   unsupported with a [`CapabilityReason`], and unsupported calls fail with
 //!   [`RuntimeError::UnsupportedCapability`], never a silent no-op. Callers hold a
-//!   `dyn Backend`; the concrete backend is named only where it is built and for its own
-//!   maintenance (the gVisor backend's `sweep_incomplete`).
+//!   `dyn Backend`; the concrete backend is named only where it is built.
 //! - Errors are one typed enum, [`RuntimeError`], each with a [`RetryClass`].
 //! - [`agent::AgentClient`] talks to a sandbox's agent (processes, files) over the
 //!   connection the agent dialed home on.

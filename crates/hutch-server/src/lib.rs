@@ -30,17 +30,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use hutch_runtime::Backend;
-use hutch_runtime::gvisor::GvisorBackend;
 use hutch_state::builds::Builds;
 use hutch_state::{Sandboxes, State, discovery, state_id};
 use hutch_store::Store;
 
 pub use hutch_state::Limits;
 pub use listen::HttpBounds;
-
-/// How old a sandbox directory without a record must be to count as left behind by a
-/// process killed mid-create or mid-delete (a live create writes its record within ms).
-const INCOMPLETE_AGE: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -88,12 +83,10 @@ struct App {
 /// after it returns.
 pub async fn serve(
     config: ServeConfig,
-    gvisor: Arc<GvisorBackend>,
+    backend: Arc<dyn Backend>,
     store: Store,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let backend: Arc<dyn Backend> = Arc::clone(&gvisor) as Arc<dyn Backend>;
-    let gvisor_for_sweep = Arc::clone(&gvisor);
     let registry = images::client(&config.registry_egress)?;
     let State {
         sandboxes,
@@ -109,24 +102,6 @@ pub async fn serve(
     )
     .await
     .context("starting the state (database, built-in images, reconcile with the runtime)")?;
-    let swept = hutch_build::engine::sweep_orphans(&*gvisor_for_sweep).await
-        + gvisor_for_sweep.sweep_incomplete(INCOMPLETE_AGE);
-    if swept > 0 {
-        tracing::info!(swept, "removed sandboxes of builds interrupted by a crash");
-    }
-    // A CLI build killed while its RUN sandbox was still booting leaves it to come up
-    // after the sweep above: sweep again now and then.
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-            let swept = hutch_build::engine::sweep_orphans(&*gvisor_for_sweep).await
-                + gvisor_for_sweep.sweep_incomplete(INCOMPLETE_AGE);
-            if swept > 0 {
-                tracing::info!(swept, "removed sandboxes of interrupted builds or deletes");
-            }
-        }
-    });
-
     let loopback = config.listen.ip().is_loopback() && config.proxy_listen.ip().is_loopback();
     let auth = auth::Auth::new(keys, config.require_keys || !loopback);
     let proxy_host =

@@ -54,6 +54,7 @@ impl State {
         store: Store,
         registry: hutch_registry::Client,
     ) -> Result<Self, StateError> {
+        let backend_for_sweep = Arc::clone(&backend);
         let db = Arc::new(db::Db::open(&home.join(DB_FILE))?);
         let image = default_image::ensure(&store, busybox)?;
         default_image::ensure_builder(&store, busybox)?;
@@ -82,12 +83,42 @@ impl State {
             "reconciled state with the runtime"
         );
         tokio::spawn(Arc::clone(&sandboxes).monitor());
+        let swept = sweep_crashed(&*backend_for_sweep).await;
+        if swept > 0 {
+            tracing::info!(
+                swept,
+                "removed sandboxes of builds or deletes interrupted by a crash"
+            );
+        }
+        // A CLI build killed while its RUN sandbox was still booting leaves it to come up
+        // after the sweep above: sweep again now and then.
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                let swept = sweep_crashed(&*backend_for_sweep).await;
+                if swept > 0 {
+                    tracing::info!(swept, "removed sandboxes of interrupted builds or deletes");
+                }
+            }
+        });
         Ok(Self {
             sandboxes,
             builds,
             keys: keys::Keys::new(db),
         })
     }
+}
+
+/// How old a sandbox's remains without a record must be to count as left behind by a process
+/// killed mid-create or mid-delete (a live create writes its record within milliseconds).
+const INCOMPLETE_AGE: std::time::Duration = std::time::Duration::from_secs(20);
+/// How often the crash sweep runs after the one at start.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Removes build sandboxes whose owner process is gone and sandboxes a killed process left
+/// half-made or half-removed.
+async fn sweep_crashed(backend: &dyn Backend) -> usize {
+    hutch_build::engine::sweep_orphans(backend).await + backend.sweep_incomplete(INCOMPLETE_AGE)
 }
 
 /// The state database's file name inside the state directory.

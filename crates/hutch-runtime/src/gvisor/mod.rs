@@ -465,52 +465,6 @@ impl GvisorBackend {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Removes what sandboxes left half-made or half-removed: a directory with no record
-    /// (a process killed between creating it and saving the record, or in the middle of
-    /// removing it), with its mounts, pin, cgroups and any runsc process. Only directories
-    /// older than `min_age` are touched: a create in progress elsewhere writes its record
-    /// within milliseconds. Returns how many were removed.
-    pub fn sweep_incomplete(&self, min_age: Duration) -> usize {
-        let Ok(entries) = std::fs::read_dir(self.home.join("sandboxes")) else {
-            return 0;
-        };
-        let mut removed = 0;
-        for entry in entries.flatten() {
-            let Some(id) = entry.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            let dir = entry.path();
-            let old_enough = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age >= min_age);
-            if validate_id(&id).is_err()
-                || !old_enough
-                || dir.join(persist::RECORD_FILE).exists()
-                || self.runsc.knows(&id)
-            {
-                continue;
-            }
-            kill_runsc_processes(&self.runsc.root, &id);
-            for mount in rootfs::mounts_under(&dir) {
-                let _ = rootfs::unmount(&mount);
-            }
-            if !rootfs::mounts_under(&dir).is_empty() {
-                continue;
-            }
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(%id, error = %e, "removing an incomplete sandbox directory");
-                continue;
-            }
-            let _ = self.store.unpin(&id);
-            remove_cgroups(&id);
-            removed += 1;
-        }
-        removed
-    }
-
     /// Waits until runsc no longer holds state for `id`.
     async fn wait_gone(&self, id: &str, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -595,6 +549,52 @@ impl Backend for GvisorBackend {
             )
             .unsupported(C::SandboxRestore, later("checkpoint and restore, issue 16"))
             .with_runtime(self.runsc.details())
+    }
+
+    /// Removes what sandboxes left half-made or half-removed: a directory with no record
+    /// (a process killed between creating it and saving the record, or in the middle of
+    /// removing it), with its mounts, pin, cgroups and any runsc process. Only directories
+    /// older than `min_age` are touched: a create in progress elsewhere writes its record
+    /// within milliseconds. Returns how many were removed.
+    fn sweep_incomplete(&self, min_age: Duration) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.home.join("sandboxes")) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let dir = entry.path();
+            let old_enough = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= min_age);
+            if validate_id(&id).is_err()
+                || !old_enough
+                || dir.join(persist::RECORD_FILE).exists()
+                || self.runsc.knows(&id)
+            {
+                continue;
+            }
+            kill_runsc_processes(&self.runsc.root, &id);
+            for mount in rootfs::mounts_under(&dir) {
+                let _ = rootfs::unmount(&mount);
+            }
+            if !rootfs::mounts_under(&dir).is_empty() {
+                continue;
+            }
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(%id, error = %e, "removing an incomplete sandbox directory");
+                continue;
+            }
+            let _ = self.store.unpin(&id);
+            remove_cgroups(&id);
+            removed += 1;
+        }
+        removed
     }
 
     async fn create(&self, mut spec: SandboxSpec) -> Result<Sandbox> {
