@@ -74,6 +74,7 @@ pub use inspect::{Inspection, LayerDetails};
 pub use layer_tar::{CompressedLayer, write_layer, write_layer_zstd};
 pub use leftovers::remove_dead_pid_entries;
 pub use name::normalize_name;
+pub use oci::{canonical_json, descriptor};
 pub use staging::ScratchDir;
 pub use store::Store;
 pub use unpack::unpack_archive;

@@ -34,7 +34,7 @@ pub(crate) fn digest_of(descriptor: &Descriptor) -> Result<Digest, StoreError> {
 }
 
 /// A descriptor for `digest` (`size` bytes of `media_type`).
-pub(crate) fn descriptor(media_type: &str, digest: &Digest, size: u64) -> Descriptor {
+pub fn descriptor(media_type: &str, digest: &Digest, size: u64) -> Descriptor {
     let digest: oci_spec::image::Digest = digest
         .as_str()
         .parse()
@@ -44,7 +44,7 @@ pub(crate) fn descriptor(media_type: &str, digest: &Digest, size: u64) -> Descri
 
 /// `value` as JSON with every map's keys sorted: `oci_spec` keeps annotations in a
 /// `HashMap`, and the same image must always give the same bytes (digests, saved archives).
-pub(crate) fn canonical_json(value: &impl serde::Serialize) -> serde_json::Result<Vec<u8>> {
+pub fn canonical_json(value: &impl serde::Serialize) -> serde_json::Result<Vec<u8>> {
     serde_json::to_vec(&serde_json::to_value(value)?)
 }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use hutch_store::{Digest, Image, IngestLayer, write_layer_zstd};
-use oci_spec::image::{Descriptor, ImageManifest, ImageManifestBuilder, MediaType};
+use oci_spec::image::{ImageManifest, ImageManifestBuilder, MediaType};
 use serde_json::{Value, json};
 
 use super::Engine;
@@ -48,9 +48,7 @@ impl Engine<'_> {
         let config_bytes =
             serde_json::to_vec(&config).map_err(|e| BuildError::Internal(e.to_string()))?;
         let config_digest = Digest::of_bytes(&config_bytes);
-        let descriptor = |media_type: &str, digest: &Digest, size: u64| {
-            oci_digest(digest).map(|d| Descriptor::new(MediaType::from(media_type), size, d))
-        };
+        let descriptor = hutch_store::descriptor;
         let manifest = ImageManifestBuilder::default()
             .schema_version(2u32)
             .media_type(MediaType::ImageManifest)
@@ -58,19 +56,18 @@ impl Engine<'_> {
                 "application/vnd.oci.image.config.v1+json",
                 &config_digest,
                 config_bytes.len() as u64,
-            )?)
+            ))
             .layers(
                 state
                     .layers
                     .iter()
                     .map(|l| descriptor(&l.media_type, &l.blob, l.size))
-                    .collect::<Result<Vec<_>, _>>()?,
+                    .collect::<Vec<_>>(),
             )
             .build()
             .map_err(|e| BuildError::Internal(e.to_string()))?;
-        // Through a `Value`, whose keys are sorted: the same bytes as manifests built before.
-        let manifest_bytes = serde_json::to_value(&manifest)
-            .and_then(|v| serde_json::to_vec(&v))
+        // Keys sorted: the same bytes as manifests built before, and as the store writes.
+        let manifest_bytes = hutch_store::canonical_json(&manifest)
             .map_err(|e| BuildError::Internal(e.to_string()))?;
         let manifest_digest = Digest::of_bytes(&manifest_bytes);
         let store = self.store.clone();
@@ -189,13 +186,6 @@ impl Engine<'_> {
 }
 
 /// A store digest as an OCI one (every sha256 digest is one).
-fn oci_digest(digest: &Digest) -> Result<oci_spec::image::Digest, BuildError> {
-    digest
-        .as_str()
-        .parse()
-        .map_err(|e| BuildError::Internal(format!("digest {digest}: {e}")))
-}
-
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, BuildError> {
     let bytes = std::fs::read(path)
         .map_err(|e| BuildError::io(format!("reading {}", path.display()), e))?;
