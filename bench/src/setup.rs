@@ -66,8 +66,9 @@ impl Setup {
     /// unpacks the floor's bundles, all for the `hutch` binary `hutch`.
     pub fn prepare_for(hutch: PathBuf) -> anyhow::Result<Self> {
         // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
         ensure!(
-            unsafe { libc::geteuid() } == 0,
+            euid == 0,
             "hutch-bench must run as root: runsc and the overlay mounts need it"
         );
         let ws = workspace();

@@ -128,12 +128,12 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
                 name,
                 platform,
             } => {
-                if let Some(name) = &name {
-                    if let Some(first) = stage_lines.insert(name.clone(), line) {
-                        return Err(error(format!(
-                            "duplicate stage name {name:?} (first defined on line {first})"
-                        )));
-                    }
+                if let Some(name) = &name
+                    && let Some(first) = stage_lines.insert(name.clone(), line)
+                {
+                    return Err(error(format!(
+                        "duplicate stage name {name:?} (first defined on line {first})"
+                    )));
                 }
                 stages.push(Stage {
                     base,

@@ -2,6 +2,9 @@
 //! answers parses as the SDK's types, and what the SDK sends parses as the server's (whose
 //! requests refuse unknown fields, so a field the SDK sends and Hutch lacks fails here).
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use hutch_api::{
     ContainerResources, CreateOutcome, CreateSandboxRequest, CreateSandboxResponse, ErrorDetails,
     ListSandboxesResponse, NetworkConfig, NodeKind, SandboxAccepted, SandboxInfo, SandboxStatus,

@@ -1,5 +1,8 @@
 //! Importing things that are not images, or hostile ones, fails clearly and stores nothing.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::Write;

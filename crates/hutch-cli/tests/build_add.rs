@@ -4,6 +4,9 @@
 //! written outside the image; a legitimate one keeps its modes and `user.*` xattrs and loses
 //! host-only xattrs. No RUN step: these builds start no sandbox.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::os::unix::fs::MetadataExt;

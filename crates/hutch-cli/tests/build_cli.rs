@@ -1,6 +1,9 @@
 //! `hutch image build` as a user meets it: the step cache (an unchanged rebuild runs nothing,
 //! a changed file rebuilds from the step that reads it), live RUN output, the result runs.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Home, stderr, stdout};

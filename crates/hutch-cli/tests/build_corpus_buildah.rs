@@ -3,6 +3,9 @@
 //! to; every case of `fixtures/builds-bad` that buildah is known to reject fails. Hutch's own
 //! builds are compared with these results elsewhere; this proves the reference side works.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

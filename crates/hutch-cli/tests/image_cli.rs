@@ -2,6 +2,9 @@
 //! its own: they remove and corrupt images, which the store shared by the other tests must
 //! never see.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::PathBuf;

@@ -1,6 +1,9 @@
 //! The sandbox is gVisor, sees nothing of the host, has no network, and enforces memory
 //! limits per process without dying.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Home, stderr, stdout};

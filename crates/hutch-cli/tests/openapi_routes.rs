@@ -2,6 +2,9 @@
 //! document describes is answered by a handler (not by the router's own 404
 //! `route_not_found`, nor a 405), and every route the server serves is documented.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeSet;

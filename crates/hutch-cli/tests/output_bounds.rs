@@ -4,6 +4,9 @@
 //! end the whole sandbox. Real `hutch serve`, real gVisor sandboxes, the published
 //! `tensorlake` crate as the client.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Home;

@@ -1,6 +1,9 @@
 //! PTY sessions against real sandboxes: a shell on a terminal, typed input, resize, exit
 //! codes, tokens, detach and reattach, and DELETE.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

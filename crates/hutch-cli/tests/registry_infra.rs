@@ -1,6 +1,9 @@
 //! The pull tests' own footing: a real registry takes and serves the fixture images, counts the
 //! blob bytes it sends, and the oracle fixture unpacks (with umoci) to the tree it was built as.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,9 @@
 //! and by `hutch image push`): the unpacked tree against `umoci unpack` of the same image,
 //! layer dedupe counted in bytes, auth, zstd, and every way a registry can fail.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;

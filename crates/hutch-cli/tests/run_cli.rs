@@ -1,5 +1,8 @@
 //! `hutch run` end to end, in real gVisor sandboxes.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::Write;

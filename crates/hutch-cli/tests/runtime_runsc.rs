@@ -1,6 +1,9 @@
 //! The runsc Hutch drives: what `hutch info` reports of it, the flags chosen deliberately,
 //! and a failed start that always reaches the user as a message.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Home, stderr, stdout};

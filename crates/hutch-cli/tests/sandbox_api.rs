@@ -1,6 +1,9 @@
 //! The runtime library against real sandboxes: files, reconnection with replay, lifecycle
 //! leaks, and a sandbox killed while a request is in flight.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -195,6 +198,7 @@ async fn a_sandbox_killed_mid_request_fails_the_request_and_cleans_up() {
         .collect();
     assert!(!victims.is_empty(), "no sandbox process found");
     for pid in victims {
+        // SAFETY: kill(2) on a pid; one gone since fails harmlessly.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     let outcome = tokio::time::timeout(Duration::from_secs(30), async {

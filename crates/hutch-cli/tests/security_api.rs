@@ -2,6 +2,9 @@
 //! keys in the lifecycle API, the platform API and the proxy; names routed only with their
 //! namespace; foreign hosts and origins and non-JSON bodies refused on loopback.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Home;

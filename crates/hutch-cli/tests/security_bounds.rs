@@ -3,6 +3,9 @@
 //! against the host's capacity and a bounded create queue, the purge of ended sandboxes,
 //! `hutch sbx cp` streaming, and `hutch run` trusting only the server it can verify.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{Read, Write};
@@ -395,8 +398,9 @@ fn listed(server: &Server) -> Vec<Value> {
 /// Peak resident memory of a finished child, in KiB (waits for it).
 fn wait_peak_rss_kib(child: std::process::Child) -> (i32, i64) {
     let mut status = 0;
-    // SAFETY: plain wait4 on our own child, with out-pointers to locals.
+    // SAFETY: `rusage` is plain data, for which all zeroes is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child into a status and rusage we own.
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     assert_eq!(pid, child.id() as i32);
     std::mem::forget(child);

@@ -3,6 +3,9 @@
 //! over the link, other host users reaching setuid files through sandbox directories, and
 //! process floods. Each fails without its fix.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -1,5 +1,8 @@
 //! `hutch sbx` against a real `hutch serve`.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Home, stderr, stdout};

@@ -1,6 +1,9 @@
 //! `hutch serve` under bad input and under load: every bad request is a 4xx with a JSON
 //! body carrying a code, never a 500; concurrency leaves nothing behind.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Home;

@@ -2,6 +2,9 @@
 //! server adopts them, followers reattach and get every line exactly once, and the database
 //! matches the runtime. Also the graceful stop, which leaves sandboxes running.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,9 @@
 //! `hutch serve` driven by the published `tensorlake` crate (0.5.160): the lifecycle API and
 //! the sandbox proxy, with real sandboxes behind them.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

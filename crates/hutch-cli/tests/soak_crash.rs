@@ -10,6 +10,9 @@
 //! - A header flood: hundreds of connections sending oversized request heads; the server
 //!   keeps answering and its memory stays bounded.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -3,6 +3,9 @@
 //! template `FROM` a registered one; a registry import; sandboxes from the templates; and the
 //! failures that must leave no template behind.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;

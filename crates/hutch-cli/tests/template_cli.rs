@@ -1,6 +1,9 @@
 //! `hutch template`: build base and diff templates locally, list and describe them, run
 //! sandboxes from them by name, and refuse to remove a parent that has children.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Home, stderr, stdout};

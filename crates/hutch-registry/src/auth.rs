@@ -242,6 +242,7 @@ mod tests {
             err.contains("docker-credential-hutch-test-missing-helper"),
             "{err}"
         );
+        // SAFETY: as above, this test alone touches DOCKER_CONFIG.
         unsafe { std::env::remove_var("DOCKER_CONFIG") };
     }
 }

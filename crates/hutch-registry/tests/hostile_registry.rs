@@ -3,6 +3,9 @@
 //! server's own network. The "registries" are tiny HTTP servers on loopback that record what
 //! they were sent and count what they wrote, so each test can say what never happened.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -2,6 +2,9 @@
 //! refuses what it cannot, and the optional operations that need no running sandbox. Runs
 //! against a real store and the installed runsc (no sandbox is started).
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use hutch_runtime::gvisor::{GvisorBackend, GvisorConfig};

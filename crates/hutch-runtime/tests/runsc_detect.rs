@@ -1,5 +1,8 @@
 //! Detecting the runsc build (real runsc, no sandbox of Hutch's booted).
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use hutch_runtime::gvisor::Runsc;
 
 /// A detection killed midway (its probe sandbox's state directory, its half-written cache)

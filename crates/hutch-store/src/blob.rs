@@ -103,14 +103,14 @@ pub(crate) fn verify(
     actual: &Digest,
     actual_size: u64,
 ) -> Result<(), StoreError> {
-    if let Some(expected_size) = expected_size {
-        if expected_size != actual_size {
-            return Err(StoreError::SizeMismatch {
-                what: what.to_string(),
-                expected: expected_size,
-                actual: actual_size,
-            });
-        }
+    if let Some(expected_size) = expected_size
+        && expected_size != actual_size
+    {
+        return Err(StoreError::SizeMismatch {
+            what: what.to_string(),
+            expected: expected_size,
+            actual: actual_size,
+        });
     }
     if actual != expected {
         return Err(StoreError::DigestMismatch {

@@ -70,14 +70,14 @@ pub(crate) fn resolve(dir: &Path, name: &str, source: &Path) -> Result<ResolvedD
     let config = member(dir, &entry.config, true, source)?;
     let config_bytes = read_small(&config.path, "the image config", source)?;
     let config_digest = Digest::of_bytes(&config_bytes);
-    if let Some(named) = config.named_digest {
-        if named != config_digest {
-            return Err(StoreError::DigestMismatch {
-                what: format!("config {}", entry.config),
-                expected: named,
-                actual: config_digest,
-            });
-        }
+    if let Some(named) = config.named_digest
+        && named != config_digest
+    {
+        return Err(StoreError::DigestMismatch {
+            what: format!("config {}", entry.config),
+            expected: named,
+            actual: config_digest,
+        });
     }
     let layers = entry
         .layers

@@ -100,13 +100,13 @@ pub(crate) fn parse_config(
     let rootfs = raw
         .rootfs
         .ok_or_else(|| not_an_image(source, "the image config has no rootfs section"))?;
-    if let Some(kind) = rootfs.kind.as_deref() {
-        if kind != "layers" {
-            return Err(not_an_image(
-                source,
-                format!("the image config has rootfs type {kind:?}, expected \"layers\""),
-            ));
-        }
+    if let Some(kind) = rootfs.kind.as_deref()
+        && kind != "layers"
+    {
+        return Err(not_an_image(
+            source,
+            format!("the image config has rootfs type {kind:?}, expected \"layers\""),
+        ));
     }
     let diff_ids = rootfs.diff_ids.unwrap_or_default();
     let config = raw

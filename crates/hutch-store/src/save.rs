@@ -289,10 +289,10 @@ impl PendingFile {
         fs::rename(&self.temp, &self.dest).ctx(ctx)?;
         self.committed = true;
         // The rename itself is durable only once the directory is flushed too.
-        if let Some(dir) = self.temp.parent() {
-            if let Err(err) = File::open(dir).and_then(|d| d.sync_all()) {
-                tracing::warn!(dir = %dir.display(), %err, "could not flush the directory of a saved archive");
-            }
+        if let Some(dir) = self.temp.parent()
+            && let Err(err) = File::open(dir).and_then(|d| d.sync_all())
+        {
+            tracing::warn!(dir = %dir.display(), %err, "could not flush the directory of a saved archive");
         }
         Ok(())
     }

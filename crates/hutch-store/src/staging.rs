@@ -124,10 +124,10 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if let Err(err) = fs::remove_dir_all(&self.dir) {
-            if err.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(dir = %self.dir.display(), %err, "could not remove staging directory");
-            }
+        if let Err(err) = fs::remove_dir_all(&self.dir)
+            && err.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %self.dir.display(), %err, "could not remove staging directory");
         }
     }
 }

@@ -3,6 +3,9 @@
 //! device nodes. Each is either written safely (sparse files stay sparse, disallowed xattrs
 //! are dropped) or refused with a typed error that leaves the store exactly empty.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod fixture;
 
 use std::fs;

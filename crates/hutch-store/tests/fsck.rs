@@ -1,6 +1,9 @@
 //! `Store::fsck`: what it finds in a damaged store, what repair mends, and what it leaves
 //! reported (images it cannot mend are never deleted).
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod fixture;
 
 use std::fs;

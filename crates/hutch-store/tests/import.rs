@@ -1,6 +1,9 @@
 //! Successful imports from every source kind, and the fidelity of unpacked layers
 //! (whiteouts, opaque dirs, owners, modes, times, xattrs, links, devices).
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod fixture;
 
 use std::fs;

@@ -2,6 +2,9 @@
 //! store, comes back the same: whiteouts, opaque directories, hardlinks, symlinks, owners,
 //! modes and xattrs.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;

@@ -1,5 +1,8 @@
 //! Layer sharing, removal, pins and gc, name handling and staging cleanup.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod fixture;
 
 use std::fs;

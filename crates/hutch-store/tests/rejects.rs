@@ -3,6 +3,9 @@
 //! anywhere else; the hostile layers that are legal are checked for a safe outcome, with
 //! nothing outside the store changed.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod fixture;
 
 use std::fs;

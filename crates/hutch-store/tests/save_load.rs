@@ -1,6 +1,9 @@
 //! `Store::save` (OCI archives out of the store), `Store::load` (every named image of an
 //! archive in) and `Store::inspect`.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod fixture;
 
 use std::collections::BTreeMap;

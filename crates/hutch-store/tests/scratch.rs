@@ -1,6 +1,9 @@
 //! `Store::scratch_dir`: a working directory in `tmp/` that other `Store`s leave alone while
 //! it lives (open's cleanup, fsck, fsck --repair), unlike lock-less leftovers beside it.
 
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod fixture;
 
 use std::fs;

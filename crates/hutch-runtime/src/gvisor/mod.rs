@@ -43,8 +43,9 @@ struct AttachedState {
 /// its own, from 0, overwriting what the file already held (`(echo a; runsc run ..) > f`
 /// loses the `a`), so it gets a pipe whose contents a thread appends to the file.
 fn caller_output(fd: i32) -> Result<(Stdio, Option<std::thread::JoinHandle<()>>)> {
-    // SAFETY: fstat on a descriptor number; a closed one just fails.
+    // SAFETY: `stat` is plain data, for which all zeroes is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on a descriptor number into a stat we own; a closed one just fails.
     let is_file = unsafe { libc::fstat(fd, &mut st) } == 0
         && (st.st_mode & libc::S_IFMT == libc::S_IFREG
             || st.st_mode & libc::S_IFMT == libc::S_IFBLK);

@@ -129,10 +129,10 @@ impl Sandboxes {
                     }
                 }
             }
-            if ticks % PURGE_EVERY == 0 {
+            if ticks.is_multiple_of(PURGE_EVERY) {
                 self.purge(now);
             }
-            if ticks % LIVENESS_EVERY != 0 {
+            if !ticks.is_multiple_of(LIVENESS_EVERY) {
                 continue;
             }
             let Ok(runtime) = self.backend.list().await else {
