@@ -1,7 +1,15 @@
 //! The lifecycle API's bodies: create, get, list, update and delete sandboxes.
 //!
 //! Requests refuse unknown fields (a misspelt option is a 400, not silently ignored), as the
-//! Tensorlake server does; the SDKs omit what they leave unset.
+//! Tensorlake server does; the SDKs omit what they leave unset. A field the server refuses
+//! whatever it holds (file system mounts, GPUs, a live resize) is parsed no further than it
+//! needs to be refused, so any value of it gets the same `unsupported_capability` answer; its
+//! schema still shows the shape the SDKs send.
+//!
+//! serde also reads a struct from a JSON array, field by field, where a `default` field may
+//! be left out. Only the fields the server has always defaulted say `default` (an absent
+//! `Option` is `None` without it), so an array body is refused exactly as it always was, and
+//! `[]` is not an empty create.
 
 use std::collections::BTreeMap;
 
@@ -13,41 +21,42 @@ use utoipa::{IntoParams, ToSchema};
 #[serde(deny_unknown_fields)]
 pub struct CreateSandboxRequest {
     /// A template (name or id) or an image reference; the default template when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<CreateSandboxResources>,
     /// Lifetime in seconds, counted from the start; 0 for none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0)]
     pub timeout_secs: Option<i64>,
     /// The command the sandbox starts with; a template's ENTRYPOINT and CMD when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkConfig>,
     /// Restore from a snapshot (not supported yet: 400 `unsupported_capability`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<String>,
     /// `false` requires a `name`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_resume: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_unauthenticated_access: Option<bool>,
     /// Ports routed through the proxy (none yet: a non-empty list is refused).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub exposed_ports: Option<Vec<u16>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: Option<String>,
     /// File systems to mount (not supported yet: a non-empty list is refused).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub file_systems: Vec<FileSystemMount>,
+    #[schema(value_type = Vec<FileSystemMount>)]
+    pub file_systems: Vec<serde_json::Value>,
     /// `false`: answer 202 with [`SandboxAccepted`] as soon as the sandbox is recorded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub wait: Option<bool>,
     /// Longest the sandbox may wait for capacity before it fails with `no_capacity`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_pending_secs: Option<u64>,
     /// Hutch extension: environment for the entrypoint and processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,15 +67,16 @@ pub struct CreateSandboxRequest {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandboxResources {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_mb: Option<u64>,
     /// This host has none to give: a non-empty list is refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpus: Option<Vec<GpuResources>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<GpuResources>>)]
+    pub gpus: Option<Vec<serde_json::Value>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -129,10 +139,12 @@ pub struct CreateSandboxResponse {
     /// The sandbox proxy's address (`running` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox_url: Option<String>,
+    // `failed` only (an ended sandbox always has its reason), as is `termination_reason`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<TerminationReason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination_reason: Option<TerminationReason>,
+    // `failed` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_details: Option<ErrorDetails>,
 }
@@ -270,14 +282,14 @@ pub struct ListSandboxesQuery {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSandboxRequest {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_resume: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_unauthenticated_access: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub exposed_ports: Option<Vec<u16>>,
     /// Absent: keep; `null`: unrestricted egress (refused today); an object: replace.
     #[serde(
@@ -288,10 +300,13 @@ pub struct UpdateSandboxRequest {
     #[schema(value_type = Option<NetworkConfig>)]
     pub network: Option<Option<NetworkConfig>>,
     /// Live resize (not supported yet: refused).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResizeSandboxResources>,
+    // Read as create's resources, `gpus` included, as the server always has (any of it is
+    // refused the same way); the schema shows the SDK's resize shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<ResizeSandboxResources>)]
+    pub resources: Option<CreateSandboxResources>,
     /// Hutch extension: a new lifetime in seconds, counted from the start.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0)]
     pub timeout_secs: Option<i64>,
 }
@@ -411,5 +426,28 @@ mod tests {
         assert_eq!(keep.network, None);
         let clear: UpdateSandboxRequest = serde_json::from_str(r#"{"network": null}"#).unwrap();
         assert_eq!(clear.network, Some(None));
+    }
+
+    #[test]
+    fn an_array_is_not_an_empty_request() {
+        for body in ["[]", r#"["busybox"]"#] {
+            assert!(serde_json::from_str::<CreateSandboxRequest>(body).is_err());
+            assert!(serde_json::from_str::<UpdateSandboxRequest>(body).is_err());
+        }
+        assert!(serde_json::from_str::<CreateSandboxResources>("[]").is_err());
+    }
+
+    #[test]
+    fn refused_fields_parse_whatever_they_hold() {
+        // So the server's answer is `unsupported_capability`, not a parse error.
+        let create: CreateSandboxRequest = serde_json::from_value(json!({
+            "file_systems": [1, {"x": true}], "resources": {"gpus": ["A100"]}
+        }))
+        .unwrap();
+        assert_eq!(create.file_systems.len(), 2);
+        assert_eq!(create.resources.unwrap().gpus.unwrap().len(), 1);
+        let resize: UpdateSandboxRequest =
+            serde_json::from_value(json!({"resources": {"gpus": []}})).unwrap();
+        assert!(resize.resources.is_some());
     }
 }

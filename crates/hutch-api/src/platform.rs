@@ -57,14 +57,15 @@ pub struct Pagination {
     pub next: Option<String>,
 }
 
-/// `GET .../sandbox-templates?pageSize=&next=`.
+/// `GET .../sandbox-templates?pageSize=&next=`. Both are read as strings and checked by the
+/// server, whose refusal names the value as it was sent.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct TemplateListQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[param(minimum = 1, maximum = 1000)]
-    pub page_size: Option<usize>,
+    #[param(value_type = Option<usize>, minimum = 1, maximum = 1000)]
+    pub page_size: Option<String>,
     /// Where the page starts, from `pagination.next`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
@@ -81,6 +82,8 @@ pub struct ImageCatalog {
 
 /// `POST .../sandbox-template-builds` (prepare); older SDKs send fewer fields, and fields
 /// this server does not read are ignored.
+// `rootfsNodeKind` is read as a string: only `diff` means anything (a diff needs its
+// `parentTemplate`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PrepareBuildRequest {
@@ -91,13 +94,15 @@ pub struct PrepareBuildRequest {
     #[serde(default)]
     pub public: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rootfs_node_kind: Option<NodeKind>,
+    #[schema(value_type = Option<NodeKind>)]
+    pub rootfs_node_kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_template: Option<ParentTemplateRef>,
     /// Templates a `COPY --from` names; the host engine resolves them itself.
+    // Not read, so taken whatever it holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
-    pub additional_local_images: Option<Vec<serde_json::Value>>,
+    pub additional_local_images: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -174,6 +179,8 @@ pub struct TemplateBuild {
 
 /// `POST .../sandbox-template-builds/{id}/complete`: what the builder reported; it must
 /// match what the host recorded.
+// `rootfsNodeKind` is read as a string, so any other value is a mismatch (409), not a
+// malformed request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CompleteBuildRequest {
@@ -182,7 +189,8 @@ pub struct CompleteBuildRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_format_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rootfs_node_kind: Option<NodeKind>,
+    #[schema(value_type = Option<NodeKind>)]
+    pub rootfs_node_kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_manifest_uri: Option<String>,
 }
@@ -257,6 +265,22 @@ mod tests {
             json!({"id": null, "organizationId": "local", "projectId": "default",
                    "organization_id": "local", "project_id": "default"})
         );
+    }
+
+    #[test]
+    fn build_requests_take_any_node_kind_and_ignore_what_is_not_read() {
+        // A kind the host did not build is a mismatch the host reports, not a parse error.
+        let prepare: PrepareBuildRequest = serde_json::from_value(json!({
+            "name": "t", "dockerfile": "FROM busybox", "rootfsNodeKind": "zzz",
+            "additionalLocalImages": 5, "fromANewerSdk": true
+        }))
+        .unwrap();
+        assert_eq!(prepare.rootfs_node_kind.as_deref(), Some("zzz"));
+        let complete: CompleteBuildRequest = serde_json::from_value(json!({
+            "snapshotId": "s", "snapshotUri": "u", "rootfsNodeKind": "zzz", "snapshotSizeBytes": 3
+        }))
+        .unwrap();
+        assert_eq!(complete.rootfs_node_kind.as_deref(), Some("zzz"));
     }
 
     #[test]

@@ -62,7 +62,10 @@ pub async fn dispatch(cmd: TemplateCommand) -> anyhow::Result<u8> {
         TemplateCommand::Ls { json } => {
             let rows = templates.list()?;
             if json {
-                let all: Vec<_> = rows.iter().map(|t| templates.json(t)).collect();
+                // As a `Value`, so keys print sorted, as they always have.
+                let all = serde_json::to_value(
+                    rows.iter().map(|t| templates.to_api(t)).collect::<Vec<_>>(),
+                )?;
                 println!("{}", serde_json::to_string_pretty(&all)?);
                 return Ok(0);
             }
@@ -91,7 +94,8 @@ pub async fn dispatch(cmd: TemplateCommand) -> anyhow::Result<u8> {
         TemplateCommand::Describe { name, json } => {
             let t = templates.get(&name)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&templates.json(&t))?);
+                let shown = serde_json::to_value(templates.to_api(&t))?;
+                println!("{}", serde_json::to_string_pretty(&shown)?);
             } else {
                 describe(&templates, &t);
             }

@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use hutch_registry::{
     Client, ClientConfig, EgressPolicy, Event, PullPolicy, Reference, RegistryError,
 };
-use serde::Deserialize;
 
 use crate::App;
 use crate::auth::Caller;
@@ -83,12 +82,6 @@ pub async fn ensure(app: &App, reference: &str) -> Result<String, ApiError> {
     Ok(image.name)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PullBody {
-    reference: String,
-}
-
 /// `POST /hutch/v1/images/pull {"reference": ...}`: `application/x-ndjson`, one progress
 /// event per line, ending with `done` or `{"event":"error","code":..,"message":..}`.
 pub async fn pull(
@@ -96,7 +89,7 @@ pub async fn pull(
     _: Caller,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let body: PullBody = crate::lifecycle::json_body(req.into_body()).await?;
+    let body: hutch_api::PullImageRequest = crate::lifecycle::json_body(req.into_body()).await?;
     let parsed = Reference::parse(&body.reference).map_err(|e| pull_failed(&body.reference, &e))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(PULL_EVENTS);
     tokio::spawn(async move {

@@ -3,8 +3,9 @@
 //! namespace `default`), plus `POST /platform/v1/keys/introspect` and `GET /openapi.json`.
 //! Every sandbox route takes [`Scoped`]: the namespace checked against the caller's key once.
 //!
-//! Bodies are read and parsed here rather than by extractors so that every malformed,
-//! oversized or mistyped request gets a JSON error the SDK can parse, never a plain-text one.
+//! The bodies are `hutch_api`'s types. They are read and parsed here rather than by
+//! extractors so that every malformed, oversized or mistyped request gets a JSON error the SDK
+//! can parse, never a plain-text one; answers go out through [`reply`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +16,15 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hutch_api::{
+    ContainerResources, CreateOutcome, CreateSandboxRequest, CreateSandboxResponse, ErrorDetails,
+    Health, KeyIntrospection, ListSandboxesQuery, ListSandboxesResponse, NetworkConfig,
+    SandboxAccepted, SandboxAction, SandboxInfo, SandboxStatus, TerminationReason,
+    UpdateSandboxRequest,
+};
 use hutch_runtime::NetworkMode;
 use serde::Deserialize;
+use serde::de::IntoDeserializer;
 use serde_json::{Value, json};
 
 use hutch_state::CreateParams;
@@ -36,6 +44,8 @@ const DEFAULT_CPUS: f64 = 1.0;
 const DEFAULT_MEMORY_MB: u64 = 1024;
 const PAGE_DEFAULT: usize = 100;
 const PAGE_MAX: usize = 1000;
+/// Why a pending sandbox is pending: it waits for the runtime (or for room) to start it.
+const SCHEDULING: &str = "scheduling";
 
 pub fn router(app: Arc<App>) -> Router {
     let sandboxes = Router::new()
@@ -64,16 +74,19 @@ pub fn router(app: Arc<App>) -> Router {
 /// Liveness, the state directory's fingerprint, and, when the client sends a challenge, the
 /// proof that this is the server over that directory (see `discovery`).
 async fn healthz(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let mut health = json!({"status": "ok", "state_id": app.state_id});
     let challenge = headers
         .get(hutch_state::discovery::CHALLENGE_HEADER)
         .and_then(|v| v.to_str().ok());
-    if let (Some(challenge), Some(published)) = (challenge, app.published.get())
-        && let Some(proof) = published.proof(challenge)
-    {
-        health["proof"] = json!(proof);
-    }
-    axum::Json(health).into_response()
+    let proof = match (challenge, app.published.get()) {
+        (Some(challenge), Some(published)) => published.proof(challenge),
+        _ => None,
+    };
+    let health = Health {
+        status: "ok".into(),
+        state_id: app.state_id.clone(),
+        proof,
+    };
+    reply(StatusCode::OK, &health)
 }
 
 /// The sandbox a route names (`{id}`: an id or a name), whatever prefix it is under.
@@ -132,54 +145,27 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Res
     })
 }
 
+/// A JSON answer. It goes through a `serde_json::Value`, so its keys come out sorted, as
+/// they did when the answers were built with `json!`: the typed shapes changed no byte a
+/// client sees.
+pub(crate) fn reply<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_value(body) {
+        Ok(value) => (status, axum::Json(value)).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("could not encode the answer: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+/// The variant of a `hutch_api` enum that `name` is on the wire, if any.
+fn variant<T: serde::de::DeserializeOwned>(name: &str) -> Option<T> {
+    T::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(name)).ok()
+}
+
 // ---- create ------------------------------------------------------------------------------
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    image: Option<String>,
-    #[serde(default)]
-    resources: Option<ResourcesBody>,
-    timeout_secs: Option<i64>,
-    entrypoint: Option<Vec<String>>,
-    network: Option<NetworkBody>,
-    snapshot_id: Option<String>,
-    auto_resume: Option<bool>,
-    allow_unauthenticated_access: Option<bool>,
-    exposed_ports: Option<Vec<u16>>,
-    name: Option<String>,
-    #[serde(default)]
-    file_systems: Vec<Value>,
-    wait: Option<bool>,
-    max_pending_secs: Option<u64>,
-    /// Hutch extension: environment for the entrypoint and processes.
-    #[serde(default)]
-    env: Option<std::collections::BTreeMap<String, String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ResourcesBody {
-    cpus: Option<f64>,
-    memory_mb: Option<i64>,
-    disk_mb: Option<u64>,
-    gpus: Option<Vec<Value>>,
-}
-
-#[derive(Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-struct NetworkBody {
-    #[serde(default = "yes")]
-    allow_internet_access: bool,
-    #[serde(default)]
-    allow_out: Vec<String>,
-    #[serde(default)]
-    deny_out: Vec<String>,
-}
-
-fn yes() -> bool {
-    true
-}
 
 fn unsupported(feature: &str, hint: &str) -> ApiError {
     ApiError::new(
@@ -190,7 +176,7 @@ fn unsupported(feature: &str, hint: &str) -> ApiError {
 }
 
 /// The network mode a policy asks for: only "no internet" can be honoured today.
-fn network_mode(network: Option<&NetworkBody>) -> Result<NetworkMode, ApiError> {
+fn network_mode(network: Option<&NetworkConfig>) -> Result<NetworkMode, ApiError> {
     match network {
         None => Ok(NetworkMode::None),
         Some(n) if !n.allow_internet_access && n.allow_out.is_empty() => Ok(NetworkMode::None),
@@ -205,7 +191,7 @@ fn egress_refused() -> ApiError {
     )
 }
 
-fn validate_create(body: &CreateBody) -> Result<(), ApiError> {
+fn validate_create(body: &CreateSandboxRequest) -> Result<(), ApiError> {
     if body.snapshot_id.is_some() {
         return Err(unsupported(
             "snapshot restore",
@@ -289,7 +275,7 @@ async fn create(
     req: Request,
 ) -> Result<Response, ApiError> {
     let wait_for = create_wait(req.headers());
-    let body: CreateBody = json_body(req.into_body()).await?;
+    let body: CreateSandboxRequest = json_body(req.into_body()).await?;
     validate_create(&body)?;
     let network = network_mode(body.network.as_ref())?;
     let resources = body.resources.unwrap_or_default();
@@ -361,94 +347,122 @@ async fn create(
     };
     let row = app.sandboxes.create(params)?;
     if body.wait == Some(false) {
-        let mut accepted = json!({
-            "sandbox_id": row.id,
-            "state": "pending",
-            "pending_reason": "scheduling",
-        });
-        if let Some(name) = &row.name {
-            accepted["name"] = json!(name);
-        }
-        return Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response());
+        let accepted = SandboxAccepted {
+            sandbox_id: row.id,
+            state: SandboxStatus::Pending,
+            pending_reason: Some(SCHEDULING.into()),
+            name: row.name,
+        };
+        return Ok(reply(StatusCode::ACCEPTED, &accepted));
     }
     let row = app.sandboxes.settle(&row.id, wait_for).await?;
-    let mut answer = json!({"sandbox_id": row.id, "status": row.status.as_str()});
-    if let Some(name) = &row.name {
-        answer["name"] = json!(name);
-    }
+    let mut answer = CreateSandboxResponse {
+        sandbox_id: row.id.clone(),
+        status: CreateOutcome::Running,
+        name: row.name.clone(),
+        sandbox_url: None,
+        reason: None,
+        termination_reason: None,
+        error_details: None,
+    };
     let status = match row.status {
         Status::Running => {
-            answer["sandbox_url"] = json!(app.proxy_url);
+            answer.sandbox_url = Some(app.proxy_url.clone());
             StatusCode::OK
         }
         Status::Pending => {
-            answer["status"] = json!("timeout");
+            answer.status = CreateOutcome::Timeout;
             StatusCode::GATEWAY_TIMEOUT
         }
         Status::Terminated => {
-            answer["status"] = json!("failed");
-            answer["reason"] = json!(row.reason);
-            answer["termination_reason"] = json!(row.reason);
-            answer["error_details"] = json!({"message": row.error});
+            answer.status = CreateOutcome::Failed;
+            answer.reason = termination_reason(&row);
+            answer.termination_reason = answer.reason;
+            answer.error_details = Some(ErrorDetails { message: row.error });
             StatusCode::UNPROCESSABLE_ENTITY
         }
     };
-    Ok((status, axum::Json(answer)).into_response())
+    Ok(reply(status, &answer))
 }
 
 // ---- get / list --------------------------------------------------------------------------
 
-/// A row in the SDK's `SandboxInfo` shape.
-pub fn sandbox_info(row: &SandboxRow, proxy_url: &str) -> Value {
+/// A row in the SDK's `SandboxInfo` shape. The create request as accepted (the row's
+/// `spec`) holds what the row's columns do not.
+pub fn sandbox_info(row: &SandboxRow, proxy_url: &str) -> SandboxInfo {
     let spec = &row.spec;
-    let mut info = json!({
-        // Only one of the two names: the SDK takes `id` as an alias and refuses duplicates.
-        "sandbox_id": row.id,
-        "namespace": row.namespace,
-        "status": row.status.as_str(),
+    let strings = |v: &Value| serde_json::from_value::<Vec<String>>(v.clone()).ok();
+    let mut info = SandboxInfo {
+        sandbox_id: row.id.clone(),
+        namespace: row.namespace.clone(),
+        status: sandbox_status(row.status),
+        name: row.name.clone(),
         // A sandbox from a template shows the template's name, as it was asked for.
-        "image": spec["template"]["name"].as_str().unwrap_or(&row.image),
-        "runtime": "gvisor",
-        "resources": {
-            "cpus": spec["cpus"].as_f64().unwrap_or(DEFAULT_CPUS),
-            "memory_mb": spec["memory_mb"].as_i64().unwrap_or(DEFAULT_MEMORY_MB as i64),
-            "disk_mb": spec["disk_mb"].as_i64().unwrap_or(0),
+        image: spec["template"]["name"]
+            .as_str()
+            .unwrap_or(&row.image)
+            .to_string(),
+        runtime: "gvisor".into(),
+        resources: ContainerResources {
+            cpus: spec["cpus"].as_f64().unwrap_or(DEFAULT_CPUS),
+            memory_mb: spec["memory_mb"]
+                .as_i64()
+                .unwrap_or(DEFAULT_MEMORY_MB as i64),
+            disk_mb: spec["disk_mb"].as_i64().unwrap_or(0),
         },
-        "timeout_secs": row.timeout_secs,
-        "network_policy": {
-            "allow_internet_access": spec["allow_internet_access"].as_bool().unwrap_or(false),
-            "allow_out": [],
-            "deny_out": spec.get("deny_out").filter(|d| d.is_array()).cloned().unwrap_or(json!([])),
+        timeout_secs: row.timeout_secs,
+        entrypoint: spec.get("entrypoint").and_then(strings),
+        network_policy: NetworkConfig {
+            allow_internet_access: spec["allow_internet_access"].as_bool().unwrap_or(false),
+            allow_out: Vec::new(),
+            deny_out: spec.get("deny_out").and_then(strings).unwrap_or_default(),
         },
-        "auto_resume": spec["auto_resume"].as_bool().unwrap_or(true),
-        "allow_unauthenticated_access": spec["allow_unauthenticated_access"].as_bool().unwrap_or(false),
-        "file_systems": [],
-        "created_at": row.created_at,
-    });
-    if let Some(entrypoint) = spec.get("entrypoint").filter(|e| !e.is_null()) {
-        info["entrypoint"] = entrypoint.clone();
-    }
-    if let Some(name) = &row.name {
-        info["name"] = json!(name);
-    }
+        auto_resume: spec["auto_resume"].as_bool().unwrap_or(true),
+        allow_unauthenticated_access: spec["allow_unauthenticated_access"]
+            .as_bool()
+            .unwrap_or(false),
+        file_systems: Vec::new(),
+        created_at: row.created_at,
+        sandbox_url: None,
+        pending_reason: None,
+        termination_reason: None,
+        outcome: None,
+        terminated_at: None,
+        error_details: None,
+        template_id: spec["template"]["id"].as_str().map(str::to_string),
+    };
     match row.status {
-        Status::Running => info["sandbox_url"] = json!(proxy_url),
-        Status::Pending => info["pending_reason"] = json!("scheduling"),
+        Status::Running => info.sandbox_url = Some(proxy_url.to_string()),
+        Status::Pending => info.pending_reason = Some(SCHEDULING.into()),
         Status::Terminated => {
-            info["termination_reason"] = json!(row.reason);
-            info["outcome"] = json!(row.reason);
-            if let Some(at) = row.terminated_at {
-                info["terminated_at"] = json!(at);
-            }
-            if let Some(error) = &row.error {
-                info["error_details"] = json!({"message": error});
-            }
+            info.termination_reason = termination_reason(row);
+            info.outcome = info.termination_reason;
+            info.terminated_at = row.terminated_at;
+            info.error_details = row.error.clone().map(|error| ErrorDetails {
+                message: Some(error),
+            });
         }
     }
-    if let Some(id) = spec["template"]["id"].as_str() {
-        info["template_id"] = json!(id);
-    }
     info
+}
+
+fn sandbox_status(status: Status) -> SandboxStatus {
+    match status {
+        Status::Pending => SandboxStatus::Pending,
+        Status::Running => SandboxStatus::Running,
+        Status::Terminated => SandboxStatus::Terminated,
+    }
+}
+
+/// Why an ended sandbox ended. The state records one of [`TerminationReason`]'s names with
+/// every end (`Db::mark_terminated`), so only a row written by something else lacks one.
+fn termination_reason(row: &SandboxRow) -> Option<TerminationReason> {
+    let recorded = row.reason.as_deref()?;
+    let reason = variant(recorded);
+    if reason.is_none() {
+        tracing::warn!(sandbox = %row.id, reason = recorded, "unknown termination reason");
+    }
+    reason
 }
 
 /// The image record a client needs to run the image's own ENTRYPOINT and CMD.
@@ -472,23 +486,13 @@ async fn get_one(
     Path(SandboxPath { id }): Path<SandboxPath>,
 ) -> Result<Response, ApiError> {
     let row = app.sandboxes.get(&ns, &id)?;
-    Ok(axum::Json(sandbox_info(&row, &app.proxy_url)).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    cursor: Option<String>,
-    limit: Option<usize>,
-    /// Hutch extension: include terminated sandboxes.
-    #[serde(default)]
-    include_terminated: bool,
+    Ok(reply(StatusCode::OK, &sandbox_info(&row, &app.proxy_url)))
 }
 
 async fn list(
     State(app): State<Arc<App>>,
     Scoped { ns }: Scoped,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<ListSandboxesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
@@ -504,13 +508,17 @@ async fn list(
     )?;
     let more = rows.len() > limit;
     let page = &rows[..rows.len().min(limit)];
-    let mut answer = json!({
-        "sandboxes": page.iter().map(|r| sandbox_info(r, &app.proxy_url)).collect::<Vec<_>>(),
-    });
-    if more && let Some(last) = page.last() {
-        answer["cursor"] = json!(format!("{}.{}", last.created_at, last.id));
-    }
-    Ok(axum::Json(answer).into_response())
+    let answer = ListSandboxesResponse {
+        sandboxes: page
+            .iter()
+            .map(|r| sandbox_info(r, &app.proxy_url))
+            .collect(),
+        cursor: page
+            .last()
+            .filter(|_| more)
+            .map(|last| format!("{}.{}", last.created_at, last.id)),
+    };
+    Ok(reply(StatusCode::OK, &answer))
 }
 
 fn decode_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
@@ -522,35 +530,13 @@ fn decode_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
 
 // ---- update / delete / actions -------------------------------------------------------------
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpdateBody {
-    name: Option<String>,
-    auto_resume: Option<bool>,
-    allow_unauthenticated_access: Option<bool>,
-    exposed_ports: Option<Vec<u16>>,
-    /// Absent: keep; `null`: unrestricted; object: replace.
-    #[serde(default, deserialize_with = "present")]
-    network: Option<Option<NetworkBody>>,
-    resources: Option<ResourcesBody>,
-    /// Hutch extension: a new lifetime, counted from the start.
-    timeout_secs: Option<i64>,
-}
-
-/// Distinguishes a present `null` from an absent key.
-fn present<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Option<NetworkBody>>, D::Error> {
-    Option::<NetworkBody>::deserialize(d).map(Some)
-}
-
 async fn update(
     State(app): State<Arc<App>>,
     Scoped { ns }: Scoped,
     Path(SandboxPath { id }): Path<SandboxPath>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let body: UpdateBody = json_body(req.into_body()).await?;
+    let body: UpdateSandboxRequest = json_body(req.into_body()).await?;
     if body.resources.is_some() {
         return Err(unsupported(
             "live resize",
@@ -574,7 +560,7 @@ async fn update(
     let row = app
         .sandboxes
         .update(&ns, &id, body.name.as_deref(), body.timeout_secs)?;
-    Ok(axum::Json(sandbox_info(&row, &app.proxy_url)).into_response())
+    Ok(reply(StatusCode::OK, &sandbox_info(&row, &app.proxy_url)))
 }
 
 async fn delete(
@@ -583,7 +569,7 @@ async fn delete(
     Path(SandboxPath { id }): Path<SandboxPath>,
 ) -> Result<Response, ApiError> {
     let row = app.sandboxes.delete(&ns, &id).await?;
-    Ok(axum::Json(sandbox_info(&row, &app.proxy_url)).into_response())
+    Ok(reply(StatusCode::OK, &sandbox_info(&row, &app.proxy_url)))
 }
 
 /// Lifecycle actions this server does not offer yet get a typed refusal after the sandbox
@@ -594,19 +580,23 @@ async fn lifecycle_action(
     Path(ActionPath { id, action }): Path<ActionPath>,
 ) -> Result<Response, ApiError> {
     use hutch_runtime::{Capability, CapabilityName as C};
+    let Some(known) = variant::<SandboxAction>(&action) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            format!("no action {action:?}"),
+        ));
+    };
     // The backend capability each action needs (file system mounts need the server first).
-    let (feature, capability) = match action.as_str() {
-        "suspend" | "resume" => ("suspend and resume", Some(C::SandboxSuspend)),
-        "snapshot" | "snapshots" => ("snapshots", Some(C::SandboxCheckpoint)),
-        "copy" => ("sandbox copy", Some(C::SandboxRestore)),
-        "file_systems" => ("file system mounts", None),
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "route_not_found",
-                format!("no action {action:?}"),
-            ));
+    let (feature, capability) = match known {
+        SandboxAction::Suspend | SandboxAction::Resume => {
+            ("suspend and resume", Some(C::SandboxSuspend))
         }
+        SandboxAction::Snapshot | SandboxAction::Snapshots => {
+            ("snapshots", Some(C::SandboxCheckpoint))
+        }
+        SandboxAction::Copy => ("sandbox copy", Some(C::SandboxRestore)),
+        SandboxAction::FileSystems => ("file system mounts", None),
     };
     app.sandboxes.get(&ns, &id)?;
     // The backend's own reason when it lacks the capability; none of these has a route
@@ -629,28 +619,16 @@ async fn lifecycle_action(
 
 async fn introspect(Caller(key): Caller, headers: HeaderMap) -> Result<Response, ApiError> {
     match key {
-        Some(key) => Ok(axum::Json(json!({
-            "id": key.id,
-            "name": key.name,
-            "organizationId": "local",
-            "projectId": "default",
-            "organization_id": "local",
-            "project_id": "default",
-        }))
-        .into_response()),
+        Some(key) => Ok(reply(
+            StatusCode::OK,
+            &KeyIntrospection::local(Some(key.id), Some(key.name)),
+        )),
         None if !headers.contains_key(axum::http::header::AUTHORIZATION) => Err(
             ApiError::unauthorized("no API key presented: send Authorization: Bearer <key>"),
         ),
         // Another service's key, on a server that does not require keys (loopback): the
         // one local scope, as SDK build flows that introspect expect.
-        None => Ok(axum::Json(json!({
-            "id": null,
-            "organizationId": "local",
-            "projectId": "default",
-            "organization_id": "local",
-            "project_id": "default",
-        }))
-        .into_response()),
+        None => Ok(reply(StatusCode::OK, &KeyIntrospection::local(None, None))),
     }
 }
 
@@ -674,19 +652,58 @@ mod tests {
     #[test]
     fn only_no_internet_policies_are_honoured() {
         assert_eq!(network_mode(None).unwrap(), NetworkMode::None);
-        let closed = NetworkBody {
+        let closed = NetworkConfig {
             allow_internet_access: false,
             allow_out: vec![],
             deny_out: vec!["10.0.0.0/8".into()],
         };
         assert_eq!(network_mode(Some(&closed)).unwrap(), NetworkMode::None);
-        let open = NetworkBody {
+        let open = NetworkConfig {
             allow_internet_access: true,
             ..closed
         };
         assert_eq!(
             network_mode(Some(&open)).unwrap_err().code,
             "unsupported_capability"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ended_sandbox_answers_byte_for_byte_as_before_the_types() {
+        // What `json!` wrote before the answers were typed: keys sorted, no absent fields.
+        let row = SandboxRow {
+            id: "sbx1".into(),
+            namespace: "default".into(),
+            name: Some("web".into()),
+            image: "hutch-template:tpl_1".into(),
+            spec: json!({
+                "cpus": 0.5, "memory_mb": 256, "disk_mb": null, "entrypoint": ["sleep", "1"],
+                "allow_internet_access": false, "deny_out": ["10.0.0.0/8"], "auto_resume": true,
+                "allow_unauthenticated_access": false, "template": {"id": "tpl_1", "name": "py"},
+            }),
+            status: Status::Terminated,
+            reason: Some("timeout".into()),
+            error: Some("boom".into()),
+            created_at: 5,
+            started_at: Some(6),
+            terminated_at: Some(9),
+            timeout_secs: 60,
+        };
+        let answer = reply(StatusCode::OK, &sandbox_info(&row, "http://127.0.0.1:9443"));
+        let body = axum::body::to_bytes(answer.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"allow_unauthenticated_access":false,"auto_resume":true,"created_at":5,"#
+                .to_owned()
+                + r#""entrypoint":["sleep","1"],"error_details":{"message":"boom"},"#
+                + r#""file_systems":[],"image":"py","name":"web","namespace":"default","#
+                + r#""network_policy":{"allow_internet_access":false,"allow_out":[],"#
+                + r#""deny_out":["10.0.0.0/8"]},"outcome":"timeout","#
+                + r#""resources":{"cpus":0.5,"disk_mb":0,"memory_mb":256},"runtime":"gvisor","#
+                + r#""sandbox_id":"sbx1","status":"terminated","template_id":"tpl_1","#
+                + r#""terminated_at":9,"termination_reason":"timeout","timeout_secs":60}"#
         );
     }
 

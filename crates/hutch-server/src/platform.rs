@@ -20,16 +20,19 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
-use hutch_state::builds::{CompleteRequest, PrepareRequest};
+use hutch_api::{
+    CompleteBuildRequest, ImageCatalog, Pagination, PrepareBuildRequest, TemplateList,
+    TemplateListQuery,
+};
 use hutch_state::db::{ApiKey, TemplateRow};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::App;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::lifecycle::json_body;
+use crate::lifecycle::{json_body, reply};
 
 const PAGE_DEFAULT: usize = 100;
 const PAGE_MAX: usize = 1000;
@@ -69,9 +72,13 @@ async fn list(
     State(app): State<Arc<App>>,
     _: Caller,
     uri: Uri,
-    Query(query): Query<HashMap<String, String>>,
+    Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let page = match query.get("pageSize") {
+    // Read as a map first, so that a repeated parameter's last value wins, as it always has.
+    let query: TemplateListQuery = serde_json::to_value(raw)
+        .and_then(serde_json::from_value)
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+    let page = match &query.page_size {
         Some(n) => n
             .parse::<usize>()
             .ok()
@@ -81,7 +88,7 @@ async fn list(
             })?,
         None => PAGE_DEFAULT,
     };
-    let start = match query.get("next") {
+    let start = match &query.next {
         Some(n) => n
             .parse::<usize>()
             .map_err(|_| ApiError::bad_request(format!("invalid page cursor {n:?}")))?,
@@ -89,19 +96,23 @@ async fn list(
     };
     let templates = app.builds.templates();
     let all = templates.list()?;
-    let items: Vec<Value> = all
-        .iter()
-        .skip(start)
-        .take(page)
-        .map(|t| templates.json(t))
-        .collect();
-    let next = (start + page < all.len())
-        .then(|| format!("{}?pageSize={page}&next={}", uri.path(), start + page));
-    Ok(axum::Json(json!({"items": items, "pagination": {"next": next}})).into_response())
+    let answer = TemplateList {
+        items: all
+            .iter()
+            .skip(start)
+            .take(page)
+            .map(|t| templates.to_api(t))
+            .collect(),
+        pagination: Pagination {
+            next: (start + page < all.len())
+                .then(|| format!("{}?pageSize={page}&next={}", uri.path(), start + page)),
+        },
+    };
+    Ok(reply(StatusCode::OK, &answer))
 }
 
 async fn cas_catalog(_: Caller) -> Result<Response, ApiError> {
-    Ok(axum::Json(json!({"items": [], "pagination": {"next": null}})).into_response())
+    Ok(reply(StatusCode::OK, &ImageCatalog::default()))
 }
 
 /// Registering a template from a sandbox snapshot needs snapshots, which are not here yet:
@@ -143,7 +154,7 @@ async fn get_template(
     Path(p): Params,
 ) -> Result<Response, ApiError> {
     let row = lookup(&app, &p)?;
-    Ok(axum::Json(app.builds.templates().json(&row)).into_response())
+    Ok(reply(StatusCode::OK, &app.builds.templates().to_api(&row)))
 }
 
 async fn delete_template(
@@ -154,7 +165,7 @@ async fn delete_template(
     caller.admin("deleting a template")?;
     let templates = app.builds.templates();
     let removed = templates.remove(&lookup(&app, &p)?.id)?;
-    Ok(axum::Json(templates.json(&removed)).into_response())
+    Ok(reply(StatusCode::OK, &templates.to_api(&removed)))
 }
 
 async fn prepare(
@@ -166,10 +177,9 @@ async fn prepare(
     if let Some(name) = body.get("name").and_then(Value::as_str) {
         refuse_replacing(&app, key.as_ref(), name)?;
     }
-    let body: PrepareRequest = serde_json::from_value(body)
+    let body: PrepareBuildRequest = serde_json::from_value(body)
         .map_err(|e| ApiError::bad_request(format!("invalid build request: {e}")))?;
-    let prepared = app.builds.prepare(body)?;
-    Ok((StatusCode::OK, axum::Json(prepared)).into_response())
+    Ok(reply(StatusCode::OK, &app.builds.prepare(body)?))
 }
 
 async fn build_status(
@@ -177,7 +187,7 @@ async fn build_status(
     _: Caller,
     Path(p): Params,
 ) -> Result<Response, ApiError> {
-    Ok(axum::Json(app.builds.status(param(&p, "id"))?).into_response())
+    Ok(reply(StatusCode::OK, &app.builds.status(param(&p, "id"))?))
 }
 
 async fn complete(
@@ -191,10 +201,10 @@ async fn complete(
     if let Some(name) = app.builds.name_of(param(&p, "id"))? {
         refuse_replacing(&app, key.as_ref(), &name)?;
     }
-    let body: CompleteRequest = serde_json::from_value(body)
+    let body: CompleteBuildRequest = serde_json::from_value(body)
         .map_err(|e| ApiError::bad_request(format!("invalid completion: {e}")))?;
     let registered = app.builds.complete(param(&p, "id"), body)?;
-    Ok(axum::Json(registered).into_response())
+    Ok(reply(StatusCode::OK, &registered))
 }
 
 /// A build registers its template under its name, replacing a template of that name: only

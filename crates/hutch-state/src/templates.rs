@@ -13,7 +13,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hutch_store::{Image, Store};
-use serde_json::{Value, json};
 
 use crate::db::{BuildRow, BuildState, Db, NodeKind, TemplateRow, templates::BuildResult};
 use crate::error::{Conflict, Invalid, Kind, StateError};
@@ -203,32 +202,40 @@ impl Templates {
 
     /// The template as the platform API shows it (the `tensorlake` crate's `SandboxTemplate`
     /// plus Hutch's lineage and size fields).
-    pub fn json(&self, row: &TemplateRow) -> Value {
+    pub fn to_api(&self, row: &TemplateRow) -> hutch_api::Template {
         let parent = row
             .parent_id
             .as_deref()
             .and_then(|id| self.db.template(id).ok().flatten());
-        json!({
-            "id": row.id,
-            "name": row.name,
-            "snapshotId": row.snapshot_id,
-            "snapshotUri": row.snapshot_uri,
-            "snapshotFormatVersion": row.snapshot_format,
-            "snapshotSizeBytes": row.snapshot_size_bytes,
-            "rootfsDiskBytes": row.rootfs_disk_bytes,
-            "rootfsNodeKind": row.node_kind.as_str(),
-            "public": row.public,
-            "dockerfile": row.dockerfile,
-            "createdAt": row.created_at,
-            "updatedAt": row.updated_at,
-            "parentTemplateId": row.parent_id,
-            "parentTemplateName": parent.map(|p| p.name),
-            "image": row.image,
-            "imageId": row.image_id,
-            "ownBytes": row.own_bytes,
-            "totalBytes": row.total_bytes,
-            "buildId": row.build_id,
-        })
+        hutch_api::Template {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            snapshot_id: row.snapshot_id.clone(),
+            snapshot_uri: row.snapshot_uri.clone(),
+            snapshot_format_version: row.snapshot_format.clone(),
+            snapshot_size_bytes: row.snapshot_size_bytes,
+            rootfs_disk_bytes: row.rootfs_disk_bytes,
+            rootfs_node_kind: node_kind(row.node_kind),
+            public: row.public,
+            dockerfile: row.dockerfile.clone(),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            parent_template_id: row.parent_id.clone(),
+            parent_template_name: parent.map(|p| p.name),
+            image: row.image.clone(),
+            image_id: row.image_id.clone(),
+            own_bytes: row.own_bytes,
+            total_bytes: row.total_bytes,
+            build_id: row.build_id.clone(),
+        }
+    }
+}
+
+/// A recorded node kind as the platform API names it.
+pub(crate) fn node_kind(kind: NodeKind) -> hutch_api::NodeKind {
+    match kind {
+        NodeKind::Base => hutch_api::NodeKind::Base,
+        NodeKind::Diff => hutch_api::NodeKind::Diff,
     }
 }
 

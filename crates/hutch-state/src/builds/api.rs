@@ -1,59 +1,22 @@
 //! Prepare, status and complete: what the platform API asks of template builds.
 
-use serde::Deserialize;
-use serde_json::{Value, json};
+use hutch_api::{
+    BuildParent, BuilderSpec, CompleteBuildRequest, PrepareBuildRequest, PrepareBuildResponse,
+    Template, TemplateBuild,
+};
 
 use super::{BUILDER_CPUS, BUILDER_DISK_MB, BUILDER_MEMORY_MB, Builds, token_hash};
+use crate::db::BuildState;
 use crate::error::{Conflict, Invalid, StateError};
 use crate::random_hex;
 use crate::templates::{
-    NewBuild, SNAPSHOT_FORMAT, build_not_found, new_build, snapshot_uri, template_not_found,
-    validate_name,
+    NewBuild, SNAPSHOT_FORMAT, build_not_found, new_build, node_kind, snapshot_uri,
+    template_not_found, validate_name,
 };
-
-/// A build to prepare, as the SDK sends it (older SDKs send fewer fields).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PrepareRequest {
-    pub name: String,
-    pub dockerfile: String,
-    #[serde(default)]
-    pub base_image: Option<String>,
-    #[serde(default)]
-    pub public: bool,
-    #[serde(default)]
-    pub rootfs_node_kind: Option<String>,
-    #[serde(default)]
-    pub parent_template: Option<ParentRef>,
-    // `additionalLocalImages` (templates a `COPY --from` names) needs nothing here: the
-    // host engine resolves template names itself. Unknown fields are ignored.
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ParentRef {
-    pub template_id: String,
-    #[serde(default)]
-    pub name: Option<String>,
-}
-
-/// What a client reports when it completes a build: it must agree with the host's record.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CompleteRequest {
-    pub snapshot_id: String,
-    pub snapshot_uri: String,
-    #[serde(default)]
-    pub snapshot_format_version: Option<String>,
-    #[serde(default)]
-    pub rootfs_node_kind: Option<String>,
-    #[serde(default)]
-    pub parent_manifest_uri: Option<String>,
-}
 
 impl Builds {
     /// Prepare: checks everything that can be checked before a builder sandbox exists.
-    pub fn prepare(&self, body: PrepareRequest) -> Result<Value, StateError> {
+    pub fn prepare(&self, body: PrepareBuildRequest) -> Result<PrepareBuildResponse, StateError> {
         validate_name(&body.name)?;
         // The build channel and RUN's writes come from the backend: refused up front, before
         // anything is recorded, on one that offers neither.
@@ -144,27 +107,27 @@ impl Builds {
         let (id, template_id) = (row.id.clone(), row.template_id.clone());
         self.db.insert_build(&row)?;
         tracing::info!(build = %id, name = %row.name, kind = row.node_kind.as_str(), "prepared a template build");
-        Ok(json!({
-            "buildId": id,
-            "buildToken": token,
-            "templateId": template_id,
-            "snapshotId": row.snapshot_id,
-            "snapshotUri": snapshot_uri(&template_id),
-            "rootfsNodeKind": row.node_kind.as_str(),
-            "builder": {
-                "image": crate::default_image::BUILDER_IMAGE,
-                "command": hutch_wire::build_channel::ROOTFS_BUILD_COMMAND,
-                "cpus": BUILDER_CPUS,
-                "memoryMb": BUILDER_MEMORY_MB,
-                "diskMb": BUILDER_DISK_MB,
+        Ok(PrepareBuildResponse {
+            build_id: id,
+            build_token: token,
+            snapshot_uri: snapshot_uri(&template_id),
+            template_id,
+            snapshot_id: row.snapshot_id,
+            rootfs_node_kind: node_kind(row.node_kind),
+            builder: BuilderSpec {
+                image: crate::default_image::BUILDER_IMAGE.into(),
+                command: hutch_wire::build_channel::ROOTFS_BUILD_COMMAND.into(),
+                cpus: BUILDER_CPUS,
+                memory_mb: BUILDER_MEMORY_MB,
+                disk_mb: BUILDER_DISK_MB,
             },
-            "parent": parent.as_ref().map(|p| json!({
-                "parentManifestUri": p.snapshot_uri,
-                "rootfsDiskBytes": p.rootfs_disk_bytes,
-                "templateId": p.id,
-                "name": p.name,
-            })),
-        }))
+            parent: parent.map(|p| BuildParent {
+                parent_manifest_uri: p.snapshot_uri,
+                rootfs_disk_bytes: p.rootfs_disk_bytes,
+                template_id: p.id,
+                name: p.name,
+            }),
+        })
     }
 
     /// The name the build `id` registers its template under, if there is such a build.
@@ -172,25 +135,25 @@ impl Builds {
         Ok(self.db.build(id)?.map(|b| b.name))
     }
 
-    pub fn status(&self, id: &str) -> Result<Value, StateError> {
+    pub fn status(&self, id: &str) -> Result<TemplateBuild, StateError> {
         let b = self.db.build(id)?.ok_or_else(|| build_not_found(id))?;
-        Ok(json!({
-            "buildId": b.id,
-            "name": b.name,
-            "state": b.state.as_str(),
-            "rootfsNodeKind": b.node_kind.as_str(),
-            "parentTemplateId": b.parent_id,
-            "templateId": b.template_id,
-            "snapshotId": b.snapshot_id,
-            "builderSandboxId": b.builder_sandbox,
-            "error": b.error,
-            "createdAt": b.created_at,
-            "updatedAt": b.updated_at,
-        }))
+        Ok(TemplateBuild {
+            build_id: b.id,
+            name: b.name,
+            state: build_state(b.state),
+            rootfs_node_kind: node_kind(b.node_kind),
+            parent_template_id: b.parent_id,
+            template_id: b.template_id,
+            snapshot_id: b.snapshot_id,
+            builder_sandbox_id: b.builder_sandbox,
+            error: b.error,
+            created_at: b.created_at,
+            updated_at: b.updated_at,
+        })
     }
 
     /// Complete: registers the template the host built; the client's report must agree.
-    pub fn complete(&self, id: &str, body: CompleteRequest) -> Result<Value, StateError> {
+    pub fn complete(&self, id: &str, body: CompleteBuildRequest) -> Result<Template, StateError> {
         let build = self.db.build(id)?.ok_or_else(|| build_not_found(id))?;
         let mismatch = |what: &str, said: &str, recorded: &str| {
             StateError::conflict(
@@ -230,6 +193,17 @@ impl Builds {
             }
         }
         let row = self.templates.complete(id)?;
-        Ok(self.templates.json(&row))
+        Ok(self.templates.to_api(&row))
+    }
+}
+
+/// A recorded build state as the platform API names it.
+fn build_state(state: BuildState) -> hutch_api::BuildState {
+    match state {
+        BuildState::Prepared => hutch_api::BuildState::Prepared,
+        BuildState::Building => hutch_api::BuildState::Building,
+        BuildState::Built => hutch_api::BuildState::Built,
+        BuildState::Failed => hutch_api::BuildState::Failed,
+        BuildState::Completed => hutch_api::BuildState::Completed,
     }
 }

@@ -34,8 +34,6 @@ use hutch_store::Store;
 use sha2::Digest as _;
 use tokio::task::JoinHandle;
 
-pub use api::{CompleteRequest, ParentRef, PrepareRequest};
-
 use crate::db::Db;
 use crate::now_ms;
 use crate::sandboxes::{SandboxObserver, Sandboxes};
