@@ -11,7 +11,8 @@
 # Env: OLD_RUNSC (default /opt/hutch/runsc-20221219/runsc, `make setup` puts it there),
 #      NEW_RUNSC (default /usr/bin/runsc), HUTCH_BENCH_N (passed on to every benchmark),
 #      HUTCH_FIXTURES (as for the benchmarks). HUTCH_RUNSC_PLATFORM is cleared: each build
-#      runs on the platform Hutch detects for it (ptrace for the old one, systrap for the new).
+#      runs on the platform Hutch chooses for it (ptrace for the old one; for the new one the
+#      faster of systrap and ptrace at fork+exec on this machine).
 #
 # Each benchmark runs with the old runsc, then at once with the new one, before the next
 # benchmark starts, so that a change in the machine's load falls on both sides alike.

@@ -20,19 +20,39 @@ fn info_reports_the_runsc_version_platform_and_choices() {
     assert!(version.starts_with("0.0~20"), "runsc version: {version:?}");
     let platform = runtime["platform"].as_str().unwrap_or_default();
     assert_eq!(platform, info["platform"], "{info}");
-    // What runsc offers decides the platform: systrap where the build has it (2023+).
+    // What runsc offers and a race on this host decide the platform: ptrace for a build
+    // without systrap (before 2023); otherwise the faster of the two at fork+exec.
     let flags = std::process::Command::new(runsc())
         .arg("flags")
         .output()
         .expect("runsc flags");
     let has_systrap = String::from_utf8_lossy(&flags.stderr).contains("systrap")
         || String::from_utf8_lossy(&flags.stdout).contains("systrap");
-    assert_eq!(
-        platform,
-        if has_systrap { "systrap" } else { "ptrace" },
-        "{info}"
-    );
     let notes = runtime["notes"].to_string();
+    if has_systrap {
+        let race = runtime["notes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str())
+            .find(|n| n.contains("fork+execs"))
+            .unwrap_or_else(|| panic!("no platform race in the notes: {notes}"));
+        assert!(race.starts_with(&format!("{platform} is faster")), "{race}");
+        let ms = |name: &str| -> u64 {
+            let before = race.split(&format!(" ms on {name}")).next().unwrap();
+            before.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        let (systrap, ptrace) = (ms("systrap"), ms("ptrace"));
+        // The rule: systrap unless ptrace is more than a tenth faster.
+        let expected = if ptrace * 11 < systrap * 10 {
+            "ptrace"
+        } else {
+            "systrap"
+        };
+        assert_eq!(platform, expected, "{race}");
+    } else {
+        assert_eq!(platform, "ptrace", "{info}");
+    }
     if has_systrap {
         // A 2023+ build: root filesystem writes must land in Hutch's upper layer.
         assert!(notes.contains("--overlay2=none"), "{notes}");

@@ -1,5 +1,6 @@
 //! Invoking `runsc`: the global flags every call shares, and the few subcommands used.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -50,8 +51,8 @@ pub struct ContainerState {
 }
 
 impl Runsc {
-    /// Finds `runsc` on PATH (or `$HUTCH_RUNSC`) and picks the best platform it offers:
-    /// systrap where the build has it, else ptrace (kvm hangs on these PVM hosts).
+    /// Finds `runsc` on PATH (or `$HUTCH_RUNSC`) and picks the best platform it offers here
+    /// ([`RunscBuild::platform`]).
     pub fn detect(root: PathBuf) -> Result<Self> {
         let binary = std::env::var_os("HUTCH_RUNSC")
             .map(PathBuf::from)
@@ -88,13 +89,22 @@ impl Runsc {
         }
         if !b.has_systrap {
             notes.push(
-                "this build has no systrap platform: ptrace makes every syscall-heavy \
-                 workload (fork+exec, file I/O) several times slower; runsc 2024 or later has it"
+                "this build has no systrap platform (ptrace only), whose syscalls cost less on \
+                 many hosts; runsc 2023 or later has it"
                     .into(),
             );
         } else if let Some(failure) = &b.systrap_failure {
             notes.push(format!(
                 "systrap does not work on this host, so ptrace: {failure}"
+            ));
+        } else if let Some(race) = &b.race {
+            notes.push(format!(
+                "{} is faster at process creation here: {RACE_FORKS} fork+execs in a fresh \
+                 sandbox took {} ms on systrap, {} ms on ptrace \
+                 (HUTCH_RUNSC_PLATFORM overrides)",
+                race.winner(),
+                race.systrap_ms,
+                race.ptrace_ms
             ));
         }
         if b.has_overlay2 {
@@ -347,8 +357,9 @@ pub struct RunscBuild {
     /// `runsc --version`'s first line, without its `runsc version ` prefix
     /// (e.g. `0.0~20240729.0`).
     pub version: String,
-    /// The platform sandboxes run on: systrap where the build has it and a probe sandbox
-    /// booted on it here, else ptrace (kvm hangs on these PVM hosts).
+    /// The platform sandboxes run on: where the build has systrap and a probe sandbox booted
+    /// on it here, the faster of systrap and ptrace at process creation ([`PlatformRace`]);
+    /// else ptrace (kvm hangs on these PVM hosts).
     pub platform: String,
     /// The build has systrap, whether or not it worked here.
     pub has_systrap: bool,
@@ -361,6 +372,38 @@ pub struct RunscBuild {
     /// Why systrap is not used although the build has it (the probe's error), if so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub systrap_failure: Option<String>,
+    /// Both platforms timed on this host, when the build has systrap and it works here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub race: Option<PlatformRace>,
+}
+
+/// The fork+execs of `/bin/true` each platform runs in [`race_platforms`].
+pub const RACE_FORKS: u32 = 100;
+
+/// How long [`RACE_FORKS`] fork+execs of `/bin/true` from a shell loop took here in a
+/// sandbox on each platform, its boot left out (the best of two rounds, alternating).
+///
+/// Why a race and not "systrap where it works": which platform is faster depends on the
+/// host. On one 2-CPU EPYC VM systrap ran 300 fork+execs 6x faster than ptrace; on another
+/// of the same kind it was 2.6x slower, and the exec round trip through the agent took
+/// 31 ms against 9 ms. Process creation is what commands, exec round trips and shell loops
+/// are made of, so it decides (see docs/ARCHITECTURE.md and docs/benchmarks.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformRace {
+    pub systrap_ms: u64,
+    pub ptrace_ms: u64,
+}
+
+impl PlatformRace {
+    /// systrap unless ptrace is more than a tenth faster: systrap is runsc's default and
+    /// the faster one at file I/O, so a near tie goes to it.
+    pub fn winner(&self) -> &'static str {
+        if u128::from(self.ptrace_ms) * 11 < u128::from(self.systrap_ms) * 10 {
+            "ptrace"
+        } else {
+            "systrap"
+        }
+    }
 }
 
 impl RunscBuild {
@@ -390,8 +433,16 @@ fn detect_build(binary: &Path, root: &Path) -> RunscBuild {
     let fingerprint = std::fs::metadata(binary)
         .map(|m| {
             use std::os::unix::fs::MetadataExt;
-            // The leading tag changes whenever what is detected does.
-            format!("v2:{}:{}:{}", binary.display(), m.size(), m.mtime())
+            // The leading tag changes whenever what is detected does. The host's kernel and
+            // CPU count are part of it: which platform is faster depends on them.
+            format!(
+                "v3:{}:{}:{}:{}:{}",
+                binary.display(),
+                m.size(),
+                m.mtime(),
+                kernel_release(),
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            )
         })
         .unwrap_or_default();
     #[derive(Serialize, Deserialize)]
@@ -443,10 +494,15 @@ fn detect_build(binary: &Path, root: &Path) -> RunscBuild {
         has_overlay2: has_flag("overlay2"),
         has_directfs: has_flag("directfs"),
         systrap_failure: None,
+        race: None,
     };
     if has_systrap {
         match probe_platform(binary, root, "systrap") {
-            Ok(()) => build.platform = "systrap".into(),
+            Ok(()) => {
+                let race = race_platforms(binary, root, &fingerprint);
+                build.platform = race.winner().into();
+                build.race = Some(race);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "runsc's systrap platform does not work here; using ptrace");
                 build.systrap_failure = Some(e);
@@ -466,6 +522,142 @@ fn detect_build(binary: &Path, root: &Path) -> RunscBuild {
     // The cache of releases before 0.1, which knew only the platform.
     let _ = std::fs::remove_file(root.join("platform"));
     build
+}
+
+/// Where the platform race of every runsc binary is remembered for the whole machine when
+/// Hutch runs as root (as it must to start sandboxes): the race costs a few seconds, and
+/// every fresh `$HUTCH_HOME` (each test has one) would pay them again.
+const SHARED_RACE_DIR: &str = "/var/cache/hutch";
+const SHARED_RACE_FILE: &str = "runsc-platform.json";
+/// The most races the shared file keeps (one per runsc binary and kernel).
+const SHARED_RACE_ENTRIES: usize = 16;
+
+/// Times both platforms (see [`PlatformRace`]), or takes the answer an earlier race on this
+/// machine left for the same binary and host (`fingerprint`). Races are serialized by a
+/// lock beside the shared file, so that concurrent detections neither race twice nor skew
+/// each other's timings.
+fn race_platforms(binary: &Path, root: &Path, fingerprint: &str) -> PlatformRace {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let shared = (unsafe { libc::geteuid() } == 0).then(|| PathBuf::from(SHARED_RACE_DIR));
+    let Some(dir) = shared else {
+        return run_race(binary, root);
+    };
+    let _ = std::fs::create_dir_all(&dir);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.join("runsc-platform.lock"));
+    let _guard = lock.ok().filter(|f| f.lock().is_ok());
+    let file = dir.join(SHARED_RACE_FILE);
+    let mut known = read_shared_races(&file);
+    if let Some(race) = known.get(fingerprint) {
+        return race.clone();
+    }
+    let race = run_race(binary, root);
+    if known.len() >= SHARED_RACE_ENTRIES {
+        known.clear();
+    }
+    known.insert(fingerprint.to_string(), race.clone());
+    let tmp = dir.join(format!(".{SHARED_RACE_FILE}.{}", std::process::id()));
+    hutch_store::remove_dead_pid_entries(&dir, &[&format!(".{SHARED_RACE_FILE}.")]);
+    if let Ok(bytes) = serde_json::to_vec(&known)
+        && std::fs::write(&tmp, bytes).is_ok()
+        && std::fs::rename(&tmp, &file).is_err()
+    {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    race
+}
+
+/// The shared races, if the file is a regular file this user owns that nobody else may
+/// write (another local user must not choose the platform of root's sandboxes).
+fn read_shared_races(file: &Path) -> std::collections::BTreeMap<String, PlatformRace> {
+    use std::os::unix::fs::MetadataExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(file);
+    let Ok(mut f) = opened else {
+        return Default::default();
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let trusted = f
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.uid() == me && m.mode() & 0o022 == 0 && m.len() < 65_536);
+    let mut bytes = Vec::new();
+    if !trusted || std::io::Read::read_to_end(&mut f, &mut bytes).is_err() {
+        return Default::default();
+    }
+    serde_json::from_slice(&bytes).unwrap_or_default()
+}
+
+/// Two rounds, the platforms alternating; each platform's best.
+fn run_race(binary: &Path, root: &Path) -> PlatformRace {
+    let mut best = PlatformRace {
+        systrap_ms: u64::MAX,
+        ptrace_ms: u64::MAX,
+    };
+    for _ in 0..2 {
+        for platform in ["ptrace", "systrap"] {
+            let ms = time_forks(binary, root, platform).unwrap_or(u64::MAX);
+            let slot = if platform == "ptrace" {
+                &mut best.ptrace_ms
+            } else {
+                &mut best.systrap_ms
+            };
+            *slot = (*slot).min(ms);
+        }
+    }
+    tracing::info!(
+        systrap_ms = best.systrap_ms,
+        ptrace_ms = best.ptrace_ms,
+        chosen = best.winner(),
+        "timed runsc's platforms at {RACE_FORKS} fork+execs"
+    );
+    best
+}
+
+/// Milliseconds [`RACE_FORKS`] fork+execs take in a `runsc do` sandbox on `platform`: the
+/// loop's sandbox less one that runs `/bin/true` alone, so that boot costs (which differ
+/// between the platforms too, but are paid once per sandbox) do not blur the figure.
+fn time_forks(binary: &Path, root: &Path, platform: &str) -> Option<u64> {
+    let script = format!("i=0; while [ $i -lt {RACE_FORKS} ]; do /bin/true; i=$((i+1)); done");
+    let with_loop = time_do(binary, root, platform, &["/bin/sh", "-c", &script])?;
+    let boot = time_do(binary, root, platform, &["/bin/true"])?;
+    Some(with_loop.saturating_sub(boot))
+}
+
+/// Milliseconds `runsc do ARGS` takes on `platform`, if it succeeds.
+fn time_do(binary: &Path, root: &Path, platform: &str, args: &[&str]) -> Option<u64> {
+    let probe_root = root.join(format!(".probe.{}", std::process::id()));
+    let started = std::time::Instant::now();
+    let status = std::process::Command::new(binary)
+        .arg(format!("--root={}", probe_root.display()))
+        .arg(format!("--platform={platform}"))
+        .arg("--network=none")
+        .arg("--ignore-cgroups")
+        .arg("do")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let elapsed = started.elapsed();
+    let _ = std::fs::remove_dir_all(&probe_root);
+    status
+        .ok()
+        .filter(|s| s.success())
+        .map(|_| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `uname -r`, from /proc (empty if unreadable).
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Boots a throwaway sandbox on `platform` running the host's `/bin/true` (`runsc do`), in a
@@ -503,4 +695,51 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 pub(crate) fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_near_tie_goes_to_systrap_and_a_clear_ptrace_win_to_ptrace() {
+        let race = |systrap_ms, ptrace_ms| PlatformRace {
+            systrap_ms,
+            ptrace_ms,
+        };
+        assert_eq!(race(500, 500).winner(), "systrap");
+        assert_eq!(race(500, 460).winner(), "systrap");
+        assert_eq!(race(700, 370).winner(), "ptrace");
+        assert_eq!(race(300, 1800).winner(), "systrap");
+        // A platform whose probe failed counts as infinitely slow.
+        assert_eq!(race(u64::MAX, 400).winner(), "ptrace");
+        assert_eq!(race(400, u64::MAX).winner(), "systrap");
+    }
+
+    /// The shared races decide root's platform: a file someone else could have written, or
+    /// a symlink to one, is not read.
+    #[test]
+    fn shared_races_are_read_only_from_a_file_nobody_else_may_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(SHARED_RACE_FILE);
+        let races = r#"{"fp":{"systrap_ms":900,"ptrace_ms":100}}"#;
+        std::fs::write(&file, races).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(read_shared_races(&file)["fp"].winner(), "ptrace");
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(
+            read_shared_races(&file).is_empty(),
+            "world-writable file read"
+        );
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(read_shared_races(&link).is_empty(), "symlink followed");
+
+        std::fs::write(&file, b"{not json").unwrap();
+        assert!(read_shared_races(&file).is_empty());
+    }
 }
