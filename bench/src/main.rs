@@ -57,10 +57,12 @@ fn run() -> anyhow::Result<()> {
     let (runtime, backend) = setup.library()?;
 
     let started = now_utc();
-    let mut latency: Vec<Latency> = Vec::new();
-    latency.push(measure::run_true(&setup, n_create)?);
-    latency.push(measure::run_true_limited(&setup, n_create)?);
-    latency.push(measure::first_byte(&setup, n_create)?);
+    let mut latency: Vec<Latency> = vec![
+        measure::run_true(&setup, n_create)?,
+        measure::run_true_limited(&setup, n_create)?,
+        measure::first_byte(&setup, n_create)?,
+        measure::first_byte_network(&setup, n_create)?,
+    ];
 
     eprintln!("hutch-bench: creating the sandbox for figures 3 and 4");
     let sandbox = runtime

@@ -176,32 +176,52 @@ pub fn run_true_limited(setup: &Setup, n: usize) -> anyhow::Result<Latency> {
     })
 }
 
-/// Figure 2: spawn to the first byte of `echo hi`'s output, a new sandbox each time.
-pub fn first_byte(setup: &Setup, n: usize) -> anyhow::Result<Latency> {
-    eprintln!("hutch-bench: figure 2, create to first byte of `echo hi` ({n} iterations)");
-    let mut ours = Samples::default();
-    let mut floor = Samples::default();
+/// Spawn to the first byte of `echo hi`'s output, a new sandbox each time, for `ours` and
+/// `floor` alternating: the medians' samples, the first (warm-up) iteration left out.
+fn echo_first_bytes(
+    n: usize,
+    mut ours: impl FnMut() -> Command,
+    mut floor: impl FnMut() -> Command,
+    names: [&str; 2],
+) -> anyhow::Result<(Samples, Samples)> {
+    let (mut o_samples, mut f_samples) = (Samples::default(), Samples::default());
     for i in 0..=n {
-        let o = timed(
-            setup.hutch().args(["run", "busybox", "--", "echo", "hi"]),
-            "hutch run busybox -- echo hi",
-        )?;
-        let f = timed(
-            &mut setup.raw_run(&setup.bundle_echo, &raw_id()),
-            "runsc run (echo hi)",
-        )?;
-        for (side, out) in [("hutch run", &o), ("runsc run", &f)] {
+        let o = timed(&mut ours(), names[0])?;
+        let f = timed(&mut floor(), names[1])?;
+        for (side, out) in [(names[0], &o), (names[1], &f)] {
             ensure!(
                 out.stdout == b"hi\n",
-                "{side} of `echo hi` printed {:?}",
+                "{side} printed {:?}",
                 String::from_utf8_lossy(&out.stdout)
             );
         }
         if i > 0 {
-            ours.push(o.first_byte.context("no output from hutch run")?);
-            floor.push(f.first_byte.context("no output from runsc run")?);
+            o_samples.push(
+                o.first_byte
+                    .with_context(|| format!("no output from {}", names[0]))?,
+            );
+            f_samples.push(
+                f.first_byte
+                    .with_context(|| format!("no output from {}", names[1]))?,
+            );
         }
     }
+    Ok((o_samples, f_samples))
+}
+
+/// Figure 2: spawn to the first byte of `echo hi`'s output, a new sandbox each time.
+pub fn first_byte(setup: &Setup, n: usize) -> anyhow::Result<Latency> {
+    eprintln!("hutch-bench: figure 2, create to first byte of `echo hi` ({n} iterations)");
+    let (ours, floor) = echo_first_bytes(
+        n,
+        || {
+            let mut c = setup.hutch();
+            c.args(["run", "busybox", "--", "echo", "hi"]);
+            c
+        },
+        || setup.raw_run(&setup.bundle_echo, &raw_id()),
+        ["hutch run busybox -- echo hi", "runsc run (echo hi)"],
+    )?;
     Ok(Latency {
         figure: "2. create → first byte of `echo hi` (cold)".into(),
         n,
@@ -211,6 +231,44 @@ pub fn first_byte(setup: &Setup, n: usize) -> anyhow::Result<Latency> {
         ours_is: "from spawning `hutch run busybox -- echo hi` to the first byte on its stdout"
             .into(),
         floor_is: "the same for `runsc run` of the raw bundle running /bin/echo hi".into(),
+    })
+}
+
+/// Figure 2n: figure 2 with the sandbox on its own network (namespace, veth, nftables
+/// chains, runsc's netstack) against figure 2 without one, in the same run.
+pub fn first_byte_network(setup: &Setup, n: usize) -> anyhow::Result<Latency> {
+    eprintln!("hutch-bench: figure 2n, create to first byte with a network ({n} iterations)");
+    let (ours, floor) = echo_first_bytes(
+        n,
+        || {
+            let mut c = setup.hutch();
+            // DNS nowhere: the benchmark sends no query off the machine.
+            c.env("HUTCH_SANDBOX_DNS", "127.0.0.1").args([
+                "run",
+                "--network",
+                "default",
+                "busybox",
+                "--",
+                "echo",
+                "hi",
+            ]);
+            c
+        },
+        || {
+            let mut c = setup.hutch();
+            c.args(["run", "busybox", "--", "echo", "hi"]);
+            c
+        },
+        ["hutch run --network default", "hutch run (no network)"],
+    )?;
+    Ok(Latency {
+        figure: "2n. create → first byte of `echo hi`, with a network against without".into(),
+        n,
+        ours,
+        floor,
+        goal: Some(1.10),
+        ours_is: "`hutch run --network default busybox -- echo hi`, spawn to first byte".into(),
+        floor_is: "`hutch run busybox -- echo hi` (no network: loopback only)".into(),
     })
 }
 

@@ -207,6 +207,10 @@ def hutch_server() -> HutchServer:
                 f"127.0.0.1:{api_port}",
                 "--proxy-listen",
                 f"127.0.0.1:{proxy_port}",
+                # Sandboxes' DNS goes to loopback, which drops it: no test sends a query
+                # to a resolver outside this machine.
+                "--sandbox-dns",
+                "127.0.0.1",
             ],
             env=env,
             stdin=subprocess.DEVNULL,

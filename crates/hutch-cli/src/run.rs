@@ -23,6 +23,12 @@ use tokio::io::AsyncReadExt;
 use crate::client;
 use crate::pull::{PullPolicy, RegistryArgs};
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkArg {
+    None,
+    Default,
+}
+
 #[derive(Args)]
 pub struct RunArgs {
     /// CPUs the sandbox may use (fractions allowed).
@@ -43,6 +49,10 @@ pub struct RunArgs {
     /// Replace the image's ENTRYPOINT ("" clears it).
     #[arg(long)]
     entrypoint: Option<String>,
+    /// The sandbox's network: `none` (loopback only) or `default` (its own network out
+    /// through the host, fenced from the host and other sandboxes: the SDK's default).
+    #[arg(long, value_enum, default_value_t = NetworkArg::None)]
+    network: NetworkArg,
     /// Keep the sandbox after the command exits.
     #[arg(long)]
     keep: bool,
@@ -286,6 +296,14 @@ async fn run_on_server(args: RunArgs, api: &str) -> anyhow::Result<u8> {
             ..CreateSandboxResources::default()
         }),
         entrypoint: Some(Vec::new()),
+        network: match args.network {
+            NetworkArg::None => Some(hutch_api::NetworkConfig {
+                allow_internet_access: false,
+                allow_out: Vec::new(),
+                deny_out: Vec::new(),
+            }),
+            NetworkArg::Default => None,
+        },
         ..CreateSandboxRequest::default()
     };
     let created: CreateSandboxResponse = client::call(
@@ -370,6 +388,10 @@ async fn run_embedded(args: RunArgs) -> anyhow::Result<u8> {
         env: env_pairs(&args.env),
         working_dir: args.workdir.clone(),
         user: args.user.clone(),
+        network: match args.network {
+            NetworkArg::None => hutch_runtime::NetworkMode::None,
+            NetworkArg::Default => hutch_runtime::NetworkMode::Egress,
+        },
         ..SandboxSpec::default()
     };
     let forward_stdin = args.interactive || !std::io::stdin().is_terminal();

@@ -75,6 +75,19 @@ pub struct ServeArgs {
     /// with --allow-registry (every API client then pulls as the server's user).
     #[arg(long)]
     registry_credentials: bool,
+    /// Where sandboxes' addresses come from: a /30 per sandbox with a network (/8 to /24)
+    /// [default: $HUTCH_SANDBOX_CIDR or 10.213.0.0/16]
+    #[arg(long, value_name = "CIDR")]
+    sandbox_cidr: Option<String>,
+    /// The upstream resolver sandboxes' DNS goes to; repeatable (the first serves)
+    /// [default: $HUTCH_SANDBOX_DNS or the host's non-loopback nameservers]
+    #[arg(long = "sandbox-dns", value_name = "IPV4")]
+    sandbox_dns: Vec<String>,
+    /// A range no sandbox reaches whatever its policy, besides the host, other sandboxes,
+    /// link-local (cloud metadata) and multicast, which never are; repeatable
+    /// [default: $HUTCH_DENY_CIDR]
+    #[arg(long = "deny-cidr", value_name = "CIDR")]
+    deny_cidr: Vec<String>,
     /// Static busybox the built-in default image is made from.
     #[arg(long, default_value = "/bin/busybox")]
     busybox: PathBuf,
@@ -84,7 +97,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     let home = args.state_dir.unwrap_or_else(crate::home);
     std::fs::create_dir_all(&home)
         .with_context(|| format!("creating the state directory {}", home.display()))?;
-    let backend = crate::run::backend_at(home.clone())?;
+    let mut backend = crate::run::backend_at(home.clone())?;
+    backend.configure_network(hutch_runtime::net::NetSettings::resolve(
+        args.sandbox_cidr.as_deref(),
+        &args.sandbox_dns,
+        &args.deny_cidr,
+    )?);
     let store = backend.store().clone();
     let config = ServeConfig {
         pull_policy: args.pull,

@@ -226,19 +226,22 @@ async fn capabilities_and_typed_errors() {
     let backend = home.backend();
     let caps = backend.capabilities();
     assert!(caps.is_supported(hutch_runtime::CapabilityName::ProcessReattach));
-    assert!(!caps.is_supported(hutch_runtime::CapabilityName::NetworkEgress));
+    // A policy entry that is not an address or network is refused before anything is made.
+    assert!(caps.is_supported(hutch_runtime::CapabilityName::NetworkEgress));
     let err = backend
         .create(SandboxSpec {
             network: hutch_runtime::NetworkMode::Egress,
+            network_policy: hutch_runtime::net::NetworkPolicy {
+                allow_out: vec!["10.0.0.0/40".into()],
+                ..Default::default()
+            },
             ..busybox()
         })
         .await
         .err()
         .unwrap();
-    assert!(
-        matches!(err, RuntimeError::UnsupportedCapability { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, RuntimeError::InvalidSpec { .. }), "{err}");
+    assert!(err.to_string().contains("10.0.0.0/40"), "{err}");
     assert_eq!(err.retry_class(), hutch_runtime::RetryClass::NotRetryable);
     let err = backend.inspect("nope").await.err().unwrap();
     assert!(matches!(err, RuntimeError::NotFound { .. }), "{err}");

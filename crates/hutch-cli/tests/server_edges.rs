@@ -77,11 +77,11 @@ async fn bad_requests_get_typed_4xx_errors() {
     )
     .await;
     expect_error(
-        post("{\"network\": {\"allow_internet_access\": true}}")
+        post("{\"network\": {\"allow_out\": [\"10.1.2.3/8\"]}}")
             .await
             .unwrap(),
         400,
-        "unsupported_capability",
+        "invalid_request",
     )
     .await;
     expect_error(

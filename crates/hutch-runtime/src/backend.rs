@@ -19,7 +19,7 @@ pub enum NetworkMode {
     /// Loopback only.
     #[default]
     None,
-    /// Outbound access through the host (a later backend feature).
+    /// Its own network, reaching out through the host under [`SandboxSpec::network_policy`].
     Egress,
 }
 
@@ -46,6 +46,9 @@ pub struct SandboxSpec {
     pub hostname: Option<String>,
     #[serde(default)]
     pub network: NetworkMode,
+    /// What an [`NetworkMode::Egress`] sandbox may reach.
+    #[serde(default)]
+    pub network_policy: crate::net::NetworkPolicy,
     /// Caller's bookkeeping, kept with the sandbox's record (e.g. which server owns it).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -145,19 +148,6 @@ pub struct WritableLayer {
     /// Paths in `upper`, relative, that are the backend's mount points rather than the
     /// sandbox's writes: a layer made of `upper` leaves them out.
     pub mount_points: Vec<PathBuf>,
-}
-
-/// How [`Backend::attach_network`] joins a sandbox to a network (issue 13).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkConfig {
-    pub mode: NetworkMode,
-    /// Destinations (CIDRs or host names) the sandbox may reach; empty allows every one
-    /// that `deny_out` does not name.
-    #[serde(default)]
-    pub allow_out: Vec<String>,
-    /// Destinations the sandbox may never reach; wins over `allow_out`.
-    #[serde(default)]
-    pub deny_out: Vec<String>,
 }
 
 /// How [`Backend::checkpoint`] saves a sandbox (issue 16).
@@ -272,10 +262,11 @@ pub trait Backend: Send + Sync {
         Err(refuse(self, CapabilityName::SandboxSocket))
     }
 
-    /// Joins the running sandbox `id` to the network `config` describes.
-    /// [`CapabilityName::NetworkAttach`].
-    async fn attach_network(&self, id: &str, config: &NetworkConfig) -> Result<()> {
-        let _ = (id, config);
+    /// Replaces the egress policy of the running sandbox `id`, which has its own network
+    /// ([`NetworkMode::Egress`]): new connections follow it at once. Also the seam a
+    /// restore re-attaches networking through. [`CapabilityName::NetworkAttach`].
+    async fn attach_network(&self, id: &str, policy: &crate::net::NetworkPolicy) -> Result<()> {
+        let _ = (id, policy);
         Err(refuse(self, CapabilityName::NetworkAttach))
     }
 
@@ -453,7 +444,9 @@ mod tests {
         // The reason the backend reports, not a generic one.
         assert_eq!(
             refused_as(
-                backend.attach_network("a", &NetworkConfig::default()).await,
+                backend
+                    .attach_network("a", &crate::net::NetworkPolicy::default())
+                    .await,
                 CapabilityName::NetworkAttach,
             ),
             CapabilityReason::FeatureGated {

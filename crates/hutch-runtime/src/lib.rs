@@ -20,10 +20,11 @@ mod backend;
 mod capability;
 mod error;
 pub mod gvisor;
+pub mod net;
 
 pub use backend::{
-    AttachedRun, Backend, CheckpointOptions, DEFAULT_PIDS_LIMIT, MAX_PIDS_LIMIT, NetworkConfig,
-    NetworkMode, RestoreSpec, Sandbox, SandboxInfo, SandboxSpec, SandboxState, SnapshotDescriptor,
+    AttachedRun, Backend, CheckpointOptions, DEFAULT_PIDS_LIMIT, MAX_PIDS_LIMIT, NetworkMode,
+    RestoreSpec, Sandbox, SandboxInfo, SandboxSpec, SandboxState, SnapshotDescriptor,
     WritableLayer,
 };
 pub use capability::{Capabilities, Capability, CapabilityName, CapabilityReason, RuntimeDetails};

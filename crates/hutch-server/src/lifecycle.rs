@@ -23,6 +23,7 @@ use hutch_api::{
     UpdateSandboxRequest,
 };
 use hutch_runtime::NetworkMode;
+use hutch_runtime::net::NetworkPolicy;
 use serde::Deserialize;
 use serde::de::IntoDeserializer;
 use serde_json::{Value, json};
@@ -175,20 +176,45 @@ fn unsupported(feature: &str, hint: &str) -> ApiError {
     )
 }
 
-/// The network mode a policy asks for: only "no internet" can be honoured today.
-fn network_mode(network: Option<&NetworkConfig>) -> Result<NetworkMode, ApiError> {
-    match network {
-        None => Ok(NetworkMode::None),
-        Some(n) if !n.allow_internet_access && n.allow_out.is_empty() => Ok(NetworkMode::None),
-        Some(_) => Err(egress_refused()),
+/// The network a create asks for, and the policy it runs under.
+///
+/// The SDK sends no `network` block by default, which means internet access; a backend
+/// without networks (an old runsc, no root) then creates an offline sandbox and says so in
+/// its `network_policy`. An explicit policy that needs a network there is refused, typed.
+fn network_request(
+    app: &App,
+    network: Option<&NetworkConfig>,
+) -> Result<(NetworkMode, NetworkPolicy), ApiError> {
+    let policy = network.map_or_else(NetworkPolicy::default, egress);
+    policy
+        .parse()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if policy.is_offline() {
+        return Ok((NetworkMode::None, policy));
+    }
+    use hutch_runtime::{Capability, CapabilityName as C};
+    match app.sandboxes.backend().capabilities().get(C::NetworkEgress) {
+        Capability::Supported => Ok((NetworkMode::Egress, policy)),
+        Capability::Unsupported { .. } if network.is_none() => Ok((
+            NetworkMode::None,
+            NetworkPolicy {
+                allow_internet_access: false,
+                ..NetworkPolicy::default()
+            },
+        )),
+        Capability::Unsupported { reason } => Err(unsupported(
+            "network egress",
+            &format!("{reason}; send {{\"allow_internet_access\": false}} for loopback only"),
+        )),
     }
 }
 
-fn egress_refused() -> ApiError {
-    unsupported(
-        "network egress",
-        "sandboxes have loopback only; send {\"allow_internet_access\": false} or omit network",
-    )
+fn egress(n: &NetworkConfig) -> NetworkPolicy {
+    NetworkPolicy {
+        allow_internet_access: n.allow_internet_access,
+        allow_out: n.allow_out.clone(),
+        deny_out: n.deny_out.clone(),
+    }
 }
 
 fn validate_create(body: &CreateSandboxRequest) -> Result<(), ApiError> {
@@ -277,7 +303,7 @@ async fn create(
     let wait_for = create_wait(req.headers());
     let body: CreateSandboxRequest = json_body(req.into_body()).await?;
     validate_create(&body)?;
-    let network = network_mode(body.network.as_ref())?;
+    let (network, policy) = network_request(&app, body.network.as_ref())?;
     let resources = body.resources.unwrap_or_default();
     let cpus = resources
         .cpus
@@ -292,8 +318,10 @@ async fn create(
         "memory_mb": memory_mb,
         "disk_mb": resources.disk_mb,
         "entrypoint": body.entrypoint,
-        "allow_internet_access": false,
-        "deny_out": body.network.as_ref().map(|n| n.deny_out.clone()).unwrap_or_default(),
+        "allow_internet_access": policy.allow_internet_access,
+        "allow_out": policy.allow_out,
+        "deny_out": policy.deny_out,
+        "network": network,
         "auto_resume": body.auto_resume.unwrap_or(true),
         "allow_unauthenticated_access": body.allow_unauthenticated_access.unwrap_or(false),
     });
@@ -336,6 +364,7 @@ async fn create(
         timeout_secs: body.timeout_secs,
         entrypoint,
         network,
+        network_policy: policy,
         max_pending_secs: body.max_pending_secs,
         env: body
             .env
@@ -414,7 +443,7 @@ pub fn sandbox_info(row: &SandboxRow, proxy_url: &str) -> SandboxInfo {
         entrypoint: spec.get("entrypoint").and_then(strings),
         network_policy: NetworkConfig {
             allow_internet_access: spec["allow_internet_access"].as_bool().unwrap_or(false),
-            allow_out: Vec::new(),
+            allow_out: spec.get("allow_out").and_then(strings).unwrap_or_default(),
             deny_out: spec.get("deny_out").and_then(strings).unwrap_or_default(),
         },
         auto_resume: spec["auto_resume"].as_bool().unwrap_or(true),
@@ -549,14 +578,23 @@ async fn update(
             "sandboxes have no network yet",
         ));
     }
-    match &body.network {
-        None => {}
-        // `null` asks for unrestricted egress.
-        Some(None) => return Err(egress_refused()),
-        Some(Some(n)) => network_mode(Some(n)).map(drop)?,
+    // `null` (the SDK's CLEAR_NETWORK_POLICY) is unrestricted egress. Checked before
+    // anything changes: nothing is half-applied.
+    let policy = match &body.network {
+        None => None,
+        Some(None) => Some(NetworkPolicy::default()),
+        Some(Some(n)) => Some(egress(n)),
+    };
+    if let Some(p) = &policy {
+        p.parse()
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
     // Accepted for the SDK's sake; nothing depends on them until ports and suspend exist.
     let _ = (body.auto_resume, body.allow_unauthenticated_access);
+    // The network first: it is what can still fail (a sandbox without a network).
+    if let Some(policy) = &policy {
+        app.sandboxes.set_network(&ns, &id, policy).await?;
+    }
     let row = app
         .sandboxes
         .update(&ns, &id, body.name.as_deref(), body.timeout_secs)?;
@@ -647,25 +685,6 @@ mod tests {
             "5000".parse().unwrap(),
         );
         assert_eq!(create_wait(&h), Duration::from_millis(3000));
-    }
-
-    #[test]
-    fn only_no_internet_policies_are_honoured() {
-        assert_eq!(network_mode(None).unwrap(), NetworkMode::None);
-        let closed = NetworkConfig {
-            allow_internet_access: false,
-            allow_out: vec![],
-            deny_out: vec!["10.0.0.0/8".into()],
-        };
-        assert_eq!(network_mode(Some(&closed)).unwrap(), NetworkMode::None);
-        let open = NetworkConfig {
-            allow_internet_access: true,
-            ..closed
-        };
-        assert_eq!(
-            network_mode(Some(&open)).unwrap_err().code,
-            "unsupported_capability"
-        );
     }
 
     #[tokio::test]

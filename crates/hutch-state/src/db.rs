@@ -431,6 +431,14 @@ impl Db {
         }
     }
 
+    pub fn set_spec(&self, id: &str, spec: &serde_json::Value) -> Result<()> {
+        self.conn().execute(
+            "UPDATE sandboxes SET spec = ?2 WHERE id = ?1",
+            params![id, spec.to_string()],
+        )?;
+        Ok(())
+    }
+
     pub fn set_timeout(&self, id: &str, timeout_secs: i64) -> Result<()> {
         self.conn().execute(
             "UPDATE sandboxes SET timeout_secs = ?2 WHERE id = ?1",

@@ -13,6 +13,7 @@ pub mod buildah;
 pub mod faulty;
 pub mod registry;
 pub mod server;
+pub mod testnet;
 pub mod tree;
 
 pub fn workspace() -> PathBuf {
@@ -170,6 +171,22 @@ impl Home {
         assert!(leaked.is_empty(), "mounts left: {leaked:?}");
         let procs = processes_mentioning(&home);
         assert!(procs.is_empty(), "processes left: {procs:?}");
+        // No sandbox network of this home: a slot names its sandbox's directory, and a
+        // slot's namespace, veth and nftables chains go with it.
+        let slots: Vec<_> = std::fs::read_dir("/run/hutch/net")
+            .map(|d| d.flatten().collect())
+            .unwrap_or_default();
+        for slot in slots {
+            let name = slot.file_name().to_string_lossy().into_owned();
+            let owner = std::fs::read_to_string(slot.path()).unwrap_or_default();
+            assert!(
+                !(name.starts_with("slot-") && owner.starts_with(&home)),
+                "network slot left: {name} ({owner}): {:?}",
+                name.strip_prefix("slot-")
+                    .and_then(|n| n.parse().ok())
+                    .map(hutch_runtime::net::host::leftovers)
+            );
+        }
     }
 }
 

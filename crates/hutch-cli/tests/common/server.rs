@@ -45,6 +45,9 @@ impl Home {
         let child = Command::new(hutch_bin())
             .envs(envs.iter().copied())
             .env("HUTCH_HOME", self.path())
+            // Sandboxes' DNS goes to loopback, which drops it: no test sends a query to a
+            // resolver outside this machine (tests that need DNS pass --sandbox-dns).
+            .env("HUTCH_SANDBOX_DNS", "127.0.0.1")
             .env("HUTCH_LOG", "info,hutch_server=debug,hutch_state=debug")
             .args(["serve", "--listen"])
             .arg(format!("127.0.0.1:{api_port}"))

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use hutch_wire::AgentConfig;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec,
-    UserBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 use crate::error::{Result, RuntimeError};
@@ -30,6 +30,9 @@ pub struct BundleSpec<'a> {
     pub pids_backstop: i64,
     /// Bind the rootfs's own `/tmp` over `/tmp` instead of runsc's tmpfs.
     pub tmp_in_rootfs: bool,
+    /// A network namespace Hutch wired to join (instead of a new, empty one), and the
+    /// resolv.conf naming the sandbox's resolver.
+    pub network: Option<(PathBuf, &'a Path)>,
 }
 
 fn invalid(e: impl std::fmt::Display) -> RuntimeError {
@@ -139,6 +142,17 @@ pub fn build(spec: &BundleSpec<'_>) -> Result<Spec> {
                 .map_err(invalid)?,
         );
     }
+    if let Some((_, resolv)) = &spec.network {
+        mounts.push(
+            MountBuilder::default()
+                .destination("/etc/resolv.conf")
+                .typ("bind")
+                .source(*resolv)
+                .options(vec!["bind".into(), "ro".into()])
+                .build()
+                .map_err(invalid)?,
+        );
+    }
     oci.set_mounts(Some(mounts));
 
     let mut linux = oci
@@ -173,6 +187,18 @@ pub fn build(spec: &BundleSpec<'_>) -> Result<Spec> {
         }
         linux.set_resources(Some(resources.build().map_err(invalid)?));
         linux.set_cgroups_path(spec.cgroup.clone());
+        if let Some((netns, _)) = &spec.network {
+            let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+            namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+            namespaces.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::Network)
+                    .path(netns.clone())
+                    .build()
+                    .map_err(invalid)?,
+            );
+            linux.set_namespaces(Some(namespaces));
+        }
     }
     oci.set_linux(Some(linux));
     Ok(oci)
@@ -197,7 +223,6 @@ pub fn write(spec: &Spec, bundle_dir: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use oci_spec::runtime::LinuxNamespaceType;
 
     use super::*;
 
@@ -240,6 +265,7 @@ mod tests {
                 cgroup: Some(PathBuf::from("/hutch/box")),
                 pids_backstop: 4242,
                 tmp_in_rootfs,
+                network: None,
             })
             .unwrap()
         }
@@ -288,6 +314,7 @@ mod tests {
             cgroup: None,
             pids_backstop: 100,
             tmp_in_rootfs: false,
+            network: None,
         })
         .unwrap();
         let resources = spec.linux().as_ref().unwrap().resources().clone().unwrap();

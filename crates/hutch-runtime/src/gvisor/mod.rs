@@ -28,6 +28,7 @@ use crate::backend::{
 };
 use crate::capability::{Capabilities, CapabilityName as C, CapabilityReason};
 use crate::error::{Result, RuntimeError};
+use crate::net::{self, Attachment, NetSettings};
 use persist::SandboxRecord;
 pub use runsc::Runsc;
 
@@ -121,7 +122,15 @@ pub struct GvisorBackend {
     links: Mutex<HashMap<String, AgentLink>>,
     /// `runsc run` supervisors this process started, to reap them and learn of their exit.
     supervisors: Mutex<HashMap<String, tokio::process::Child>>,
+    /// How sandboxes' networks are laid out, or why this host cannot give them one.
+    net: std::result::Result<NetSettings, String>,
+    /// Sandboxes this process is creating: a teardown of one waits for its create to end,
+    /// so that a delete of a booting sandbox returns only once nothing of it is left.
+    creating: Mutex<std::collections::HashSet<String>>,
 }
+
+/// A networked sandbox's attachment, beside its record.
+const NET_FILE: &str = "net.json";
 
 impl GvisorBackend {
     pub fn new(config: GvisorConfig, store: Store) -> Result<Self> {
@@ -138,6 +147,21 @@ impl GvisorBackend {
             private_dir(dir)?;
         }
         let runsc = Runsc::detect(config.home.join("runsc"))?;
+        // runsc's netstack in a namespace Hutch wires works from the 2024-07 build on; the
+        // 2022 build fails to set up the interface (measured).
+        let net = if runsc.build.date().is_some_and(|d| d >= 20_240_700) {
+            net::host::host_support()
+                .and_then(|()| NetSettings::from_env().map_err(|e| e.to_string()))
+        } else {
+            Err(format!(
+                "runsc {} cannot run its network stack in a namespace Hutch wires; \
+                 the 2024-07 build or later can",
+                runsc.build.version
+            ))
+        };
+        if let Err(why) = &net {
+            tracing::info!(%why, "sandboxes get no network here");
+        }
         Ok(Self {
             home: config.home,
             store,
@@ -145,7 +169,30 @@ impl GvisorBackend {
             agent_binary: config.agent_binary,
             links: Mutex::new(HashMap::new()),
             supervisors: Mutex::new(HashMap::new()),
+            net,
+            creating: Mutex::new(Default::default()),
         })
+    }
+
+    /// Lays sandboxes' networks out as `settings` says (`hutch serve`'s flags), where this
+    /// host can give sandboxes networks at all.
+    pub fn configure_network(&mut self, settings: NetSettings) {
+        if self.net.is_ok() {
+            self.net = Ok(settings);
+        }
+    }
+
+    /// The sandbox's network attachment, if it has one.
+    fn attachment(&self, id: &str) -> Option<Attachment> {
+        let bytes = std::fs::read(self.dir(id).join(NET_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Removes the sandbox's network, if it has one.
+    fn detach_network(&self, id: &str) {
+        if self.net.is_ok() {
+            net::host::detach_owner(&self.dir(id));
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -247,6 +294,31 @@ impl GvisorBackend {
         };
         record.save(&dir)?;
         write_secret(&run, record.agent_secret.as_deref().unwrap_or_default())?;
+        let network = match (&spec.network, &self.net) {
+            (NetworkMode::Egress, Ok(settings)) => {
+                let attachment = net::host::attach(settings, &dir, &spec.network_policy.parse()?)?;
+                let json = serde_json::to_vec(&attachment).map_err(|e| {
+                    RuntimeError::io("encoding the network attachment", std::io::Error::other(e))
+                })?;
+                std::fs::write(dir.join(NET_FILE), json)
+                    .map_err(|e| RuntimeError::io("saving the network attachment", e))?;
+                // The sandbox's resolver is its gateway (DNS there goes to the upstream).
+                let resolv = dir.join("resolv.conf");
+                std::fs::write(&resolv, format!("nameserver {}\n", attachment.gateway))
+                    .map_err(|e| RuntimeError::io("writing resolv.conf", e))?;
+                Some((attachment, resolv))
+            }
+            (NetworkMode::Egress, Err(why)) => {
+                return Err(RuntimeError::UnsupportedCapability {
+                    backend: BACKEND,
+                    capability: C::NetworkEgress,
+                    reason: CapabilityReason::HostGated {
+                        detail: why.clone(),
+                    },
+                });
+            }
+            (NetworkMode::None, _) => None,
+        };
         self.store.pin(id, &image.layers)?;
         let lower: Vec<PathBuf> = image
             .layers
@@ -298,6 +370,9 @@ impl GvisorBackend {
             cgroup: Some(PathBuf::from(format!("/hutch/{id}"))),
             pids_backstop: host_pids_backstop(spec.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT)),
             tmp_in_rootfs: spec.tmp_in_rootfs,
+            network: network
+                .as_ref()
+                .map(|(a, resolv)| (a.netns_path(), resolv.as_path())),
         })?;
         bundle::write(&oci, &dir.join("bundle"))?;
 
@@ -323,9 +398,9 @@ impl GvisorBackend {
                 }
             }
         };
-        let supervisor = self
-            .runsc
-            .spawn_supervisor(id, &dir.join("bundle"), stdio, true)?;
+        let supervisor =
+            self.runsc
+                .spawn_supervisor(id, &dir.join("bundle"), stdio, true, network.is_some())?;
         let info = SandboxInfo {
             id: id.to_string(),
             state: SandboxState::Running,
@@ -340,13 +415,16 @@ impl GvisorBackend {
     /// Checks a spec and settles the new sandbox's id.
     fn admit(&self, spec: &mut SandboxSpec) -> Result<String> {
         if spec.network == NetworkMode::Egress {
-            return Err(RuntimeError::UnsupportedCapability {
-                backend: BACKEND,
-                capability: C::NetworkEgress,
-                reason: CapabilityReason::FeatureGated {
-                    feature: "network policy".into(),
-                },
-            });
+            if let Err(why) = &self.net {
+                return Err(RuntimeError::UnsupportedCapability {
+                    backend: BACKEND,
+                    capability: C::NetworkEgress,
+                    reason: CapabilityReason::HostGated {
+                        detail: why.clone(),
+                    },
+                });
+            }
+            spec.network_policy.parse()?;
         }
         if let Some(cpus) = spec.cpus
             && !(cpus > 0.0 && cpus <= 1024.0)
@@ -429,6 +507,14 @@ impl GvisorBackend {
 
     /// Removes every trace of `id`, best effort, reporting the first failure.
     async fn teardown(&self, id: &str) -> Result<()> {
+        // A create of this sandbox in progress here (a delete of a booting sandbox): let it
+        // finish first, or what it makes after this teardown would outlive it.
+        let patience = tokio::time::Instant::now() + BOOT_TIMEOUT + SUPERVISOR_EXIT;
+        while self.creating.lock().is_ok_and(|c| c.contains(id))
+            && tokio::time::Instant::now() < patience
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         // A supervisor this process started is waited for (or killed) by `end`; only a
         // sandbox another process started can have a runsc still booting unseen.
         let ours = self.supervisors.lock().is_ok_and(|s| s.contains_key(id));
@@ -446,6 +532,7 @@ impl GvisorBackend {
             }
         }
         let dir = self.dir(id);
+        self.detach_network(id);
         if let Err(e) = rootfs::unmount(&dir.join("rootfs")) {
             first_error.get_or_insert(e);
         }
@@ -509,7 +596,7 @@ impl Backend for GvisorBackend {
         let later = |feature: &str| CapabilityReason::FeatureGated {
             feature: feature.into(),
         };
-        Capabilities::default()
+        let caps = Capabilities::default()
             .supported(&[
                 C::SandboxCreate,
                 C::SandboxStop,
@@ -532,7 +619,6 @@ impl Backend for GvisorBackend {
                 C::FilesystemList,
                 C::FilesystemStat,
             ])
-            .unsupported(C::NetworkEgress, later("network policy"))
             .unsupported(C::FilesystemWatch, later("file watches"))
             .unsupported(C::SandboxSuspend, later("suspend and resume"))
             .unsupported(C::SnapshotFilesystem, later("filesystem snapshots"))
@@ -543,13 +629,22 @@ impl Backend for GvisorBackend {
                 C::SandboxWritableLayer,
                 C::SandboxSocket,
             ])
-            .unsupported(C::NetworkAttach, later("network attach, issue 13"))
             .unsupported(
                 C::SandboxCheckpoint,
                 later("checkpoint and restore, issue 16"),
             )
             .unsupported(C::SandboxRestore, later("checkpoint and restore, issue 16"))
-            .with_runtime(self.runsc.details())
+            .with_runtime(self.runsc.details());
+        match &self.net {
+            Ok(_) => caps.supported(&[C::NetworkEgress, C::NetworkAttach]),
+            Err(why) => {
+                let host = CapabilityReason::HostGated {
+                    detail: why.clone(),
+                };
+                caps.unsupported(C::NetworkEgress, host.clone())
+                    .unsupported(C::NetworkAttach, host)
+            }
+        }
     }
 
     /// Removes what sandboxes left half-made or half-removed: a directory with no record
@@ -581,6 +676,7 @@ impl Backend for GvisorBackend {
                 continue;
             }
             kill_runsc_processes(&self.runsc.root, &id);
+            self.detach_network(&id);
             for mount in rootfs::mounts_under(&dir) {
                 let _ = rootfs::unmount(&mount);
             }
@@ -600,7 +696,14 @@ impl Backend for GvisorBackend {
 
     async fn create(&self, mut spec: SandboxSpec) -> Result<Sandbox> {
         let id = self.admit(&mut spec)?;
-        match self.provision(&id, &spec).await {
+        if let Ok(mut creating) = self.creating.lock() {
+            creating.insert(id.clone());
+        }
+        let provisioned = self.provision(&id, &spec).await;
+        if let Ok(mut creating) = self.creating.lock() {
+            creating.remove(&id);
+        }
+        match provisioned {
             Ok(sandbox) => Ok(sandbox),
             Err(e) => {
                 if let Err(cleanup) = self.teardown(&id).await {
@@ -832,6 +935,40 @@ impl Backend for GvisorBackend {
     }
 
     /// The overlay's upper directory, less Hutch's mount points in it.
+    async fn attach_network(&self, id: &str, policy: &net::NetworkPolicy) -> Result<()> {
+        let settings = self
+            .net
+            .as_ref()
+            .map_err(|why| RuntimeError::UnsupportedCapability {
+                backend: BACKEND,
+                capability: C::NetworkAttach,
+                reason: CapabilityReason::HostGated {
+                    detail: why.clone(),
+                },
+            })?;
+        let parsed = policy.parse()?;
+        let record = self.record(id)?;
+        let Some(attachment) = self.attachment(id) else {
+            return Err(RuntimeError::InvalidSpec {
+                reason: format!(
+                    "sandbox {id} was created without a network ({:?}); a policy applies only \
+                     to a sandbox created with one",
+                    record.spec.network
+                ),
+            });
+        };
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || net::host::apply(&settings, &attachment, &parsed))
+            .await
+            .map_err(|e| {
+                RuntimeError::io("applying a network policy", std::io::Error::other(e))
+            })??;
+        // The record keeps the policy in force, for inspect and for a later re-attach.
+        let mut record = record;
+        record.spec.network_policy = policy.clone();
+        record.save(&self.dir(id))
+    }
+
     fn writable_layer(&self, id: &str) -> Result<WritableLayer> {
         let record = self.record(id)?;
         let upper = self.dir(id).join("upper");
@@ -845,6 +982,10 @@ impl Backend for GvisorBackend {
         });
         if !image_has_run {
             mount_points.push(PathBuf::from("run"));
+        }
+        // A networked sandbox's /etc/resolv.conf is Hutch's bind mount.
+        if self.attachment(id).is_some() {
+            mount_points.push(PathBuf::from("etc/resolv.conf"));
         }
         Ok(WritableLayer {
             upper,

@@ -135,7 +135,6 @@ impl Runsc {
         let mut cmd = Command::new(&self.binary);
         cmd.arg(format!("--root={}", self.root.display()))
             .arg(format!("--platform={}", self.platform))
-            .arg("--network=none")
             .arg("--host-uds=open")
             .stdin(Stdio::null())
             .kill_on_drop(true);
@@ -160,14 +159,31 @@ impl Runsc {
     /// costs about 23 ms here (the first write to a v1 `cgroup.procs` waits for an RCU grace
     /// period, seen in `runsc --debug` logs), a sixth of a whole `runsc run`; a sandbox with
     /// no CPU or memory limit has no use for one.
+    ///
+    /// With `network`, the sandbox joins the network namespace its spec names and runs
+    /// runsc's own network stack there (`--network=sandbox`); see [`hide_host_net_sysctls`].
     pub fn spawn_supervisor(
         &self,
         id: &str,
         bundle: &Path,
         stdio: SupervisorStdio,
         cgroups: bool,
+        network: bool,
     ) -> Result<Child> {
         let mut cmd = self.command();
+        if network {
+            cmd.arg("--network=sandbox");
+            let paths = SysctlPaths::new()?;
+            // SAFETY: the closure runs in the forked child before exec and only makes raw
+            // syscalls (unshare, mount, open_tree, mkdir, move_mount, close) on C strings
+            // built before the fork: no allocation, no lock, nothing async-signal-unsafe.
+            unsafe {
+                cmd.pre_exec(move || hide_host_net_sysctls(&paths));
+            }
+        }
+        if !network {
+            cmd.arg("--network=none");
+        }
         if !cgroups {
             cmd.arg("--ignore-cgroups");
         }
@@ -207,6 +223,7 @@ impl Runsc {
     async fn simple(&self, args: &[&str]) -> Result<String> {
         let out = self
             .command()
+            .arg("--network=none")
             .args(args)
             .output()
             .await
@@ -349,6 +366,106 @@ impl Runsc {
             message: format!("unreadable runsc list: {e}"),
         })
     }
+}
+
+/// The paths [`hide_host_net_sysctls`] needs, as C strings made before the fork.
+pub struct SysctlPaths {
+    root: std::ffi::CString,
+    keep: Vec<(std::ffi::CString, std::ffi::CString)>,
+    tmpfs: std::ffi::CString,
+    options: std::ffi::CString,
+    empty: std::ffi::CString,
+}
+
+/// The `/proc/sys` directories a networked runsc still sees: everything but `net`.
+const KEPT_SYSCTLS: &[&str] = &["vm", "kernel", "fs"];
+
+impl SysctlPaths {
+    fn new() -> Result<Self> {
+        let c = |s: &str| {
+            std::ffi::CString::new(s)
+                .map_err(|e| RuntimeError::io("a sysctl path", std::io::Error::other(e)))
+        };
+        Ok(Self {
+            root: c("/proc/sys")?,
+            keep: KEPT_SYSCTLS
+                .iter()
+                .map(|d| Ok((c(&format!("/proc/sys/{d}"))?, c(&format!("/proc/sys/{d}"))?)))
+                .collect::<Result<_>>()?,
+            tmpfs: c("tmpfs")?,
+            options: c("size=16k,mode=0555")?,
+            empty: c("")?,
+        })
+    }
+}
+
+/// In the child that becomes `runsc run`, before exec: a mount namespace of its own (mounts
+/// still propagate in from the host's) whose `/proc/sys` is a small tmpfs with only `vm`,
+/// `kernel` and `fs` of the real one bound back.
+///
+/// Why: runsc up to at least 2024-07 refuses `--network=sandbox` when it thinks it is in
+/// the host's network namespace, and it decides that by the presence of
+/// `/proc/sys/net/core/rmem_default`, which kernels since 6.x show in every namespace. The
+/// sandbox really is in its own namespace (its spec names Hutch's); hiding `net` makes the
+/// check see that. runsc's children (gofer, Sentry) pivot into their own roots and never
+/// read the host's `/proc/sys/net`.
+fn hide_host_net_sysctls(p: &SysctlPaths) -> std::io::Result<()> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    let check = |r: libc::c_long| {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    };
+    // SAFETY: plain syscalls on valid NUL-terminated strings that outlive the calls; the
+    // file descriptors opened are closed before returning.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS).into())?;
+        check(
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            )
+            .into(),
+        )?;
+        let mut trees = [-1 as libc::c_long; 3];
+        for (slot, (from, _)) in trees.iter_mut().zip(&p.keep) {
+            *slot = check(libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+            ))?;
+        }
+        check(
+            libc::mount(
+                p.tmpfs.as_ptr(),
+                p.root.as_ptr(),
+                p.tmpfs.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                p.options.as_ptr().cast(),
+            )
+            .into(),
+        )?;
+        for (tree, (_, to)) in trees.iter().zip(&p.keep) {
+            check(libc::mkdir(to.as_ptr(), 0o555).into())?;
+            check(libc::syscall(
+                libc::SYS_move_mount,
+                *tree as libc::c_int,
+                p.empty.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            ))?;
+            libc::close(*tree as libc::c_int);
+        }
+    }
+    Ok(())
 }
 
 /// What one runsc binary is and offers, learnt once per binary (see [`detect_build`]).

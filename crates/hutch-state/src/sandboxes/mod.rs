@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use hutch_runtime::agent::AgentClient;
+use hutch_runtime::net::NetworkPolicy;
 use hutch_runtime::{Backend, NetworkMode, RuntimeError, SandboxSpec};
 use hutch_store::Store;
 use hutch_wire::StartProcess;
@@ -53,6 +54,8 @@ pub struct CreateParams {
     pub timeout_secs: Option<i64>,
     pub entrypoint: Option<Vec<String>>,
     pub network: NetworkMode,
+    /// What a [`NetworkMode::Egress`] sandbox may reach.
+    pub network_policy: NetworkPolicy,
     pub max_pending_secs: Option<u64>,
     /// `KEY=VALUE` entries over the image's environment.
     pub env: Vec<String>,
@@ -218,6 +221,7 @@ impl Sandboxes {
             memory_mb: p.memory_mb,
             env: p.env.clone(),
             network: p.network,
+            network_policy: p.network_policy.clone(),
             labels: [(OWNER_LABEL.to_string(), OWNER.to_string())].into(),
             pids_limit: Some(self.limits.pids_limit),
             ..SandboxSpec::default()
@@ -426,13 +430,8 @@ impl Sandboxes {
         self.get_row(&row.id)
     }
 
-    pub fn update(
-        &self,
-        namespace: &str,
-        id_or_name: &str,
-        name: Option<&str>,
-        timeout_secs: Option<i64>,
-    ) -> Result<SandboxRow, StateError> {
+    /// A sandbox that is not terminated, by id or name.
+    fn live(&self, namespace: &str, id_or_name: &str) -> Result<SandboxRow, StateError> {
         let row = self.get(namespace, id_or_name)?;
         if row.status == Status::Terminated {
             return Err(StateError::conflict(
@@ -440,6 +439,17 @@ impl Sandboxes {
                 format!("sandbox {} is terminated", row.id),
             ));
         }
+        Ok(row)
+    }
+
+    pub fn update(
+        &self,
+        namespace: &str,
+        id_or_name: &str,
+        name: Option<&str>,
+        timeout_secs: Option<i64>,
+    ) -> Result<SandboxRow, StateError> {
+        let row = self.live(namespace, id_or_name)?;
         if let Some(name) = name {
             validate_name(name)?;
             if !self.db.set_name(&row.id, Some(name))? {
@@ -458,6 +468,25 @@ impl Sandboxes {
             }
             self.db.set_timeout(&row.id, t)?;
         }
+        self.get_row(&row.id)
+    }
+
+    /// Replaces the egress policy of a running sandbox with a network: in force for new
+    /// connections when this returns, and kept in its row (`spec`: `allow_internet_access`,
+    /// `allow_out`, `deny_out`).
+    pub async fn set_network(
+        &self,
+        namespace: &str,
+        id_or_name: &str,
+        policy: &NetworkPolicy,
+    ) -> Result<SandboxRow, StateError> {
+        let row = self.live(namespace, id_or_name)?;
+        self.backend.attach_network(&row.id, policy).await?;
+        let mut spec = row.spec.clone();
+        spec["allow_internet_access"] = policy.allow_internet_access.into();
+        spec["allow_out"] = policy.allow_out.clone().into();
+        spec["deny_out"] = policy.deny_out.clone().into();
+        self.db.set_spec(&row.id, &spec)?;
         self.get_row(&row.id)
     }
 

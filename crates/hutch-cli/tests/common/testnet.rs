@@ -1,0 +1,144 @@
+//! "The internet" for network tests: a host in a network namespace the test creates, on a
+//! /29 of TEST-NET-3 (203.0.113.0/24), serving HTTP. Tests send traffic only there and to
+//! loopback, never to any other address.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SLOTS_DIR: &str = "/run/hutch-test/testnet";
+
+pub struct TestHost {
+    slot: u32,
+    /// The test host's address.
+    pub addr: Ipv4Addr,
+    /// The host's end of the link.
+    pub host_side: Ipv4Addr,
+    pub port: u16,
+    server: Child,
+    _www: tempfile::TempDir,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestHost {
+    /// A test host serving `files` (name, content) over HTTP on port 8080.
+    pub fn start(files: &[(&str, &[u8])]) -> Self {
+        std::fs::create_dir_all(SLOTS_DIR).unwrap();
+        let slot = (0..32u32)
+            .find(|k| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(PathBuf::from(SLOTS_DIR).join(k.to_string()))
+                    .is_ok()
+            })
+            .expect("a free TEST-NET slot");
+        let (ns, ifname) = (format!("htest-{slot}"), format!("ht{slot}"));
+        let host_side = Ipv4Addr::new(203, 0, 113, (slot * 8 + 1) as u8);
+        let addr = Ipv4Addr::new(203, 0, 113, (slot * 8 + 2) as u8);
+        let _ = Command::new("ip").args(["netns", "delete", &ns]).output();
+        let _ = Command::new("ip")
+            .args(["link", "delete", &ifname])
+            .output();
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &ifname, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        ip(&["addr", "add", &format!("{host_side}/29"), "dev", &ifname]);
+        ip(&["link", "set", &ifname, "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/29"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &host_side.to_string(),
+        ]);
+        let www = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            std::fs::write(www.path().join(name), content).unwrap();
+        }
+        let port = 8080;
+        // Python's HTTPServer looks its own address up in DNS at bind: a query that would
+        // leave for the host's resolver. This one binds without asking anybody.
+        let script = "import functools, http.server, socketserver, sys\n\
+            class S(http.server.ThreadingHTTPServer):\n    \
+                def server_bind(self): socketserver.TCPServer.server_bind(self)\n\
+            h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[3])\n\
+            S((sys.argv[1], int(sys.argv[2])), h).serve_forever()\n";
+        let server = Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-c", script])
+            .arg(addr.to_string())
+            .arg(port.to_string())
+            .arg(www.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let host = Self {
+            slot,
+            addr,
+            host_side,
+            port,
+            server,
+            _www: www,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect_timeout(&(addr, port).into(), Duration::from_millis(200))
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the test host's server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        host
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}:{}/{path}", self.addr, self.port)
+    }
+
+    /// Runs `args` inside the test host's namespace.
+    pub fn exec(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &format!("htest-{}", self.slot)])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &format!("htest-{}", self.slot)])
+            .output();
+        let _ = std::fs::remove_file(PathBuf::from(SLOTS_DIR).join(self.slot.to_string()));
+    }
+}

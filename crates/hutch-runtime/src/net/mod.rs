@@ -1,0 +1,8 @@
+//! Sandbox networks: the egress policy (`policy`) and how the host enforces it (`host`).
+//! See `docs/ARCHITECTURE.md`, "Sandbox networks".
+
+pub mod host;
+pub mod policy;
+
+pub use host::{Attachment, NetSettings};
+pub use policy::{Cidr, NetworkPolicy, ParsedPolicy};
