@@ -230,7 +230,7 @@ pub fn host_support() -> std::result::Result<(), String> {
 /// Sets up a network for the sandbox whose directory is `owner`, under `policy`.
 pub fn attach(settings: &NetSettings, owner: &Path, policy: &ParsedPolicy) -> Result<Attachment> {
     let _lock = lock()?;
-    ensure_base(settings)?;
+    let fence = ensure_base(settings)?;
     sweep_stale_locked();
     let slot = take_slot(settings, owner)?;
     let (gateway, address) = settings.addresses(slot);
@@ -239,7 +239,7 @@ pub fn attach(settings: &NetSettings, owner: &Path, policy: &ParsedPolicy) -> Re
         gateway,
         address,
     };
-    let made = wire(&attachment).and_then(|()| apply_locked(settings, &attachment, policy));
+    let made = wire(&attachment).and_then(|()| apply_locked(settings, &attachment, policy, &fence));
     if let Err(e) = made {
         remove_locked(slot);
         return Err(e);
@@ -251,8 +251,8 @@ pub fn attach(settings: &NetSettings, owner: &Path, policy: &ParsedPolicy) -> Re
 /// once; established ones stay.
 pub fn apply(settings: &NetSettings, attachment: &Attachment, policy: &ParsedPolicy) -> Result<()> {
     let _lock = lock()?;
-    ensure_base(settings)?;
-    apply_locked(settings, attachment, policy)
+    let fence = ensure_base(settings)?;
+    apply_locked(settings, attachment, policy, &fence)
 }
 
 /// Removes the network of every slot the sandbox directory `owner` holds. Found by the slot
@@ -395,7 +395,7 @@ fn wire(a: &Attachment) -> Result<()> {
 /// The tables every sandbox shares, made once (under the lock); the fenced set is
 /// refreshed with this process's settings (elements only ever added: other homes' ranges
 /// stay fenced too).
-fn ensure_base(settings: &NetSettings) -> Result<()> {
+fn ensure_base(settings: &NetSettings) -> Result<String> {
     if !base_exists() {
         run("nft", &["-f", "-"], BASE_RULESET)?;
     }
@@ -405,29 +405,23 @@ fn ensure_base(settings: &NetSettings) -> Result<()> {
     let mut fenced: Vec<String> = ALWAYS_FENCED.iter().map(|s| s.to_string()).collect();
     fenced.push(settings.cidr.to_string());
     fenced.extend(settings.deny.iter().map(ToString::to_string));
-    run(
-        "nft",
-        &["-f", "-"],
-        &format!(
-            "add element inet hutch fenced {{ {} }}\n",
-            fenced.join(", ")
-        ),
-    )
+    Ok(format!(
+        "add element inet hutch fenced {{ {} }}\n",
+        fenced.join(", ")
+    ))
 }
 
+/// Both tables are made in one transaction, so either both exist with their rules or
+/// neither does; one `nft` call tells (each costs a few milliseconds of every create).
 fn base_exists() -> bool {
     Command::new("nft")
-        .args(["list", "chain", "ip", "hutch_nat", "postrouting"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-        && Command::new("nft")
-            .args(["list", "chain", "inet", "hutch", "forward"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        .args(["list", "tables"])
+        .output()
+        .is_ok_and(|o| {
+            let tables = String::from_utf8_lossy(&o.stdout);
+            tables.lines().any(|l| l.trim() == "table inet hutch")
+                && tables.lines().any(|l| l.trim() == "table ip hutch_nat")
+        })
 }
 
 /// The shared rules. Sandbox interfaces are `hh*`:
@@ -470,7 +464,12 @@ table ip hutch_nat {
 "#;
 
 /// The sandbox's chains, replaced in one transaction.
-fn apply_locked(settings: &NetSettings, a: &Attachment, policy: &ParsedPolicy) -> Result<()> {
+fn apply_locked(
+    settings: &NetSettings,
+    a: &Attachment,
+    policy: &ParsedPolicy,
+    fence: &str,
+) -> Result<()> {
     let (s, d, ifname) = (
         format!("s{}", a.slot),
         format!("d{}", a.slot),
@@ -484,7 +483,7 @@ fn apply_locked(settings: &NetSettings, a: &Attachment, policy: &ParsedPolicy) -
             .join(", ")
     };
     let mut script = format!(
-        "add chain inet hutch {s}\n\
+        "{fence}add chain inet hutch {s}\n\
          flush chain inet hutch {s}\n\
          add rule inet hutch {s} ip saddr != {addr} drop\n",
         addr = a.address
