@@ -299,3 +299,40 @@ async fn stop_is_graceful_then_forceful() {
     backend.delete(&id).await.unwrap();
     home.assert_clean();
 }
+
+/// A network whose sandbox directory is gone (its process killed between removing the
+/// directory and the network) is removed by the next network made on the host.
+#[tokio::test]
+async fn a_network_left_by_a_crash_is_swept_by_the_next_one() {
+    let home = Home::with(&["busybox"]);
+    let backend = home.backend();
+    // A slot no test uses (the sandbox CIDR's slots are taken round robin from the low end).
+    let stale = 16_001u32;
+    std::fs::create_dir_all("/run/hutch/net").unwrap();
+    std::fs::write(
+        format!("/run/hutch/net/slot-{stale}"),
+        home.path()
+            .join("sandboxes/gone-before-its-network")
+            .as_os_str()
+            .as_encoded_bytes(),
+    )
+    .unwrap();
+    let made = std::process::Command::new("ip")
+        .args(["netns", "add", &format!("hutch-{stale}")])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert!(!hutch_runtime::net::host::leftovers(stale).is_empty());
+
+    let sandbox = backend
+        .create(SandboxSpec {
+            network: hutch_runtime::NetworkMode::Egress,
+            ..busybox()
+        })
+        .await
+        .unwrap();
+    let left = hutch_runtime::net::host::leftovers(stale);
+    assert!(left.is_empty(), "{left:?}");
+    backend.delete(&sandbox.info.id).await.unwrap();
+    home.assert_clean();
+}

@@ -747,11 +747,27 @@ fn time_forks(binary: &Path, root: &Path, platform: &str) -> Option<u64> {
     Some(with_loop.saturating_sub(boot))
 }
 
-/// Milliseconds `runsc do ARGS` takes on `platform`, if it succeeds.
+/// The longest one timed `runsc do` may take: a platform that hangs (kvm does on some
+/// hosts) must not hold the machine-wide race lock, and every Hutch process behind it,
+/// for ever.
+const RACE_RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Milliseconds `runsc do ARGS` takes on `platform`, if it succeeds within
+/// [`RACE_RUN_LIMIT`]; killed past it.
 fn time_do(binary: &Path, root: &Path, platform: &str, args: &[&str]) -> Option<u64> {
+    time_do_within(binary, root, platform, args, RACE_RUN_LIMIT)
+}
+
+fn time_do_within(
+    binary: &Path,
+    root: &Path,
+    platform: &str,
+    args: &[&str],
+    limit: std::time::Duration,
+) -> Option<u64> {
     let probe_root = root.join(format!(".probe.{}", std::process::id()));
     let started = std::time::Instant::now();
-    let status = std::process::Command::new(binary)
+    let child = std::process::Command::new(binary)
         .arg(format!("--root={}", probe_root.display()))
         .arg(format!("--platform={platform}"))
         .arg("--network=none")
@@ -761,11 +777,25 @@ fn time_do(binary: &Path, root: &Path, platform: &str, args: &[&str]) -> Option<
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status();
+        .spawn();
+    let status = child.ok().and_then(|mut child| {
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if started.elapsed() < limit => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+            }
+        }
+    });
     let elapsed = started.elapsed();
     let _ = std::fs::remove_dir_all(&probe_root);
     status
-        .ok()
         .filter(|s| s.success())
         .map(|_| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
@@ -832,6 +862,25 @@ mod tests {
         // A platform whose probe failed counts as infinitely slow.
         assert_eq!(race(u64::MAX, 400).winner(), "ptrace");
         assert_eq!(race(400, u64::MAX).winner(), "systrap");
+    }
+
+    /// A platform that hangs is killed at the limit and counts as infinitely slow.
+    #[test]
+    fn a_hanging_runsc_is_killed_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("runsc");
+        std::fs::write(&fake, "#!/bin/sh\nexec sleep 60\n").unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let started = std::time::Instant::now();
+        let took = time_do_within(
+            &fake,
+            dir.path(),
+            "systrap",
+            &["/bin/true"],
+            std::time::Duration::from_millis(300),
+        );
+        assert_eq!(took, None);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
 
     /// The shared races decide root's platform: a file someone else could have written, or
