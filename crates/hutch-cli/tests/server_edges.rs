@@ -308,7 +308,7 @@ async fn fifty_creates_and_five_hundred_execs_at_once() {
             tokio::spawn(async move {
                 let resp = http
                     .post(&api)
-                    .json(&json!({"resources": {"memory_mb": 128}}))
+                    .json(&json!({"resources": {"memory_mb": 128}, "network": {"allow_internet_access": false}}))
                     .send()
                     .await
                     .unwrap();

@@ -19,7 +19,9 @@ const LINES: usize = 80;
 async fn create(http: &reqwest::Client, api: &str) -> String {
     let resp = http
         .post(api)
-        .json(&json!({"resources": {"memory_mb": 256}}))
+        .json(
+            &json!({"resources": {"memory_mb": 256}, "network": {"allow_internet_access": false}}),
+        )
         .send()
         .await
         .unwrap();
