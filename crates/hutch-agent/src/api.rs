@@ -25,6 +25,7 @@ use crate::http::{self, ApiError, Body, empty, ok_json};
 use crate::output::{Chunk, LineSplitter, Stream};
 use crate::process::{self, Processes};
 use crate::pty::{self, PtySessions};
+use crate::tcp;
 use hutch_wire::clock::now_ms;
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -153,6 +154,10 @@ async fn route(
                     .map(str::to_string)
             });
             pty::attach(&ptys, id, token, req.into_body())
+        }
+        (&Method::POST, ["hutch", "v1", "tcp"]) => {
+            let port = tcp::port(http::query_param(&req, "port"))?;
+            tcp::open(port, req.into_body()).await
         }
         (_, ["api", "v1", "pty", ..] | ["hutch", "v1", "pty", ..]) => {
             Err(method_not_allowed(&method, &path))

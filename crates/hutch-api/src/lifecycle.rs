@@ -139,6 +139,9 @@ pub struct CreateSandboxResponse {
     /// The sandbox proxy's address (`running` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox_url: Option<String>,
+    /// Where user ports are reached: `<port>-<sandbox_id>.<host of this URL>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_endpoint: Option<String>,
     // `failed` only (an ended sandbox always has its reason), as is `termination_reason`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<TerminationReason>,
@@ -227,13 +230,20 @@ pub struct SandboxInfo {
     pub entrypoint: Option<Vec<String>>,
     pub network_policy: NetworkConfig,
     pub auto_resume: bool,
+    /// Whether exposed ports answer without an API key off loopback.
     pub allow_unauthenticated_access: bool,
+    /// Ports the proxy routes at `<port>-<sandbox_id>.<ingress host>`, ascending.
+    #[serde(default)]
+    pub exposed_ports: Vec<u16>,
     pub file_systems: Vec<FileSystemMount>,
     /// Milliseconds since the epoch.
     pub created_at: i64,
     /// `running` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox_url: Option<String>,
+    /// Where user ports are reached: `<port>-<sandbox_id>.<host of this URL>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_endpoint: Option<String>,
     /// `pending` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_reason: Option<String>,
@@ -370,9 +380,11 @@ mod tests {
             },
             auto_resume: true,
             allow_unauthenticated_access: false,
+            exposed_ports: vec![8080],
             file_systems: vec![],
             created_at: 5,
             sandbox_url: Some("http://127.0.0.1:9443".into()),
+            ingress_endpoint: Some("http://127.0.0.1:9443".into()),
             pending_reason: None,
             termination_reason: None,
             outcome: None,
@@ -389,7 +401,9 @@ mod tests {
                 "timeout_secs": 0,
                 "network_policy": {"allow_internet_access": false, "allow_out": [], "deny_out": []},
                 "auto_resume": true, "allow_unauthenticated_access": false, "file_systems": [],
+                "exposed_ports": [8080],
                 "created_at": 5, "sandbox_url": "http://127.0.0.1:9443",
+                "ingress_endpoint": "http://127.0.0.1:9443",
             })
         );
     }
@@ -401,6 +415,7 @@ mod tests {
             status: CreateOutcome::Failed,
             name: None,
             sandbox_url: None,
+            ingress_endpoint: None,
             reason: Some(TerminationReason::StartupFailed),
             termination_reason: Some(TerminationReason::StartupFailed),
             error_details: Some(ErrorDetails { message: None }),

@@ -4,6 +4,7 @@
 mod agent_binary;
 mod build;
 mod client;
+mod forward;
 mod image;
 mod pull;
 mod run;

@@ -68,6 +68,28 @@ pub enum SbxCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Forward local TCP ports to ports in a sandbox (through the proxy's tunnel), until
+    /// interrupted: `hutch sbx port-forward ID 8080:80 5432`.
+    PortForward {
+        sandbox: String,
+        /// LOCAL:REMOTE, or REMOTE for the same port on both sides; LOCAL 0 picks a free one.
+        #[arg(required = true)]
+        ports: Vec<String>,
+        /// The local address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
+    },
+    /// Route ports of a sandbox through the proxy at <port>-<id>.<ingress host>, or stop.
+    Expose {
+        sandbox: String,
+        ports: Vec<u16>,
+        /// Stop routing these ports instead.
+        #[arg(long)]
+        remove: bool,
+        /// Whether the ports answer without an API key off loopback.
+        #[arg(long)]
+        public: Option<bool>,
+    },
 }
 
 /// The lifecycle path of the sandboxes of `$HUTCH_NAMESPACE` (default `default`): a key
@@ -86,16 +108,35 @@ pub fn sandboxes_path() -> String {
 }
 
 /// The sandbox's proxy address and Host label, from the lifecycle API.
+/// `$HUTCH_PROXY_URL` (`http://host:port`) overrides the `sandbox_url` the server reports,
+/// for a server whose public URL is https or a name this machine does not resolve.
 pub async fn route(api: &str, sandbox: &str) -> anyhow::Result<(String, String, SandboxInfo)> {
     let info = get(api, sandbox).await?;
     let Some(url) = &info.sandbox_url else {
         bail!("sandbox {sandbox} is {}, not running", info.status.as_str());
+    };
+    let url = match std::env::var("HUTCH_PROXY_URL") {
+        Ok(v) if !v.is_empty() => v,
+        _ if !url.starts_with("http://") => bail!(
+            "the server reports sandbox_url {url}, and this CLI speaks plain http: set \
+             HUTCH_PROXY_URL=http://<server>:<proxy port>"
+        ),
+        _ => url.clone(),
     };
     Ok((
         url.replace("//localhost:", "//127.0.0.1:"),
         format!("{}.local", info.sandbox_id),
         info,
     ))
+}
+
+/// `<scheme>://<port>-<id>.<ingress host>[:port]`, as the SDK's
+/// `sandbox_url_from_ingress_endpoint` makes it.
+fn port_url(ingress: &str, id: &str, port: u16) -> String {
+    match ingress.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{port}-{id}.{rest}"),
+        None => format!("{port}-{id}.{ingress}"),
+    }
 }
 
 /// A sandbox by id or name, from the lifecycle API.
@@ -200,6 +241,43 @@ pub async fn dispatch(cmd: SbxCommand) -> anyhow::Result<u8> {
         }
         SbxCommand::Exec { sandbox, command } => return exec(&api, &sandbox, command).await,
         SbxCommand::Cp { from, to } => copy(&api, &from, &to).await?,
+        SbxCommand::PortForward {
+            sandbox,
+            ports,
+            address,
+        } => {
+            let (proxy, host, info) = route(&api, &sandbox).await?;
+            let pairs = ports
+                .iter()
+                .map(|p| crate::forward::parse_pair(p))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            crate::forward::run(&proxy, &host, &info.sandbox_id, address, &pairs).await?;
+        }
+        SbxCommand::Expose {
+            sandbox,
+            ports,
+            remove,
+            public,
+        } => {
+            let info = get(&api, &sandbox).await?;
+            let mut exposed = info.exposed_ports.clone();
+            if remove {
+                exposed.retain(|p| !ports.contains(p));
+            } else {
+                exposed.extend(&ports);
+            }
+            let body = json!({
+                "exposed_ports": exposed,
+                "allow_unauthenticated_access": public.unwrap_or(info.allow_unauthenticated_access),
+            });
+            let path = format!("{}/{}", sandboxes_path(), info.sandbox_id);
+            let updated: SandboxInfo =
+                client::call(&api, Method::PATCH, &path, None, Some(&body)).await?;
+            let ingress = updated.ingress_endpoint.as_deref().unwrap_or_default();
+            for port in &updated.exposed_ports {
+                println!("{port}\t{}", port_url(ingress, &updated.sandbox_id, *port));
+            }
+        }
         SbxCommand::Logs { sandbox, json } => {
             let (proxy, host, _) = route(&api, &sandbox).await?;
             let procs: ListProcessesResponse = client::call(

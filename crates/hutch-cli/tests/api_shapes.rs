@@ -35,9 +35,11 @@ fn sandbox(status: SandboxStatus) -> SandboxInfo {
         },
         auto_resume: true,
         allow_unauthenticated_access: false,
+        exposed_ports: vec![3000, 8080],
         file_systems: vec![],
         created_at: 1_700_000_000_000,
         sandbox_url: None,
+        ingress_endpoint: Some("https://sbx.example.com".into()),
         pending_reason: None,
         termination_reason: Some(TerminationReason::Timeout),
         outcome: Some(TerminationReason::Timeout),
@@ -60,6 +62,11 @@ fn sandbox_answers_parse_as_the_sdks_models() {
         parsed.network_policy.unwrap().deny_out,
         vec!["10.0.0.0/8".to_string()]
     );
+    assert_eq!(parsed.exposed_ports, Some(vec![3000, 8080]));
+    assert_eq!(
+        parsed.ingress_endpoint.as_deref(),
+        Some("https://sbx.example.com")
+    );
 
     let list = ListSandboxesResponse {
         sandboxes: vec![info],
@@ -74,6 +81,7 @@ fn sandbox_answers_parse_as_the_sdks_models() {
         status: CreateOutcome::Running,
         name: None,
         sandbox_url: Some("http://127.0.0.1:9443".into()),
+        ingress_endpoint: Some("http://localhost:9443".into()),
         reason: None,
         termination_reason: None,
         error_details: None,
@@ -83,6 +91,10 @@ fn sandbox_answers_parse_as_the_sdks_models() {
     assert_eq!(
         (parsed.status.as_str(), parsed.sandbox_url.as_deref()),
         ("running", Some("http://127.0.0.1:9443"))
+    );
+    assert_eq!(
+        parsed.ingress_endpoint.as_deref(),
+        Some("http://localhost:9443")
     );
 
     let accepted = SandboxAccepted {
@@ -103,7 +115,7 @@ fn what_the_sdk_sends_parses_as_the_servers_requests() {
         "timeout_secs": 30, "entrypoint": ["sleep", "1"], "name": "job",
         "network": {"allow_internet_access": false, "allow_out": [], "deny_out": []},
         "wait": false, "max_pending_secs": 5, "auto_resume": true,
-        "allow_unauthenticated_access": false, "exposed_ports": [],
+        "allow_unauthenticated_access": true, "exposed_ports": [8080, 3000],
     }))
     .unwrap();
     let sent = serde_json::to_value(&sdk_create).unwrap();
@@ -111,6 +123,7 @@ fn what_the_sdk_sends_parses_as_the_servers_requests() {
         .unwrap_or_else(|e| panic!("the SDK's create {sent} does not parse: {e}"));
     assert_eq!(ours.resources.unwrap().memory_mb, Some(512));
     assert_eq!(ours.wait, Some(false));
+    assert_eq!(ours.exposed_ports, Some(vec![8080, 3000]));
 
     // An SDK create that leaves resources unset sends none (or the -1 sentinels).
     let bare: sdk::CreateSandboxRequest =

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::key;
+
 use common::Home;
 use common::server::{Server, free_port, http};
 use serde_json::{Value, json};
@@ -17,16 +19,6 @@ async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Value
     assert_eq!(got, status, "{body}");
     assert_eq!(body["code"], code, "{body}");
     body
-}
-
-/// Creates a key with `hutch key create NAME <scope...>`; returns its secret.
-fn key(home: &Home, name: &str, scope: &[&str]) -> String {
-    let mut args = vec!["key", "create", name, "--json"];
-    args.extend_from_slice(scope);
-    let out = home.run(&args);
-    assert!(out.status.success(), "{}", common::stderr(&out));
-    let key: Value = serde_json::from_slice(&out.stdout).unwrap();
-    key["secret"].as_str().unwrap().to_string()
 }
 
 fn ns_url(server: &Server, ns: &str) -> String {

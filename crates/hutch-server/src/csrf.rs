@@ -57,7 +57,9 @@ impl Policy {
         host == "localhost"
             || host.ends_with(".localhost")
             || host.ends_with(".local")
-            || self.public_host.as_deref() == Some(host)
+            || self.public_host.as_deref().is_some_and(|p| {
+                host == p || host.strip_suffix(p).is_some_and(|h| h.ends_with('.'))
+            })
     }
 
     /// A browser's origin may call here if it is this very host (a page the proxy serves
@@ -76,6 +78,11 @@ impl Policy {
         let Some(host) = authority_host(authority) else {
             return false;
         };
+        // A page a sandbox serves on one of its ports is the sandbox's, and hostile: it may
+        // call that very port (same authority, above) and nothing else here.
+        if sandbox_port_origin(&host) {
+            return false;
+        }
         match ip_literal(&host) {
             Some(ip) => is_loopback(ip),
             None => {
@@ -186,6 +193,14 @@ fn authority_host(authority: &str) -> Option<String> {
     (!host.is_empty() && !host.contains('@')).then_some(host)
 }
 
+/// `<port>-<hex id>.…`: the origin of a sandbox's exposed port.
+fn sandbox_port_origin(host: &str) -> bool {
+    let label = host.split('.').next().unwrap_or_default();
+    label.split_once('-').is_some_and(|(port, id)| {
+        is_port(port) && !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit())
+    })
+}
+
 fn is_port(s: &str) -> bool {
     !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
 }
@@ -262,6 +277,20 @@ mod tests {
         );
         assert_eq!(status(&public, "GET", &[("host", "10.0.0.1:8900")]), 200);
         assert_eq!(status(&public, "GET", &[("host", "evil.example")]), 421);
+        // The proxy's wildcard names.
+        assert_eq!(
+            status(&public, "GET", &[("host", "8080-abc.hutch.example.com")]),
+            200
+        );
+        assert_eq!(
+            status(&public, "GET", &[("host", "evilhutch.example.com")]),
+            421
+        );
+        let sandbox_page = [
+            ("host", "hutch.example.com"),
+            ("origin", "https://8080-abc.hutch.example.com"),
+        ];
+        assert_eq!(status(&public, "GET", &sandbox_page), 403);
         assert!(Policy::new(Some("hutch.example.com"), false).is_err());
     }
 
@@ -287,6 +316,9 @@ mod tests {
             "null",
             "http://abc.local:9443",
             "http://localhost.evil.example",
+            // A sandbox's exposed port: its pages are the sandbox's.
+            "http://8080-abc123.localhost:9443",
+            "http://8080-abc123.local:9443",
         ] {
             assert_eq!(
                 status(&p, "GET", &[host, ("origin", origin)]),

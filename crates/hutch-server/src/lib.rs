@@ -17,10 +17,12 @@ mod auth;
 mod csrf;
 mod error;
 mod images;
+mod ingress;
 mod lifecycle;
 mod listen;
 mod openapi;
 mod platform;
+mod ports;
 mod proxy;
 mod pty;
 
@@ -64,8 +66,8 @@ pub struct ServeConfig {
 struct App {
     sandboxes: Arc<Sandboxes>,
     auth: auth::Auth,
-    /// What `sandbox_url` says: where clients reach the proxy.
-    proxy_url: String,
+    /// What `sandbox_url` and `ingress_endpoint` say, and the names the proxy routes.
+    ingress: ingress::Ingress,
     /// [`state_id`] of the state directory, reported by `/healthz`.
     state_id: String,
     /// The secret `/healthz` proves it knows to `hutch run` (see [`discovery`]).
@@ -104,16 +106,10 @@ pub async fn serve(
     .context("starting the state (database, built-in images, reconcile with the runtime)")?;
     let loopback = config.listen.ip().is_loopback() && config.proxy_listen.ip().is_loopback();
     let auth = auth::Auth::new(keys, config.require_keys || !loopback);
-    let proxy_host =
-        if config.proxy_listen.ip().is_loopback() || config.proxy_listen.ip().is_unspecified() {
-            "localhost".to_string()
-        } else {
-            config.proxy_listen.ip().to_string()
-        };
     let app = Arc::new(App {
         sandboxes,
         auth,
-        proxy_url: format!("http://{proxy_host}:{}", config.proxy_listen.port()),
+        ingress: ingress::Ingress::new(config.public_url.as_deref(), config.proxy_listen)?,
         state_id: state_id(&config.home),
         published: std::sync::OnceLock::new(),
         registry,

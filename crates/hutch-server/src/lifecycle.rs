@@ -34,6 +34,7 @@ use hutch_state::db::{SandboxRow, Status};
 use crate::App;
 use crate::auth::{Caller, Scoped};
 use crate::error::ApiError;
+use crate::ingress::Endpoint;
 
 /// Largest lifecycle request body.
 const BODY_LIMIT: usize = 1 << 20;
@@ -209,6 +210,59 @@ fn network_request(
     }
 }
 
+/// The most ports one sandbox exposes.
+pub const MAX_EXPOSED_PORTS: usize = 64;
+
+/// `exposed_ports` checked, sorted and deduplicated; a bad entry is named.
+fn exposed_ports(ports: &[u16]) -> Result<Vec<u16>, ApiError> {
+    let mut out = Vec::with_capacity(ports.len());
+    for &port in ports {
+        match port {
+            0 => return Err(ApiError::bad_request("exposed_ports: invalid port 0")),
+            crate::ingress::MANAGEMENT_PORT => {
+                return Err(ApiError::bad_request(
+                    "exposed_ports: port 9501 is reserved for sandbox management",
+                ));
+            }
+            p => out.push(p),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    if out.len() > MAX_EXPOSED_PORTS {
+        return Err(ApiError::bad_request(format!(
+            "exposed_ports: at most {MAX_EXPOSED_PORTS} ports, got {}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// The exposed ports a row's spec holds.
+pub fn port_list(spec: &Value) -> Vec<u16> {
+    serde_json::from_value(spec["exposed_ports"].clone()).unwrap_or_default()
+}
+
+/// The endpoint a request's client reaches sandboxes at (see [`crate::ingress`]).
+pub struct Reach(pub Endpoint);
+
+impl axum::extract::FromRequestParts<Arc<App>> for Reach {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &Arc<App>,
+    ) -> Result<Self, Self::Rejection> {
+        let host = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+            parts
+                .headers
+                .get(axum::http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+        });
+        Ok(Self(app.ingress.endpoint(host)))
+    }
+}
+
 fn egress(n: &NetworkConfig) -> NetworkPolicy {
     NetworkPolicy {
         allow_internet_access: n.allow_internet_access,
@@ -230,11 +284,8 @@ fn validate_create(body: &CreateSandboxRequest) -> Result<(), ApiError> {
             "copy files in through the proxy",
         ));
     }
-    if body.exposed_ports.as_ref().is_some_and(|p| !p.is_empty()) {
-        return Err(unsupported(
-            "exposed ports",
-            "sandboxes have no network yet",
-        ));
+    if let Some(ports) = &body.exposed_ports {
+        exposed_ports(ports)?;
     }
     if body.auto_resume == Some(false) && body.name.is_none() {
         return Err(ApiError::bad_request(
@@ -298,6 +349,7 @@ fn create_wait(headers: &HeaderMap) -> Duration {
 async fn create(
     State(app): State<Arc<App>>,
     Scoped { ns }: Scoped,
+    Reach(reach): Reach,
     req: Request,
 ) -> Result<Response, ApiError> {
     let wait_for = create_wait(req.headers());
@@ -324,6 +376,7 @@ async fn create(
         "network": network,
         "auto_resume": body.auto_resume.unwrap_or(true),
         "allow_unauthenticated_access": body.allow_unauthenticated_access.unwrap_or(false),
+        "exposed_ports": body.exposed_ports.as_deref().map(exposed_ports).transpose()?.unwrap_or_default(),
     });
     // A registered template (by name or id) first, then an image in the store or a registry.
     let template = match &body.image {
@@ -390,13 +443,15 @@ async fn create(
         status: CreateOutcome::Running,
         name: row.name.clone(),
         sandbox_url: None,
+        ingress_endpoint: None,
         reason: None,
         termination_reason: None,
         error_details: None,
     };
     let status = match row.status {
         Status::Running => {
-            answer.sandbox_url = Some(app.proxy_url.clone());
+            answer.sandbox_url = Some(reach.sandbox_url(&row.id));
+            answer.ingress_endpoint = Some(reach.ingress_endpoint.clone());
             StatusCode::OK
         }
         Status::Pending => {
@@ -418,7 +473,7 @@ async fn create(
 
 /// A row in the SDK's `SandboxInfo` shape. The create request as accepted (the row's
 /// `spec`) holds what the row's columns do not.
-pub fn sandbox_info(row: &SandboxRow, proxy_url: &str) -> SandboxInfo {
+pub fn sandbox_info(row: &SandboxRow, reach: &Endpoint) -> SandboxInfo {
     let spec = &row.spec;
     let strings = |v: &Value| serde_json::from_value::<Vec<String>>(v.clone()).ok();
     let mut info = SandboxInfo {
@@ -450,9 +505,11 @@ pub fn sandbox_info(row: &SandboxRow, proxy_url: &str) -> SandboxInfo {
         allow_unauthenticated_access: spec["allow_unauthenticated_access"]
             .as_bool()
             .unwrap_or(false),
+        exposed_ports: port_list(spec),
         file_systems: Vec::new(),
         created_at: row.created_at,
         sandbox_url: None,
+        ingress_endpoint: None,
         pending_reason: None,
         termination_reason: None,
         outcome: None,
@@ -461,7 +518,10 @@ pub fn sandbox_info(row: &SandboxRow, proxy_url: &str) -> SandboxInfo {
         template_id: spec["template"]["id"].as_str().map(str::to_string),
     };
     match row.status {
-        Status::Running => info.sandbox_url = Some(proxy_url.to_string()),
+        Status::Running => {
+            info.sandbox_url = Some(reach.sandbox_url(&row.id));
+            info.ingress_endpoint = Some(reach.ingress_endpoint.clone());
+        }
         Status::Pending => info.pending_reason = Some(SCHEDULING.into()),
         Status::Terminated => {
             info.termination_reason = termination_reason(row);
@@ -512,15 +572,17 @@ async fn image(
 async fn get_one(
     State(app): State<Arc<App>>,
     Scoped { ns }: Scoped,
+    Reach(reach): Reach,
     Path(SandboxPath { id }): Path<SandboxPath>,
 ) -> Result<Response, ApiError> {
     let row = app.sandboxes.get(&ns, &id)?;
-    Ok(reply(StatusCode::OK, &sandbox_info(&row, &app.proxy_url)))
+    Ok(reply(StatusCode::OK, &sandbox_info(&row, &reach)))
 }
 
 async fn list(
     State(app): State<Arc<App>>,
     Scoped { ns }: Scoped,
+    Reach(reach): Reach,
     query: Result<Query<ListSandboxesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -538,10 +600,7 @@ async fn list(
     let more = rows.len() > limit;
     let page = &rows[..rows.len().min(limit)];
     let answer = ListSandboxesResponse {
-        sandboxes: page
-            .iter()
-            .map(|r| sandbox_info(r, &app.proxy_url))
-            .collect(),
+        sandboxes: page.iter().map(|r| sandbox_info(r, &reach)).collect(),
         cursor: page
             .last()
             .filter(|_| more)
@@ -562,6 +621,7 @@ fn decode_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
 async fn update(
     State(app): State<Arc<App>>,
     Scoped { ns }: Scoped,
+    Reach(reach): Reach,
     Path(SandboxPath { id }): Path<SandboxPath>,
     req: Request,
 ) -> Result<Response, ApiError> {
@@ -572,12 +632,11 @@ async fn update(
             "create a new sandbox with the resources you need",
         ));
     }
-    if body.exposed_ports.as_ref().is_some_and(|p| !p.is_empty()) {
-        return Err(unsupported(
-            "exposed ports",
-            "sandboxes have no network yet",
-        ));
-    }
+    let ports = body
+        .exposed_ports
+        .as_deref()
+        .map(exposed_ports)
+        .transpose()?;
     // `null` (the SDK's CLEAR_NETWORK_POLICY) is unrestricted egress. Checked before
     // anything changes: nothing is half-applied.
     let policy = match &body.network {
@@ -589,25 +648,32 @@ async fn update(
         p.parse()
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
-    // Accepted for the SDK's sake; nothing depends on them until ports and suspend exist.
-    let _ = (body.auto_resume, body.allow_unauthenticated_access);
+    // Accepted for the SDK's sake; nothing depends on it until suspend exists.
+    let _ = body.auto_resume;
     // The network first: it is what can still fail (a sandbox without a network).
     if let Some(policy) = &policy {
         app.sandboxes.set_network(&ns, &id, policy).await?;
     }
+    app.sandboxes.set_port_access(
+        &ns,
+        &id,
+        ports.as_deref(),
+        body.allow_unauthenticated_access,
+    )?;
     let row = app
         .sandboxes
         .update(&ns, &id, body.name.as_deref(), body.timeout_secs)?;
-    Ok(reply(StatusCode::OK, &sandbox_info(&row, &app.proxy_url)))
+    Ok(reply(StatusCode::OK, &sandbox_info(&row, &reach)))
 }
 
 async fn delete(
     State(app): State<Arc<App>>,
     Scoped { ns }: Scoped,
+    Reach(reach): Reach,
     Path(SandboxPath { id }): Path<SandboxPath>,
 ) -> Result<Response, ApiError> {
     let row = app.sandboxes.delete(&ns, &id).await?;
-    Ok(reply(StatusCode::OK, &sandbox_info(&row, &app.proxy_url)))
+    Ok(reply(StatusCode::OK, &sandbox_info(&row, &reach)))
 }
 
 /// Lifecycle actions this server does not offer yet get a typed refusal after the sandbox
@@ -708,7 +774,10 @@ mod tests {
             terminated_at: Some(9),
             timeout_secs: 60,
         };
-        let answer = reply(StatusCode::OK, &sandbox_info(&row, "http://127.0.0.1:9443"));
+        let reach = crate::ingress::Ingress::new(None, "127.0.0.1:9443".parse().unwrap())
+            .unwrap()
+            .endpoint(None);
+        let answer = reply(StatusCode::OK, &sandbox_info(&row, &reach));
         let body = axum::body::to_bytes(answer.into_body(), usize::MAX)
             .await
             .unwrap();
@@ -717,6 +786,7 @@ mod tests {
             r#"{"allow_unauthenticated_access":false,"auto_resume":true,"created_at":5,"#
                 .to_owned()
                 + r#""entrypoint":["sleep","1"],"error_details":{"message":"boom"},"#
+                + r#""exposed_ports":[],"#
                 + r#""file_systems":[],"image":"py","name":"web","namespace":"default","#
                 + r#""network_policy":{"allow_internet_access":false,"allow_out":[],"#
                 + r#""deny_out":["10.0.0.0/8"]},"outcome":"timeout","#

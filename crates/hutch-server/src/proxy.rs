@@ -12,21 +12,21 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
-use hutch_runtime::agent::BoxError;
+use hutch_runtime::agent::{AgentClient, BoxError};
 use hutch_runtime::{AgentUnreachable, RuntimeError};
 
 use hutch_state::StateError;
 use hutch_state::db::{ApiKey, SandboxRow, Status};
 
 use crate::App;
-use crate::auth::{Caller, out_of_scope};
+use crate::auth::out_of_scope;
 use crate::error::ApiError;
 
 /// Headers that describe one hop, not the message; HTTP/2 forbids most of them.
-const HOP_BY_HOP: &[&str] = &[
+pub(crate) const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -70,14 +70,17 @@ enum Target {
     /// A sandbox's name (or id) within one namespace: names are only unique per namespace,
     /// so a name alone would pick one tenant's sandbox for another.
     Named { name: String, namespace: String },
+    /// A user port of a sandbox, by id: `<port>-<id>`.
+    Port { port: u16, id: String },
 }
 
 impl Target {
-    /// `<id>` or `<name>.<namespace>`: a namespace has no dots, nor has a name or an id.
+    /// `<id>`, `<port>-<id>` or `<name>.<namespace>`: a namespace has no dots, nor has a
+    /// name or an id; an id is hex, so `<digits>-<hex>` is never one.
     fn parse(label: &str) -> Option<Self> {
         let label = label.to_ascii_lowercase();
         match label.split_once('.') {
-            None if !label.is_empty() => Some(Self::Id(label)),
+            None if !label.is_empty() => Some(Self::user_port(&label).unwrap_or(Self::Id(label))),
             Some((name, namespace))
                 if !name.is_empty() && !namespace.is_empty() && !namespace.contains('.') =>
             {
@@ -89,11 +92,33 @@ impl Target {
             _ => None,
         }
     }
+
+    fn user_port(label: &str) -> Option<Self> {
+        let (port, id) = label.split_once('-')?;
+        if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+        // The management port's form is the sandbox itself.
+        Some(if port == crate::ingress::MANAGEMENT_PORT {
+            Self::Id(id.to_string())
+        } else {
+            Self::Port {
+                port,
+                id: id.to_string(),
+            }
+        })
+    }
 }
 
 /// The sandbox a request is for: `X-Tensorlake-Sandbox-Id` wins, then the host:
-/// `<id>.local` (what the SDKs send) or `<name>.<namespace>.local`.
-fn target(headers: &HeaderMap) -> Option<Target> {
+/// `<label>.local` (what the SDKs send on loopback) or `<label>.<public host>`
+/// (`--public-url`), where the label is `<id>`, `<port>-<id>` or `<name>.<namespace>`, and
+/// `<port>-<id>.localhost` (what browsers resolve to loopback).
+fn target(headers: &HeaderMap, uri: &Uri, public_host: Option<&str>) -> Option<Target> {
     if let Some(id) = headers
         .get("x-tensorlake-sandbox-id")
         .and_then(|v| v.to_str().ok())
@@ -102,7 +127,11 @@ fn target(headers: &HeaderMap) -> Option<Target> {
     {
         return Target::parse(id);
     }
-    let host = headers.get(header::HOST)?.to_str().ok()?;
+    // HTTP/2 carries the authority in the URI, HTTP/1.1 in Host.
+    let host = match uri.authority() {
+        Some(a) => a.as_str(),
+        None => headers.get(header::HOST)?.to_str().ok()?,
+    };
     let host = host.rsplit_once(':').map_or(host, |(h, port)| {
         if port.bytes().all(|b| b.is_ascii_digit()) {
             h
@@ -110,11 +139,16 @@ fn target(headers: &HeaderMap) -> Option<Target> {
             host
         }
     });
-    let dot = host.len().checked_sub(".local".len())?;
-    let (label, suffix) = (host.get(..dot)?, host.get(dot..)?);
-    if !suffix.eq_ignore_ascii_case(".local") {
-        return None;
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    if let Some(label) = host.strip_suffix(".localhost") {
+        // Browsers resolve *.localhost to loopback, so user ports are reachable there; the
+        // management API is not: such origins may call the lifecycle API (see `csrf`).
+        return Target::user_port(label).filter(|t| matches!(t, Target::Port { .. }));
     }
+    let label = [Some("local"), public_host]
+        .into_iter()
+        .flatten()
+        .find_map(|suffix| host.strip_suffix(suffix)?.strip_suffix('.'))?;
     Target::parse(label)
 }
 
@@ -125,7 +159,7 @@ fn resolve(
     target: &Target,
 ) -> Result<Option<SandboxRow>, ApiError> {
     let row = match target {
-        Target::Id(id) => app.sandboxes.by_id(id)?,
+        Target::Id(id) | Target::Port { id, .. } => app.sandboxes.by_id(id)?,
         Target::Named { name, namespace } => {
             // Refused before the lookup, so a key learns nothing of other namespaces' names.
             if let Some(key) = key.filter(|k| !k.covers(namespace)) {
@@ -146,61 +180,38 @@ fn resolve(
     }
 }
 
-async fn forward(State(app): State<Arc<App>>, Caller(key): Caller, req: Request<Body>) -> Response {
-    let Some(target) = target(req.headers()) else {
+async fn forward(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
+    let Some(target) = target(req.headers(), req.uri(), app.ingress.public_host()) else {
         return proxy_error(
             StatusCode::BAD_REQUEST,
             "MISSING_SANDBOX_ID",
-            "name the sandbox with Host: <sandbox-id>.local, Host: <name>.<namespace>.local \
-             or X-Tensorlake-Sandbox-Id",
+            "name the sandbox with Host: <sandbox-id>.local, Host: <name>.<namespace>.local, \
+             Host: <port>-<sandbox-id>.localhost or X-Tensorlake-Sandbox-Id",
         );
+    };
+    if let Target::Port { port, id } = &target {
+        return user_port(&app, *port, id, req).await;
+    }
+    let key = match app.auth.check(req.headers()) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
     };
     let row = match resolve(&app, key.as_ref(), &target) {
         Ok(Some(row)) => row,
-        Ok(None) => {
-            let what = match &target {
-                Target::Id(id) => id.clone(),
-                Target::Named { name, namespace } => format!("{name} in namespace {namespace}"),
-            };
-            return proxy_error(
-                StatusCode::NOT_FOUND,
-                "SANDBOX_NOT_FOUND",
-                format!("sandbox {what} not found"),
-            );
-        }
+        Ok(None) => return not_found(&target),
         Err(e) => return e.into_response(),
     };
-    match row.status {
-        Status::Running => {}
-        Status::Pending => {
-            return proxy_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "SANDBOX_NOT_READY",
-                format!("sandbox {} is still starting", row.id),
-            );
-        }
-        Status::Terminated => {
-            return proxy_error(
-                StatusCode::NOT_FOUND,
-                "SANDBOX_NOT_FOUND",
-                format!(
-                    "sandbox {} is terminated ({})",
-                    row.id,
-                    row.reason.as_deref().unwrap_or("unknown reason")
-                ),
-            );
-        }
-    }
-    let agent = match app.sandboxes.agent(&row).await {
+    let agent = match running_agent(&app, &row).await {
         Ok(agent) => agent,
-        Err(e) => {
-            return proxy_error(
-                StatusCode::BAD_GATEWAY,
-                "SANDBOX_UNREACHABLE",
-                format!("sandbox {}: {e}", row.id),
-            );
-        }
+        Err(resp) => return resp,
     };
+    if req.uri().path() == "/api/v1/tunnels/tcp" {
+        let port = match crate::ports::tunnel_port(req.uri().query()) {
+            Ok(port) => port,
+            Err(e) => return e.into_response(),
+        };
+        return crate::ports::tunnel(agent, &row.id, port, req).await;
+    }
 
     let (mut parts, body) = req.into_parts();
     if let Some(session) = crate::pty::websocket_session(parts.uri.path()) {
@@ -248,6 +259,93 @@ async fn forward(State(app): State<Arc<App>>, Caller(key): Caller, req: Request<
         }
         Err(e) => forwarding_failed(&row.id, e),
     }
+}
+
+fn not_found(target: &Target) -> Response {
+    let what = match target {
+        Target::Id(id) | Target::Port { id, .. } => id.clone(),
+        Target::Named { name, namespace } => format!("{name} in namespace {namespace}"),
+    };
+    proxy_error(
+        StatusCode::NOT_FOUND,
+        "SANDBOX_NOT_FOUND",
+        format!("sandbox {what} not found"),
+    )
+}
+
+/// The agent of a sandbox that runs; otherwise the answer that says why not.
+async fn running_agent(app: &App, row: &SandboxRow) -> Result<AgentClient, Response> {
+    match row.status {
+        Status::Running => {}
+        Status::Pending => {
+            return Err(proxy_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SANDBOX_NOT_READY",
+                format!("sandbox {} is still starting", row.id),
+            ));
+        }
+        Status::Terminated => {
+            return Err(proxy_error(
+                StatusCode::NOT_FOUND,
+                "SANDBOX_NOT_FOUND",
+                format!(
+                    "sandbox {} is terminated ({})",
+                    row.id,
+                    row.reason.as_deref().unwrap_or("unknown reason")
+                ),
+            ));
+        }
+    }
+    app.sandboxes.agent(row).await.map_err(|e| {
+        proxy_error(
+            StatusCode::BAD_GATEWAY,
+            "SANDBOX_UNREACHABLE",
+            format!("sandbox {}: {e}", row.id),
+        )
+    })
+}
+
+/// A request for a user port: served when the port is exposed, and, unless the sandbox
+/// allows unauthenticated access, only with a key that reaches its namespace (which loopback
+/// servers without `--require-keys` do not ask for).
+async fn user_port(app: &App, port: u16, id: &str, req: Request<Body>) -> Response {
+    let row = match app.sandboxes.by_id(id) {
+        Ok(Some(row)) => row,
+        Ok(None) => {
+            return not_found(&Target::Port {
+                port,
+                id: id.to_string(),
+            });
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let open = row.spec["allow_unauthenticated_access"].as_bool() == Some(true);
+    let exposed = crate::lifecycle::port_list(&row.spec).contains(&port);
+    if !(open && exposed) {
+        match app.auth.check(req.headers()) {
+            Ok(Some(key)) if !key.covers(&row.namespace) => {
+                return out_of_scope(&key, &row.namespace).into_response();
+            }
+            Ok(_) => {}
+            Err(e) => return e.into_response(),
+        }
+    }
+    if !exposed {
+        return proxy_error(
+            StatusCode::FORBIDDEN,
+            "PORT_NOT_EXPOSED",
+            format!(
+                "port {port} of sandbox {} is not exposed (expose it with \
+                 exposed_ports on create or update, or `sandbox.expose_ports([{port}])`)",
+                row.id
+            ),
+        );
+    }
+    let agent = match running_agent(app, &row).await {
+        Ok(agent) => agent,
+        Err(resp) => return resp,
+    };
+    crate::ports::forward(agent, &row.id, port, req).await
 }
 
 /// The answer to a request the agent did not answer. Only one that never reached the agent
@@ -341,26 +439,70 @@ mod tests {
         h
     }
 
+    fn at(h: &HeaderMap) -> Option<Target> {
+        target(h, &Uri::from_static("/"), Some("sbx.example.com"))
+    }
+
     fn id(s: &str) -> Option<Target> {
         Some(Target::Id(s.into()))
     }
 
     #[test]
     fn routes_by_header_then_host_label() {
-        assert_eq!(target(&headers(&[("host", "abc.local")])), id("abc"));
-        assert_eq!(target(&headers(&[("host", "ABC.Local:9443")])), id("abc"));
+        assert_eq!(at(&headers(&[("host", "abc.local")])), id("abc"));
+        assert_eq!(at(&headers(&[("host", "ABC.Local:9443")])), id("abc"));
         assert_eq!(
-            target(&headers(&[
+            at(&headers(&[
                 ("host", "abc.local"),
                 ("x-tensorlake-sandbox-id", "xyz")
             ])),
             id("xyz")
         );
-        assert_eq!(target(&headers(&[("host", "localhost:9443")])), None);
-        assert_eq!(target(&headers(&[("host", ".local")])), None);
-        assert_eq!(target(&headers(&[("host", "a..local")])), None);
-        assert_eq!(target(&headers(&[("host", "a.b.c.local")])), None);
-        assert_eq!(target(&headers(&[])), None);
+        assert_eq!(at(&headers(&[("host", "localhost:9443")])), None);
+        assert_eq!(at(&headers(&[("host", ".local")])), None);
+        assert_eq!(at(&headers(&[("host", "a..local")])), None);
+        assert_eq!(at(&headers(&[("host", "a.b.c.local")])), None);
+        assert_eq!(at(&headers(&[])), None);
+        // Browsers resolve *.localhost to loopback; a public URL's subdomains are served.
+        assert_eq!(at(&headers(&[("host", "abc.localhost:9443")])), None);
+        assert_eq!(at(&headers(&[("host", "abc.sbx.example.com")])), id("abc"));
+        assert_eq!(at(&headers(&[("host", "abc.other.example.com")])), None);
+        assert_eq!(at(&headers(&[("host", "sbx.example.com")])), None);
+    }
+
+    #[test]
+    fn user_ports_are_routed_by_id() {
+        let port = |port: u16, id: &str| {
+            Some(Target::Port {
+                port,
+                id: id.into(),
+            })
+        };
+        assert_eq!(
+            at(&headers(&[("host", "8080-abc123.localhost:9443")])),
+            port(8080, "abc123")
+        );
+        assert_eq!(
+            at(&headers(&[("host", "3000-ABC.sbx.example.com")])),
+            port(3000, "abc")
+        );
+        assert_eq!(at(&headers(&[("host", "80-abc.local")])), port(80, "abc"));
+        // The management port is the sandbox itself.
+        assert_eq!(at(&headers(&[("host", "9501-abc.local")])), id("abc"));
+        // Not ports: out of range, zero, a non-hex id, a name.
+        assert_eq!(
+            at(&headers(&[("host", "99999-abc.local")])),
+            id("99999-abc")
+        );
+        assert_eq!(at(&headers(&[("host", "0-abc.local")])), id("0-abc"));
+        assert_eq!(at(&headers(&[("host", "8080-web.local")])), id("8080-web"));
+        assert_eq!(
+            at(&headers(&[("host", "8080-web.team.local")])),
+            Some(Target::Named {
+                name: "8080-web".into(),
+                namespace: "team".into()
+            })
+        );
     }
 
     #[test]
@@ -372,14 +514,14 @@ mod tests {
             })
         };
         assert_eq!(
-            target(&headers(&[("host", "web.team-a.local:9443")])),
+            at(&headers(&[("host", "web.team-a.local:9443")])),
             named("web", "team-a")
         );
         assert_eq!(
-            target(&headers(&[("x-tensorlake-sandbox-id", "web.default")])),
+            at(&headers(&[("x-tensorlake-sandbox-id", "web.default")])),
             named("web", "default")
         );
         // A bare label is an id, never a name: `web.local` no longer finds `default`'s web.
-        assert_eq!(target(&headers(&[("host", "web.local")])), id("web"));
+        assert_eq!(at(&headers(&[("host", "web.local")])), id("web"));
     }
 }

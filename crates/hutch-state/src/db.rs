@@ -439,6 +439,16 @@ impl Db {
         Ok(())
     }
 
+    /// Merges `fields` into the spec in one statement (RFC 7396 merge), so concurrent
+    /// updates of different fields do not undo each other.
+    pub fn merge_spec(&self, id: &str, fields: &serde_json::Value) -> Result<()> {
+        self.conn().execute(
+            "UPDATE sandboxes SET spec = json_patch(spec, ?2) WHERE id = ?1",
+            params![id, fields.to_string()],
+        )?;
+        Ok(())
+    }
+
     pub fn set_timeout(&self, id: &str, timeout_secs: i64) -> Result<()> {
         self.conn().execute(
             "UPDATE sandboxes SET timeout_secs = ?2 WHERE id = ?1",

@@ -205,6 +205,16 @@ pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
         .collect()
 }
 
+/// Creates a key with `hutch key create NAME <scope...>`; returns its secret.
+pub fn key(home: &Home, name: &str, scope: &[&str]) -> String {
+    let mut args = vec!["key", "create", name, "--json"];
+    args.extend_from_slice(scope);
+    let out = home.run(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let key: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    key["secret"].as_str().unwrap().to_string()
+}
+
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -18,6 +18,7 @@ use super::http::{MAX_ANSWER_BYTES, read_capped};
 use super::link::{AgentLink, BoxError, RequestBody};
 use super::pty::PtyStream;
 use super::remote::ProxyRoute;
+use super::tcp::{AgentTcp, TcpReader, TcpWriter};
 use crate::error::{Result, RuntimeError};
 
 /// How long a request waits for the agent to (re)connect.
@@ -243,6 +244,19 @@ impl AgentClient {
             .call(Method::POST, &uri, input, Domain::Process)
             .await?;
         Ok(PtyStream::new(resp.into_body()))
+    }
+
+    /// Opens a TCP connection to `port` on the sandbox's loopback, through the agent. A
+    /// refusal is `ProcessFailure` with the agent's code (`connection_refused`,
+    /// `connect_timeout`, `too_many_streams`).
+    pub async fn tcp(&self, port: u16) -> Result<AgentTcp> {
+        let (tx, body) = channel_body(super::tcp::WRITE_QUEUE);
+        let uri = format!("/hutch/v1/tcp?port={port}");
+        let resp = self.call(Method::POST, &uri, body, Domain::Process).await?;
+        Ok(AgentTcp {
+            writer: TcpWriter(tx),
+            reader: TcpReader(resp.into_body()),
+        })
     }
 
     /// Ends a PTY session: SIGHUP, then SIGKILL, to its processes; attached streams end.

@@ -490,6 +490,29 @@ impl Sandboxes {
         self.get_row(&row.id)
     }
 
+    /// Sets which ports the proxy routes to and whether they need a key: checked by the
+    /// proxy on every request, so a change applies to the next one.
+    pub fn set_port_access(
+        &self,
+        namespace: &str,
+        id_or_name: &str,
+        exposed_ports: Option<&[u16]>,
+        allow_unauthenticated_access: Option<bool>,
+    ) -> Result<SandboxRow, StateError> {
+        let row = self.live(namespace, id_or_name)?;
+        let mut fields = serde_json::Map::new();
+        if let Some(ports) = exposed_ports {
+            fields.insert("exposed_ports".into(), ports.into());
+        }
+        if let Some(open) = allow_unauthenticated_access {
+            fields.insert("allow_unauthenticated_access".into(), open.into());
+        }
+        if !fields.is_empty() {
+            self.db.merge_spec(&row.id, &fields.into())?;
+        }
+        self.get_row(&row.id)
+    }
+
     /// Sets the lifetime of sandbox `id`, counted from its start (0: no limit), whatever
     /// its namespace: for the services that run sandboxes of their own (template builds).
     pub fn set_timeout(&self, id: &str, timeout_secs: i64) -> Result<(), StateError> {
