@@ -34,3 +34,18 @@ pub fn free_port() -> anyhow::Result<u16> {
         .local_addr()?
         .port())
 }
+
+/// Waits until `hutch serve` (whose log is `home/serve.log`) listens on `port`.
+pub fn wait_for_server(port: u16, home: &std::path::Path) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "hutch serve did not start; see {}",
+                home.join("serve.log").display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}

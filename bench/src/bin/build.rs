@@ -13,6 +13,7 @@
 //! usage: hutch-bench-build [HUTCH_BINARY]; N from HUTCH_BENCH_N (default 3).
 
 #[path = "../cli.rs"]
+#[allow(dead_code)]
 mod cli;
 #[path = "../python_app.rs"]
 mod python_app;

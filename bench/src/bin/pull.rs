@@ -10,6 +10,7 @@
 //! HUTCH_BENCH_N (default 5). Fixtures from HUTCH_FIXTURES (default ~/.cache/hutch/fixtures).
 
 #[path = "../cli.rs"]
+#[allow(dead_code)]
 mod cli;
 #[path = "../registry.rs"]
 mod registry;

@@ -15,7 +15,7 @@ mod stats;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -93,19 +93,7 @@ async fn measure(
     proxy_port: u16,
     n: usize,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tokio::net::TcpStream::connect(("127.0.0.1", api_port))
-        .await
-        .is_err()
-    {
-        if Instant::now() > deadline {
-            bail!(
-                "hutch serve did not start; see {}",
-                home.join("serve.log").display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cli::wait_for_server(api_port, home)?;
     let api_host = format!("127.0.0.1:{api_port}");
     let api = Endpoint(api_port);
     let sandboxes = "/v1/namespaces/default/sandboxes";

@@ -68,6 +68,8 @@ struct App {
     auth: auth::Auth,
     /// What `sandbox_url` and `ingress_endpoint` say, and the names the proxy routes.
     ingress: ingress::Ingress,
+    /// Kept-alive connections to sandboxes' exposed ports.
+    ports: ports::PortClient,
     /// [`state_id`] of the state directory, reported by `/healthz`.
     state_id: String,
     /// The secret `/healthz` proves it knows to `hutch run` (see [`discovery`]).
@@ -106,10 +108,12 @@ pub async fn serve(
     .context("starting the state (database, built-in images, reconcile with the runtime)")?;
     let loopback = config.listen.ip().is_loopback() && config.proxy_listen.ip().is_loopback();
     let auth = auth::Auth::new(keys, config.require_keys || !loopback);
+    let ports = ports::PortClient::new(Arc::clone(&sandboxes));
     let app = Arc::new(App {
         sandboxes,
         auth,
         ingress: ingress::Ingress::new(config.public_url.as_deref(), config.proxy_listen)?,
+        ports,
         state_id: state_id(&config.home),
         published: std::sync::OnceLock::new(),
         registry,

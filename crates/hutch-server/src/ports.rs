@@ -9,13 +9,18 @@
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::http::Uri;
 use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hutch_runtime::RuntimeError;
 use hutch_runtime::agent::{AgentClient, AgentTcp};
 use hutch_state::keys::SECRET_PREFIX;
-use hyper_util::rt::TokioIo;
+use hutch_state::sandboxes::Sandboxes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::sync::Arc;
 
 use crate::error::ApiError;
 
@@ -56,22 +61,154 @@ fn connect_failed(id: &str, port: u16, e: RuntimeError) -> Response {
     }
 }
 
-/// Forwards one request to `port` in the sandbox over a fresh connection, and bridges the
-/// connection when the server switches protocols (websockets).
-pub async fn forward(agent: AgentClient, id: &str, port: u16, mut req: Request<Body>) -> Response {
-    let tcp = match agent.tcp(port).await {
-        Ok(tcp) => tcp,
-        Err(e) => return connect_failed(id, port, e),
-    };
-    let io = TokioIo::new(tcp.into_io());
-    let (mut sender, connection) = match hyper::client::conn::http1::handshake(io).await {
-        Ok(pair) => pair,
-        Err(e) => return proxy_error(id, port, e),
-    };
-    tokio::spawn(async move {
-        let _ = connection.with_upgrades().await;
-    });
+/// Connections to the sandboxes' ports, kept alive and reused like any reverse proxy's
+/// upstream connections: a request on an idle one costs no connect, and a server that starts
+/// a thread per connection (Python's) none either, which inside gVisor is most of a fresh
+/// connection's cost. A pooled connection is keyed by sandbox and port; the pool's bounds
+/// are [`POOL_IDLE`] and [`POOL_MAX_IDLE`] each.
+#[derive(Clone)]
+pub struct PortClient(Client<PortConnector, Body>);
 
+/// How long an idle connection to a port is kept.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+/// Idle connections kept per sandbox port.
+const POOL_MAX_IDLE: usize = 8;
+/// The pool key's host: `p<port>.<sandbox id>.sandbox.invalid` (never resolved).
+const POOL_HOST: &str = "sandbox.invalid";
+
+impl PortClient {
+    pub fn new(sandboxes: Arc<Sandboxes>) -> Self {
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(POOL_MAX_IDLE)
+            .pool_timer(TokioTimer::new())
+            .set_host(false)
+            .build(PortConnector { sandboxes });
+        Self(client)
+    }
+}
+
+#[derive(Clone)]
+struct PortConnector {
+    sandboxes: Arc<Sandboxes>,
+}
+
+/// Why a connection to a port failed: the agent's typed refusal, kept whole so the client
+/// gets the same answer a fresh connection would.
+#[derive(Debug)]
+struct ConnectFailed(RuntimeError);
+
+impl std::fmt::Display for ConnectFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ConnectFailed {}
+
+impl tower_service::Service<Uri> for PortConnector {
+    type Response = PortStream;
+    type Error = ConnectFailed;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<PortStream, ConnectFailed>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let sandboxes = Arc::clone(&self.sandboxes);
+        Box::pin(async move {
+            let invalid = || {
+                ConnectFailed(RuntimeError::InvalidSpec {
+                    reason: format!("no sandbox port in {uri}"),
+                })
+            };
+            let host = uri.host().ok_or_else(invalid)?;
+            let rest = host.strip_suffix(POOL_HOST).ok_or_else(invalid)?;
+            let (port, id) = rest
+                .strip_prefix('p')
+                .and_then(|r| r.trim_end_matches('.').split_once('.'))
+                .ok_or_else(invalid)?;
+            let port: u16 = port.parse().map_err(|_| invalid())?;
+            let row = match sandboxes.by_id(id) {
+                Ok(Some(row)) => row,
+                _ => return Err(ConnectFailed(RuntimeError::NotFound { id: id.into() })),
+            };
+            let agent = sandboxes.agent(&row).await.map_err(|e| {
+                ConnectFailed(RuntimeError::AgentUnavailable {
+                    kind: hutch_runtime::AgentUnreachable::NeverConnected,
+                    reason: format!("sandbox {id}: {e}"),
+                })
+            })?;
+            let tcp = agent.tcp(port).await.map_err(ConnectFailed)?;
+            Ok(PortStream(TokioIo::new(tcp.into_io())))
+        })
+    }
+}
+
+/// One connection to a sandbox's port, as the pool holds it.
+struct PortStream(TokioIo<tokio::io::DuplexStream>);
+
+impl Connection for PortStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for PortStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for PortStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// The agent's refusal inside a pooled client's error, if that is what it is.
+fn refusal<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a RuntimeError> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(ConnectFailed(inner)) = err.downcast_ref::<ConnectFailed>() {
+            return Some(inner);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Forwards one request to `port` in the sandbox on a pooled connection, and bridges the
+/// connection when the server switches protocols (websockets).
+pub async fn forward(client: &PortClient, id: &str, port: u16, mut req: Request<Body>) -> Response {
     let upgrade = req
         .headers()
         .get(header::UPGRADE)
@@ -82,7 +219,7 @@ pub async fn forward(agent: AgentClient, id: &str, port: u16, mut req: Request<B
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut upstream = hyper::Request::builder()
         .method(parts.method.clone())
-        .uri(path);
+        .uri(format!("http://p{port}.{id}.{POOL_HOST}{path}"));
     for (name, value) in &parts.headers {
         if passed_on(name.as_str(), value) {
             upstream = upstream.header(name, value);
@@ -111,9 +248,32 @@ pub async fn forward(agent: AgentClient, id: &str, port: u16, mut req: Request<B
                 .into_response();
         }
     };
-    let mut resp = match tokio::time::timeout(RESPONSE_HEAD, sender.send_request(upstream)).await {
+    let mut resp = match tokio::time::timeout(RESPONSE_HEAD, client.0.request(upstream)).await {
         Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return proxy_error(id, port, e),
+        Ok(Err(e)) => {
+            return match refusal(&e) {
+                Some(RuntimeError::ProcessFailure { code, message }) => connect_failed(
+                    id,
+                    port,
+                    RuntimeError::ProcessFailure {
+                        code: code.clone(),
+                        message: message.clone(),
+                    },
+                ),
+                Some(other) => ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "SANDBOX_UNREACHABLE",
+                    format!("sandbox {id}: {other}"),
+                )
+                .into_response(),
+                None => ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "PROXY_ERROR",
+                    format!("sandbox {id}, port {port}: {e}"),
+                )
+                .into_response(),
+            };
+        }
         Err(_) => {
             return ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -165,15 +325,6 @@ fn hutch_key(value: &HeaderValue) -> bool {
         .unwrap_or(v)
         .trim();
     token.starts_with(SECRET_PREFIX)
-}
-
-fn proxy_error(id: &str, port: u16, e: hyper::Error) -> Response {
-    ApiError::new(
-        StatusCode::BAD_GATEWAY,
-        "PROXY_ERROR",
-        format!("sandbox {id}, port {port}: {e}"),
-    )
-    .into_response()
 }
 
 /// The port of a tunnel request: `?port=N`.

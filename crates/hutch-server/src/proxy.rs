@@ -341,11 +341,10 @@ async fn user_port(app: &App, port: u16, id: &str, req: Request<Body>) -> Respon
             ),
         );
     }
-    let agent = match running_agent(app, &row).await {
-        Ok(agent) => agent,
-        Err(resp) => return resp,
-    };
-    crate::ports::forward(agent, &row.id, port, req).await
+    if let Err(resp) = running_agent(app, &row).await {
+        return resp;
+    }
+    crate::ports::forward(&app.ports, &row.id, port, req).await
 }
 
 /// The answer to a request the agent did not answer. Only one that never reached the agent
