@@ -381,3 +381,85 @@ async fn policies_outlive_a_killed_server_and_teardown_after_it_is_clean() {
     assert!(hutch_runtime::net::host::leftovers(slot).is_empty());
     net.home.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_name_rules_follow_dns_answers_for_their_ttl() {
+    let mut net = Net::start();
+    let (first, second, port) = (net.host.addr, net.host.second_address(), net.host.port);
+    net.host.start_dns(&json!({
+        "ttl": 1,
+        "web.test": [first.to_string()],
+        "blocked.test": [second.to_string()],
+    }));
+    let (id, sbx, info) = net
+        .create(json!({"image": "busybox", "network": {"allow_out": ["Web.Test:8080"]}}))
+        .await;
+    assert_eq!(
+        info["network_policy"]["allow_out"],
+        json!(["Web.Test:8080"])
+    );
+    let url = |host: &str| format!("http://{host}:{port}/hello.txt");
+
+    // An address is admitted when the resolver answers it for a name of the policy.
+    assert!(
+        !fetches(&sbx, &url(&first.to_string())).await,
+        "before any lookup"
+    );
+    assert!(fetches(&sbx, &url("web.test")).await, "by name");
+    assert!(fetches(&sbx, &url(&first.to_string())).await, "admitted");
+    assert!(
+        !fetches(&sbx, &url(&second.to_string())).await,
+        "never answered"
+    );
+    assert!(!fetches(&sbx, &url("blocked.test")).await, "another name");
+
+    // The name moves: the new address passes once answered, the old one ends with its TTL
+    // (at least 5 s).
+    net.host.set_dns(&json!({
+        "ttl": 1,
+        "web.test": [second.to_string()],
+        "blocked.test": [second.to_string()],
+    }));
+    assert!(fetches(&sbx, &url("web.test")).await, "by name, moved");
+    assert!(
+        fetches(&sbx, &url(&second.to_string())).await,
+        "new address"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while fetches(&sbx, &url(&first.to_string())).await {
+        assert!(Instant::now() < deadline, "the old address never expired");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // deny_out by name wins over internet access, applied live.
+    net.raw(
+        "PATCH",
+        &id,
+        Some(json!({"network": {"allow_internet_access": true, "deny_out": ["blocked.test"]}})),
+    )
+    .await;
+    assert!(fetches(&sbx, &url(&first.to_string())).await, "internet");
+    assert!(!fetches(&sbx, &url("blocked.test")).await, "denied by name");
+    assert!(
+        !fetches(&sbx, &url(&second.to_string())).await,
+        "its address"
+    );
+    assert!(
+        fetches(&sbx, &url(&first.to_string())).await,
+        "others still"
+    );
+
+    // Bad names are refused whole, named.
+    let (status, body) = net
+        .raw_status(
+            "PATCH",
+            &id,
+            Some(json!({"network": {"allow_out": ["ok.test", "bad name!"]}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("bad name!"), "{body}");
+
+    net.raw("DELETE", &id, None).await;
+    net.home.assert_clean();
+}

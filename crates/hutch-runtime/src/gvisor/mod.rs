@@ -127,6 +127,8 @@ pub struct GvisorBackend {
     /// Sandboxes this process is creating: a teardown of one waits for its create to end,
     /// so that a delete of a booting sandbox returns only once nothing of it is left.
     creating: Mutex<std::collections::HashSet<String>>,
+    /// The resolvers of sandboxes whose policy names hosts (see `net::dns`).
+    resolvers: Mutex<HashMap<String, net::dns::Resolver>>,
 }
 
 /// A networked sandbox's attachment, beside its record.
@@ -171,6 +173,7 @@ impl GvisorBackend {
             supervisors: Mutex::new(HashMap::new()),
             net,
             creating: Mutex::new(Default::default()),
+            resolvers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -188,8 +191,45 @@ impl GvisorBackend {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// Starts, updates or stops the sandbox's resolver to match `policy`: it runs while
+    /// the policy names hosts.
+    fn follow_names(
+        &self,
+        id: &str,
+        settings: &NetSettings,
+        attachment: &Attachment,
+        policy: &net::ParsedPolicy,
+    ) -> Result<()> {
+        let Ok(mut resolvers) = self.resolvers.lock() else {
+            return Ok(());
+        };
+        if !policy.has_names() {
+            resolvers.remove(id);
+            return Ok(());
+        }
+        if let Some(r) = resolvers.get(id) {
+            r.set_policy(policy.clone());
+            return Ok(());
+        }
+        let upstream = settings
+            .dns
+            .first()
+            .copied()
+            .ok_or_else(|| RuntimeError::InvalidSpec {
+                reason: "host names in a network policy need an upstream resolver \
+                     (hutch serve --sandbox-dns), and this host has none"
+                    .into(),
+            })?;
+        let resolver = net::dns::Resolver::start(attachment, upstream, policy.clone())?;
+        resolvers.insert(id.to_string(), resolver);
+        Ok(())
+    }
+
     /// Removes the sandbox's network, if it has one.
     fn detach_network(&self, id: &str) {
+        if let Ok(mut resolvers) = self.resolvers.lock() {
+            resolvers.remove(id);
+        }
         if self.net.is_ok() {
             net::host::detach_owner(&self.dir(id));
         }
@@ -296,7 +336,9 @@ impl GvisorBackend {
         write_secret(&run, record.agent_secret.as_deref().unwrap_or_default())?;
         let network = match (&spec.network, &self.net) {
             (NetworkMode::Egress, Ok(settings)) => {
-                let attachment = net::host::attach(settings, &dir, &spec.network_policy.parse()?)?;
+                let parsed = spec.network_policy.parse()?;
+                let attachment = net::host::attach(settings, &dir, &parsed)?;
+                self.follow_names(id, settings, &attachment, &parsed)?;
                 let json = serde_json::to_vec(&attachment).map_err(|e| {
                     RuntimeError::io("encoding the network attachment", std::io::Error::other(e))
                 })?;
@@ -737,6 +779,14 @@ impl Backend for GvisorBackend {
                 link
             }
         };
+        // A sandbox adopted after a restart gets its resolver back.
+        if let (Ok(settings), Some(attachment)) = (&self.net, self.attachment(id))
+            && let Ok(parsed) = record.spec.network_policy.parse()
+            && parsed.has_names()
+            && let Err(e) = self.follow_names(id, settings, &attachment, &parsed)
+        {
+            tracing::warn!(%id, error = %e, "restarting the sandbox's resolver");
+        }
         Ok(Sandbox {
             info: Self::info(record, SandboxState::Running),
             agent: AgentClient::new(link),
@@ -957,12 +1007,14 @@ impl Backend for GvisorBackend {
                 ),
             });
         };
-        let settings = settings.clone();
-        tokio::task::spawn_blocking(move || net::host::apply(&settings, &attachment, &parsed))
+        let owned = settings.clone();
+        let (held, policy_now) = (attachment.clone(), parsed.clone());
+        tokio::task::spawn_blocking(move || net::host::apply(&owned, &held, &policy_now))
             .await
             .map_err(|e| {
                 RuntimeError::io("applying a network policy", std::io::Error::other(e))
             })??;
+        self.follow_names(id, settings, &attachment, &parsed)?;
         // The record keeps the policy in force, for inspect and for a later re-attach.
         let mut record = record;
         record.spec.network_policy = policy.clone();

@@ -18,7 +18,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::policy::{Cidr, ParsedPolicy};
+use super::policy::{Cidr, NameVerdict, ParsedPolicy};
 use crate::error::{Result, RuntimeError};
 
 const BACKEND: &str = "gvisor";
@@ -351,6 +351,10 @@ fn remove_locked(slot: u32) {
         format!("delete chain inet hutch {s}"),
         format!("delete element ip hutch_nat dns {{ \"{ifname}\" }}"),
         format!("delete chain ip hutch_nat {d}"),
+        format!("delete element inet hutch resolvers {{ \"{ifname}\" }}"),
+        format!("delete chain inet hutch r{slot}"),
+        format!("delete set inet hutch a{slot}"),
+        format!("delete set inet hutch x{slot}"),
     ] {
         let _ = run("nft", &["-f", "-"], &script);
     }
@@ -396,8 +400,16 @@ fn wire(a: &Attachment) -> Result<()> {
 /// refreshed with this process's settings (elements only ever added: other homes' ranges
 /// stay fenced too).
 fn ensure_base(settings: &NetSettings) -> Result<String> {
-    if !base_exists() {
-        run("nft", &["-f", "-"], BASE_RULESET)?;
+    static CHECKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    // Checked once per process (each check is a process or two, a few ms of every create).
+    if !CHECKED.load(std::sync::atomic::Ordering::Acquire) {
+        if !base_exists() {
+            run("nft", &["-f", "-"], BASE_RULESET)?;
+        } else if !resolvers_map_exists() {
+            // Tables made by a Hutch from before host-name rules: add what they lack.
+            run("nft", &["-f", "-"], RESOLVERS_MIGRATION)?;
+        }
+        CHECKED.store(true, std::sync::atomic::Ordering::Release);
     }
     // IPv4 forwarding: the sandboxes' traffic is routed through the host.
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
@@ -424,8 +436,25 @@ fn base_exists() -> bool {
         })
 }
 
+fn resolvers_map_exists() -> bool {
+    Command::new("nft")
+        .args(["list", "map", "inet", "hutch", "resolvers"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+const RESOLVERS_MIGRATION: &str = r#"
+add map inet hutch resolvers { type ifname : verdict; }
+insert rule inet hutch input iifname "hh*" iifname vmap @resolvers
+insert rule inet hutch input iifname "hh*" ct state established,related accept
+"#;
+
 /// The shared rules. Sandbox interfaces are `hh*`:
-/// - nothing from a sandbox reaches the host itself (input), but replies and DNAT'd DNS;
+/// - nothing from a sandbox reaches the host itself (input), but replies, DNAT'd DNS and,
+///   for a sandbox whose policy names hosts, DNS to the server's resolver on its gateway
+///   (`resolvers` map, chain `r<n>`);
 /// - nothing new reaches a sandbox (forward, towards `hh*`): not other sandboxes, not the
 ///   LAN; replies to what it opened do;
 /// - no IPv6 leaves a sandbox;
@@ -435,9 +464,11 @@ const BASE_RULESET: &str = r#"
 table inet hutch {
   set fenced { type ipv4_addr; flags interval; auto-merge; }
   map sandboxes { type ifname : verdict; }
+  map resolvers { type ifname : verdict; }
   chain input {
     type filter hook input priority filter - 1; policy accept;
     iifname "hh*" ct state established,related accept
+    iifname "hh*" iifname vmap @resolvers
     iifname "hh*" drop
   }
   chain forward {
@@ -470,11 +501,14 @@ fn apply_locked(
     policy: &ParsedPolicy,
     fence: &str,
 ) -> Result<()> {
-    let (s, d, ifname) = (
+    let (s, d, r, ifname) = (
         format!("s{}", a.slot),
         format!("d{}", a.slot),
+        format!("r{}", a.slot),
         a.host_interface(),
     );
+    let (allowed, denied) = (format!("a{}", a.slot), format!("x{}", a.slot));
+    let names = policy.has_names();
     let set = |cidrs: &[Cidr]| {
         cidrs
             .iter()
@@ -482,14 +516,21 @@ fn apply_locked(
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // The addresses the resolver admitted for host names, each for its TTL; a new policy
+    // starts them afresh (the sandbox's next lookups fill them again).
     let mut script = format!(
-        "{fence}add chain inet hutch {s}\n\
+        "{fence}add set inet hutch {allowed} {{ type ipv4_addr; flags timeout; }}\n\
+         add set inet hutch {denied} {{ type ipv4_addr; flags timeout; }}\n\
+         flush set inet hutch {allowed}\n\
+         flush set inet hutch {denied}\n\
+         add chain inet hutch {s}\n\
          flush chain inet hutch {s}\n\
          add rule inet hutch {s} ip saddr != {addr} drop\n",
         addr = a.address
     );
     let upstream = settings.dns.first().copied();
     if let Some(upstream) = upstream
+        && !names
         && policy.dns_allowed(a.gateway)
     {
         script.push_str(&format!(
@@ -505,12 +546,18 @@ fn apply_locked(
             set(&policy.deny)
         ));
     }
+    script.push_str(&format!(
+        "add rule inet hutch {s} ip daddr @{denied} drop\n"
+    ));
     if !policy.allow.is_empty() {
         script.push_str(&format!(
             "add rule inet hutch {s} ip daddr {{ {} }} accept\n",
             set(&policy.allow)
         ));
     }
+    script.push_str(&format!(
+        "add rule inet hutch {s} ip daddr @{allowed} accept\n"
+    ));
     script.push_str(&format!(
         "add rule inet hutch {s} {}\n",
         if policy.default_accept() {
@@ -522,11 +569,24 @@ fn apply_locked(
     script.push_str(&format!(
         "add element inet hutch sandboxes {{ \"{ifname}\" : jump {s} }}\n"
     ));
+    // DNS to the server's resolver on the gateway, for a policy that names hosts.
+    script.push_str(&format!(
+        "add chain inet hutch {r}\nflush chain inet hutch {r}\n"
+    ));
+    if names && policy.dns_allowed(a.gateway) {
+        script.push_str(&format!(
+            "add rule inet hutch {r} ip daddr {gw} meta l4proto udp udp dport 53 accept\n",
+            gw = a.gateway
+        ));
+    }
+    script.push_str(&format!(
+        "add element inet hutch resolvers {{ \"{ifname}\" : jump {r} }}\n"
+    ));
     // DNS to the gateway goes to the upstream resolver.
     script.push_str(&format!(
         "add chain ip hutch_nat {d}\nflush chain ip hutch_nat {d}\n"
     ));
-    if let Some(upstream) = upstream {
+    if let Some(upstream) = upstream.filter(|_| !names) {
         script.push_str(&format!(
             "add rule ip hutch_nat {d} ip daddr {gw} meta l4proto {{ tcp, udp }} th dport 53 dnat to {upstream}\n",
             gw = a.gateway
@@ -540,6 +600,30 @@ fn apply_locked(
     run("nft", &["-f", "-"], &script)
 }
 
+/// Admits addresses a DNS answer gave for a host name of the sandbox in `slot`'s policy,
+/// each for `ttl` seconds (re-admitting refreshes the timeout). No lock: the sets belong to
+/// that slot alone, and a teardown racing this makes it fail harmlessly.
+pub fn admit(slot: u32, entries: &[(Ipv4Addr, NameVerdict, u32)]) -> Result<()> {
+    let mut script = String::new();
+    for (ip, verdict, ttl) in entries {
+        let set = match verdict {
+            NameVerdict::Allow => format!("a{slot}"),
+            NameVerdict::Deny => format!("x{slot}"),
+        };
+        // `add` of an element that exists keeps its old timeout: add, delete, add again
+        // (one transaction) sets the new one either way.
+        script.push_str(&format!(
+            "add element inet hutch {set} {{ {ip} timeout {ttl}s }}\n\
+             delete element inet hutch {set} {{ {ip} }}\n\
+             add element inet hutch {set} {{ {ip} timeout {ttl}s }}\n"
+        ));
+    }
+    if script.is_empty() {
+        return Ok(());
+    }
+    run("nft", &["-f", "-"], &script)
+}
+
 /// What is left on the host of slot `slot`, as descriptions (empty when it is gone):
 /// for tests and `fsck`-like checks.
 pub fn leftovers(slot: u32) -> Vec<String> {
@@ -550,18 +634,21 @@ pub fn leftovers(slot: u32) -> Vec<String> {
     if Path::new("/sys/class/net").join(host_if(slot)).exists() {
         found.push(format!("interface {}", host_if(slot)));
     }
-    for (family, table, chain) in [
-        ("inet", "hutch", format!("s{slot}")),
-        ("ip", "hutch_nat", format!("d{slot}")),
+    for (kind, family, table, chain) in [
+        ("chain", "inet", "hutch", format!("s{slot}")),
+        ("chain", "ip", "hutch_nat", format!("d{slot}")),
+        ("chain", "inet", "hutch", format!("r{slot}")),
+        ("set", "inet", "hutch", format!("a{slot}")),
+        ("set", "inet", "hutch", format!("x{slot}")),
     ] {
         let listed = Command::new("nft")
-            .args(["list", "chain", family, table, &chain])
+            .args(["list", kind, family, table, &chain])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         if listed {
-            found.push(format!("nft chain {family} {table} {chain}"));
+            found.push(format!("nft {kind} {family} {table} {chain}"));
         }
     }
     if slot_file(slot).exists() {

@@ -54,20 +54,28 @@ impl NetworkPolicy {
                 reason: format!("a network policy holds at most {MAX_ENTRIES} entries"),
             });
         }
-        let parse_all = |field: &str, entries: &[String]| -> Result<Vec<Cidr>> {
-            entries
-                .iter()
-                .map(|e| {
-                    parse_entry(e).map_err(|why| RuntimeError::InvalidSpec {
-                        reason: format!("network.{field} entry {e:?}: {why}"),
-                    })
-                })
-                .collect()
+        let parse_all = |field: &str, entries: &[String]| -> Result<(Vec<Cidr>, Vec<String>)> {
+            let (mut nets, mut names) = (Vec::new(), Vec::new());
+            for e in entries {
+                match parse_entry(e).map_err(|why| RuntimeError::InvalidSpec {
+                    reason: format!("network.{field} entry {e:?}: {why}"),
+                })? {
+                    Entry::Net(c) => nets.push(c),
+                    Entry::Name(n) => names.push(n),
+                }
+            }
+            names.sort();
+            names.dedup();
+            Ok((nets, names))
         };
+        let (allow, allow_names) = parse_all("allow_out", &self.allow_out)?;
+        let (deny, deny_names) = parse_all("deny_out", &self.deny_out)?;
         Ok(ParsedPolicy {
             allow_internet_access: self.allow_internet_access,
-            allow: parse_all("allow_out", &self.allow_out)?,
-            deny: parse_all("deny_out", &self.deny_out)?,
+            allow,
+            deny,
+            allow_names,
+            deny_names,
         })
     }
 }
@@ -129,15 +137,42 @@ impl std::fmt::Display for Cidr {
     }
 }
 
-/// A policy whose entries are networks.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A policy whose entries are networks and host names (lowercase, no trailing dot). A host
+/// name stands for the addresses the sandbox's resolver answers for it, for their TTL.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ParsedPolicy {
     pub allow_internet_access: bool,
     pub allow: Vec<Cidr>,
     pub deny: Vec<Cidr>,
+    pub allow_names: Vec<String>,
+    pub deny_names: Vec<String>,
+}
+
+/// What a name in a DNS answer does to its addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameVerdict {
+    Allow,
+    Deny,
 }
 
 impl ParsedPolicy {
+    /// Whether the sandbox needs the server's resolver (its host names follow DNS).
+    pub fn has_names(&self) -> bool {
+        !self.allow_names.is_empty() || !self.deny_names.is_empty()
+    }
+
+    /// The verdict for `name` (a name in a DNS answer): `deny_out` wins.
+    pub fn name_verdict(&self, name: &str) -> Option<NameVerdict> {
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        if self.deny_names.contains(&name) {
+            Some(NameVerdict::Deny)
+        } else if self.allow_names.contains(&name) {
+            Some(NameVerdict::Allow)
+        } else {
+            None
+        }
+    }
+
     /// Whether the sandbox may ask its resolver (at `resolver`): denied by a `deny_out`
     /// covering it; otherwise allowed with internet access or when `allow_out` covers it.
     pub fn dns_allowed(&self, resolver: Ipv4Addr) -> bool {
@@ -150,14 +185,19 @@ impl ParsedPolicy {
     /// What a destination outside every entry gets: everything when there is no
     /// `allow_out` and internet access is on.
     pub fn default_accept(&self) -> bool {
-        self.allow.is_empty() && self.allow_internet_access
+        self.allow.is_empty() && self.allow_names.is_empty() && self.allow_internet_access
     }
 }
 
-/// One `allow_out`/`deny_out` entry: an IPv4 address or CIDR, with an optional `:port`
-/// that is accepted and ignored (the SDK documents rules as not port-specific).
-/// Host names are refused until the server's resolver follows them.
-fn parse_entry(entry: &str) -> std::result::Result<Cidr, String> {
+enum Entry {
+    Net(Cidr),
+    Name(String),
+}
+
+/// One `allow_out`/`deny_out` entry: an IPv4 address, a CIDR or a host name, with an
+/// optional `:port` that is accepted and ignored (the SDK documents rules as not
+/// port-specific).
+fn parse_entry(entry: &str) -> std::result::Result<Entry, String> {
     let entry = entry.trim();
     if entry.is_empty() {
         return Err("empty".into());
@@ -180,12 +220,11 @@ fn parse_entry(entry: &str) -> std::result::Result<Cidr, String> {
         .next()
         .is_some_and(|a| a.chars().all(|c| c.is_ascii_digit() || c == '.'));
     if looks_numeric {
-        return Cidr::parse(host);
+        return Cidr::parse(host).map(Entry::Net);
     }
     if valid_hostname(host) {
-        Err(format!(
-            "host name rules ({host}) are not supported yet: use IPv4 addresses or CIDRs"
-        ))
+        let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        Ok(Entry::Name(name))
     } else {
         Err(format!(
             "{host:?} is neither an IPv4 address, a CIDR nor a host name"
@@ -243,12 +282,38 @@ mod tests {
             ("2001:db8::1", "IPv6"),
             ("[2001:db8::1]:80", "IPv6"),
             ("bad name!", "neither"),
-            ("api.example.com", "not supported yet"),
+            ("-x.example.com", "neither"),
+            ("a..b", "neither"),
         ] {
             let err = policy(true, &[], &[entry]).parse().unwrap_err().to_string();
             assert!(err.contains("deny_out"), "{err}");
             assert!(err.contains(why), "{entry}: {err}");
         }
+    }
+
+    #[test]
+    fn host_names_follow_their_answers_and_deny_wins() {
+        let p = policy(
+            true,
+            &["API.example.com.", "pypi.org:443", "1.2.3.4"],
+            &["evil.example.com", "api.example.com"],
+        )
+        .parse()
+        .unwrap();
+        assert!(p.has_names());
+        assert_eq!(p.allow_names, ["api.example.com", "pypi.org"]);
+        assert_eq!(p.name_verdict("pypi.org."), Some(NameVerdict::Allow));
+        assert_eq!(p.name_verdict("Api.Example.com"), Some(NameVerdict::Deny));
+        assert_eq!(p.name_verdict("evil.example.com"), Some(NameVerdict::Deny));
+        assert_eq!(p.name_verdict("sub.pypi.org"), None);
+        assert!(!policy(true, &["1.2.3.4"], &[]).parse().unwrap().has_names());
+        // A name in allow_out makes the policy default deny, like any entry.
+        assert!(
+            !policy(true, &["pypi.org"], &[])
+                .parse()
+                .unwrap()
+                .default_accept()
+        );
     }
 
     #[test]
