@@ -1,7 +1,7 @@
 # Developer tasks, in one place. Every target installs what it needs (idempotent).
 SHELL := /bin/bash
 APT_PACKAGES := runsc busybox-static debootstrap umoci skopeo hyperfine curl python3-venv \
-	docker-registry buildah apache2-utils attr libcap2-bin openssl nftables iproute2
+	docker-registry buildah apache2-utils attr libcap2-bin openssl nftables iproute2 conntrack
 FIXTURES ?= $(HOME)/.cache/hutch/fixtures
 DEMO_HOME ?= /tmp/hutch-demo
 # The Python SDK conformance suite (tests/python) runs in its own venv.

@@ -20,7 +20,7 @@ pub use lifecycle::{
     ListSandboxesResponse, NetworkConfig, ResizeSandboxResources, SandboxAccepted, SandboxAction,
     SandboxInfo, SandboxStatus, TerminationReason, UpdateSandboxRequest,
 };
-pub use native::{Health, PullImageRequest};
+pub use native::{EgressEntry, EgressLog, EgressVerdict, Health, PullImageRequest};
 pub use platform::{
     BuildParent, BuildState, BuilderSpec, CompleteBuildRequest, ImageCatalog, KeyIntrospection,
     NodeKind, Pagination, ParentTemplateRef, PrepareBuildRequest, PrepareBuildResponse, Template,

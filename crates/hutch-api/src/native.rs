@@ -23,3 +23,44 @@ pub struct PullImageRequest {
     /// An image reference (`busybox`, `ghcr.io/org/app:1.2`, `...@sha256:...`).
     pub reference: String,
 }
+
+/// Whether a connection attempt passed the sandbox's egress policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EgressVerdict {
+    Allowed,
+    Denied,
+}
+
+/// One connection attempt of a sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EgressEntry {
+    /// Counts from 1 per sandbox; a gap means older entries were dropped (the log keeps the
+    /// last 1024).
+    pub seq: u64,
+    /// Milliseconds since the epoch.
+    pub time_ms: i64,
+    /// `tcp`, `udp`, `icmp` or the IP protocol number.
+    pub protocol: String,
+    /// The destination address.
+    pub ip: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The host name the sandbox's resolver answered this address for, when it did (policies
+    /// that name hosts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    pub verdict: EgressVerdict,
+    /// Both directions' bytes, once an allowed connection ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+}
+
+/// `GET /hutch/v1/sandboxes/{id}/egress?after=N`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EgressLog {
+    /// Oldest first.
+    pub entries: Vec<EgressEntry>,
+    /// Pass as `after` to get only what came since.
+    pub last_seq: u64,
+}

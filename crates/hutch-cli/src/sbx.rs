@@ -79,6 +79,17 @@ pub enum SbxCommand {
         #[arg(long, default_value = "127.0.0.1")]
         address: std::net::IpAddr,
     },
+    /// The sandbox's connection attempts (egress audit log): time, destination, host name,
+    /// verdict, bytes once ended.
+    Egress {
+        sandbox: String,
+        /// Keep printing new entries until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Route ports of a sandbox through the proxy at <port>-<id>.<ingress host>, or stop.
     Expose {
         sandbox: String,
@@ -128,6 +139,31 @@ pub async fn route(api: &str, sandbox: &str) -> anyhow::Result<(String, String, 
         format!("{}.local", info.sandbox_id),
         info,
     ))
+}
+
+fn egress_row(e: &hutch_api::EgressEntry) -> String {
+    let secs = e.time_ms.div_euclid(1000);
+    let time = format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60,
+        e.time_ms.rem_euclid(1000)
+    );
+    let dest = match e.port {
+        Some(p) => format!("{}:{p}", e.ip),
+        None => e.ip.clone(),
+    };
+    let verdict = match e.verdict {
+        hutch_api::EgressVerdict::Allowed => "allowed",
+        hutch_api::EgressVerdict::Denied => "denied",
+    };
+    format!(
+        "{time:<24} {verdict:<7} {:<5} {dest:<22} {:<28} {}",
+        e.protocol,
+        e.hostname.as_deref().unwrap_or("-"),
+        e.bytes.map_or_else(|| "-".to_string(), |b| b.to_string())
+    )
 }
 
 /// `<scheme>://<port>-<id>.<ingress host>[:port]`, as the SDK's
@@ -252,6 +288,39 @@ pub async fn dispatch(cmd: SbxCommand) -> anyhow::Result<u8> {
                 .map(|p| crate::forward::parse_pair(p))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             crate::forward::run(&proxy, &host, &info.sandbox_id, address, &pairs).await?;
+        }
+        SbxCommand::Egress {
+            sandbox,
+            follow,
+            json,
+        } => {
+            let mut after = 0u64;
+            if !json {
+                println!(
+                    "{:<24} {:<7} {:<5} {:<22} {:<28} BYTES",
+                    "TIME", "VERDICT", "PROTO", "DESTINATION", "HOST"
+                );
+            }
+            loop {
+                let path = format!("{}/{sandbox}/egress?after={after}", sandboxes_path());
+                let log: hutch_api::EgressLog =
+                    client::call(&api, Method::GET, &path, None, None::<&()>).await?;
+                for e in &log.entries {
+                    if json {
+                        println!("{}", serde_json::to_string(e)?);
+                    } else {
+                        println!("{}", egress_row(e));
+                    }
+                }
+                after = log.last_seq;
+                if !follow {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
         }
         SbxCommand::Expose {
             sandbox,

@@ -103,6 +103,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         &args.sandbox_dns,
         &args.deny_cidr,
     )?);
+    backend.enable_egress_audit();
     let store = backend.store().clone();
     let config = ServeConfig {
         pull_policy: args.pull,

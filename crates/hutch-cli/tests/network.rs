@@ -120,6 +120,12 @@ impl Net {
     }
 }
 
+/// A JSON answer to a GET.
+async fn get_json(url: &str) -> Value {
+    let resp = common::server::http().get(url).send().await.unwrap();
+    resp.json().await.unwrap()
+}
+
 /// Runs `sh -c script` in the sandbox: (exit code, stdout).
 async fn sh(sbx: &SandboxProxyClient, script: &str) -> (Option<i64>, String) {
     let events = sbx
@@ -448,6 +454,82 @@ async fn host_name_rules_follow_dns_answers_for_their_ttl() {
         fetches(&sbx, &url(&first.to_string())).await,
         "others still"
     );
+
+    // The egress audit log: every attempt with its verdict, the name the resolver answered
+    // its address for, and bytes once the connection ended. conntrack keeps a closed TCP
+    // connection 2 minutes (TIME_WAIT): make it forget the sandbox's now.
+    let (_, _, address) = net.attachment(&id).unwrap();
+    let _ = std::process::Command::new("conntrack")
+        .args(["-D", "-s", &address])
+        .output();
+    let egress = format!(
+        "http://127.0.0.1:{}/hutch/v1/sandboxes/{id}/egress",
+        net.server.api_port
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = get_json(&egress).await;
+        let counted = log["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["verdict"] == "allowed" && e["bytes"].as_u64().is_some_and(|b| b > 0));
+        if counted || Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let entries = log["entries"].as_array().unwrap();
+    let has = |verdict: &str, ip: &std::net::Ipv4Addr, host: Option<&str>| {
+        entries.iter().any(|e| {
+            e["verdict"] == verdict
+                && e["ip"] == ip.to_string()
+                && e["port"] == port
+                && e["protocol"] == "tcp"
+                && host.is_none_or(|h| e["hostname"] == h)
+        })
+    };
+    assert!(has("denied", &first, None), "{log}");
+    assert!(has("allowed", &first, Some("web.test")), "{log}");
+    assert!(has("allowed", &second, Some("web.test")), "{log}");
+    assert!(has("denied", &second, Some("blocked.test")), "{log}");
+    assert!(
+        entries.iter().any(|e| e["verdict"] == "allowed"
+            && e["bytes"]
+                .as_u64()
+                .is_some_and(|b| b > GREETING.len() as u64)),
+        "bytes of an ended connection: {log}"
+    );
+    let seqs: Vec<u64> = entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let after = get_json(&format!("{egress}?after={}", log["last_seq"])).await;
+    assert_eq!(after["entries"], json!([]), "{after}");
+    let out = net
+        .home
+        .hutch()
+        .env(
+            "HUTCH_SERVER",
+            format!("http://127.0.0.1:{}", net.server.api_port),
+        )
+        .args(["sbx", "egress", &id, "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(
+        common::stdout(&out).lines().count() >= entries.len(),
+        "{}",
+        common::stdout(&out)
+    );
+    // An unknown sandbox: 404.
+    let resp = common::server::http()
+        .get(format!(
+            "http://127.0.0.1:{}/hutch/v1/sandboxes/nope/egress",
+            net.server.api_port
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
 
     // Bad names are refused whole, named.
     let (status, body) = net

@@ -270,6 +270,13 @@ pub trait Backend: Send + Sync {
         Err(refuse(self, CapabilityName::NetworkAttach))
     }
 
+    /// The connection attempts of sandbox `id` after sequence number `after`, oldest first
+    /// (see `net::audit`). [`CapabilityName::NetworkAudit`].
+    async fn egress(&self, id: &str, after: u64) -> Result<Vec<crate::net::audit::EgressEntry>> {
+        let _ = (id, after);
+        Err(refuse(self, CapabilityName::NetworkAudit))
+    }
+
     /// Saves the sandbox `id` into `dir` (which must be empty or missing).
     /// [`CapabilityName::SandboxCheckpoint`].
     async fn checkpoint(

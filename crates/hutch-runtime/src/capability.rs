@@ -46,6 +46,8 @@ pub enum CapabilityName {
     SandboxSocket,
     /// Joining a running sandbox to a network ([`crate::Backend::attach_network`]).
     NetworkAttach,
+    /// The log of a sandbox's connection attempts ([`crate::Backend::egress`]).
+    NetworkAudit,
     /// Saving a sandbox's state to a directory ([`crate::Backend::checkpoint`]).
     SandboxCheckpoint,
     /// A new sandbox from a checkpoint ([`crate::Backend::restore`]).

@@ -53,13 +53,15 @@ pub fn router(app: Arc<App>) -> Router {
     let sandboxes = Router::new()
         .route("/sandboxes", post(create).get(list))
         .route("/sandboxes/{id}", get(get_one).patch(update).delete(delete))
-        .route("/sandboxes/{id}/{action}", post(lifecycle_action));
+        .route("/sandboxes/{id}/{action}", post(lifecycle_action))
+        .route("/sandboxes/{id}/egress", get(egress_log));
     let router = Router::new()
         .nest("/v1/namespaces/{ns}", sandboxes.clone())
         .merge(sandboxes)
         .route("/platform/v1/keys/introspect", post(introspect))
         .route("/openapi.json", get(crate::openapi::document))
         .route("/healthz", get(healthz))
+        .route("/hutch/v1/sandboxes/{id}/egress", get(egress_log))
         .route("/hutch/v1/images/pull", post(crate::images::pull))
         .route("/hutch/v1/images/{*name}", get(image));
     crate::platform::routes(router)
@@ -664,6 +666,46 @@ async fn update(
         .sandboxes
         .update(&ns, &id, body.name.as_deref(), body.timeout_secs)?;
     Ok(reply(StatusCode::OK, &sandbox_info(&row, &reach)))
+}
+
+#[derive(Deserialize)]
+struct EgressQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+/// The sandbox's connection attempts (the egress audit log), after `?after=`.
+async fn egress_log(
+    State(app): State<Arc<App>>,
+    Scoped { ns }: Scoped,
+    Path(SandboxPath { id }): Path<SandboxPath>,
+    query: Result<Query<EgressQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let entries: Vec<hutch_api::EgressEntry> = app
+        .sandboxes
+        .egress(&ns, &id, q.after)
+        .await?
+        .into_iter()
+        .map(|e| hutch_api::EgressEntry {
+            seq: e.seq,
+            time_ms: e.time_ms,
+            protocol: e.protocol,
+            ip: e.ip.to_string(),
+            port: e.port,
+            hostname: e.hostname,
+            verdict: match e.verdict {
+                hutch_runtime::net::audit::Verdict::Allowed => hutch_api::EgressVerdict::Allowed,
+                hutch_runtime::net::audit::Verdict::Denied => hutch_api::EgressVerdict::Denied,
+            },
+            bytes: e.bytes,
+        })
+        .collect();
+    let last_seq = entries.last().map_or(q.after, |e| e.seq);
+    Ok(reply(
+        StatusCode::OK,
+        &hutch_api::EgressLog { entries, last_seq },
+    ))
 }
 
 async fn delete(

@@ -41,6 +41,8 @@ localhost, *.localhost, *.local or the server's --public-url).";
         routes::update_sandbox,
         routes::delete_sandbox,
         routes::sandbox_action,
+        routes::sandbox_egress,
+        routes::hutch_sandbox_egress,
         routes::introspect_key,
         routes::openapi_document,
         routes::healthz,
@@ -196,6 +198,41 @@ mod routes {
         )
     )]
     fn get_sandbox() {}
+
+    #[utoipa::path(
+        get,
+        path = "/v1/namespaces/{ns}/sandboxes/{id}/egress",
+        tag = "hutch",
+        summary = "The sandbox's connection attempts (egress audit log): time, destination, \
+                   host name when its resolver answered it, verdict, bytes once ended",
+        params(
+            ("ns" = String, Path, pattern = "^[a-z0-9_-]{1,63}$"),
+            ("id" = String, Path, description = "sandbox id or name"),
+            ("after" = Option<u64>, Query, description = "only entries after this sequence number"),
+        ),
+        responses(
+            (status = 200, description = "the entries, oldest first", body = hutch_api::EgressLog),
+            (status = 404, description = "unknown sandbox", body = ErrorBody),
+            (status = 501, description = "this server does not read the audit log", body = ErrorBody),
+        )
+    )]
+    fn sandbox_egress() {}
+
+    #[utoipa::path(
+        get,
+        path = "/hutch/v1/sandboxes/{id}/egress",
+        tag = "hutch",
+        summary = "The egress audit log of a sandbox of namespace `default`",
+        params(
+            ("id" = String, Path, description = "sandbox id or name"),
+            ("after" = Option<u64>, Query, description = "only entries after this sequence number"),
+        ),
+        responses(
+            (status = 200, description = "the entries, oldest first", body = hutch_api::EgressLog),
+            (status = 404, description = "unknown sandbox", body = ErrorBody),
+        )
+    )]
+    fn hutch_sandbox_egress() {}
 
     #[utoipa::path(
         patch,

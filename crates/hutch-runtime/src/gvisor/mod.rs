@@ -15,7 +15,7 @@ mod runsc;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hutch_store::Store;
@@ -129,6 +129,8 @@ pub struct GvisorBackend {
     creating: Mutex<std::collections::HashSet<String>>,
     /// The resolvers of sandboxes whose policy names hosts (see `net::dns`).
     resolvers: Mutex<HashMap<String, net::dns::Resolver>>,
+    /// The egress audit log, when this process reads it (`hutch serve`).
+    audit: Option<Arc<net::audit::AuditLog>>,
 }
 
 /// A networked sandbox's attachment, beside its record.
@@ -174,6 +176,7 @@ impl GvisorBackend {
             net,
             creating: Mutex::new(Default::default()),
             resolvers: Mutex::new(HashMap::new()),
+            audit: None,
         })
     }
 
@@ -182,6 +185,22 @@ impl GvisorBackend {
     pub fn configure_network(&mut self, settings: NetSettings) {
         if self.net.is_ok() {
             self.net = Ok(settings);
+        }
+    }
+
+    /// Reads the egress audit log of this host's sandbox networks (one process per host
+    /// can: `hutch serve` does). Without it, `egress` is refused, typed.
+    pub fn enable_egress_audit(&mut self) {
+        let Ok(settings) = &self.net else {
+            return;
+        };
+        net::audit::set_cidr(settings.cidr);
+        let log = Arc::new(net::audit::AuditLog::default());
+        match net::audit::start(Arc::clone(&log)) {
+            Ok(()) => self.audit = Some(log),
+            Err(e) => {
+                tracing::warn!(error = %e, "no egress audit log (is another hutch serve reading it?)")
+            }
         }
     }
 
@@ -220,7 +239,8 @@ impl GvisorBackend {
                      (hutch serve --sandbox-dns), and this host has none"
                     .into(),
             })?;
-        let resolver = net::dns::Resolver::start(attachment, upstream, policy.clone())?;
+        let resolver =
+            net::dns::Resolver::start(attachment, upstream, policy.clone(), self.audit.clone())?;
         resolvers.insert(id.to_string(), resolver);
         Ok(())
     }
@@ -229,6 +249,9 @@ impl GvisorBackend {
     fn detach_network(&self, id: &str) {
         if let Ok(mut resolvers) = self.resolvers.lock() {
             resolvers.remove(id);
+        }
+        if let (Some(audit), Some(a)) = (&self.audit, self.attachment(id)) {
+            audit.close(a.slot);
         }
         if self.net.is_ok() {
             net::host::detach_owner(&self.dir(id));
@@ -338,6 +361,11 @@ impl GvisorBackend {
             (NetworkMode::Egress, Ok(settings)) => {
                 let parsed = spec.network_policy.parse()?;
                 let attachment = net::host::attach(settings, &dir, &parsed)?;
+                if let Some(audit) = &self.audit {
+                    // A new sandbox in the slot: nothing of the one before.
+                    audit.close(attachment.slot);
+                    audit.open(attachment.slot);
+                }
                 self.follow_names(id, settings, &attachment, &parsed)?;
                 let json = serde_json::to_vec(&attachment).map_err(|e| {
                     RuntimeError::io("encoding the network attachment", std::io::Error::other(e))
@@ -678,13 +706,24 @@ impl Backend for GvisorBackend {
             .unsupported(C::SandboxRestore, later("checkpoint and restore, issue 16"))
             .with_runtime(self.runsc.details());
         match &self.net {
-            Ok(_) => caps.supported(&[C::NetworkEgress, C::NetworkAttach]),
+            Ok(_) if self.audit.is_some() => {
+                caps.supported(&[C::NetworkEgress, C::NetworkAttach, C::NetworkAudit])
+            }
+            Ok(_) => caps
+                .supported(&[C::NetworkEgress, C::NetworkAttach])
+                .unsupported(
+                    C::NetworkAudit,
+                    CapabilityReason::HostGated {
+                        detail: "the egress audit log is read by hutch serve only".into(),
+                    },
+                ),
             Err(why) => {
                 let host = CapabilityReason::HostGated {
                     detail: why.clone(),
                 };
                 caps.unsupported(C::NetworkEgress, host.clone())
-                    .unsupported(C::NetworkAttach, host)
+                    .unsupported(C::NetworkAttach, host.clone())
+                    .unsupported(C::NetworkAudit, host)
             }
         }
     }
@@ -779,7 +818,20 @@ impl Backend for GvisorBackend {
                 link
             }
         };
-        // A sandbox adopted after a restart gets its resolver back.
+        // A sandbox adopted after a restart gets its audit log (from now: its rules are made
+        // again, naming this process's log group) and its resolver back.
+        if let (Some(audit), Ok(settings), Some(a)) = (&self.audit, &self.net, self.attachment(id))
+            && let Ok(parsed) = record.spec.network_policy.parse()
+        {
+            audit.open(a.slot);
+            let (settings, held) = (settings.clone(), a.clone());
+            let applied =
+                tokio::task::spawn_blocking(move || net::host::apply(&settings, &held, &parsed))
+                    .await;
+            if let Ok(Err(e)) = applied {
+                tracing::warn!(%id, error = %e, "re-applying the network policy");
+            }
+        }
         if let (Ok(settings), Some(attachment)) = (&self.net, self.attachment(id))
             && let Ok(parsed) = record.spec.network_policy.parse()
             && parsed.has_names()
@@ -1019,6 +1071,23 @@ impl Backend for GvisorBackend {
         let mut record = record;
         record.spec.network_policy = policy.clone();
         record.save(&self.dir(id))
+    }
+
+    async fn egress(&self, id: &str, after: u64) -> Result<Vec<net::audit::EgressEntry>> {
+        let Some(audit) = &self.audit else {
+            return Err(RuntimeError::UnsupportedCapability {
+                backend: BACKEND,
+                capability: C::NetworkAudit,
+                reason: CapabilityReason::HostGated {
+                    detail: "the egress audit log is read by hutch serve only".into(),
+                },
+            });
+        };
+        self.record(id)?;
+        Ok(self
+            .attachment(id)
+            .map(|a| audit.entries(a.slot, after))
+            .unwrap_or_default())
     }
 
     fn writable_layer(&self, id: &str) -> Result<WritableLayer> {

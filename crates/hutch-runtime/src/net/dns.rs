@@ -16,6 +16,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use super::audit::AuditLog;
 use super::host::{self, Attachment};
 use super::policy::{NameVerdict, ParsedPolicy};
 use crate::error::{Result, RuntimeError};
@@ -44,7 +45,12 @@ impl Drop for Resolver {
 
 impl Resolver {
     /// Listens on `a`'s gateway. Call from within a tokio runtime.
-    pub fn start(a: &Attachment, upstream: Ipv4Addr, policy: ParsedPolicy) -> Result<Self> {
+    pub fn start(
+        a: &Attachment,
+        upstream: Ipv4Addr,
+        policy: ParsedPolicy,
+        audit: Option<Arc<AuditLog>>,
+    ) -> Result<Self> {
         let std_socket = std::net::UdpSocket::bind((a.gateway, 53)).map_err(|e| {
             RuntimeError::io(format!("binding the resolver on {}:53", a.gateway), e)
         })?;
@@ -74,10 +80,12 @@ impl Resolver {
                     continue;
                 };
                 let query = buf[..n].to_vec();
-                let (socket, policy) = (Arc::clone(&socket), Arc::clone(&shared));
+                let (socket, policy, audit) =
+                    (Arc::clone(&socket), Arc::clone(&shared), audit.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    if let Some(answer) = resolve(slot, upstream, &policy, &query).await {
+                    let answered = resolve(slot, upstream, &policy, audit.as_deref(), &query);
+                    if let Some(answer) = answered.await {
                         let _ = socket.send_to(&answer, src).await;
                     }
                 });
@@ -98,6 +106,7 @@ async fn resolve(
     slot: u32,
     upstream: Ipv4Addr,
     policy: &RwLock<ParsedPolicy>,
+    audit: Option<&AuditLog>,
     query: &[u8],
 ) -> Option<Vec<u8>> {
     let id = query.get(..2)?.to_vec();
@@ -118,6 +127,17 @@ async fn resolve(
     })
     .await
     .ok()??;
+    // The audit log names the addresses it sees by what they were answered for.
+    if let Some(audit) = audit
+        && let Some(msg) = parse(&answer)
+        && let Some(name) = msg.questions.first()
+    {
+        for r in &msg.records {
+            if let Data::A(ip) = r.data {
+                audit.remember(slot, ip, name);
+            }
+        }
+    }
     let admitted = {
         let policy = policy.read().ok()?;
         admissions(&policy, &answer)

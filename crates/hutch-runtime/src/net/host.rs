@@ -508,6 +508,12 @@ fn apply_locked(
         a.host_interface(),
     );
     let (allowed, denied) = (format!("a{}", a.slot), format!("x{}", a.slot));
+    // Every verdict on a new connection goes to the egress audit log (`net::audit`).
+    let group = super::audit::group();
+    let (accept, drop) = (
+        format!("log group {group} prefix \"A{} \" accept", a.slot),
+        format!("log group {group} prefix \"D{} \" drop", a.slot),
+    );
     let names = policy.has_names();
     let set = |cidrs: &[Cidr]| {
         cidrs
@@ -535,37 +541,37 @@ fn apply_locked(
     {
         script.push_str(&format!(
             "add rule inet hutch {s} ip daddr {upstream} meta l4proto {{ tcp, udp }} th dport 53 \
-             ct status dnat ct original ip daddr {gw} accept\n",
+             ct status dnat ct original ip daddr {gw} {accept}\n",
             gw = a.gateway
         ));
     }
-    script.push_str(&format!("add rule inet hutch {s} ip daddr @fenced drop\n"));
+    script.push_str(&format!(
+        "add rule inet hutch {s} ip daddr @fenced {drop}\n"
+    ));
     if !policy.deny.is_empty() {
         script.push_str(&format!(
-            "add rule inet hutch {s} ip daddr {{ {} }} drop\n",
+            "add rule inet hutch {s} ip daddr {{ {} }} {drop}\n",
             set(&policy.deny)
         ));
     }
     script.push_str(&format!(
-        "add rule inet hutch {s} ip daddr @{denied} drop\n"
+        "add rule inet hutch {s} ip daddr @{denied} {drop}\n"
     ));
     if !policy.allow.is_empty() {
         script.push_str(&format!(
-            "add rule inet hutch {s} ip daddr {{ {} }} accept\n",
+            "add rule inet hutch {s} ip daddr {{ {} }} {accept}\n",
             set(&policy.allow)
         ));
     }
     script.push_str(&format!(
-        "add rule inet hutch {s} ip daddr @{allowed} accept\n"
+        "add rule inet hutch {s} ip daddr @{allowed} {accept}\n"
     ));
-    script.push_str(&format!(
-        "add rule inet hutch {s} {}\n",
-        if policy.default_accept() {
-            "accept"
-        } else {
-            "drop"
-        }
-    ));
+    let last = if policy.default_accept() {
+        &accept
+    } else {
+        &drop
+    };
+    script.push_str(&format!("add rule inet hutch {s} {last}\n"));
     script.push_str(&format!(
         "add element inet hutch sandboxes {{ \"{ifname}\" : jump {s} }}\n"
     ));

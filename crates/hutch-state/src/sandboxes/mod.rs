@@ -490,6 +490,18 @@ impl Sandboxes {
         self.get_row(&row.id)
     }
 
+    /// The connection attempts of a sandbox (live or ended, while its runtime state lasts)
+    /// after sequence number `after`.
+    pub async fn egress(
+        &self,
+        namespace: &str,
+        id_or_name: &str,
+        after: u64,
+    ) -> Result<Vec<hutch_runtime::net::audit::EgressEntry>, StateError> {
+        let row = self.get(namespace, id_or_name)?;
+        Ok(self.backend.egress(&row.id, after).await?)
+    }
+
     /// Sets which ports the proxy routes to and whether they need a key: checked by the
     /// proxy on every request, so a change applies to the next one.
     pub fn set_port_access(
