@@ -230,7 +230,7 @@ pub fn host_support() -> std::result::Result<(), String> {
 /// Sets up a network for the sandbox whose directory is `owner`, under `policy`.
 pub fn attach(settings: &NetSettings, owner: &Path, policy: &ParsedPolicy) -> Result<Attachment> {
     let _lock = lock()?;
-    let fence = ensure_base(settings)?;
+    let fence = fence(settings)?;
     sweep_stale_locked();
     let slot = take_slot(settings, owner)?;
     let (gateway, address) = settings.addresses(slot);
@@ -239,7 +239,19 @@ pub fn attach(settings: &NetSettings, owner: &Path, policy: &ParsedPolicy) -> Re
         gateway,
         address,
     };
-    let made = wire(&attachment).and_then(|()| apply_locked(settings, &attachment, policy, &fence));
+    // The namespace and the rules are independent (rules name the interface, not its
+    // index): made at once, the slower of the two is what a create waits for.
+    let started = std::time::Instant::now();
+    let (wired, applied) = std::thread::scope(|scope| {
+        let wiring = scope.spawn(|| wire(&attachment));
+        let applied = apply_based(settings, &attachment, policy, &fence);
+        let wired = wiring
+            .join()
+            .unwrap_or_else(|_| Err(net_failure("wiring the network panicked".into())));
+        (wired, applied)
+    });
+    tracing::debug!(slot, took = ?started.elapsed(), "network attached");
+    let made = wired.and(applied);
     if let Err(e) = made {
         remove_locked(slot);
         return Err(e);
@@ -251,8 +263,24 @@ pub fn attach(settings: &NetSettings, owner: &Path, policy: &ParsedPolicy) -> Re
 /// once; established ones stay.
 pub fn apply(settings: &NetSettings, attachment: &Attachment, policy: &ParsedPolicy) -> Result<()> {
     let _lock = lock()?;
-    let fence = ensure_base(settings)?;
-    apply_locked(settings, attachment, policy, &fence)
+    let fence = fence(settings)?;
+    apply_based(settings, attachment, policy, &fence)
+}
+
+/// The sandbox's transaction, optimistically: the base tables are there on every create
+/// but a host's first (checking costs a process or two, milliseconds of every create). When
+/// the transaction fails, the base is made (or brought up to date) and it is tried again.
+fn apply_based(
+    settings: &NetSettings,
+    a: &Attachment,
+    policy: &ParsedPolicy,
+    fence: &str,
+) -> Result<()> {
+    if apply_locked(settings, a, policy, fence).is_ok() {
+        return Ok(());
+    }
+    ensure_base()?;
+    apply_locked(settings, a, policy, fence)
 }
 
 /// Removes the network of every slot the sandbox directory `owner` holds. Found by the slot
@@ -344,23 +372,52 @@ fn take_slot(settings: &NetSettings, owner: &Path) -> Result<u32> {
 }
 
 fn remove_locked(slot: u32) {
-    let (s, d, ifname) = (format!("s{slot}"), format!("d{slot}"), host_if(slot));
-    // Each line on its own: any of them may already be gone.
-    for script in [
+    // One transaction (a teardown is on `hutch run`'s path to its exit, and each `nft` is a
+    // process): every object is added first, which does nothing when it exists, so the
+    // deletes after cannot fail on something already gone. Only a missing base table fails
+    // it; then each line goes on its own, best effort.
+    let (s, d, r, ifname) = (
+        format!("s{slot}"),
+        format!("d{slot}"),
+        format!("r{slot}"),
+        host_if(slot),
+    );
+    let (a, x) = (format!("a{slot}"), format!("x{slot}"));
+    let deletes = [
         format!("delete element inet hutch sandboxes {{ \"{ifname}\" }}"),
-        format!("delete chain inet hutch {s}"),
-        format!("delete element ip hutch_nat dns {{ \"{ifname}\" }}"),
-        format!("delete chain ip hutch_nat {d}"),
         format!("delete element inet hutch resolvers {{ \"{ifname}\" }}"),
-        format!("delete chain inet hutch r{slot}"),
-        format!("delete set inet hutch a{slot}"),
-        format!("delete set inet hutch x{slot}"),
-    ] {
-        let _ = run("nft", &["-f", "-"], &script);
+        format!("delete element ip hutch_nat dns {{ \"{ifname}\" }}"),
+        format!("flush chain inet hutch {s}"),
+        format!("delete chain inet hutch {s}"),
+        format!("delete chain inet hutch {r}"),
+        format!("delete set inet hutch {a}"),
+        format!("delete set inet hutch {x}"),
+        format!("delete chain ip hutch_nat {d}"),
+    ];
+    let script = format!(
+        "add chain inet hutch {s}\n\
+         add chain inet hutch {r}\n\
+         add set inet hutch {a} {{ type ipv4_addr; flags timeout; }}\n\
+         add set inet hutch {x} {{ type ipv4_addr; flags timeout; }}\n\
+         add element inet hutch sandboxes {{ \"{ifname}\" : jump {s} }}\n\
+         add element inet hutch resolvers {{ \"{ifname}\" : jump {r} }}\n\
+         add chain ip hutch_nat {d}\n\
+         add element ip hutch_nat dns {{ \"{ifname}\" : jump {d} }}\n\
+         {}\n",
+        deletes.join("\n")
+    );
+    if run("nft", &["-f", "-"], &script).is_err() {
+        for line in &deletes {
+            let _ = run("nft", &["-f", "-"], line);
+        }
     }
-    let _ = run("ip", &["netns", "delete", &netns_name(slot)], "");
+    if Path::new("/run/netns").join(netns_name(slot)).exists() {
+        let _ = run("ip", &["netns", "delete", &netns_name(slot)], "");
+    }
     // A veth whose namespace went some other way leaves its host end only if both did not go.
-    let _ = run("ip", &["link", "delete", &ifname], "");
+    if Path::new("/sys/class/net").join(&ifname).exists() {
+        let _ = run("ip", &["link", "delete", &ifname], "");
+    }
     let _ = std::fs::remove_file(slot_file(slot));
 }
 
@@ -368,9 +425,14 @@ fn remove_locked(slot: u32) {
 fn wire(a: &Attachment) -> Result<()> {
     let ns = a.netns();
     let ifname = a.host_interface();
-    // A namespace left by a crash between slot and wiring would make `add` fail.
-    let _ = run("ip", &["netns", "delete", &ns], "");
-    let _ = run("ip", &["link", "delete", &ifname], "");
+    // A namespace left by a crash between slot and wiring would make `add` fail (looked
+    // for first: each `ip` is a process).
+    if Path::new("/run/netns").join(&ns).exists() {
+        let _ = run("ip", &["netns", "delete", &ns], "");
+    }
+    if Path::new("/sys/class/net").join(&ifname).exists() {
+        let _ = run("ip", &["link", "delete", &ifname], "");
+    }
     run(
         "ip",
         &["-batch", "-"],
@@ -396,21 +458,22 @@ fn wire(a: &Attachment) -> Result<()> {
     )
 }
 
-/// The tables every sandbox shares, made once (under the lock); the fenced set is
-/// refreshed with this process's settings (elements only ever added: other homes' ranges
-/// stay fenced too).
-fn ensure_base(settings: &NetSettings) -> Result<String> {
-    static CHECKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    // Checked once per process (each check is a process or two, a few ms of every create).
-    if !CHECKED.load(std::sync::atomic::Ordering::Acquire) {
-        if !base_exists() {
-            run("nft", &["-f", "-"], BASE_RULESET)?;
-        } else if !resolvers_map_exists() {
-            // Tables made by a Hutch from before host-name rules: add what they lack.
-            run("nft", &["-f", "-"], RESOLVERS_MIGRATION)?;
-        }
-        CHECKED.store(true, std::sync::atomic::Ordering::Release);
+/// The tables every sandbox shares, made once (under the lock), or brought up to date.
+fn ensure_base() -> Result<()> {
+    if !base_exists() {
+        run("nft", &["-f", "-"], BASE_RULESET)
+    } else if !resolvers_map_exists() {
+        // Tables made by a Hutch from before host-name rules: add what they lack.
+        run("nft", &["-f", "-"], RESOLVERS_MIGRATION)
+    } else {
+        Ok(())
     }
+}
+
+/// IPv4 forwarding on, and the fenced ranges of this process's settings as the first
+/// statement of a sandbox's transaction (elements only ever added: other homes' ranges stay
+/// fenced too).
+fn fence(settings: &NetSettings) -> Result<String> {
     // IPv4 forwarding: the sandboxes' traffic is routed through the host.
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| RuntimeError::io("enabling IPv4 forwarding", e))?;
