@@ -171,7 +171,12 @@ impl Runsc {
         network: bool,
     ) -> Result<Child> {
         let mut cmd = self.command();
-        if network {
+        // `HUTCH_RUNSC_NETWORK=host` hands a networked sandbox's sockets to the host kernel
+        // inside its namespace: for measuring netstack against it (docs/benchmarks.md), not
+        // for use (the host's whole TCP/IP stack becomes attack surface).
+        if network && std::env::var("HUTCH_RUNSC_NETWORK").as_deref() == Ok("host") {
+            cmd.arg("--network=host");
+        } else if network {
             cmd.arg("--network=sandbox");
             let paths = SysctlPaths::new()?;
             // SAFETY: the closure runs in the forked child before exec and only makes raw
