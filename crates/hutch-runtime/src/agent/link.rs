@@ -121,22 +121,51 @@ const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PENDING: usize = 8;
 
 /// Reads the agent's preface (see [`hutch_wire::AGENT_PREFACE_TAG`]) and checks the secret.
-async fn authenticate(stream: &mut tokio::net::UnixStream, secret: &str) -> bool {
+/// How a connection to the agent socket opened.
+#[derive(Debug, PartialEq, Eq)]
+enum Preface {
+    /// It proved to be the agent.
+    Proven,
+    /// It closed before sending a byte: an agent that exited while dialling (a one-shot
+    /// sandbox whose command ended first). Nothing was attempted.
+    Closed,
+    /// A wrong or partial preface, or none in time.
+    Refused,
+}
+
+async fn authenticate(stream: &mut tokio::net::UnixStream, secret: &str) -> Preface {
     use tokio::io::AsyncReadExt;
     let tag = hutch_wire::AGENT_PREFACE_TAG;
     let mut preface = vec![0u8; tag.len() + hutch_wire::AGENT_SECRET_LEN + 1];
-    let read = tokio::time::timeout(PREFACE_TIMEOUT, stream.read_exact(&mut preface)).await;
-    if !matches!(read, Ok(Ok(_))) {
-        return false;
+    let mut got = 0;
+    let read = tokio::time::timeout(PREFACE_TIMEOUT, async {
+        while got < preface.len() {
+            match stream.read(&mut preface[got..]).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got += n,
+            }
+        }
+        true
+    })
+    .await;
+    match read {
+        Ok(true) => {}
+        Ok(false) if got == 0 => return Preface::Closed,
+        _ => return Preface::Refused,
     }
     let expected = [tag, secret.as_bytes(), b"\n"].concat();
     // Constant time: the comparison does not stop at the first wrong byte.
-    expected.len() == preface.len()
+    let same = expected.len() == preface.len()
         && expected
             .iter()
             .zip(&preface)
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+            == 0;
+    if same {
+        Preface::Proven
+    } else {
+        Preface::Refused
+    }
 }
 
 impl AgentLink {
@@ -188,13 +217,21 @@ impl AgentLink {
                 let secret = secret.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    if let Some(secret) = &secret
-                        && !authenticate(&mut stream, secret).await
-                    {
-                        tracing::warn!(
-                            "refused a connection to an agent socket that did not prove to be the agent"
-                        );
-                        return;
+                    if let Some(secret) = &secret {
+                        match authenticate(&mut stream, secret).await {
+                            Preface::Proven => {}
+                            Preface::Closed => {
+                                tracing::debug!("a connection to the agent socket closed unsent");
+                                return;
+                            }
+                            Preface::Refused => {
+                                tracing::warn!(
+                                    "refused a connection to an agent socket that did not prove \
+                                     to be the agent"
+                                );
+                                return;
+                            }
+                        }
                     }
                     let Some(inner) = weak.upgrade() else {
                         return;
@@ -282,6 +319,31 @@ impl AgentLink {
 mod tests {
     use super::*;
     use crate::error::AgentUnreachable;
+
+    #[tokio::test]
+    async fn a_connection_proves_itself_closes_unsent_or_is_refused() {
+        use tokio::io::AsyncWriteExt;
+        let secret = "s".repeat(hutch_wire::AGENT_SECRET_LEN);
+        let preface = [hutch_wire::AGENT_PREFACE_TAG, secret.as_bytes(), b"\n"].concat();
+        let (mut ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
+        theirs.write_all(&preface).await.unwrap();
+        assert_eq!(authenticate(&mut ours, &secret).await, Preface::Proven);
+        // An agent gone before it said anything: not an attempt.
+        let (mut ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        drop(theirs);
+        assert_eq!(authenticate(&mut ours, &secret).await, Preface::Closed);
+        // Half a preface, or a wrong one: refused.
+        let (mut ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
+        theirs.write_all(&preface[..10]).await.unwrap();
+        drop(theirs);
+        assert_eq!(authenticate(&mut ours, &secret).await, Preface::Refused);
+        let (mut ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
+        let mut wrong = preface.clone();
+        let last = wrong.len() - 2;
+        wrong[last] ^= 1;
+        theirs.write_all(&wrong).await.unwrap();
+        assert_eq!(authenticate(&mut ours, &secret).await, Preface::Refused);
+    }
 
     #[tokio::test]
     async fn an_agent_that_never_dials_is_reported_as_never_connected() {
