@@ -23,9 +23,9 @@ use tokio::net::TcpStream;
 use crate::http::{self, ApiError, Body};
 
 /// Streams open at once; each holds a socket and up to `QUEUED` chunks of `CHUNK` bytes.
-pub const MAX_STREAMS: usize = 512;
-const CHUNK: usize = 64 * 1024;
-const QUEUED: usize = 4;
+pub const MAX_STREAMS: usize = 256;
+const CHUNK: usize = 256 * 1024;
+const QUEUED: usize = 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Streams open now; a stream's slot is given back when both its pumps are done.
