@@ -8,9 +8,10 @@
 //! It runs in the process that owns the backend (`hutch serve`); a restarted server starts
 //! it again when it adopts the sandbox. While no server runs, such sandboxes have no DNS.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
@@ -35,6 +36,56 @@ const MAX_MESSAGE: usize = 4096;
 pub struct Resolver {
     task: JoinHandle<()>,
     policy: Arc<RwLock<ParsedPolicy>>,
+    admitted: Arc<Admitted>,
+}
+
+/// Addresses already in the sandbox's sets, with when their admission ends. A sandbox that
+/// asks for the same name again and again would otherwise start an `nft` process per
+/// answer on the host; an address is admitted again only once half its time is gone.
+#[derive(Default)]
+pub struct Admitted(std::sync::Mutex<HashMap<(Ipv4Addr, NameVerdict), Instant>>);
+
+/// Admissions remembered per sandbox; past it the expired are dropped, then all.
+const ADMITTED_MAX: usize = 4096;
+
+impl Admitted {
+    /// Of `entries`, those the sets need (new, or past half their time), remembered as
+    /// admitted from `now`.
+    pub fn needed(
+        &self,
+        entries: Vec<(Ipv4Addr, NameVerdict, u32)>,
+        now: Instant,
+    ) -> Vec<(Ipv4Addr, NameVerdict, u32)> {
+        let Ok(mut known) = self.0.lock() else {
+            return entries;
+        };
+        if known.len() >= ADMITTED_MAX {
+            known.retain(|_, until| *until > now);
+            if known.len() >= ADMITTED_MAX {
+                known.clear();
+            }
+        }
+        entries
+            .into_iter()
+            .filter(|&(ip, verdict, ttl)| {
+                let ttl = Duration::from_secs(u64::from(ttl));
+                let fresh = known
+                    .get(&(ip, verdict))
+                    .is_some_and(|until| until.saturating_duration_since(now) > ttl / 2);
+                if !fresh {
+                    known.insert((ip, verdict), now + ttl);
+                }
+                !fresh
+            })
+            .collect()
+    }
+
+    /// Forgets everything: the sets were emptied (a new policy).
+    pub fn clear(&self) {
+        if let Ok(mut known) = self.0.lock() {
+            known.clear();
+        }
+    }
 }
 
 impl Drop for Resolver {
@@ -62,8 +113,9 @@ impl Resolver {
                 .map_err(|e| RuntimeError::io("setting up the resolver's socket", e))?,
         );
         let policy = Arc::new(RwLock::new(policy));
+        let admitted = Arc::new(Admitted::default());
         let (slot, sandbox) = (a.slot, a.address);
-        let shared = Arc::clone(&policy);
+        let (shared, known) = (Arc::clone(&policy), Arc::clone(&admitted));
         let task = tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(IN_FLIGHT));
             let mut buf = vec![0u8; MAX_MESSAGE];
@@ -80,25 +132,35 @@ impl Resolver {
                     continue;
                 };
                 let query = buf[..n].to_vec();
-                let (socket, policy, audit) =
-                    (Arc::clone(&socket), Arc::clone(&shared), audit.clone());
+                let (socket, policy, audit, known) = (
+                    Arc::clone(&socket),
+                    Arc::clone(&shared),
+                    audit.clone(),
+                    Arc::clone(&known),
+                );
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let answered = resolve(slot, upstream, &policy, audit.as_deref(), &query);
+                    let answered =
+                        resolve(slot, upstream, &policy, &known, audit.as_deref(), &query);
                     if let Some(answer) = answered.await {
                         let _ = socket.send_to(&answer, src).await;
                     }
                 });
             }
         });
-        Ok(Self { task, policy })
+        Ok(Self {
+            task,
+            policy,
+            admitted,
+        })
     }
 
-    /// The policy the next answers are judged by.
+    /// The policy the next answers are judged by (its `apply` emptied the sets).
     pub fn set_policy(&self, policy: ParsedPolicy) {
         if let Ok(mut p) = self.policy.write() {
             *p = policy;
         }
+        self.admitted.clear();
     }
 }
 
@@ -106,6 +168,7 @@ async fn resolve(
     slot: u32,
     upstream: Ipv4Addr,
     policy: &RwLock<ParsedPolicy>,
+    known: &Admitted,
     audit: Option<&AuditLog>,
     query: &[u8],
 ) -> Option<Vec<u8>> {
@@ -127,9 +190,12 @@ async fn resolve(
     })
     .await
     .ok()??;
+    // An answer the resolver cannot read goes back as it came, admitting nothing.
+    let Some(msg) = parse(&answer) else {
+        return Some(answer);
+    };
     // The audit log names the addresses it sees by what they were answered for.
     if let Some(audit) = audit
-        && let Some(msg) = parse(&answer)
         && let Some(name) = msg.questions.first()
     {
         for r in &msg.records {
@@ -140,7 +206,7 @@ async fn resolve(
     }
     let admitted = {
         let policy = policy.read().ok()?;
-        admissions(&policy, &answer)
+        known.needed(admissions(&policy, &msg), Instant::now())
     };
     if !admitted.is_empty() {
         // Admitted before the answer goes back: the connection that follows it passes.
@@ -156,10 +222,7 @@ async fn resolve(
 /// The addresses `answer` gives for names of the policy, with the verdict and how long. A
 /// name anywhere in the answer's chain (the question, CNAME owners and targets) speaks for
 /// every address in it; `deny_out` wins.
-pub fn admissions(policy: &ParsedPolicy, answer: &[u8]) -> Vec<(Ipv4Addr, NameVerdict, u32)> {
-    let Some(msg) = parse(answer) else {
-        return Vec::new();
-    };
+pub fn admissions(policy: &ParsedPolicy, msg: &Message) -> Vec<(Ipv4Addr, NameVerdict, u32)> {
     let mut verdict = None;
     for name in msg.names() {
         match policy.name_verdict(name) {
@@ -361,7 +424,7 @@ mod tests {
     fn names_of_the_policy_admit_their_addresses_for_their_ttl() {
         let a = answer("web.test", "cdn.example", &[[1, 2, 3, 4], [1, 2, 3, 5]], 0);
         assert_eq!(
-            admissions(&policy(&["web.test"], &[]), &a),
+            admissions(&policy(&["web.test"], &[]), &parse(&a).unwrap()),
             [
                 (Ipv4Addr::new(1, 2, 3, 4), NameVerdict::Allow, MIN_TTL),
                 (Ipv4Addr::new(1, 2, 3, 5), NameVerdict::Allow, MIN_TTL)
@@ -370,13 +433,54 @@ mod tests {
         // The CNAME's target names them too, and deny wins.
         let both = policy(&["web.test"], &["cdn.example"]);
         assert!(
-            admissions(&both, &a)
+            admissions(&both, &parse(&a).unwrap())
                 .iter()
                 .all(|e| e.1 == NameVerdict::Deny)
         );
-        assert!(admissions(&policy(&["other.test"], &[]), &a).is_empty());
+        assert!(admissions(&policy(&["other.test"], &[]), &parse(&a).unwrap()).is_empty());
         let long = answer("web.test", "cdn.example", &[[1, 2, 3, 4]], u32::MAX);
-        assert_eq!(admissions(&policy(&["web.test"], &[]), &long)[0].2, MAX_TTL);
+        assert_eq!(
+            admissions(&policy(&["web.test"], &[]), &parse(&long).unwrap())[0].2,
+            MAX_TTL
+        );
+    }
+
+    #[test]
+    fn a_repeated_answer_admits_again_only_past_half_its_time() {
+        let known = Admitted::default();
+        let ip = Ipv4Addr::new(1, 2, 3, 4);
+        let t0 = Instant::now();
+        let entry = vec![(ip, NameVerdict::Allow, 60)];
+        assert_eq!(known.needed(entry.clone(), t0).len(), 1);
+        // The same answer a moment later starts no `nft` process.
+        assert!(
+            known
+                .needed(entry.clone(), t0 + Duration::from_secs(1))
+                .is_empty()
+        );
+        assert!(
+            known
+                .needed(entry.clone(), t0 + Duration::from_secs(29))
+                .is_empty()
+        );
+        // Past half its TTL, it is refreshed; another verdict is its own entry.
+        assert_eq!(
+            known
+                .needed(entry.clone(), t0 + Duration::from_secs(31))
+                .len(),
+            1
+        );
+        assert_eq!(known.needed(vec![(ip, NameVerdict::Deny, 60)], t0).len(), 1);
+        // A new policy emptied the sets: everything is admitted again.
+        known.clear();
+        assert_eq!(known.needed(entry, t0 + Duration::from_secs(32)).len(), 1);
+        // Bounded: a flood of distinct addresses never holds more than the bound.
+        let many: Vec<_> = (0..(ADMITTED_MAX as u32 + 100))
+            .map(|i| (Ipv4Addr::from(i), NameVerdict::Allow, 60))
+            .collect();
+        let _ = known.needed(many.clone(), t0);
+        let _ = known.needed(many, t0);
+        assert!(known.0.lock().unwrap().len() <= ADMITTED_MAX + 100);
     }
 
     #[test]

@@ -149,7 +149,7 @@ pub struct ParsedPolicy {
 }
 
 /// What a name in a DNS answer does to its addresses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum NameVerdict {
     Allow,
     Deny,
