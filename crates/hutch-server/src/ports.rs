@@ -36,7 +36,7 @@ const RESPONSE_HEAD: Duration = Duration::from_secs(300);
 use crate::proxy::HOP_BY_HOP;
 
 /// The sandbox's refusal to connect, as the client should see it.
-fn connect_failed(id: &str, port: u16, e: RuntimeError) -> Response {
+fn connect_failed(id: &str, port: u16, e: &RuntimeError) -> Response {
     match e {
         RuntimeError::ProcessFailure { code, message } => {
             let (status, code) = match code.as_str() {
@@ -252,20 +252,7 @@ pub async fn forward(client: &PortClient, id: &str, port: u16, mut req: Request<
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
             return match refusal(&e) {
-                Some(RuntimeError::ProcessFailure { code, message }) => connect_failed(
-                    id,
-                    port,
-                    RuntimeError::ProcessFailure {
-                        code: code.clone(),
-                        message: message.clone(),
-                    },
-                ),
-                Some(other) => ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "SANDBOX_UNREACHABLE",
-                    format!("sandbox {id}: {other}"),
-                )
-                .into_response(),
+                Some(refused) => connect_failed(id, port, refused),
                 None => ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "PROXY_ERROR",
@@ -351,7 +338,7 @@ pub async fn tunnel(agent: AgentClient, id: &str, port: u16, mut req: Request<Bo
     };
     let tcp = match agent.tcp(port).await {
         Ok(tcp) => tcp,
-        Err(e) => return connect_failed(id, port, e),
+        Err(e) => return connect_failed(id, port, &e),
     };
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {

@@ -194,9 +194,8 @@ impl GvisorBackend {
         let Ok(settings) = &self.net else {
             return;
         };
-        net::audit::set_cidr(settings.cidr);
         let log = Arc::new(net::audit::AuditLog::default());
-        match net::audit::start(Arc::clone(&log)) {
+        match net::audit::start(Arc::clone(&log), settings.cidr) {
             Ok(()) => self.audit = Some(log),
             Err(e) => {
                 tracing::warn!(error = %e, "no egress audit log (is another hutch serve reading it?)")

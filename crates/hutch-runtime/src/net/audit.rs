@@ -412,9 +412,10 @@ fn configure(fd: &OwnedFd, group: u16, attr_kind: u16, payload: &[u8]) -> std::i
     Ok(())
 }
 
-/// Starts both readers into `log`. Fails when the group is taken (another server) or the
-/// kernel lacks NFLOG or conntrack events.
-pub fn start(log: Arc<AuditLog>) -> std::io::Result<()> {
+/// Starts both readers into `log`; `cidr` is the sandbox CIDR, which tells the conntrack
+/// reader whose connections are sandboxes'. Fails when every group is taken or the kernel
+/// lacks NFLOG or conntrack events.
+pub fn start(log: Arc<AuditLog>, cidr: super::Cidr) -> std::io::Result<()> {
     // Conntrack's byte counters are off by default.
     let _ = std::fs::write("/proc/sys/net/netfilter/nf_conntrack_acct", "1");
     // The first group nobody reads (binding a taken one fails).
@@ -437,57 +438,65 @@ pub fn start(log: Arc<AuditLog>) -> std::io::Result<()> {
     GROUP.store(group, std::sync::atomic::Ordering::Release);
     let conntrack = socket(1 << (NFNLGRP_CONNTRACK_DESTROY - 1))?;
     let verdicts = Arc::clone(&log);
-    std::thread::Builder::new()
-        .name("egress-nflog".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                let Ok(n) = recv(&nflog, &mut buf) else {
-                    // ENOBUFS: the kernel dropped some; go on.
-                    continue;
-                };
-                for (kind, body) in messages(&buf[..n]) {
-                    if kind == NFNL_SUBSYS_ULOG << 8 | NFULNL_MSG_PACKET
-                        && let Some((slot, verdict, packet)) = nflog_packet(body)
-                    {
-                        verdicts.record(slot, &packet, verdict);
-                    }
-                }
-            }
-        })?;
-    std::thread::Builder::new()
-        .name("egress-conntrack".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                let Ok(n) = recv(&conntrack, &mut buf) else {
-                    continue;
-                };
-                for (kind, body) in messages(&buf[..n]) {
-                    if kind == NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE
-                        && let Some(ended) = conntrack_ended(body)
-                        && let Some(slot) = slot_of(ended.src)
-                    {
-                        log.account(slot, &ended);
-                    }
-                }
-            }
-        })?;
-    Ok(())
+    read_forever("egress-nflog", nflog, move |kind, body| {
+        if kind == NFNL_SUBSYS_ULOG << 8 | NFULNL_MSG_PACKET
+            && let Some((slot, verdict, packet)) = nflog_packet(body)
+        {
+            verdicts.record(slot, &packet, verdict);
+        }
+    })?;
+    read_forever("egress-conntrack", conntrack, move |kind, body| {
+        if kind == NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE
+            && let Some(ended) = conntrack_ended(body)
+            && let Some(slot) = slot_of(cidr, ended.src)
+        {
+            log.account(slot, &ended);
+        }
+    })
 }
 
-/// The slot a sandbox address belongs to: filled in by [`set_cidr`].
-static CIDR: Mutex<Option<super::Cidr>> = Mutex::new(None);
+/// Reads netlink messages from `fd` on a thread of its own, for ever, handing each to
+/// `handle`.
+fn read_forever(
+    name: &str,
+    fd: OwnedFd,
+    mut handle: impl FnMut(u16, &[u8]) + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                match recv(&fd, &mut buf) {
+                    Ok(n) => {
+                        for (kind, body) in messages(&buf[..n]) {
+                            handle(kind, body);
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(pause) = pause_after(&e) {
+                            std::thread::sleep(pause);
+                        }
+                    }
+                }
+            }
+        })
+        .map(drop)
+}
 
-/// Tells the conntrack reader which addresses are sandboxes'.
-pub fn set_cidr(cidr: super::Cidr) {
-    if let Ok(mut c) = CIDR.lock() {
-        *c = Some(cidr);
+/// How long to wait after a failed read: not at all when messages were lost (ENOBUFS: the
+/// kernel's queue overflowed) or the call was interrupted; otherwise a pause, so a socket
+/// that fails for good cannot spin a CPU.
+fn pause_after(e: &std::io::Error) -> Option<std::time::Duration> {
+    match e.raw_os_error() {
+        Some(libc::ENOBUFS | libc::EINTR) => None,
+        _ => Some(std::time::Duration::from_millis(100)),
     }
 }
 
-fn slot_of(ip: Ipv4Addr) -> Option<u32> {
-    let cidr = (*CIDR.lock().ok()?)?;
+/// The slot whose sandbox has address `ip`: sandboxes are the second address of each /30
+/// of the sandbox CIDR.
+fn slot_of(cidr: super::Cidr, ip: Ipv4Addr) -> Option<u32> {
     if !cidr.contains(ip) {
         return None;
     }
@@ -567,10 +576,19 @@ mod tests {
             })
         );
         // Sandbox addresses are the second of each /30 of the CIDR.
-        set_cidr(super::super::Cidr::parse("10.213.0.0/16").unwrap());
-        assert_eq!(slot_of(Ipv4Addr::new(10, 213, 0, 6)), Some(1));
-        assert_eq!(slot_of(Ipv4Addr::new(10, 213, 0, 5)), None);
-        assert_eq!(slot_of(Ipv4Addr::new(10, 214, 0, 6)), None);
+        let cidr = super::super::Cidr::parse("10.213.0.0/16").unwrap();
+        assert_eq!(slot_of(cidr, Ipv4Addr::new(10, 213, 0, 6)), Some(1));
+        assert_eq!(slot_of(cidr, Ipv4Addr::new(10, 213, 0, 5)), None);
+        assert_eq!(slot_of(cidr, Ipv4Addr::new(10, 214, 0, 6)), None);
+    }
+
+    #[test]
+    fn a_broken_socket_pauses_the_reader_and_lost_messages_do_not() {
+        let err = std::io::Error::from_raw_os_error;
+        assert_eq!(pause_after(&err(libc::ENOBUFS)), None);
+        assert_eq!(pause_after(&err(libc::EINTR)), None);
+        assert!(pause_after(&err(libc::EBADF)).is_some());
+        assert!(pause_after(&std::io::Error::other("x")).is_some());
     }
 
     #[test]
