@@ -1,7 +1,8 @@
 # Developer tasks, in one place. Every target installs what it needs (idempotent).
 SHELL := /bin/bash
 APT_PACKAGES := runsc busybox-static debootstrap umoci skopeo hyperfine curl python3-venv \
-	docker-registry buildah apache2-utils attr libcap2-bin openssl nftables iproute2 conntrack
+	docker-registry buildah apache2-utils attr libcap2-bin openssl nftables iproute2 conntrack \
+	mmdebstrap
 FIXTURES ?= $(HOME)/.cache/hutch/fixtures
 DEMO_HOME ?= /tmp/hutch-demo
 # The Python SDK conformance suite (tests/python) runs in its own venv.
@@ -50,6 +51,8 @@ test: setup fixtures
 	@# time them here, before the parallel tests load the machine.
 	cargo build -q -p hutch-cli
 	d=$$(mktemp -d) && HUTCH_HOME=$$d target/debug/hutch info | grep -m1 'faster at process' || true; rm -rf $$d
+	@# The Debian default image's root filesystem, into the machine's cache once (mmdebstrap).
+	d=$$(mktemp -d) && HUTCH_HOME=$$d target/debug/hutch image default >/dev/null; rc=$$?; rm -rf $$d; exit $$rc
 	cargo nextest run --workspace --no-fail-fast
 	$(MAKE) pytest
 
@@ -77,9 +80,10 @@ lint:
 
 ## demo: the main job: `hutch serve` with embedded state, then python3 in a gVisor sandbox
 ## created through its API (the server is stopped afterwards; sandboxes would outlive it).
-demo: setup fixtures build
-	@HUTCH_HOME=$(DEMO_HOME) target/release/hutch image ls | grep -q '^debian:latest' || \
-	  HUTCH_HOME=$(DEMO_HOME) target/release/hutch image import $(FIXTURES)/debian --name debian
+demo: setup build
+	@# The default image (Debian with python3, pip, git...): built with mmdebstrap the first
+	@# time (under a minute, progress below), cached machine-wide after that.
+	HUTCH_HOME=$(DEMO_HOME) target/release/hutch image default >/dev/null
 	bash scripts/demo.sh target/release/hutch $(DEMO_HOME)
 
 ## bench: figures against raw runsc (see docs/benchmarks.md)

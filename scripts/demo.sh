@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job: start `hutch serve` over HOME, create a Debian sandbox through the API, run
+# The main job: start `hutch serve` over HOME, create a sandbox of the default (Debian) image
+# through the API, run
 # python3 in it, remove it, stop the server. Idempotent; used by `make demo`.
 # usage: scripts/demo.sh HUTCH_BINARY HOME
 set -euo pipefail
@@ -14,7 +15,7 @@ for _ in $(seq 200); do
 	kill -0 "$SERVER" 2>/dev/null || { cat "$HUTCH_HOME/serve.log" >&2; exit 1; }
 	sleep 0.05
 done
-ID="$("$HUTCH" sbx create --image debian:latest --timeout 300)"
+ID="$("$HUTCH" sbx create --timeout 300)"
 trap '"$HUTCH" sbx rm "$ID" >/dev/null 2>&1 || true; kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true' EXIT
 echo "sandbox $ID is running"
 "$HUTCH" sbx exec "$ID" -- python3 -c 'import platform; print("hello from python", platform.python_version(), "in a gVisor sandbox")'

@@ -21,7 +21,7 @@ def _hutch(binary: Path, home: Path, *args: str) -> subprocess.CompletedProcess:
 def test_a_template_starts_sandboxes_by_name(hutch_server, hutch_bin, client, unique_name):
     with tempfile.TemporaryDirectory() as context:
         Path(context, "Dockerfile").write_text(
-            "FROM hutch/default\n"
+            "FROM hutch/minimal\n"
             "ENV GREETING=from-template\n"
             "WORKDIR /srv\n"
             "RUN echo built > /srv/built.txt\n"
@@ -56,7 +56,7 @@ def test_the_python_sdk_builds_lists_and_deletes_a_legacy_image(
     # loopback server accepts any key.
     monkeypatch.setenv("TENSORLAKE_API_URL", hutch_server.api_url)
     monkeypatch.setenv("TENSORLAKE_API_KEY", "local-test")
-    (tmp_path / "Dockerfile").write_text("FROM hutch/default\nRUN echo sdk-built > /sdk.txt\n")
+    (tmp_path / "Dockerfile").write_text("FROM hutch/minimal\nRUN echo sdk-built > /sdk.txt\n")
     events = []
     registered = build_sandbox_image(
         str(tmp_path / "Dockerfile"),

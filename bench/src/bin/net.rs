@@ -189,6 +189,7 @@ fn main() -> anyhow::Result<()> {
     let log = std::fs::File::create(home.path().join("serve.log"))?;
     let import = Command::new(&hutch)
         .env("HUTCH_HOME", home.path())
+        .env("HUTCH_DEFAULT_IMAGE", "hutch/minimal")
         .args(["image", "import"])
         .arg(cli::fixtures_dir().join("debian"))
         .args(["--name", IMAGE])
@@ -203,6 +204,7 @@ fn main() -> anyhow::Result<()> {
     let _server = Kill(
         Command::new(&hutch)
             .env("HUTCH_HOME", home.path())
+            .env("HUTCH_DEFAULT_IMAGE", "hutch/minimal")
             .args([
                 "serve",
                 "--listen",

@@ -42,6 +42,7 @@ impl Serve {
         let log = std::fs::File::create(home.join("serve.log"))?;
         let child = Command::new(hutch)
             .env("HUTCH_HOME", home)
+            .env("HUTCH_DEFAULT_IMAGE", "hutch/minimal")
             .env("HUTCH_INSECURE_REGISTRIES", registry)
             .args(["serve", "--listen", &format!("127.0.0.1:{api_port}")])
             .args(["--proxy-listen", &format!("127.0.0.1:{proxy_port}")])

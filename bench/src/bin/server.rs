@@ -27,7 +27,7 @@ use hutch_wire::StartProcess;
 use hyper::Request;
 use stats::{Samples, ms, ratio};
 
-const IMAGE: &str = "hutch/default:latest";
+const IMAGE: &str = "hutch/minimal:latest";
 
 /// One of the server's listeners (its port), reached on the pooled, kept-alive client the
 /// CLI uses.
@@ -62,6 +62,7 @@ fn main() -> anyhow::Result<()> {
     let log = std::fs::File::create(home.path().join("serve.log"))?;
     let mut server = Command::new(&hutch)
         .env("HUTCH_HOME", home.path())
+        .env("HUTCH_DEFAULT_IMAGE", "hutch/minimal")
         .args([
             "serve",
             "--listen",

@@ -20,7 +20,10 @@ pub use lifecycle::{
     ListSandboxesResponse, NetworkConfig, ResizeSandboxResources, SandboxAccepted, SandboxAction,
     SandboxInfo, SandboxStatus, TerminationReason, UpdateSandboxRequest,
 };
-pub use native::{EgressEntry, EgressLog, EgressVerdict, Health, PullImageRequest};
+pub use native::{
+    DefaultImageStatus, EgressEntry, EgressLog, EgressVerdict, Health, ImageBuildState,
+    PullImageRequest,
+};
 pub use platform::{
     BuildParent, BuildState, BuilderSpec, CompleteBuildRequest, ImageCatalog, KeyIntrospection,
     NodeKind, Pagination, ParentTemplateRef, PrepareBuildRequest, PrepareBuildResponse, Template,

@@ -64,3 +64,40 @@ pub struct EgressLog {
     /// Pass as `after` to get only what came since.
     pub last_seq: u64,
 }
+
+/// Where the build of the server's default image stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageBuildState {
+    /// In the store: creates use it at once.
+    Ready,
+    /// Being built; creates that need it wait (pending).
+    Building,
+    /// The last build failed (`error`); the next create that needs it starts another.
+    Failed,
+}
+
+/// `GET /hutch/v1/default-image`: the image a create that names none gets, and its build.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DefaultImageStatus {
+    /// The store name (`hutch/debian:bookworm` unless `hutch serve --default-image` says
+    /// otherwise).
+    pub image: String,
+    pub state: ImageBuildState,
+    /// What the build does now (`update`, `download`, `extract`, `install`, `clean`,
+    /// `pack`, `import`), while building.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Phases done, of `steps`.
+    pub step: u32,
+    pub steps: u32,
+    /// Whether the root filesystem came from the machine's cache (no download).
+    pub cached: bool,
+    /// Milliseconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

@@ -79,7 +79,16 @@ pub async fn build_image(
     let progress = Progress::new(std::io::stderr().is_terminal());
     let events = |event: BuildEvent| progress.handle(event);
     let templates = hutch_state::templates::Templates::open(&crate::home(), store.clone())?;
-    let resolve = move |name: &str| templates.image_of(name);
+    let store_for_builtins = store.clone();
+    let resolve = move |name: &str| {
+        templates.image_of(name).or_else(|| {
+            let builtin =
+                hutch_state::default_image::builtin(name, hutch_state::debian_image::DEBIAN_IMAGE)?;
+            crate::image::builtin(&store_for_builtins, &builtin)
+                .ok()
+                .map(|i| i.name)
+        })
+    };
     // RUN sandboxes of builds killed midway (by this CLI or a server) end here.
     let swept = hutch_build::engine::sweep_orphans(&backend).await;
     if swept > 0 {

@@ -24,6 +24,11 @@ pub enum ImageCommand {
         #[arg(long)]
         name: String,
     },
+    /// Build the Debian image creates get by default (`hutch/debian:bookworm`: python3, pip,
+    /// venv, bash, git, curl...) with mmdebstrap from Debian's packages, unless the store has
+    /// it; the root filesystem is cached machine-wide, so other state directories import it
+    /// without downloading. Progress goes to stderr.
+    Default,
     /// Import every image an archive names (OCI archive or layout, `docker save` archive),
     /// under the names it gives them; prints each name loaded.
     Load { path: PathBuf },
@@ -85,6 +90,11 @@ pub async fn dispatch(cmd: ImageCommand) -> anyhow::Result<u8> {
         ImageCommand::Build(args) => crate::build::build_cmd(&store, args).await,
         ImageCommand::Import { path, name } => import(&store, &path, &name),
         ImageCommand::Load { path } => load(&store, &path),
+        ImageCommand::Default => {
+            let image = builtin(&store, hutch_state::debian_image::DEBIAN_IMAGE)?;
+            println!("{}\t{}", image.name, image.id);
+            Ok(0)
+        }
         ImageCommand::Save { name, output } => save(&store, &name, &output),
         ImageCommand::Ls { json, all } => ls(&store, json, all),
         ImageCommand::Inspect { name, json } => inspect(&store, &name, json),
@@ -92,6 +102,46 @@ pub async fn dispatch(cmd: ImageCommand) -> anyhow::Result<u8> {
         ImageCommand::Prune => prune(&store),
         ImageCommand::Fsck { repair, json } => fsck(&store, repair, json),
     }
+}
+
+/// The built-in image `name` (a store name [`hutch_state::default_image::builtin`] gave),
+/// made now if the store lacks it: the busybox ones from `/bin/busybox`, the Debian one with
+/// mmdebstrap, its phases on stderr.
+pub fn builtin(store: &Store, name: &str) -> anyhow::Result<hutch_store::Image> {
+    use hutch_state::{debian_image, default_image};
+    if let Ok(image) = store.image(name) {
+        return Ok(image);
+    }
+    let busybox = Path::new("/bin/busybox");
+    Ok(match name {
+        default_image::MINIMAL_IMAGE => default_image::ensure(store, busybox)?,
+        default_image::BUILDER_IMAGE => default_image::ensure_builder(store, busybox)?,
+        _ => {
+            let started = std::time::Instant::now();
+            let tar = debian_image::ensure_tarball(
+                &debian_image::Recipe::current(),
+                &mut |phase, step, cached| {
+                    if cached {
+                        eprintln!("{name}: root filesystem from the cache");
+                    } else {
+                        eprintln!(
+                            "{name}: [{}/{}] {phase} ({:.0?})",
+                            step + 1,
+                            debian_image::STEPS,
+                            started.elapsed()
+                        );
+                    }
+                },
+            )?;
+            eprintln!(
+                "{name}: [{}/{}] import ({:.0?})",
+                debian_image::STEPS,
+                debian_image::STEPS,
+                started.elapsed()
+            );
+            debian_image::import(store, &tar, name)?
+        }
+    })
 }
 
 fn import(store: &Store, path: &Path, name: &str) -> anyhow::Result<u8> {

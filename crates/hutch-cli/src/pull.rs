@@ -103,6 +103,12 @@ pub async fn resolve(
     policy: PullPolicy,
     args: &RegistryArgs,
 ) -> anyhow::Result<Image> {
+    // Built-in images (and `hutch/default`, the Debian one here) are made, never pulled.
+    if let Some(name) =
+        hutch_state::default_image::builtin(reference, hutch_state::debian_image::DEBIAN_IMAGE)
+    {
+        return crate::image::builtin(store, &name);
+    }
     let name = store_name(reference);
     match (policy, store.image(&name)) {
         (PullPolicy::Never, found) => Ok(found?),

@@ -88,9 +88,15 @@ pub struct ServeArgs {
     /// [default: $HUTCH_DENY_CIDR]
     #[arg(long = "deny-cidr", value_name = "CIDR")]
     deny_cidr: Vec<String>,
-    /// Static busybox the built-in default image is made from.
+    /// Static busybox the built-in `hutch/minimal` and builder images are made from.
     #[arg(long, default_value = "/bin/busybox")]
     busybox: PathBuf,
+    /// The image creates that name none get (and `hutch/default`, `tensorlake/ubuntu-minimal`
+    /// name): the built-in Debian image (made with mmdebstrap on first need, cached
+    /// machine-wide), `hutch/minimal` (busybox), or any image the store has or can pull.
+    #[arg(long, env = "HUTCH_DEFAULT_IMAGE", value_name = "NAME",
+          default_value = hutch_state::debian_image::DEBIAN_IMAGE)]
+    default_image: String,
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
@@ -118,6 +124,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         require_keys: args.require_keys,
         public_url: args.public_url,
         busybox: args.busybox,
+        default_image: args.default_image,
         limits: Limits {
             max_sandboxes: args.max_sandboxes.max(1),
             max_queued: args.max_queued,

@@ -326,7 +326,7 @@ fn run_trusts_only_the_server_that_proves_the_secret() {
     let run = || {
         home.hutch()
             .env_remove("HUTCH_SERVER")
-            .args(["run", "hutch/default", "--", "echo", "hi"])
+            .args(["run", "hutch/minimal", "--", "echo", "hi"])
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap()

@@ -130,7 +130,7 @@ fn run_uses_the_server_it_finds_and_survives_its_restart() {
             "GREETING=hello",
             "-w",
             "/tmp",
-            "hutch/default",
+            "hutch/minimal",
             "--",
             "sh",
             "-c",
@@ -153,7 +153,7 @@ fn run_uses_the_server_it_finds_and_survives_its_restart() {
     let out = home
         .hutch()
         .env("HUTCH_SERVER", &url)
-        .args(["run", "--local", "hutch/default", "--", "echo", "local"])
+        .args(["run", "--local", "hutch/minimal", "--", "echo", "local"])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
@@ -171,7 +171,7 @@ fn run_uses_the_server_it_finds_and_survives_its_restart() {
     // reattaches, loses no line and doubles none, and exits with the command's code.
     let child = run(
         &[
-            "hutch/default",
+            "hutch/minimal",
             "--",
             "sh",
             "-c",
@@ -191,7 +191,7 @@ fn run_uses_the_server_it_finds_and_survives_its_restart() {
     let out = home
         .hutch()
         .env("HUTCH_SERVER", "http://127.0.0.1:1")
-        .args(["run", "hutch/default", "--", "true"])
+        .args(["run", "hutch/minimal", "--", "true"])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();

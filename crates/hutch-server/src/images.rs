@@ -45,16 +45,27 @@ fn pull_failed(reference: &str, e: &RegistryError) -> ApiError {
     )
 }
 
+fn store_has(app: &App, name: &str) -> bool {
+    app.sandboxes.store().image(name).is_ok()
+}
+
 /// The store name of `reference`, pulling it first when the store lacks it.
 pub async fn ensure(app: &App, reference: &str) -> Result<String, ApiError> {
-    // The built-in images are made here, never pulled.
-    for builtin in [
-        hutch_state::default_image::DEFAULT_IMAGE,
-        hutch_state::default_image::BUILDER_IMAGE,
-    ] {
-        if reference == builtin || format!("{reference}:latest") == builtin {
-            return Ok(builtin.to_string());
+    // The built-in images and the default's aliases are made here, never pulled.
+    let default = app.sandboxes.default_image();
+    if let Some(name) = hutch_state::default_image::builtin(reference, default) {
+        if app.sandboxes.default_images().builds(&name) || store_has(app, &name) {
+            return Ok(name);
         }
+        if name != default {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "image_not_found",
+                format!("built-in image {name:?} is missing from the store"),
+            ));
+        }
+        // A default named by --default-image that is not there yet: pulled like any image.
+        return Box::pin(ensure(app, &name)).await;
     }
     let parsed = Reference::parse(reference).map_err(|e| pull_failed(reference, &e))?;
     let name = parsed.store_name();

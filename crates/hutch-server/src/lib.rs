@@ -50,8 +50,10 @@ pub struct ServeConfig {
     /// Where clients reach the server from elsewhere: its host is served besides loopback
     /// and `*.localhost`/`*.local` names (DNS-rebinding defence, see `csrf`).
     pub public_url: Option<String>,
-    /// The static busybox the default image is made from.
+    /// The static busybox the `hutch/minimal` and builder images are made from.
     pub busybox: PathBuf,
+    /// The image creates that name none get (see `hutch serve --default-image`).
+    pub default_image: String,
     pub limits: Limits,
     /// When a create that names an image pulls it.
     pub pull_policy: hutch_registry::PullPolicy,
@@ -99,6 +101,7 @@ pub async fn serve(
     } = State::start(
         &config.home,
         &config.busybox,
+        &config.default_image,
         config.limits.clone(),
         backend,
         store,

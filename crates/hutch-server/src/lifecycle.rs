@@ -62,6 +62,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/openapi.json", get(crate::openapi::document))
         .route("/healthz", get(healthz))
         .route("/hutch/v1/sandboxes/{id}/egress", get(egress_log))
+        .route("/hutch/v1/default-image", get(default_image))
         .route("/hutch/v1/images/pull", post(crate::images::pull))
         .route("/hutch/v1/images/{*name}", get(image));
     crate::platform::routes(router)
@@ -391,7 +392,8 @@ async fn create(
     let image = match (&template, &body.image) {
         (Some(t), _) => Some(t.image.clone()),
         (None, Some(reference)) => Some(crate::images::ensure(&app, reference).await?),
-        (None, None) => None,
+        // The default image: built here, or pulled if `--default-image` names a registry's.
+        (None, None) => Some(crate::images::ensure(&app, app.sandboxes.default_image()).await?),
     };
     // A sandbox from a template starts its ENTRYPOINT and CMD unless told otherwise.
     let entrypoint = match (&body.entrypoint, &template) {
@@ -556,6 +558,11 @@ fn termination_reason(row: &SandboxRow) -> Option<TerminationReason> {
     reason
 }
 
+/// The default image and where its build stands.
+async fn default_image(State(app): State<Arc<App>>, _: Caller) -> Response {
+    axum::Json(app.sandboxes.default_images().status()).into_response()
+}
+
 /// The image record a client needs to run the image's own ENTRYPOINT and CMD.
 async fn image(
     State(app): State<Arc<App>>,
@@ -567,6 +574,18 @@ async fn image(
         Some(t) => t.image,
         None => hutch_registry::store_name(&name),
     };
+    let name = app.sandboxes.image_name(Some(&name));
+    // The default image may still be building: its record comes when it is built.
+    let images = app.sandboxes.default_images();
+    if images.builds(&name) {
+        images.ready().await.map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "default_image_failed",
+                format!("the default image could not be built: {e}"),
+            )
+        })?;
+    }
     let image = app.sandboxes.image(Some(&name))?;
     Ok(axum::Json(image).into_response())
 }

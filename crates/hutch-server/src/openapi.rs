@@ -43,6 +43,7 @@ localhost, *.localhost, *.local or the server's --public-url).";
         routes::sandbox_action,
         routes::sandbox_egress,
         routes::hutch_sandbox_egress,
+        routes::default_image,
         routes::introspect_key,
         routes::openapi_document,
         routes::healthz,
@@ -233,6 +234,18 @@ mod routes {
         )
     )]
     fn hutch_sandbox_egress() {}
+
+    #[utoipa::path(
+        get,
+        path = "/hutch/v1/default-image",
+        tag = "hutch",
+        summary = "The image creates that name none get, and its build (phase by phase while \
+                   it runs; creates that need it wait, pending)",
+        responses(
+            (status = 200, description = "its state", body = hutch_api::DefaultImageStatus),
+        )
+    )]
+    fn default_image() {}
 
     #[utoipa::path(
         patch,

@@ -10,6 +10,8 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+mod pools;
+pub use pools::{PoolCounts, PoolMember, PoolRow};
 pub mod templates;
 pub use templates::{BuildRow, BuildState, NodeKind, TemplateRow};
 
@@ -107,6 +109,23 @@ const MIGRATIONS: &[&str] = &[
     // 3: key scopes. A key with a namespace reaches only that namespace; NULL is the admin
     // scope, which keys made before scopes existed keep, so nothing they did stops working.
     "ALTER TABLE api_keys ADD COLUMN namespace TEXT;",
+    // 4: warm pools. A pool's sandboxes are ordinary sandbox rows plus a membership row;
+    // unclaimed members are the pool's warm (or booting) sandboxes and no client sees them.
+    "CREATE TABLE pools (
+        id TEXT PRIMARY KEY,
+        namespace TEXT NOT NULL,
+        config TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE pool_members (
+        sandbox_id TEXT PRIMARY KEY,
+        pool_id TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        claimed_at INTEGER
+    );
+    CREATE INDEX pool_members_by_pool ON pool_members(pool_id, claimed_at);",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -287,7 +306,15 @@ impl Db {
 
     /// Inserts a new sandbox; `Ok(false)` when its name is taken by a live sandbox.
     pub fn insert_sandbox(&self, row: &SandboxRow) -> Result<bool> {
-        let result = self.conn().execute(
+        self.insert_sandbox_in(row, None)
+    }
+
+    /// [`Db::insert_sandbox`], as an unclaimed member of pool `(id, generation)` when given,
+    /// in one transaction: no sandbox of a pool is ever seen without its membership.
+    pub fn insert_sandbox_in(&self, row: &SandboxRow, pool: Option<(&str, i64)>) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let result = tx.execute(
             &format!("INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
             params![
                 row.id,
@@ -304,8 +331,19 @@ impl Db {
                 row.timeout_secs,
             ],
         );
+        if result.is_ok()
+            && let Some((pool, generation)) = pool
+        {
+            tx.execute(
+                "INSERT INTO pool_members (sandbox_id, pool_id, generation) VALUES (?1, ?2, ?3)",
+                params![row.id, pool, generation],
+            )?;
+        }
         match result {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                tx.commit()?;
+                Ok(true)
+            }
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
@@ -350,6 +388,7 @@ impl Db {
              WHERE (?1 IS NULL OR namespace = ?1)
                AND (created_at > ?2 OR (created_at = ?2 AND id > ?3))
                AND (?4 OR status != 'terminated')
+               AND id NOT IN (SELECT sandbox_id FROM pool_members WHERE claimed_at IS NULL)
              ORDER BY created_at, id LIMIT ?5"
         ))?;
         let rows = stmt.query_map(
@@ -411,6 +450,10 @@ impl Db {
                  WHERE status = 'terminated' AND terminated_at < ?1
                  ORDER BY terminated_at LIMIT ?2)",
             params![before_ms, limit as i64],
+        )?;
+        self.conn().execute(
+            "DELETE FROM pool_members WHERE sandbox_id NOT IN (SELECT id FROM sandboxes)",
+            [],
         )?;
         Ok(n)
     }

@@ -1,8 +1,10 @@
-//! The built-in default template: what a create that names no image gets.
+//! The built-in busybox images: `hutch/minimal` (the smallest image that boots: busybox as
+//! `/bin/sh` and its applets) and the builder image template builds run in.
 //!
-//! It is made offline at first start from the host's static busybox (Debian's
-//! `busybox-static`), as a one-layer `docker save` archive imported into the store like any
-//! other image, so it is content-addressed, pinned and garbage-collected the same way.
+//! They are made offline at first start from the host's static busybox (Debian's
+//! `busybox-static`), as one-layer `docker save` archives imported into the store like any
+//! other image, so they are content-addressed, pinned and garbage-collected the same way.
+//! The Debian image creates get by default is [`crate::debian_image`]'s.
 
 use std::io::Write;
 use std::path::Path;
@@ -10,8 +12,25 @@ use std::path::Path;
 use hutch_store::{Image, Store};
 use sha2::{Digest, Sha256};
 
-/// The store name of the default template.
-pub const DEFAULT_IMAGE: &str = "hutch/default:latest";
+/// The store name of the busybox image.
+pub const MINIMAL_IMAGE: &str = "hutch/minimal:latest";
+/// What names "the server's default image", whatever `hutch serve --default-image` made it.
+pub const DEFAULT_ALIAS: &str = "hutch/default";
+
+/// The store name `reference` stands for when it names a built-in image or an alias of the
+/// default (`hutch/default`, and the SDK's managed image `tensorlake/ubuntu-minimal`), given
+/// the server's `default` image; `None` for any other reference.
+pub fn builtin(reference: &str, default: &str) -> Option<String> {
+    let bare = reference.strip_suffix(":latest").unwrap_or(reference);
+    let bare = bare.strip_prefix("docker.io/").unwrap_or(bare);
+    match bare {
+        DEFAULT_ALIAS | "tensorlake/ubuntu-minimal" | "ubuntu-minimal" => Some(default.into()),
+        "hutch/minimal" => Some(MINIMAL_IMAGE.into()),
+        "hutch/rootfs-builder" => Some(BUILDER_IMAGE.into()),
+        _ if reference == crate::debian_image::DEBIAN_IMAGE => Some(reference.into()),
+        _ => None,
+    }
+}
 /// The store name of the builder image template builds run in: the default image plus
 /// `/usr/local/bin/tl-rootfs-build`, a link to the agent binary (which, run under that name,
 /// hands the build to the host; see `builds`).
@@ -30,9 +49,9 @@ pub enum DefaultImageError {
     Store(#[from] hutch_store::StoreError),
 }
 
-/// Returns the default image, building it first if the store lacks it.
+/// Returns the busybox image, building it first if the store lacks it.
 pub fn ensure(store: &Store, busybox: &Path) -> Result<Image, DefaultImageError> {
-    ensure_named(store, busybox, DEFAULT_IMAGE)
+    ensure_named(store, busybox, MINIMAL_IMAGE)
 }
 
 /// Returns the builder image, building it first if the store lacks it.
@@ -66,7 +85,7 @@ fn ensure_named(store: &Store, busybox: &Path, name: &str) -> Result<Image, Defa
             "WorkingDir": "/",
         },
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": [{"created_by": "hutch: default image from the host's busybox-static"}],
+        "history": [{"created_by": "hutch: busybox image from the host's busybox-static"}],
     })
     .to_string();
     let config_name = format!("{}.json", hex::encode(Sha256::digest(config.as_bytes())));
@@ -91,7 +110,7 @@ fn ensure_named(store: &Store, busybox: &Path, name: &str) -> Result<Image, Defa
     tracing::info!(
         image = name,
         applets = applets.len(),
-        "built the default image"
+        "built a busybox image"
     );
     Ok(image)
 }
@@ -262,6 +281,27 @@ mod tests {
                 .unwrap()
                 .starts_with("root:")
         );
+    }
+
+    #[test]
+    fn aliases_name_the_default_and_the_builtins() {
+        let default = crate::debian_image::DEBIAN_IMAGE;
+        for alias in [
+            "hutch/default",
+            "hutch/default:latest",
+            "tensorlake/ubuntu-minimal",
+            "tensorlake/ubuntu-minimal:latest",
+            "docker.io/tensorlake/ubuntu-minimal",
+        ] {
+            assert_eq!(builtin(alias, default).as_deref(), Some(default), "{alias}");
+        }
+        assert_eq!(
+            builtin("hutch/minimal", default).as_deref(),
+            Some(MINIMAL_IMAGE)
+        );
+        assert_eq!(builtin("hutch/default", "x/y:1").as_deref(), Some("x/y:1"));
+        assert_eq!(builtin("debian", default), None);
+        assert_eq!(builtin("tensorlake/ubuntu-minimal:22.04", default), None);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! - [`templates`]: the template registry; [`builds`]: template builds (prepare, the build
 //!   channel of builder sandboxes, the build itself, complete).
 //! - [`keys`]: API keys and their namespace scopes.
-//! - [`default_image`]: the built-in default and builder images; [`discovery`]: the
+//! - [`debian_image`]: the Debian image creates get by default (built with mmdebstrap,
+//!   cached machine-wide); [`default_image`]: the busybox images (`hutch/minimal`, the
+//!   builder) and the names of the built-ins; [`discovery`]: the
 //!   `serve.json` a running server publishes for `hutch run`.
 //!
 //! Errors are one [`StateError`] with typed variants and stable codes; this crate knows
@@ -18,6 +20,7 @@
 mod admission;
 pub mod builds;
 pub mod db;
+pub mod debian_image;
 pub mod default_image;
 pub mod discovery;
 mod error;
@@ -49,6 +52,7 @@ impl State {
     pub async fn start(
         home: &Path,
         busybox: &Path,
+        default_image: &str,
         limits: Limits,
         backend: Arc<dyn Backend>,
         store: Store,
@@ -56,13 +60,18 @@ impl State {
     ) -> Result<Self, StateError> {
         let backend_for_sweep = Arc::clone(&backend);
         let db = Arc::new(db::Db::open(&home.join(DB_FILE))?);
-        let image = default_image::ensure(&store, busybox)?;
+        default_image::ensure(&store, busybox)?;
         default_image::ensure_builder(&store, busybox)?;
+        let default = default_image::builtin(default_image, debian_image::DEBIAN_IMAGE)
+            .unwrap_or_else(|| default_image.to_string());
+        let images = debian_image::DefaultImages::new(store.clone(), default);
+        // Built in the background from the start: the first create that needs it waits.
+        images.start();
         let sandboxes = Sandboxes::new(
             Arc::clone(&db),
             Arc::clone(&backend),
             store.clone(),
-            image.name,
+            images,
             limits,
         );
         let builds = builds::Builds::new(

@@ -45,6 +45,9 @@ impl Home {
         let child = Command::new(hutch_bin())
             .envs(envs.iter().copied())
             .env("HUTCH_HOME", self.path())
+            // Busybox boots anything a test needs; the tests of the Debian default image pass
+            // `--default-image` (the flag wins over the variable).
+            .env("HUTCH_DEFAULT_IMAGE", "hutch/minimal")
             // Sandboxes' DNS goes to loopback, which drops it: no test sends a query to a
             // resolver outside this machine (tests that need DNS pass --sandbox-dns).
             .env("HUTCH_SANDBOX_DNS", "127.0.0.1")

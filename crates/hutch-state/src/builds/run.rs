@@ -3,6 +3,7 @@
 //! result recorded on the build row (`built`), and the metadata the builder reads back.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use hutch_build::engine::{BuildEvent, BuildRequest, Engine};
 use hutch_wire::build_channel::BuildChannelEvent;
@@ -80,8 +81,19 @@ impl Builds {
                     };
                     events.send(e);
                 };
+                // `FROM hutch/default` (or the SDK's `tensorlake/ubuntu-minimal`) is the
+                // server's default image: a build in its first minute waits for it.
+                let default = self.sandboxes.default_image().to_string();
+                let images = Arc::clone(self.sandboxes.default_images());
+                if images.builds(&default) {
+                    let _ = images.ready().await;
+                }
                 let templates = self.templates.clone();
-                let resolve = move |n: &str| templates.image_of(n);
+                let resolve = move |n: &str| {
+                    templates
+                        .image_of(n)
+                        .or_else(|| crate::default_image::builtin(n, &default))
+                };
                 let engine = Engine {
                     backend: self.backend.as_ref(),
                     store: &self.store,

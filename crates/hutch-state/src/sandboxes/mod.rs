@@ -79,7 +79,7 @@ pub struct Sandboxes {
     db: Arc<Db>,
     backend: Arc<dyn Backend>,
     store: Store,
-    default_image: String,
+    images: Arc<crate::debian_image::DefaultImages>,
     agents: Mutex<HashMap<String, AgentClient>>,
     permits: Mutex<HashMap<String, Held>>,
     /// Sandboxes running plus creates waiting: `max_sandboxes + max_queued` permits.
@@ -98,14 +98,14 @@ impl Sandboxes {
         db: Arc<Db>,
         backend: Arc<dyn Backend>,
         store: Store,
-        default_image: String,
+        images: Arc<crate::debian_image::DefaultImages>,
         limits: Limits,
     ) -> Arc<Self> {
         Arc::new(Self {
             db,
             backend,
             store,
-            default_image,
+            images,
             agents: Mutex::new(HashMap::new()),
             permits: Mutex::new(HashMap::new()),
             admission: Arc::new(Semaphore::new(
@@ -152,8 +152,14 @@ impl Sandboxes {
         &self.backend
     }
 
+    /// The store name of the image creates that name none get.
     pub fn default_image(&self) -> &str {
-        &self.default_image
+        self.images.name()
+    }
+
+    /// The default image and its build.
+    pub fn default_images(&self) -> &Arc<crate::debian_image::DefaultImages> {
+        &self.images
     }
 
     fn changed(&self) {
@@ -164,9 +170,10 @@ impl Sandboxes {
         &self.store
     }
 
-    /// The image `name` names in the store, or the default image.
+    /// The image `name` names in the store (built-in names resolved), or the default image.
     pub fn image(&self, name: Option<&str>) -> Result<hutch_store::Image, StateError> {
-        let name = name.unwrap_or(&self.default_image);
+        let name = self.image_name(name);
+        let name = name.as_str();
         self.store.image(name).map_err(|e| {
             if e.is_not_found() {
                 StateError::not_found(Kind::Image, name)
@@ -176,13 +183,31 @@ impl Sandboxes {
         })
     }
 
-    /// Records the sandbox as `pending` and starts it in the background.
+    /// The store name `name` stands for: built-ins and aliases of the default resolved,
+    /// `None` the default.
+    pub fn image_name(&self, name: Option<&str>) -> String {
+        let default = self.images.name();
+        match name {
+            None => default.to_string(),
+            Some(n) => crate::default_image::builtin(n, default).unwrap_or_else(|| n.to_string()),
+        }
+    }
+
+    /// Records the sandbox as `pending` and starts it in the background. A create of the
+    /// default image while it is still being built waits for the build, pending.
     pub fn create(self: &Arc<Self>, p: CreateParams) -> Result<SandboxRow, StateError> {
         if let Some(name) = &p.name {
             validate_name(name)?;
         }
         self.limits.host.admit(p.cpus, p.memory_mb)?;
-        let image = self.image(p.image.as_deref())?;
+        let image_name = self.image_name(p.image.as_deref());
+        let awaits_build =
+            self.images.builds(&image_name) && self.store.image(&image_name).is_err();
+        let image_name = if awaits_build {
+            image_name
+        } else {
+            self.image(Some(&image_name))?.name
+        };
         // Taken before the row is written: a create that cannot even wait is refused whole.
         let admitted = Arc::clone(&self.admission)
             .try_acquire_owned()
@@ -195,7 +220,7 @@ impl Sandboxes {
             id: id.clone(),
             namespace: p.namespace.clone(),
             name: p.name.clone(),
-            image: image.name.clone(),
+            image: image_name.clone(),
             spec: p.spec.clone(),
             status: Status::Pending,
             reason: None,
@@ -216,7 +241,7 @@ impl Sandboxes {
         }
         let spec = SandboxSpec {
             id: Some(id),
-            image: image.name,
+            image: image_name,
             cpus: p.cpus,
             memory_mb: p.memory_mb,
             env: p.env.clone(),
@@ -292,6 +317,17 @@ impl Sandboxes {
             _admitted: admitted,
             _capacity: permit,
         };
+        if self.images.builds(&image) {
+            let ready = tokio::select! {
+                ready = self.images.ready() => ready,
+                _ = until_terminated(&self, &id) => return,
+            };
+            if let Err(e) = ready {
+                let message = format!("the default image could not be built: {e}");
+                self.terminate_row(&id, Reason::StartupFailed, Some(&message));
+                return;
+            }
+        }
         let boot = Arc::clone(&self.boots).acquire_owned().await;
         let created = self.backend.create(spec).await;
         drop(boot);
@@ -553,6 +589,16 @@ impl Sandboxes {
         self.lock_agents()
             .insert(row.id.clone(), sandbox.agent.clone());
         Ok(sandbox.agent)
+    }
+}
+
+/// Resolves when sandbox `id`'s row is terminated (deleted while it waited).
+async fn until_terminated(sandboxes: &Sandboxes, id: &str) {
+    let mut changes = sandboxes.changes.subscribe();
+    while !sandboxes.is_terminated(id) {
+        if changes.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 

@@ -1,0 +1,504 @@
+//! The Debian default image: what a create that names no image gets.
+//!
+//! Built offline from Debian's own packages with `mmdebstrap` (no registry, no Docker Hub):
+//! a minbase bookworm with python3 (pip, venv), bash, coreutils, curl, wget, git,
+//! ca-certificates, procps, iproute2 and unzip. The root filesystem is written as one tar
+//! into the machine's cache (`$HUTCH_CACHE`, else `$XDG_CACHE_HOME/hutch`, else
+//! `~/.cache/hutch`), named by a digest of the recipe, so every state directory on the machine
+//! (and every test) imports the same bytes without downloading again. `SOURCE_DATE_EPOCH` is
+//! fixed, so the same package versions give the same tar, byte for byte: the same layer
+//! digest.
+//!
+//! The tar is imported into the store as a one-layer image through [`hutch_store::Ingest`]
+//! (verified and unpacked by the store's own extraction, like any pulled layer).
+//!
+//! [`DefaultImages`] runs the build in the background the first time it is needed and
+//! publishes its progress (phase by phase, from `mmdebstrap`'s own log) for the API and the
+//! terminal.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use hutch_api::{DefaultImageStatus, ImageBuildState};
+use hutch_store::{Digest, Image, IngestLayer, Store};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+
+/// The store name of the Debian image.
+pub const DEBIAN_IMAGE: &str = "hutch/debian:bookworm";
+const SUITE: &str = "bookworm";
+/// What the image holds beyond minbase.
+pub const PACKAGES: &[&str] = &[
+    "bash",
+    "ca-certificates",
+    "coreutils",
+    "curl",
+    "git",
+    "iproute2",
+    "procps",
+    "python3",
+    "python3-pip",
+    "python3-venv",
+    "unzip",
+    "wget",
+];
+/// 2024-01-01T00:00:00Z: every timestamp in the tar and the image config.
+const EPOCH: u64 = 1_704_067_200;
+const CREATED: &str = "2024-01-01T00:00:00Z";
+/// Bumped when the recipe changes in a way the inputs below do not show.
+const RECIPE_VERSION: u32 = 1;
+
+/// `mmdebstrap`'s progress lines, in order, and the phase each starts.
+const PHASES: &[(&str, &str)] = &[
+    ("running apt-get update", "update"),
+    ("downloading packages", "download"),
+    ("extracting archives", "extract"),
+    ("installing essential packages", "install-essential"),
+    ("installing remaining packages", "install"),
+    ("cleaning package lists", "clean"),
+    ("creating tarball", "pack"),
+];
+/// The phases above, plus the import into the store.
+pub const STEPS: u32 = PHASES.len() as u32 + 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DebianImageError {
+    #[error(
+        "cannot build the default Debian image: mmdebstrap is not installed \
+         (install it with: apt-get install -y mmdebstrap)"
+    )]
+    NoMmdebstrap,
+    #[error("mmdebstrap failed ({status}); its last lines:\n{tail}")]
+    Mmdebstrap { status: String, tail: String },
+    #[error("building the default Debian image: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("importing the default Debian image: {0}")]
+    Store(#[from] hutch_store::StoreError),
+}
+
+/// The inputs that decide the image's bytes.
+#[derive(Clone, Debug)]
+pub struct Recipe {
+    pub mirror: String,
+    pub packages: Vec<String>,
+}
+
+impl Recipe {
+    /// The recipe this build of Hutch makes, from the mirror apt already uses
+    /// (`$HUTCH_DEBIAN_MIRROR` overrides it).
+    pub fn current() -> Self {
+        Self {
+            mirror: std::env::var("HUTCH_DEBIAN_MIRROR")
+                .ok()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(detect_mirror),
+            packages: PACKAGES.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    /// The cache file name: suite and a digest of every input.
+    fn file_name(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(format!(
+            "v{RECIPE_VERSION}\n{SUITE}\n{EPOCH}\n{}\n{}",
+            self.mirror,
+            self.packages.join(",")
+        ));
+        format!("debian-{SUITE}-{}.tar", &hex::encode(h.finalize())[..16])
+    }
+}
+
+/// The first `deb` URI apt uses for bookworm, else Debian's CDN.
+fn detect_mirror() -> String {
+    let deb822 =
+        std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
+    for stanza in deb822.split("\n\n") {
+        let field = |name: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+        };
+        let suites = field("Suites:").unwrap_or_default();
+        if suites.split_whitespace().any(|s| s == SUITE)
+            && let Some(uri) = field("URIs:").and_then(|u| u.split_whitespace().next())
+        {
+            return uri.to_string();
+        }
+    }
+    let list = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
+    for line in list.lines() {
+        let words: Vec<&str> = line
+            .split_whitespace()
+            .filter(|w| !w.starts_with('['))
+            .collect();
+        if words.len() >= 3 && words[0] == "deb" && words[2] == SUITE {
+            return words[1].to_string();
+        }
+    }
+    "http://deb.debian.org/debian".into()
+}
+
+/// The machine-wide cache of built root filesystems.
+pub fn cache_dir() -> PathBuf {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("HUTCH_CACHE")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("hutch")))
+        .or_else(|| env("HOME").map(|d| d.join(".cache/hutch")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache/hutch"))
+        .join("images")
+}
+
+/// A phase reached: its name and how many came before it.
+pub type OnPhase<'a> = &'a mut dyn FnMut(&str, u32, bool);
+
+/// The cached root filesystem tar for `recipe`, made with `mmdebstrap` if the cache lacks it.
+/// Calls `on_phase(name, step, cached)` as the build goes. Safe against other processes
+/// building the same tar at once (they wait on a lock and reuse it).
+pub fn ensure_tarball(recipe: &Recipe, on_phase: OnPhase<'_>) -> Result<PathBuf, DebianImageError> {
+    let dir = cache_dir();
+    std::fs::create_dir_all(&dir)?;
+    let tar = dir.join(recipe.file_name());
+    if tar.is_file() {
+        on_phase("pack", STEPS - 1, true);
+        return Ok(tar);
+    }
+    let lock = File::create(dir.join(format!("{}.lock", recipe.file_name())))?;
+    // SAFETY: flock on a descriptor this function owns; released when `lock` closes.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    if tar.is_file() {
+        on_phase("pack", STEPS - 1, true);
+        return Ok(tar);
+    }
+    let partial = dir.join(format!("{}.partial", recipe.file_name()));
+    let _ = std::fs::remove_file(&partial);
+    let result = run_mmdebstrap(recipe, &partial, on_phase);
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    std::fs::rename(&partial, &tar)?;
+    drop(lock);
+    Ok(tar)
+}
+
+fn run_mmdebstrap(
+    recipe: &Recipe,
+    out: &Path,
+    on_phase: OnPhase<'_>,
+) -> Result<(), DebianImageError> {
+    let mut child = Command::new("mmdebstrap")
+        .env("SOURCE_DATE_EPOCH", EPOCH.to_string())
+        .env("LC_ALL", "C.UTF-8")
+        .args(["--variant=minbase", "--mode=root", "--format=tar"])
+        // Device nodes are the runtime's business; a layer with them cannot be unpacked
+        // without privileges.
+        .arg("--skip=output/dev")
+        .arg(format!("--include={}", recipe.packages.join(",")))
+        .arg(SUITE)
+        .arg(out)
+        .arg(&recipe.mirror)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => DebianImageError::NoMmdebstrap,
+            _ => e.into(),
+        })?;
+    let mut tail = std::collections::VecDeque::with_capacity(30);
+    if let Some(stderr) = child.stderr.take() {
+        // Lines bounded: a runaway line is cut, never buffered whole.
+        let mut reader = BufReader::new(stderr.take(u64::MAX));
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = (&mut reader).take(8192).read_until(b'\n', &mut line)?;
+            if n == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&line).trim_end().to_string();
+            if let Some(msg) = text.strip_prefix("I: ")
+                && let Some(step) = PHASES.iter().position(|(p, _)| msg.starts_with(p))
+            {
+                tracing::info!(phase = PHASES[step].1, "default image: {msg}");
+                on_phase(PHASES[step].1, step as u32, false);
+            }
+            if tail.len() == 30 {
+                tail.pop_front();
+            }
+            tail.push_back(text);
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        return Err(DebianImageError::Mmdebstrap {
+            status: status.to_string(),
+            tail: Vec::from(tail).join("\n"),
+        });
+    }
+    Ok(())
+}
+
+/// Imports the root filesystem tar at `tar` into `store` as the one-layer image `name`.
+pub fn import(store: &Store, tar: &Path, name: &str) -> Result<Image, DebianImageError> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut File::open(tar)?, &mut hasher)?;
+    let layer = Digest::from_hex(&hex::encode(hasher.finalize()))?;
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": CREATED,
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
+            "Cmd": ["bash"],
+            "WorkingDir": "/",
+        },
+        "rootfs": {"type": "layers", "diff_ids": [layer.to_string()]},
+        "history": [{
+            "created": CREATED,
+            "created_by": format!("hutch: mmdebstrap --variant=minbase {SUITE} + {}", PACKAGES.join(",")),
+        }],
+    });
+    let config = hutch_store::canonical_json(&config).map_err(std::io::Error::from)?;
+    let config_digest = Digest::of_bytes(&config);
+    let size = std::fs::metadata(tar)?.len();
+    let manifest = hutch_store::canonical_json(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest.to_string(),
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": layer.to_string(),
+            "size": size,
+        }],
+    }))
+    .map_err(std::io::Error::from)?;
+    let manifest_digest = Digest::of_bytes(&manifest);
+    let ingest = store.ingest()?;
+    ingest.add_bytes(&config, &config_digest, "config of the default image")?;
+    ingest.add_bytes(&manifest, &manifest_digest, "manifest of the default image")?;
+    if !store.has_layer(&layer) {
+        ingest.add_layer(
+            File::open(tar)?,
+            &layer,
+            Some(size),
+            &layer,
+            "root filesystem of the default image",
+        )?;
+    }
+    let image = ingest.commit(
+        name,
+        &manifest_digest,
+        &config_digest,
+        &[IngestLayer {
+            diff_id: layer.clone(),
+            blob: layer,
+        }],
+    )?;
+    Ok(image)
+}
+
+/// The default image of a server, built in the background when the store lacks it.
+pub struct DefaultImages {
+    store: Store,
+    /// The store name creates that name no image get.
+    name: String,
+    status: watch::Sender<DefaultImageStatus>,
+    building: std::sync::Mutex<bool>,
+}
+
+impl DefaultImages {
+    /// `name` is the configured default image; only [`DEBIAN_IMAGE`] is built here (any
+    /// other must be in the store, pulled or imported).
+    pub fn new(store: Store, name: String) -> Arc<Self> {
+        let ready = store.image(&name).is_ok();
+        let status = DefaultImageStatus {
+            image: name.clone(),
+            state: if ready {
+                ImageBuildState::Ready
+            } else {
+                ImageBuildState::Failed
+            },
+            phase: None,
+            step: if ready { STEPS } else { 0 },
+            steps: STEPS,
+            cached: ready,
+            started_at: None,
+            finished_at: None,
+            error: (!ready).then(|| format!("image {name:?} is not in the store")),
+        };
+        Arc::new(Self {
+            store,
+            name,
+            status: watch::channel(status).0,
+            building: std::sync::Mutex::new(false),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn status(&self) -> DefaultImageStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<DefaultImageStatus> {
+        self.status.subscribe()
+    }
+
+    /// Whether `name` is the default image and this server can build it.
+    pub fn builds(&self, name: &str) -> bool {
+        name == self.name && name == DEBIAN_IMAGE
+    }
+
+    /// Starts the build unless the image is there or a build runs.
+    pub fn start(self: &Arc<Self>) {
+        if !self.builds(&self.name) || self.store.image(&self.name).is_ok() {
+            return;
+        }
+        {
+            let mut building = self.building.lock().unwrap_or_else(|p| p.into_inner());
+            if *building {
+                return;
+            }
+            *building = true;
+        }
+        let started = crate::now_ms();
+        self.status.send_modify(|s| {
+            s.state = ImageBuildState::Building;
+            s.phase = Some("update".into());
+            s.step = 0;
+            s.cached = false;
+            s.started_at = Some(started);
+            s.finished_at = None;
+            s.error = None;
+        });
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let result = this.build();
+            let finished = crate::now_ms();
+            match &result {
+                Ok(image) => tracing::info!(
+                    image = %image.name,
+                    ms = finished - started,
+                    "default image ready"
+                ),
+                Err(e) => tracing::error!(error = %e, "building the default image"),
+            }
+            this.status.send_modify(|s| {
+                s.finished_at = Some(finished);
+                s.phase = None;
+                match result {
+                    Ok(_) => {
+                        s.state = ImageBuildState::Ready;
+                        s.step = STEPS;
+                    }
+                    Err(e) => {
+                        s.state = ImageBuildState::Failed;
+                        s.error = Some(e.to_string());
+                    }
+                }
+            });
+            *this.building.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        });
+    }
+
+    fn build(&self) -> Result<Image, DebianImageError> {
+        let status = &self.status;
+        let tar = ensure_tarball(&Recipe::current(), &mut |phase, step, cached| {
+            status.send_modify(|s| {
+                s.phase = Some(phase.into());
+                s.step = step;
+                s.cached = cached;
+            });
+        })?;
+        status.send_modify(|s| {
+            s.phase = Some("import".into());
+            s.step = STEPS - 1;
+        });
+        import(&self.store, &tar, &self.name)
+    }
+
+    /// Waits until the default image is in the store, starting its build if needed. The
+    /// error is the build's.
+    pub async fn ready(self: &Arc<Self>) -> Result<(), String> {
+        if self.store.image(&self.name).is_ok() {
+            return Ok(());
+        }
+        if !self.builds(&self.name) {
+            return Err(format!("image {:?} is not in the store", self.name));
+        }
+        let mut status = self.subscribe();
+        // A build that failed before is tried again by whoever needs the image next.
+        if status.borrow().state != ImageBuildState::Building {
+            self.start();
+        }
+        loop {
+            {
+                let s = status.borrow_and_update();
+                match s.state {
+                    ImageBuildState::Ready => return Ok(()),
+                    ImageBuildState::Failed => {
+                        return Err(s.error.clone().unwrap_or_else(|| "build failed".into()));
+                    }
+                    ImageBuildState::Building => {}
+                }
+            }
+            if status.changed().await.is_err() {
+                return Err("the default image build stopped".into());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_name_follows_every_input() {
+        let a = Recipe {
+            mirror: "http://deb.debian.org/debian".into(),
+            packages: vec!["python3".into()],
+        };
+        let mut b = a.clone();
+        assert_eq!(a.file_name(), b.file_name());
+        b.packages.push("git".into());
+        assert_ne!(a.file_name(), b.file_name());
+        let mut c = a.clone();
+        c.mirror = "http://mirror.example/debian".into();
+        assert_ne!(a.file_name(), c.file_name());
+        assert!(a.file_name().starts_with("debian-bookworm-"));
+    }
+
+    #[test]
+    fn a_missing_image_is_not_ready_and_another_name_is_not_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let images = DefaultImages::new(store, "someone/else:1".into());
+        assert_eq!(images.status().state, ImageBuildState::Failed);
+        assert!(!images.builds("someone/else:1"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt.block_on(images.ready()).unwrap_err();
+        assert!(err.contains("not in the store"), "{err}");
+    }
+}
