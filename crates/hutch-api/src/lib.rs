@@ -15,10 +15,12 @@ pub mod platform;
 
 pub use hutch_wire::ErrorBody;
 pub use lifecycle::{
-    ContainerResources, CreateOutcome, CreateSandboxRequest, CreateSandboxResources,
-    CreateSandboxResponse, ErrorDetails, FileSystemMount, GpuResources, ListSandboxesQuery,
-    ListSandboxesResponse, NetworkConfig, ResizeSandboxResources, SandboxAccepted, SandboxAction,
-    SandboxInfo, SandboxStatus, TerminationReason, UpdateSandboxRequest,
+    ClaimSandboxRequest, ClaimSandboxResponse, ContainerResources, CreateOutcome,
+    CreateSandboxPoolResponse, CreateSandboxRequest, CreateSandboxResources, CreateSandboxResponse,
+    ErrorDetails, FileSystemMount, GpuResources, ListSandboxPoolsResponse, ListSandboxesQuery,
+    ListSandboxesResponse, NetworkConfig, PoolContainerInfo, PoolCounts, ResizeSandboxResources,
+    SandboxAccepted, SandboxAction, SandboxInfo, SandboxPoolInfo, SandboxPoolRequest,
+    SandboxStatus, TerminationReason, UpdateSandboxRequest,
 };
 pub use native::{
     DefaultImageStatus, EgressEntry, EgressLog, EgressVerdict, Health, ImageBuildState,

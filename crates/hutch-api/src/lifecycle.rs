@@ -261,6 +261,9 @@ pub struct SandboxInfo {
     /// Hutch extension: the template it was made from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_id: Option<String>,
+    /// The pool it was claimed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_id: Option<String>,
 }
 
 /// `GET .../sandboxes`: a page, oldest first.
@@ -391,6 +394,7 @@ mod tests {
             terminated_at: None,
             error_details: None,
             template_id: None,
+            pool_id: None,
         };
         assert_eq!(
             serde_json::to_value(&info).unwrap(),
@@ -465,4 +469,121 @@ mod tests {
             serde_json::from_value(json!({"resources": {"gpus": []}})).unwrap();
         assert!(resize.resources.is_some());
     }
+}
+
+/// `POST .../sandbox-pools` and `PUT .../sandbox-pools/{id}`: what every sandbox of the pool
+/// is made from (a create body's fields), and how many to keep.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxPoolRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<CreateSandboxResources>,
+    /// The lifetime of a claimed sandbox, counted from its claim (0: none). Warm sandboxes
+    /// wait without a limit.
+    #[serde(default)]
+    pub timeout_secs: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// The most sandboxes the pool has at once: warm, booting and claimed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_containers: Option<i64>,
+    /// How many booted, unclaimed sandboxes the pool keeps ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_containers: Option<i64>,
+    /// On update: absent keeps the policy, `null` clears it, an object replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Option<NetworkConfig>>,
+    /// Hutch extension: environment of every sandbox of the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+/// The answer to a pool create.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreateSandboxPoolResponse {
+    pub pool_id: String,
+    pub namespace: String,
+}
+
+/// One sandbox of a pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolContainerInfo {
+    /// The sandbox's id.
+    pub id: String,
+    /// `warm` (booted, unclaimed), `booting`, `claimed` or `evicting` (of an older pool
+    /// configuration, being removed).
+    pub state: String,
+    /// Claimed sandboxes only: the id clients use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_id: Option<String>,
+    /// Always `local`.
+    pub executor_id: String,
+}
+
+/// Hutch extension: a pool's sandboxes, counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolCounts {
+    pub warm: usize,
+    pub booting: usize,
+    pub claimed: usize,
+    pub evicting: usize,
+}
+
+/// A pool, in the SDK's `SandboxPoolInfo` shape.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxPoolInfo {
+    pub pool_id: String,
+    pub namespace: String,
+    pub image: String,
+    pub resources: ContainerResources,
+    pub timeout_secs: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_containers: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_containers: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkConfig>,
+    pub containers: Vec<PoolContainerInfo>,
+    /// Hutch extension: warm, booting, claimed and evicting counts.
+    pub status: PoolCounts,
+    /// Hutch extension: why the last attempt to make a sandbox for the pool failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Hutch extension: the configuration's generation (bumped by every change).
+    pub generation: i64,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// `GET .../sandbox-pools`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ListSandboxPoolsResponse {
+    pub pools: Vec<SandboxPoolInfo>,
+}
+
+/// `POST .../sandbox-pools/{id}/sandboxes` (optional): claim-time settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimSandboxRequest {
+    /// File systems to mount in the claimed sandbox; none are supported here.
+    #[serde(default)]
+    pub file_systems: Vec<serde_json::Value>,
+}
+
+/// The answer to a claim: a create's answer, and whether the sandbox came warm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClaimSandboxResponse {
+    #[serde(flatten)]
+    pub sandbox: CreateSandboxResponse,
+    pub pool_id: String,
+    /// Hutch extension: `true` when a booted sandbox was handed over, `false` when the
+    /// claim had to create one.
+    pub warm: bool,
+    /// The claim's settings were applied (there are none to apply but an empty list).
+    pub claim_configuration_applied: bool,
 }

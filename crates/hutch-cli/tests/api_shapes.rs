@@ -46,6 +46,7 @@ fn sandbox(status: SandboxStatus) -> SandboxInfo {
         terminated_at: Some(1_700_000_060_000),
         error_details: Some(ErrorDetails { message: None }),
         template_id: Some("tpl_1".into()),
+        pool_id: Some("pool_1".into()),
     }
 }
 

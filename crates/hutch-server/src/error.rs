@@ -83,7 +83,9 @@ impl From<StateError> for ApiError {
             StateError::InvalidArgument { .. } | StateError::ExceedsHost(_) => {
                 StatusCode::BAD_REQUEST
             }
-            StateError::CapacityExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            StateError::CapacityExceeded { .. } | StateError::PoolExhausted { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             StateError::Store(_)
             | StateError::Db(_)
             | StateError::DefaultImage(_)

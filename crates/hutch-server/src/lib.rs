@@ -22,6 +22,7 @@ mod lifecycle;
 mod listen;
 mod openapi;
 mod platform;
+mod pools;
 mod ports;
 mod proxy;
 mod pty;
@@ -67,6 +68,7 @@ pub struct ServeConfig {
 /// Everything the handlers share.
 struct App {
     sandboxes: Arc<Sandboxes>,
+    pools: Arc<hutch_state::pools::Pools>,
     auth: auth::Auth,
     /// What `sandbox_url` and `ingress_endpoint` say, and the names the proxy routes.
     ingress: ingress::Ingress,
@@ -96,6 +98,7 @@ pub async fn serve(
     let registry = images::client(&config.registry_egress)?;
     let State {
         sandboxes,
+        pools,
         builds,
         keys,
     } = State::start(
@@ -114,6 +117,7 @@ pub async fn serve(
     let ports = ports::PortClient::new(Arc::clone(&sandboxes));
     let app = Arc::new(App {
         sandboxes,
+        pools,
         auth,
         ingress: ingress::Ingress::new(config.public_url.as_deref(), config.proxy_listen)?,
         ports,
@@ -124,6 +128,11 @@ pub async fn serve(
         builds,
         browser_policy: csrf::Policy::new(config.public_url.as_deref(), !loopback)?,
     });
+
+    // Pools make their sandboxes the way creates do; their replenisher starts now.
+    let factory: Arc<dyn hutch_state::pools::PoolSandboxes> =
+        Arc::new(pools::Factory(Arc::downgrade(&app)));
+    app.pools.start(Arc::downgrade(&factory));
 
     let api = bind(config.listen).await?;
     let proxy = bind(config.proxy_listen).await?;

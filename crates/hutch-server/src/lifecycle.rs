@@ -42,8 +42,8 @@ const BODY_LIMIT: usize = 1 << 20;
 const DRAIN_LIMIT: usize = 64 << 20;
 /// How long a blocking create waits when the client states no timeout.
 const DEFAULT_CREATE_WAIT: Duration = Duration::from_secs(300);
-const DEFAULT_CPUS: f64 = 1.0;
-const DEFAULT_MEMORY_MB: u64 = 1024;
+pub(crate) const DEFAULT_CPUS: f64 = 1.0;
+pub(crate) const DEFAULT_MEMORY_MB: u64 = 1024;
 const PAGE_DEFAULT: usize = 100;
 const PAGE_MAX: usize = 1000;
 /// Why a pending sandbox is pending: it waits for the runtime (or for room) to start it.
@@ -66,6 +66,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/hutch/v1/images/pull", post(crate::images::pull))
         .route("/hutch/v1/images/{*name}", get(image));
     crate::platform::routes(router)
+        .merge(crate::pools::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
         })
@@ -332,7 +333,7 @@ fn validate_create(body: &CreateSandboxRequest) -> Result<(), ApiError> {
 }
 
 /// How long a blocking create may hold the request: the client's timeout less its grace.
-fn create_wait(headers: &HeaderMap) -> Duration {
+pub(crate) fn create_wait(headers: &HeaderMap) -> Duration {
     let ms = |name: &str| {
         headers
             .get(name)
@@ -357,8 +358,72 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let wait_for = create_wait(req.headers());
     let body: CreateSandboxRequest = json_body(req.into_body()).await?;
+    let wait = body.wait;
+    let params = create_params(&app, ns, body).await?;
+    let row = app.sandboxes.create(params)?;
+    if wait == Some(false) {
+        let accepted = SandboxAccepted {
+            sandbox_id: row.id,
+            state: SandboxStatus::Pending,
+            pending_reason: Some(SCHEDULING.into()),
+            name: row.name,
+        };
+        return Ok(reply(StatusCode::ACCEPTED, &accepted));
+    }
+    let row = app.sandboxes.settle(&row.id, wait_for).await?;
+    let (status, answer) = create_answer(&row, &reach);
+    Ok(reply(status, &answer))
+}
+
+/// The answer to a create (or a claim) that waited: running, still pending (timeout) or
+/// failed, in the SDK's `CreateSandboxResponse` shape.
+pub(crate) fn create_answer(
+    row: &SandboxRow,
+    reach: &Endpoint,
+) -> (StatusCode, CreateSandboxResponse) {
+    let mut answer = CreateSandboxResponse {
+        sandbox_id: row.id.clone(),
+        status: CreateOutcome::Running,
+        name: row.name.clone(),
+        sandbox_url: None,
+        ingress_endpoint: None,
+        reason: None,
+        termination_reason: None,
+        error_details: None,
+    };
+    let status = match row.status {
+        Status::Running => {
+            answer.sandbox_url = Some(reach.sandbox_url(&row.id));
+            answer.ingress_endpoint = Some(reach.ingress_endpoint.clone());
+            StatusCode::OK
+        }
+        Status::Pending => {
+            answer.status = CreateOutcome::Timeout;
+            StatusCode::GATEWAY_TIMEOUT
+        }
+        Status::Terminated => {
+            answer.status = CreateOutcome::Failed;
+            answer.reason = termination_reason(row);
+            answer.termination_reason = answer.reason;
+            answer.error_details = Some(ErrorDetails {
+                message: row.error.clone(),
+            });
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+    };
+    (status, answer)
+}
+
+/// A create body made into the state's create parameters: validated, its network policy
+/// parsed, its image resolved (a template, the store, a registry pull, or the default).
+/// Pools make their sandboxes through here too.
+pub(crate) async fn create_params(
+    app: &App,
+    ns: String,
+    body: CreateSandboxRequest,
+) -> Result<CreateParams, ApiError> {
     validate_create(&body)?;
-    let (network, policy) = network_request(&app, body.network.as_ref())?;
+    let (network, policy) = network_request(app, body.network.as_ref())?;
     let resources = body.resources.unwrap_or_default();
     let cpus = resources
         .cpus
@@ -391,9 +456,9 @@ async fn create(
     }
     let image = match (&template, &body.image) {
         (Some(t), _) => Some(t.image.clone()),
-        (None, Some(reference)) => Some(crate::images::ensure(&app, reference).await?),
+        (None, Some(reference)) => Some(crate::images::ensure(app, reference).await?),
         // The default image: built here, or pulled if `--default-image` names a registry's.
-        (None, None) => Some(crate::images::ensure(&app, app.sandboxes.default_image()).await?),
+        (None, None) => Some(crate::images::ensure(app, app.sandboxes.default_image()).await?),
     };
     // A sandbox from a template starts its ENTRYPOINT and CMD unless told otherwise.
     let entrypoint = match (&body.entrypoint, &template) {
@@ -411,7 +476,7 @@ async fn create(
         }
         (None, None) => None,
     };
-    let params = CreateParams {
+    Ok(CreateParams {
         namespace: ns,
         name: body.name,
         image,
@@ -430,47 +495,8 @@ async fn create(
             .map(|(k, v)| format!("{k}={v}"))
             .collect(),
         spec,
-    };
-    let row = app.sandboxes.create(params)?;
-    if body.wait == Some(false) {
-        let accepted = SandboxAccepted {
-            sandbox_id: row.id,
-            state: SandboxStatus::Pending,
-            pending_reason: Some(SCHEDULING.into()),
-            name: row.name,
-        };
-        return Ok(reply(StatusCode::ACCEPTED, &accepted));
-    }
-    let row = app.sandboxes.settle(&row.id, wait_for).await?;
-    let mut answer = CreateSandboxResponse {
-        sandbox_id: row.id.clone(),
-        status: CreateOutcome::Running,
-        name: row.name.clone(),
-        sandbox_url: None,
-        ingress_endpoint: None,
-        reason: None,
-        termination_reason: None,
-        error_details: None,
-    };
-    let status = match row.status {
-        Status::Running => {
-            answer.sandbox_url = Some(reach.sandbox_url(&row.id));
-            answer.ingress_endpoint = Some(reach.ingress_endpoint.clone());
-            StatusCode::OK
-        }
-        Status::Pending => {
-            answer.status = CreateOutcome::Timeout;
-            StatusCode::GATEWAY_TIMEOUT
-        }
-        Status::Terminated => {
-            answer.status = CreateOutcome::Failed;
-            answer.reason = termination_reason(&row);
-            answer.termination_reason = answer.reason;
-            answer.error_details = Some(ErrorDetails { message: row.error });
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
-    };
-    Ok(reply(status, &answer))
+        pool: None,
+    })
 }
 
 // ---- get / list --------------------------------------------------------------------------
@@ -520,6 +546,7 @@ pub fn sandbox_info(row: &SandboxRow, reach: &Endpoint) -> SandboxInfo {
         terminated_at: None,
         error_details: None,
         template_id: spec["template"]["id"].as_str().map(str::to_string),
+        pool_id: spec["pool_id"].as_str().map(str::to_string),
     };
     match row.status {
         Status::Running => {

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-mod pools;
+pub mod pools;
 pub use pools::{PoolCounts, PoolMember, PoolRow};
 pub mod templates;
 pub use templates::{BuildRow, BuildState, NodeKind, TemplateRow};

@@ -13,6 +13,7 @@ pub enum Kind {
     Template,
     Build,
     Image,
+    Pool,
 }
 
 /// Why a request conflicts with the current state.
@@ -32,6 +33,8 @@ pub enum Conflict {
     TemplateChanged,
     /// A completion whose report disagrees with what the host recorded.
     SnapshotMismatch,
+    /// A pool with claimed sandboxes still running is not deleted.
+    PoolInUse,
 }
 
 impl Conflict {
@@ -45,6 +48,7 @@ impl Conflict {
             Self::BuildNotBuilt => "build_not_built",
             Self::TemplateChanged => "template_changed",
             Self::SnapshotMismatch => "snapshot_mismatch",
+            Self::PoolInUse => "pool_in_use",
         }
     }
 }
@@ -91,6 +95,12 @@ pub enum StateError {
         max_sandboxes: usize,
         max_queued: usize,
     },
+    /// A claim with no warm sandbox, when the pool already has `max_containers`.
+    #[error(
+        "pool {pool} has no warm sandbox and already has its max_containers ({max}); \
+         retry when a claimed sandbox ends, or raise max_containers"
+    )]
+    PoolExhausted { pool: String, max: usize },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
@@ -110,6 +120,7 @@ fn not_found_message(kind: Kind, id: &str) -> String {
         Kind::Template => format!("template {id:?} not found"),
         Kind::Build => format!("template build {id:?} not found"),
         Kind::Image => format!("image {id:?} not found; import or pull it first"),
+        Kind::Pool => format!("sandbox pool {id} not found"),
     }
 }
 
@@ -143,11 +154,13 @@ impl StateError {
                 Kind::Template => "template_not_found",
                 Kind::Build => "build_not_found",
                 Kind::Image => "image_not_found",
+                Kind::Pool => "pool_not_found",
             },
             Self::Conflict { conflict, .. } => conflict.code(),
             Self::InvalidArgument { invalid, .. } => invalid.code(),
             Self::ExceedsHost(_) => "exceeds_host_capacity",
             Self::CapacityExceeded { .. } => "too_many_pending",
+            Self::PoolExhausted { .. } => "pool_exhausted",
             Self::Runtime(e) => runtime_code(e),
             Self::Store(_) | Self::Db(_) | Self::DefaultImage(_) | Self::Io(_) => "internal",
         }

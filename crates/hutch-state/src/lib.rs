@@ -25,6 +25,7 @@ pub mod default_image;
 pub mod discovery;
 mod error;
 pub mod keys;
+pub mod pools;
 pub mod sandboxes;
 pub mod templates;
 
@@ -40,6 +41,9 @@ pub use sandboxes::{CreateParams, HostCapacity, Limits, SandboxObserver, Sandbox
 /// The services of one state directory, as `hutch serve` runs them.
 pub struct State {
     pub sandboxes: Arc<Sandboxes>,
+    /// Warm pools; their replenisher starts when the server gives them a
+    /// [`pools::PoolSandboxes`].
+    pub pools: Arc<pools::Pools>,
     /// Template builds, and through them the template registry.
     pub builds: Arc<builds::Builds>,
     pub keys: keys::Keys,
@@ -111,6 +115,7 @@ impl State {
             }
         });
         Ok(Self {
+            pools: pools::Pools::new(Arc::clone(&db), Arc::clone(&sandboxes)),
             sandboxes,
             builds,
             keys: keys::Keys::new(db),

@@ -61,6 +61,8 @@ pub struct CreateParams {
     pub env: Vec<String>,
     /// What the API reports back about the request (resources, policy, flags), as JSON.
     pub spec: serde_json::Value,
+    /// The pool `(id, generation)` this sandbox is made for, unclaimed.
+    pub pool: Option<(String, i64)>,
 }
 
 /// A service that must act on sandboxes starting and ending (see [`Sandboxes::observe`]).
@@ -166,6 +168,11 @@ impl Sandboxes {
         self.changes.send_modify(|n| *n += 1);
     }
 
+    /// Changes whenever a sandbox changes status.
+    pub fn watch_changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -230,7 +237,8 @@ impl Sandboxes {
             terminated_at: None,
             timeout_secs: p.timeout_secs.unwrap_or(0),
         };
-        if !self.db.insert_sandbox(&row)? {
+        let pool = p.pool.as_ref().map(|(id, g)| (id.as_str(), *g));
+        if !self.db.insert_sandbox_in(&row, pool)? {
             return Err(StateError::conflict(
                 Conflict::NameTaken,
                 format!(
@@ -464,6 +472,14 @@ impl Sandboxes {
         self.terminate_row(&row.id, reason, None);
         self.remove_runtime(&row.id).await;
         self.get_row(&row.id)
+    }
+
+    /// Ends sandbox `id`, whatever its namespace, with `reason` (for the services that own
+    /// sandboxes of their own: pools), and removes its runtime side.
+    pub async fn end(&self, id: &str, reason: Reason) {
+        if self.terminate_row(id, reason, None) {
+            self.remove_runtime(id).await;
+        }
     }
 
     /// A sandbox that is not terminated, by id or name.
