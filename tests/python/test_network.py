@@ -85,6 +85,10 @@ def test_host(tmp_path_factory):
         (SLOTS / str(slot)).unlink(missing_ok=True)
 
 
+# busybox's nc: the default (Debian) image has none.
+BUSYBOX = "hutch/minimal"
+
+
 def _fetch(sandbox, addr: str) -> bool:
     """Whether the sandbox gets the test host's file (busybox nc, 2 s to connect)."""
     script = f"printf 'GET /hello.txt HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {addr} {PORT}"
@@ -103,13 +107,13 @@ def _settles(sandbox, addr: str, reachable: bool) -> bool:
 
 
 def test_the_default_reaches_out_and_a_closed_policy_does_not(client, test_host):
-    sb = client.create_and_connect()
+    sb = client.create_and_connect(image=BUSYBOX)
     try:
         assert client.get(sb.sandbox_id).network_policy.allow_internet_access
         assert _fetch(sb, test_host)
     finally:
         client.delete(sb.sandbox_id)
-    closed = client.create_and_connect(allow_internet_access=False)
+    closed = client.create_and_connect(image=BUSYBOX, allow_internet_access=False)
     try:
         info = client.get(closed.sandbox_id)
         assert not info.network_policy.allow_internet_access
@@ -119,7 +123,7 @@ def test_the_default_reaches_out_and_a_closed_policy_does_not(client, test_host)
 
 
 def test_allow_out_deny_out_and_live_updates(client, test_host):
-    sb = client.create_and_connect(allow_out=["198.51.100.7"])
+    sb = client.create_and_connect(image=BUSYBOX, allow_out=["198.51.100.7"])
     try:
         assert not _fetch(sb, test_host), "allow_out is default deny"
         client.update_sandbox(sb.sandbox_id, network=NetworkConfig(allow_out=[test_host]))

@@ -111,8 +111,31 @@ def _live_rows(home: Path) -> list[tuple[str, str]]:
     return [(ns, sandbox_id) for ns, sandbox_id in rows]
 
 
+def _pools(home: Path) -> list[tuple[str, str]]:
+    """(namespace, id) of every warm pool the database holds."""
+    db = sqlite3.connect(f"file:{home}/hutch.db?mode=ro", uri=True, timeout=10)
+    try:
+        return [(ns, i) for ns, i in db.execute("SELECT namespace, id FROM pools").fetchall()]
+    finally:
+        db.close()
+
+
 def _delete_everything(server: HutchServer) -> list[str]:
     problems = []
+    # Claimed sandboxes first (a pool with claimed sandboxes running is not deleted), then
+    # the pools, which takes their warm sandboxes with them, then whatever is left.
+    for ns, sandbox_id in _live_rows(server.home):
+        url = f"{server.api_url}/v1/namespaces/{ns}/sandboxes/{sandbox_id}"
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=60).close()
+        except (urllib.error.URLError, OSError):
+            pass
+    for ns, pool_id in _pools(server.home):
+        url = f"{server.api_url}/v1/namespaces/{ns}/sandbox-pools/{pool_id}"
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=60).close()
+        except (urllib.error.URLError, OSError) as e:
+            problems.append(f"could not delete pool {ns}/{pool_id}: {e}")
     for ns, sandbox_id in _live_rows(server.home):
         url = f"{server.api_url}/v1/namespaces/{ns}/sandboxes/{sandbox_id}"
         try:

@@ -42,7 +42,10 @@ def _wait_for(url: str) -> tuple[int, str]:
 
 
 def test_exposed_ports_and_tunnels(client):
-    sb = client.create_and_connect(allow_internet_access=False, exposed_ports=[PORT])
+    # busybox's httpd: the default (Debian) image has none.
+    sb = client.create_and_connect(
+        image="hutch/minimal", allow_internet_access=False, exposed_ports=[PORT]
+    )
     try:
         sb.start_process(
             "sh",

@@ -6,6 +6,7 @@ mod build;
 mod client;
 mod forward;
 mod image;
+mod pool;
 mod pull;
 mod run;
 mod sbx;
@@ -58,6 +59,9 @@ enum Command {
     /// key from $HUTCH_API_KEY; namespace from $HUTCH_NAMESPACE, default `default`).
     #[command(subcommand)]
     Sbx(sbx::SbxCommand),
+    /// Warm pools on a running `hutch serve`: sandboxes booted ahead, claimed at once.
+    #[command(subcommand)]
+    Pool(pool::PoolCommand),
     /// Manage the server's API keys.
     #[command(subcommand)]
     Key(serve::KeyCommand),
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::serve(args).await,
             Command::Key(cmd) => serve::key(cmd),
             Command::Sbx(cmd) => sbx::dispatch(cmd).await,
+            Command::Pool(cmd) => pool::dispatch(cmd).await,
             Command::AgentPath => agent_binary::ensure(&home()).map(|p| {
                 println!("{}", p.display());
                 0

@@ -239,3 +239,72 @@ async fn the_default_image_has_python_pip_bash_and_git() {
     assert_eq!(managed.status, "running");
     server.delete_all();
 }
+
+#[test]
+fn hutch_pool_creates_lists_claims_and_removes() {
+    let home = Home::new();
+    let server = home.serve();
+    let pool = |args: &[&str]| {
+        let out = home
+            .hutch()
+            .env("HUTCH_SERVER", server.api_url())
+            .arg("pool")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            common::stdout(&out),
+            common::stderr(&out),
+        )
+    };
+    let (ok, id, err) = pool(&[
+        "create",
+        "--image",
+        "hutch/minimal",
+        "--warm",
+        "1",
+        "--max",
+        "2",
+    ]);
+    assert!(ok, "{err}");
+    let id = id.trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, listed, _) = pool(&["ls"]);
+        let line = listed
+            .lines()
+            .find(|l| l.starts_with(&id))
+            .unwrap_or_default()
+            .to_string();
+        if line.split_whitespace().nth(2) == Some("1/1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never warm: {listed}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, claimed, err) = pool(&["claim", &id]);
+    assert!(ok, "{err}");
+    let (sandbox, how) = claimed.trim().split_once('\t').unwrap();
+    assert_eq!(how, "warm");
+    let (_, described, _) = pool(&["describe", &id]);
+    assert!(
+        described
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == [sandbox, "claimed"]),
+        "{described}"
+    );
+    let (ok, _, err) = pool(&["rm", &id]);
+    assert!(!ok && err.contains("409"), "{err}");
+    let out = home
+        .hutch()
+        .env("HUTCH_SERVER", server.api_url())
+        .args(["sbx", "rm", sandbox])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (ok, _, err) = pool(&["rm", &id]);
+    assert!(ok, "{err}");
+    let (_, listed, _) = pool(&["ls"]);
+    assert!(!listed.contains(&id), "{listed}");
+}

@@ -173,7 +173,7 @@ fn variant<T: serde::de::DeserializeOwned>(name: &str) -> Option<T> {
 
 // ---- create ------------------------------------------------------------------------------
 
-fn unsupported(feature: &str, hint: &str) -> ApiError {
+pub(crate) fn unsupported(feature: &str, hint: &str) -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
         "unsupported_capability",

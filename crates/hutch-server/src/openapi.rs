@@ -44,6 +44,12 @@ localhost, *.localhost, *.local or the server's --public-url).";
         routes::sandbox_egress,
         routes::hutch_sandbox_egress,
         routes::default_image,
+        routes::create_pool,
+        routes::list_pools,
+        routes::get_pool,
+        routes::update_pool,
+        routes::delete_pool,
+        routes::claim_pool,
         routes::introspect_key,
         routes::openapi_document,
         routes::healthz,
@@ -246,6 +252,91 @@ mod routes {
         )
     )]
     fn default_image() {}
+
+    #[utoipa::path(
+        post,
+        path = "/v1/namespaces/{ns}/sandbox-pools",
+        tag = "pools",
+        summary = "Create a warm pool: `warm_containers` sandboxes kept booted, at most \
+                   `max_containers` in all",
+        params(("ns" = String, Path, pattern = "^[a-z0-9_-]{1,63}$")),
+        request_body = hutch_api::SandboxPoolRequest,
+        responses(
+            (status = 200, description = "created", body = hutch_api::CreateSandboxPoolResponse),
+            (status = 400, description = "invalid configuration (bounds, image, network)", body = ErrorBody),
+        )
+    )]
+    fn create_pool() {}
+
+    #[utoipa::path(
+        get,
+        path = "/v1/namespaces/{ns}/sandbox-pools",
+        tag = "pools",
+        summary = "The namespace's pools, with their sandboxes and counts",
+        params(("ns" = String, Path, pattern = "^[a-z0-9_-]{1,63}$")),
+        responses((status = 200, description = "the pools", body = hutch_api::ListSandboxPoolsResponse))
+    )]
+    fn list_pools() {}
+
+    #[utoipa::path(
+        get,
+        path = "/v1/namespaces/{ns}/sandbox-pools/{id}",
+        tag = "pools",
+        summary = "A pool: configuration, sandboxes (warm, booting, claimed, evicting), counts",
+        params(("ns" = String, Path, pattern = "^[a-z0-9_-]{1,63}$"), ("id" = String, Path)),
+        responses(
+            (status = 200, description = "the pool", body = hutch_api::SandboxPoolInfo),
+            (status = 404, description = "unknown pool", body = ErrorBody),
+        )
+    )]
+    fn get_pool() {}
+
+    #[utoipa::path(
+        put,
+        path = "/v1/namespaces/{ns}/sandbox-pools/{id}",
+        tag = "pools",
+        summary = "Replace a pool's configuration: unclaimed sandboxes are evicted and \
+                   refilled, claimed ones keep theirs",
+        params(("ns" = String, Path, pattern = "^[a-z0-9_-]{1,63}$"), ("id" = String, Path)),
+        request_body = hutch_api::SandboxPoolRequest,
+        responses(
+            (status = 200, description = "the pool", body = hutch_api::SandboxPoolInfo),
+            (status = 404, description = "unknown pool", body = ErrorBody),
+        )
+    )]
+    fn update_pool() {}
+
+    #[utoipa::path(
+        delete,
+        path = "/v1/namespaces/{ns}/sandbox-pools/{id}",
+        tag = "pools",
+        summary = "Delete a pool and its warm sandboxes",
+        params(("ns" = String, Path, pattern = "^[a-z0-9_-]{1,63}$"), ("id" = String, Path)),
+        responses(
+            (status = 204, description = "deleted, its warm sandboxes removed"),
+            (status = 404, description = "unknown pool", body = ErrorBody),
+            (status = 409, description = "`pool_in_use`: claimed sandboxes still run", body = ErrorBody),
+        )
+    )]
+    fn delete_pool() {}
+
+    #[utoipa::path(
+        post,
+        path = "/v1/namespaces/{ns}/sandbox-pools/{id}/sandboxes",
+        tag = "pools",
+        summary = "Claim a sandbox: a warm one at once (`warm: true`), else a new one within \
+                   `max_containers`",
+        params(("ns" = String, Path, pattern = "^[a-z0-9_-]{1,63}$"), ("id" = String, Path)),
+        request_body(content = Option<hutch_api::ClaimSandboxRequest>),
+        responses(
+            (status = 200, description = "the sandbox runs", body = hutch_api::ClaimSandboxResponse),
+            (status = 404, description = "unknown pool", body = ErrorBody),
+            (status = 422, description = "the new sandbox failed to start", body = hutch_api::ClaimSandboxResponse),
+            (status = 429, description = "`pool_exhausted`: none warm and max_containers reached", body = ErrorBody),
+            (status = 504, description = "the new sandbox still boots", body = hutch_api::ClaimSandboxResponse),
+        )
+    )]
+    fn claim_pool() {}
 
     #[utoipa::path(
         patch,

@@ -168,12 +168,11 @@ async fn claim(
 ) -> Result<Response, ApiError> {
     let wait = create_wait(req.headers());
     let body: ClaimSandboxRequest = json_body(req.into_body()).await?;
+    app.pools.get(&ns, &id)?;
     if !body.file_systems.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "unsupported",
-            "file system mounts are not supported by this server; copy files in through \
-             the proxy",
+        return Err(crate::lifecycle::unsupported(
+            "file system mounts",
+            "copy files in through the proxy",
         ));
     }
     let claimed = app.pools.claim(&ns, &id, wait).await?;
