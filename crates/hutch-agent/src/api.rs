@@ -125,6 +125,15 @@ async fn route(
             files::rename(field("from")?, field("to")?).await?;
             Ok(empty(StatusCode::OK))
         }
+        (&Method::POST, ["hutch", "v1", "limits"]) => {
+            // A live resize: the memory limit the agent enforces per process.
+            let bytes = http::query_param(&req, "memory_bytes")
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|b| *b >= 1 << 20)
+                .ok_or_else(|| ApiError::invalid("`memory_bytes` must be at least 1 MiB"))?;
+            crate::memory::set_limit(&procs, bytes);
+            Ok(empty(StatusCode::OK))
+        }
         (&Method::POST, ["hutch", "v1", "shutdown"]) => {
             let grace = http::query_param(&req, "grace_ms")
                 .and_then(|v| v.parse::<u64>().ok())

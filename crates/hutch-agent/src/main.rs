@@ -70,7 +70,7 @@ fn main() {
         }
         tokio::spawn(forward_signals(procs.clone()));
         if let Some(limit) = limit {
-            tokio::spawn(memory::watch(procs.clone(), limit));
+            memory::set_limit(&procs, limit);
         }
         if let Some(limit) = pids_limit {
             tokio::spawn(pids::watch(limit));

@@ -11,13 +11,27 @@
 //! never the victim; a process is charged the output the agent buffers for it, so the
 //! process that floods its output is the one killed.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::process::Processes;
 
 const INTERVAL: Duration = Duration::from_millis(20);
 
-pub async fn watch(procs: Processes, limit_bytes: u64) {
+/// The user's limit in force (0: none). A live resize changes it (`set_limit`).
+static LIMIT: AtomicU64 = AtomicU64::new(0);
+static WATCHING: AtomicBool = AtomicBool::new(false);
+
+/// Enforces `limit_bytes` from now on, starting the watch if it is not running yet. A
+/// process already over the new limit is killed at the next sample.
+pub fn set_limit(procs: &Processes, limit_bytes: u64) {
+    LIMIT.store(limit_bytes, Ordering::SeqCst);
+    if !WATCHING.swap(true, Ordering::SeqCst) {
+        tokio::spawn(watch(procs.clone()));
+    }
+}
+
+async fn watch(procs: Processes) {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
     let me = std::process::id() as i32;
@@ -28,7 +42,8 @@ pub async fn watch(procs: Processes, limit_bytes: u64) {
             agent: me,
             tmpfs: tmpfs_bytes(),
         };
-        if usage.total() <= limit_bytes {
+        let limit_bytes = LIMIT.load(Ordering::SeqCst);
+        if limit_bytes == 0 || usage.total() <= limit_bytes {
             continue;
         }
         if let Some(victim) = usage.victim(&procs.buffered_output()) {

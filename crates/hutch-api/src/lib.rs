@@ -15,12 +15,14 @@ pub mod platform;
 
 pub use hutch_wire::ErrorBody;
 pub use lifecycle::{
-    ClaimSandboxRequest, ClaimSandboxResponse, ContainerResources, CreateOutcome,
-    CreateSandboxPoolResponse, CreateSandboxRequest, CreateSandboxResources, CreateSandboxResponse,
-    ErrorDetails, FileSystemMount, GpuResources, ListSandboxPoolsResponse, ListSandboxesQuery,
-    ListSandboxesResponse, NetworkConfig, PoolContainerInfo, PoolCounts, ResizeSandboxResources,
-    SandboxAccepted, SandboxAction, SandboxInfo, SandboxPoolInfo, SandboxPoolRequest,
-    SandboxStatus, TerminationReason, UpdateSandboxRequest,
+    ArchivedSandboxInfo, ClaimSandboxRequest, ClaimSandboxResponse, ContainerResources,
+    CreateOutcome, CreateSandboxPoolResponse, CreateSandboxRequest, CreateSandboxResources,
+    CreateSandboxResponse, ErrorDetails, FileSystemMount, GpuResources, ListArchivedSandboxesQuery,
+    ListArchivedSandboxesResponse, ListSandboxPoolsResponse, ListSandboxesQuery,
+    ListSandboxesResponse, NetworkConfig, PageDirection, PoolContainerInfo, PoolCounts,
+    ResizeSandboxResources, SandboxAccepted, SandboxAction, SandboxInfo, SandboxPoolInfo,
+    SandboxPoolRequest, SandboxResourceResizeInfo, SandboxStatus, StopSandboxRequest,
+    TerminationReason, UpdateSandboxRequest,
 };
 pub use native::{
     DefaultImageStatus, EgressEntry, EgressLog, EgressVerdict, Health, ImageBuildState,

@@ -61,6 +61,10 @@ pub struct CreateSandboxRequest {
     /// Hutch extension: environment for the entrypoint and processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, String>>,
+    /// Hutch extension: end the sandbox after this many seconds with no API or proxy
+    /// traffic (0 or absent: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
 }
 
 /// Resources asked for at create; `-1` (what the SDK sends for "unset") means the default.
@@ -193,6 +197,11 @@ pub enum TerminationReason {
     NoCapacity,
     /// It died while nobody asked (runtime crash, host reboot, found dead after a restart).
     Lost,
+    /// Stopped gracefully (`POST .../stop`): SIGTERM to every process, SIGKILL after the
+    /// grace period.
+    Stopped,
+    /// No API or proxy traffic for its `idle_timeout_secs`.
+    IdleTimeout,
 }
 
 /// `error_details` of a sandbox that failed.
@@ -264,6 +273,24 @@ pub struct SandboxInfo {
     /// The pool it was claimed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_id: Option<String>,
+    /// The latest live resize.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_resize: Option<SandboxResourceResizeInfo>,
+    /// Hutch extension: seconds without API or proxy traffic after which it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+}
+
+/// A live resize: what was asked, and how it went.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxResourceResizeInfo {
+    /// Counts resizes of this sandbox from 1.
+    pub generation: u64,
+    pub requested: ContainerResources,
+    /// `succeeded` or `failed`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
 }
 
 /// `GET .../sandboxes`: a page, oldest first.
@@ -312,9 +339,10 @@ pub struct UpdateSandboxRequest {
     )]
     #[schema(value_type = Option<NetworkConfig>)]
     pub network: Option<Option<NetworkConfig>>,
-    /// Live resize (not supported yet: refused).
-    // Read as create's resources, `gpus` included, as the server always has (any of it is
-    // refused the same way); the schema shows the SDK's resize shape.
+    /// Live resize of cpus and memory (the answer's `resource_resize` says how it went);
+    /// not combined with other fields.
+    // Read as create's resources, `gpus` included (refused), as the server always has; the
+    // schema shows the SDK's resize shape.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<ResizeSandboxResources>)]
     pub resources: Option<CreateSandboxResources>,
@@ -322,6 +350,9 @@ pub struct UpdateSandboxRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0)]
     pub timeout_secs: Option<i64>,
+    /// Hutch extension: a new idle timeout in seconds (0: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
 }
 
 /// Distinguishes a present `null` from an absent key.
@@ -347,6 +378,10 @@ pub struct ResizeSandboxResources {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxAction {
+    /// Hutch: a graceful stop (body `{"grace_secs": N}`, 10 by default).
+    Stop,
+    /// Hutch: counts as traffic for the idle timeout.
+    Keepalive,
     Suspend,
     Resume,
     Snapshot,
@@ -395,6 +430,8 @@ mod tests {
             error_details: None,
             template_id: None,
             pool_id: None,
+            resource_resize: None,
+            idle_timeout_secs: None,
         };
         assert_eq!(
             serde_json::to_value(&info).unwrap(),
@@ -586,4 +623,63 @@ pub struct ClaimSandboxResponse {
     pub warm: bool,
     /// The claim's settings were applied (there are none to apply but an empty list).
     pub claim_configuration_applied: bool,
+}
+
+/// An ended sandbox, as `archived-sandboxes` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ArchivedSandboxInfo {
+    #[serde(flatten)]
+    pub sandbox: SandboxInfo,
+    /// Milliseconds since the epoch: when it ended.
+    pub archived_at: u64,
+}
+
+/// `GET .../archived-sandboxes`: newest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ListArchivedSandboxesResponse {
+    pub sandboxes: Vec<ArchivedSandboxInfo>,
+    /// Pass with `direction=backward` for the newer page; absent on the newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_cursor: Option<String>,
+    /// Pass (with `direction=forward`, the default) for the older page; absent on the
+    /// oldest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Which way an `archived-sandboxes` page goes from its cursor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PageDirection {
+    /// Older sandboxes.
+    #[default]
+    Forward,
+    /// Newer sandboxes.
+    Backward,
+}
+
+/// `GET .../archived-sandboxes?limit=&cursor=&direction=`.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
+)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListArchivedSandboxesQuery {
+    /// 1 to 1000; 100 by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<PageDirection>,
+}
+
+/// `POST .../sandboxes/{id}/stop`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StopSandboxRequest {
+    /// How long processes have after SIGTERM before SIGKILL: 0 to 300 seconds, 10 by
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_secs: Option<u64>,
 }

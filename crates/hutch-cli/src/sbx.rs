@@ -54,6 +54,15 @@ pub enum SbxCommand {
     },
     /// Terminate and remove sandboxes.
     Rm { sandboxes: Vec<String> },
+    /// Stop sandboxes gracefully: SIGTERM to every process, SIGKILL after the grace period,
+    /// then the sandbox ends (reason `stopped`).
+    Stop {
+        #[arg(required = true)]
+        sandboxes: Vec<String>,
+        /// Seconds processes have after SIGTERM (0 to 300).
+        #[arg(long, default_value_t = 10)]
+        grace: u64,
+    },
     /// Run a command in a sandbox; exits with its exit code.
     Exec {
         sandbox: String,
@@ -273,6 +282,19 @@ pub async fn dispatch(cmd: SbxCommand) -> anyhow::Result<u8> {
                     None,
                 )
                 .await?;
+            }
+        }
+        SbxCommand::Stop { sandboxes, grace } => {
+            for s in sandboxes {
+                let info: SandboxInfo = client::call(
+                    &api,
+                    Method::POST,
+                    &format!("{}/{s}/stop", sandboxes_path()),
+                    None,
+                    Some(&json!({ "grace_secs": grace })),
+                )
+                .await?;
+                println!("{}", row(&info));
             }
         }
         SbxCommand::Exec { sandbox, command } => return exec(&api, &sandbox, command).await,

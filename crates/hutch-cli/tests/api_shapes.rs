@@ -47,6 +47,8 @@ fn sandbox(status: SandboxStatus) -> SandboxInfo {
         error_details: Some(ErrorDetails { message: None }),
         template_id: Some("tpl_1".into()),
         pool_id: Some("pool_1".into()),
+        resource_resize: None,
+        idle_timeout_secs: None,
     }
 }
 

@@ -192,7 +192,7 @@ async fn bad_requests_get_typed_4xx_errors() {
     expect_error(resp, 400, "invalid_name").await;
     let resp = http
         .patch(format!("{api}/{id}"))
-        .json(&json!({"resources": {"cpus": 2.0}}))
+        .json(&json!({"resources": {"disk_mb": 4096}}))
         .send()
         .await
         .unwrap();

@@ -270,6 +270,14 @@ pub trait Backend: Send + Sync {
         Err(refuse(self, CapabilityName::NetworkAttach))
     }
 
+    /// Changes the cpus and the memory limit of the running sandbox `id`, with no restart;
+    /// a dimension given as `None` stays. A process over a lowered memory limit is
+    /// OOM-killed alone. [`CapabilityName::SandboxResize`].
+    async fn resize(&self, id: &str, cpus: Option<f64>, memory_mb: Option<u64>) -> Result<()> {
+        let _ = (id, cpus, memory_mb);
+        Err(refuse(self, CapabilityName::SandboxResize))
+    }
+
     /// The connection attempts of sandbox `id` after sequence number `after`, oldest first
     /// (see `net::audit`). [`CapabilityName::NetworkAudit`].
     async fn egress(&self, id: &str, after: u64) -> Result<Vec<crate::net::audit::EgressEntry>> {

@@ -52,6 +52,8 @@ pub enum CapabilityName {
     SandboxCheckpoint,
     /// A new sandbox from a checkpoint ([`crate::Backend::restore`]).
     SandboxRestore,
+    /// Changing a running sandbox's cpus and memory ([`crate::Backend::resize`]).
+    SandboxResize,
 }
 
 impl fmt::Display for CapabilityName {

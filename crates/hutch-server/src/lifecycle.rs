@@ -17,10 +17,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hutch_api::{
-    ContainerResources, CreateOutcome, CreateSandboxRequest, CreateSandboxResponse, ErrorDetails,
-    Health, KeyIntrospection, ListSandboxesQuery, ListSandboxesResponse, NetworkConfig,
-    SandboxAccepted, SandboxAction, SandboxInfo, SandboxStatus, TerminationReason,
-    UpdateSandboxRequest,
+    ArchivedSandboxInfo, ContainerResources, CreateOutcome, CreateSandboxRequest,
+    CreateSandboxResponse, ErrorDetails, Health, KeyIntrospection, ListArchivedSandboxesQuery,
+    ListArchivedSandboxesResponse, ListSandboxesQuery, ListSandboxesResponse, NetworkConfig,
+    PageDirection, SandboxAccepted, SandboxAction, SandboxInfo, SandboxStatus, StopSandboxRequest,
+    TerminationReason, UpdateSandboxRequest,
 };
 use hutch_runtime::NetworkMode;
 use hutch_runtime::net::NetworkPolicy;
@@ -54,7 +55,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/sandboxes", post(create).get(list))
         .route("/sandboxes/{id}", get(get_one).patch(update).delete(delete))
         .route("/sandboxes/{id}/{action}", post(lifecycle_action))
-        .route("/sandboxes/{id}/egress", get(egress_log));
+        .route("/sandboxes/{id}/egress", get(egress_log))
+        .route("/archived-sandboxes", get(list_archived))
+        .route("/archived-sandboxes/{id}", get(get_archived));
     let router = Router::new()
         .nest("/v1/namespaces/{ns}", sandboxes.clone())
         .merge(sandboxes)
@@ -445,6 +448,7 @@ pub(crate) async fn create_params(
         "auto_resume": body.auto_resume.unwrap_or(true),
         "allow_unauthenticated_access": body.allow_unauthenticated_access.unwrap_or(false),
         "exposed_ports": body.exposed_ports.as_deref().map(exposed_ports).transpose()?.unwrap_or_default(),
+        "idle_timeout_secs": body.idle_timeout_secs.unwrap_or(0),
     });
     // A registered template (by name or id) first, then an image in the store or a registry.
     let template = match &body.image {
@@ -547,6 +551,8 @@ pub fn sandbox_info(row: &SandboxRow, reach: &Endpoint) -> SandboxInfo {
         error_details: None,
         template_id: spec["template"]["id"].as_str().map(str::to_string),
         pool_id: spec["pool_id"].as_str().map(str::to_string),
+        resource_resize: serde_json::from_value(spec["resource_resize"].clone()).ok(),
+        idle_timeout_secs: spec["idle_timeout_secs"].as_u64().filter(|s| *s > 0),
     };
     match row.status {
         Status::Running => {
@@ -624,6 +630,9 @@ async fn get_one(
     Path(SandboxPath { id }): Path<SandboxPath>,
 ) -> Result<Response, ApiError> {
     let row = app.sandboxes.get(&ns, &id)?;
+    if row.status == Status::Running {
+        app.sandboxes.touch(&row.id);
+    }
     Ok(reply(StatusCode::OK, &sandbox_info(&row, &reach)))
 }
 
@@ -657,6 +666,68 @@ async fn list(
     Ok(reply(StatusCode::OK, &answer))
 }
 
+/// `archived-sandboxes`: the namespace's ended sandboxes, newest first, a page at a time
+/// either way from a cursor.
+async fn list_archived(
+    State(app): State<Arc<App>>,
+    Scoped { ns }: Scoped,
+    Reach(reach): Reach,
+    query: Result<Query<ListArchivedSandboxesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = q.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
+    let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => Some(decode_cursor(c)?),
+        None => None,
+    };
+    let older = q.direction.unwrap_or_default() == PageDirection::Forward;
+    let (rows, more) = app.sandboxes.archived(
+        &ns,
+        cursor.as_ref().map(|(t, id)| (*t, id.as_str())),
+        older,
+        limit,
+    )?;
+    let key = |r: &SandboxRow| format!("{}.{}", r.terminated_at.unwrap_or(0), r.id);
+    // Newer pages exist when this one went older from a cursor, or went newer and found
+    // more; older ones likewise.
+    let (newer, older_exist) = if older {
+        (cursor.is_some(), more)
+    } else {
+        (more, cursor.is_some())
+    };
+    let answer = ListArchivedSandboxesResponse {
+        prev_cursor: rows.first().filter(|_| newer).map(key),
+        next_cursor: rows.last().filter(|_| older_exist).map(key),
+        sandboxes: rows.iter().map(|r| archived_info(r, &reach)).collect(),
+    };
+    Ok(reply(StatusCode::OK, &answer))
+}
+
+fn archived_info(row: &SandboxRow, reach: &Endpoint) -> ArchivedSandboxInfo {
+    ArchivedSandboxInfo {
+        sandbox: sandbox_info(row, reach),
+        archived_at: row.terminated_at.unwrap_or(0).max(0) as u64,
+    }
+}
+
+/// One ended sandbox by id or name; a live one is not archived (404).
+async fn get_archived(
+    State(app): State<Arc<App>>,
+    Scoped { ns }: Scoped,
+    Reach(reach): Reach,
+    Path(SandboxPath { id }): Path<SandboxPath>,
+) -> Result<Response, ApiError> {
+    let row = app.sandboxes.get(&ns, &id)?;
+    if row.status != Status::Terminated {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "sandbox_not_found",
+            format!("sandbox {id} is {} and not archived", row.status.as_str()),
+        ));
+    }
+    Ok(reply(StatusCode::OK, &archived_info(&row, &reach)))
+}
+
 fn decode_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
     cursor
         .split_once('.')
@@ -674,11 +745,9 @@ async fn update(
     req: Request,
 ) -> Result<Response, ApiError> {
     let body: UpdateSandboxRequest = json_body(req.into_body()).await?;
-    if body.resources.is_some() {
-        return Err(unsupported(
-            "live resize",
-            "create a new sandbox with the resources you need",
-        ));
+    if let Some(resources) = &body.resources {
+        let row = resize(&app, &ns, &id, &body, resources).await?;
+        return Ok(reply(StatusCode::OK, &sandbox_info(&row, &reach)));
     }
     let ports = body
         .exposed_ports
@@ -708,10 +777,63 @@ async fn update(
         ports.as_deref(),
         body.allow_unauthenticated_access,
     )?;
+    if let Some(idle) = body.idle_timeout_secs {
+        app.sandboxes.set_idle_timeout(&ns, &id, idle)?;
+    }
     let row = app
         .sandboxes
         .update(&ns, &id, body.name.as_deref(), body.timeout_secs)?;
+    app.sandboxes.touch(&row.id);
     Ok(reply(StatusCode::OK, &sandbox_info(&row, &reach)))
+}
+
+/// A live resize: cpus and memory, alone in its PATCH (as the SDK sends it).
+async fn resize(
+    app: &App,
+    ns: &str,
+    id: &str,
+    body: &UpdateSandboxRequest,
+    resources: &hutch_api::CreateSandboxResources,
+) -> Result<SandboxRow, ApiError> {
+    let alone = UpdateSandboxRequest {
+        resources: body.resources.clone(),
+        ..UpdateSandboxRequest::default()
+    };
+    if *body != alone {
+        return Err(ApiError::bad_request(
+            "resources cannot be combined with other fields in one update",
+        ));
+    }
+    if resources.gpus.as_ref().is_some_and(|g| !g.is_empty()) {
+        return Err(unsupported("GPUs", "this host has none to give"));
+    }
+    let current = app.sandboxes.get(ns, id)?;
+    if let Some(disk) = resources.disk_mb
+        && Some(disk) != current.spec["disk_mb"].as_u64()
+    {
+        return Err(unsupported(
+            "resizing the disk of a running sandbox",
+            "create a new sandbox with the disk_mb you need",
+        ));
+    }
+    let memory_mb = match resources.memory_mb {
+        Some(m) if m <= 0 => {
+            return Err(ApiError::bad_request(format!(
+                "resources.memory_mb must be positive, got {m}"
+            )));
+        }
+        m => m.map(|m| m as u64),
+    };
+    if resources.cpus.is_none() && memory_mb.is_none() {
+        return Err(ApiError::bad_request(
+            "resources must name cpus or memory_mb",
+        ));
+    }
+    app.sandboxes.touch(&current.id);
+    Ok(app
+        .sandboxes
+        .resize(ns, id, resources.cpus, memory_mb)
+        .await?)
 }
 
 #[derive(Deserialize)]
@@ -766,10 +888,21 @@ async fn delete(
 
 /// Lifecycle actions this server does not offer yet get a typed refusal after the sandbox
 /// is found (so an unknown sandbox is still a 404 the SDK maps to not-found).
+/// Stop and keepalive are answered before the capability check.
+fn unreachable_action() -> (&'static str, Option<hutch_runtime::CapabilityName>) {
+    ("this action", None)
+}
+
+/// The longest grace period a stop may ask for, and the one it gets by default.
+const MAX_STOP_GRACE_SECS: u64 = 300;
+const DEFAULT_STOP_GRACE_SECS: u64 = 10;
+
 async fn lifecycle_action(
     State(app): State<Arc<App>>,
     Scoped { ns }: Scoped,
+    Reach(reach): Reach,
     Path(ActionPath { id, action }): Path<ActionPath>,
+    req: Request,
 ) -> Result<Response, ApiError> {
     use hutch_runtime::{Capability, CapabilityName as C};
     let Some(known) = variant::<SandboxAction>(&action) else {
@@ -779,8 +912,31 @@ async fn lifecycle_action(
             format!("no action {action:?}"),
         ));
     };
+    match known {
+        SandboxAction::Stop => {
+            let body: StopSandboxRequest = json_body(req.into_body()).await?;
+            let grace = body.grace_secs.unwrap_or(DEFAULT_STOP_GRACE_SECS);
+            if grace > MAX_STOP_GRACE_SECS {
+                return Err(ApiError::bad_request(format!(
+                    "grace_secs must be at most {MAX_STOP_GRACE_SECS}, got {grace}"
+                )));
+            }
+            let row = app
+                .sandboxes
+                .stop(&ns, &id, Duration::from_secs(grace))
+                .await?;
+            return Ok(reply(StatusCode::OK, &sandbox_info(&row, &reach)));
+        }
+        SandboxAction::Keepalive => {
+            let row = app.sandboxes.get(&ns, &id)?;
+            app.sandboxes.touch(&row.id);
+            return Ok(reply(StatusCode::OK, &sandbox_info(&row, &reach)));
+        }
+        _ => {}
+    }
     // The backend capability each action needs (file system mounts need the server first).
     let (feature, capability) = match known {
+        SandboxAction::Stop | SandboxAction::Keepalive => unreachable_action(),
         SandboxAction::Suspend | SandboxAction::Resume => {
             ("suspend and resume", Some(C::SandboxSuspend))
         }

@@ -44,6 +44,8 @@ localhost, *.localhost, *.local or the server's --public-url).";
         routes::sandbox_egress,
         routes::hutch_sandbox_egress,
         routes::default_image,
+        routes::list_archived,
+        routes::get_archived,
         routes::create_pool,
         routes::list_pools,
         routes::get_pool,
@@ -252,6 +254,35 @@ mod routes {
         )
     )]
     fn default_image() {}
+
+    #[utoipa::path(
+        get,
+        path = "/v1/namespaces/{ns}/archived-sandboxes",
+        tag = "lifecycle",
+        summary = "Ended sandboxes, newest first (kept for the retention, at most 10 000)",
+        params(
+            ("ns" = String, Path, pattern = "^[a-z0-9_-]{1,63}$"),
+            hutch_api::ListArchivedSandboxesQuery,
+        ),
+        responses(
+            (status = 200, description = "a page", body = hutch_api::ListArchivedSandboxesResponse),
+            (status = 400, description = "invalid cursor or limit", body = ErrorBody),
+        )
+    )]
+    fn list_archived() {}
+
+    #[utoipa::path(
+        get,
+        path = "/v1/namespaces/{ns}/archived-sandboxes/{id}",
+        tag = "lifecycle",
+        summary = "One ended sandbox",
+        params(("ns" = String, Path, pattern = "^[a-z0-9_-]{1,63}$"), ("id" = String, Path)),
+        responses(
+            (status = 200, description = "the sandbox", body = hutch_api::ArchivedSandboxInfo),
+            (status = 404, description = "unknown, or not ended", body = ErrorBody),
+        )
+    )]
+    fn get_archived() {}
 
     #[utoipa::path(
         post,

@@ -239,9 +239,15 @@ async fn forward(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
         Ok(req) => req,
         Err(e) => return proxy_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", e.to_string()),
     };
+    // The sandbox is not idle while this exchange is open (its answer may stream long).
+    let busy = app.sandboxes.busy(&row.id);
     match agent.request(upstream).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
+            let body = body.map_frame(move |frame| {
+                let _open = &busy;
+                frame
+            });
             for name in HOP_BY_HOP {
                 parts.headers.remove(*name);
             }
@@ -276,7 +282,7 @@ fn not_found(target: &Target) -> Response {
 /// The agent of a sandbox that runs; otherwise the answer that says why not.
 async fn running_agent(app: &App, row: &SandboxRow) -> Result<AgentClient, Response> {
     match row.status {
-        Status::Running => {}
+        Status::Running => app.sandboxes.touch(&row.id),
         Status::Pending => {
             return Err(proxy_error(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -170,6 +170,10 @@ pub enum Reason {
     NoCapacity,
     /// It died while nobody asked (runtime crash, host reboot, found dead after a restart).
     Lost,
+    /// Stopped by a user: SIGTERM to every process, SIGKILL after the grace period.
+    Stopped,
+    /// No API or proxy traffic for its `idle_timeout_secs`.
+    IdleTimeout,
 }
 
 impl Reason {
@@ -181,6 +185,8 @@ impl Reason {
             Self::StartupFailed => "startup_failed",
             Self::NoCapacity => "no_capacity",
             Self::Lost => "lost",
+            Self::Stopped => "stopped",
+            Self::IdleTimeout => "idle_timeout",
         }
     }
 }
@@ -403,6 +409,61 @@ impl Db {
         )?;
         rows.map(|r| r.map_err(DbError::from).and_then(RawRow::parse))
             .collect()
+    }
+
+    /// A page of a namespace's ended sandboxes (never-claimed pool sandboxes aside),
+    /// newest first. `older` pages toward older ones, from strictly before `cursor`; else
+    /// toward newer ones, from strictly after it. Returns the page and whether more lie
+    /// beyond it in that direction.
+    pub fn archived_sandboxes(
+        &self,
+        namespace: &str,
+        cursor: Option<(i64, &str)>,
+        older: bool,
+        limit: usize,
+    ) -> Result<(Vec<SandboxRow>, bool)> {
+        let conn = self.conn();
+        let sql = if older {
+            format!(
+                "SELECT {SANDBOX_COLUMNS} FROM sandboxes
+                 WHERE namespace = ?1 AND status = 'terminated'
+                   AND (?2 IS NULL OR terminated_at < ?2 OR (terminated_at = ?2 AND id < ?3))
+                   AND id NOT IN (SELECT sandbox_id FROM pool_members WHERE claimed_at IS NULL)
+                 ORDER BY terminated_at DESC, id DESC LIMIT ?4"
+            )
+        } else {
+            format!(
+                "SELECT {SANDBOX_COLUMNS} FROM sandboxes
+                 WHERE namespace = ?1 AND status = 'terminated'
+                   AND (?2 IS NULL OR terminated_at > ?2 OR (terminated_at = ?2 AND id > ?3))
+                   AND id NOT IN (SELECT sandbox_id FROM pool_members WHERE claimed_at IS NULL)
+                 ORDER BY terminated_at ASC, id ASC LIMIT ?4"
+            )
+        };
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let (at, id) = cursor.map_or((None, ""), |(at, id)| (Some(at), id));
+        let rows = stmt.query_map(params![namespace, at, id, limit as i64 + 1], raw_row)?;
+        let mut rows: Vec<SandboxRow> = rows
+            .map(|r| r.map_err(DbError::from).and_then(RawRow::parse))
+            .collect::<Result<_>>()?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        if !older {
+            rows.reverse();
+        }
+        Ok((rows, more))
+    }
+
+    /// Deletes the oldest ended sandboxes beyond the newest `keep` (at most `limit` per
+    /// call); returns how many went.
+    pub fn prune_terminated(&self, keep: usize, limit: usize) -> Result<usize> {
+        let n = self.conn().execute(
+            "DELETE FROM sandboxes WHERE id IN (
+                 SELECT id FROM sandboxes WHERE status = 'terminated'
+                 ORDER BY terminated_at DESC LIMIT ?2 OFFSET ?1)",
+            params![keep as i64, limit as i64],
+        )?;
+        Ok(n)
     }
 
     /// Sandboxes that are not terminated, in every namespace.

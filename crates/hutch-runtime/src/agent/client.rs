@@ -321,6 +321,14 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Sets the memory limit the agent enforces per process (a live resize).
+    pub async fn set_memory_limit(&self, bytes: u64) -> Result<()> {
+        let uri = format!("/hutch/v1/limits?memory_bytes={bytes}");
+        self.call(Method::POST, &uri, empty(), Domain::Process)
+            .await
+            .map(drop)
+    }
+
     pub async fn mkdir(&self, path: &str) -> Result<()> {
         let uri = format!("/hutch/v1/files/mkdir?path={}", encode(path));
         self.call(Method::POST, &uri, empty(), Domain::Files)

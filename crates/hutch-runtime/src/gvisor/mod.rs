@@ -13,7 +13,7 @@ mod rootfs;
 mod runsc;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -432,10 +432,7 @@ impl GvisorBackend {
             hostname: &hostname,
             agent_config: &agent_config,
             cpus: spec.cpus,
-            memory_backstop_bytes: spec.memory_mb.map(|mb| {
-                let user = mb << 20;
-                user + (user / 2).max(256 << 20)
-            }),
+            memory_backstop_bytes: spec.memory_mb.map(memory_backstop),
             cgroup: Some(PathBuf::from(format!("/hutch/{id}"))),
             pids_backstop: host_pids_backstop(spec.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT)),
             tmp_in_rootfs: spec.tmp_in_rootfs,
@@ -692,8 +689,9 @@ impl Backend for GvisorBackend {
             .unsupported(C::SandboxSuspend, later("suspend and resume"))
             .unsupported(C::SnapshotFilesystem, later("filesystem snapshots"))
             .unsupported(C::SnapshotMemory, later("memory snapshots"))
-            .unsupported(C::WarmPool, later("warm pools"))
             .supported(&[
+                C::WarmPool,
+                C::SandboxResize,
                 C::SandboxRunAttached,
                 C::SandboxWritableLayer,
                 C::SandboxSocket,
@@ -1036,6 +1034,40 @@ impl Backend for GvisorBackend {
     }
 
     /// The overlay's upper directory, less Hutch's mount points in it.
+    async fn resize(&self, id: &str, cpus: Option<f64>, memory_mb: Option<u64>) -> Result<()> {
+        let agent = self.attach(id).await?.agent;
+        let cgroup = SandboxCgroup::of(id);
+        if let Some(mb) = memory_mb {
+            let user = mb << 20;
+            let backstop = memory_backstop(mb);
+            let growing = cgroup.memory_limit().is_none_or(|now| backstop >= now);
+            if growing {
+                // Room on the host first, then the agent lets processes use it.
+                cgroup.set_memory_limit(backstop)?;
+                agent.set_memory_limit(user).await?;
+            } else {
+                // The agent first: it kills the largest process over the new limit, alone;
+                // the host backstop follows once usage is under it.
+                agent.set_memory_limit(user).await?;
+                let mut tries = 0;
+                loop {
+                    match cgroup.set_memory_limit(backstop) {
+                        Ok(()) => break,
+                        Err(_) if tries < 50 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        if let Some(cpus) = cpus {
+            cgroup.set_cpus(cpus)?;
+        }
+        Ok(())
+    }
+
     async fn attach_network(&self, id: &str, policy: &net::NetworkPolicy) -> Result<()> {
         let settings = self
             .net
@@ -1270,6 +1302,77 @@ fn random_id() -> Result<String> {
 /// `n` random bytes, as hex.
 fn random_hex(n: usize) -> Result<String> {
     hutch_wire::ids::random_hex(n).map_err(|e| RuntimeError::io("reading random bytes", e))
+}
+
+/// The host cgroup's memory limit for a user limit of `mb`: the agent enforces the user's
+/// limit per process; the host's is a backstop above it (its OOM would take the sandbox).
+fn memory_backstop(mb: u64) -> u64 {
+    let user = mb << 20;
+    user + (user / 2).max(256 << 20)
+}
+
+/// A sandbox's host cgroup (`/hutch/<id>`), v1 (a directory per controller) or v2 (unified).
+struct SandboxCgroup {
+    id: String,
+    unified: bool,
+}
+
+impl SandboxCgroup {
+    fn of(id: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            unified: Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+        }
+    }
+
+    fn file(&self, controller: &str, name: &str) -> PathBuf {
+        if self.unified {
+            PathBuf::from(format!("/sys/fs/cgroup/hutch/{}/{name}", self.id))
+        } else {
+            PathBuf::from(format!(
+                "/sys/fs/cgroup/{controller}/hutch/{}/{name}",
+                self.id
+            ))
+        }
+    }
+
+    fn write(&self, path: &Path, value: &str) -> Result<()> {
+        std::fs::write(path, value)
+            .map_err(|e| RuntimeError::io(format!("writing {value} to {}", path.display()), e))
+    }
+
+    fn memory_limit(&self) -> Option<u64> {
+        let name = if self.unified {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        std::fs::read_to_string(self.file("memory", name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn set_memory_limit(&self, bytes: u64) -> Result<()> {
+        let name = if self.unified {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        self.write(&self.file("memory", name), &bytes.to_string())
+    }
+
+    fn set_cpus(&self, cpus: f64) -> Result<()> {
+        const PERIOD: u64 = 100_000;
+        let quota = ((cpus * PERIOD as f64) as u64).max(1000);
+        if self.unified {
+            self.write(&self.file("cpu", "cpu.max"), &format!("{quota} {PERIOD}"))
+        } else {
+            self.write(&self.file("cpu", "cpu.cfs_period_us"), &PERIOD.to_string())?;
+            self.write(&self.file("cpu", "cpu.cfs_quota_us"), &quota.to_string())
+        }
+    }
 }
 
 fn remove_cgroups(id: &str) {

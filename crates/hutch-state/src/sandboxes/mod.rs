@@ -93,6 +93,40 @@ pub struct Sandboxes {
     changes: watch::Sender<u64>,
     /// Who hears of sandboxes starting and ending.
     observers: Mutex<Vec<Weak<dyn SandboxObserver>>>,
+    /// Sandboxes being stopped gracefully: the monitor does not call their end a death.
+    stopping: Mutex<std::collections::HashSet<String>>,
+    /// Per sandbox: when API or proxy traffic last touched it, and how many proxied
+    /// exchanges are open now (for `idle_timeout_secs`).
+    activity: Arc<Mutex<HashMap<String, Activity>>>,
+    /// Held by a resize while it runs.
+    resizing: tokio::sync::Mutex<()>,
+}
+
+/// The smallest memory a resize may give a sandbox.
+pub const MIN_MEMORY_MB: u64 = 64;
+
+/// The traffic a sandbox had, for its idle timeout.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Activity {
+    pub last: std::time::Instant,
+    pub open: u32,
+}
+
+/// An open exchange with a sandbox (a proxied request whose answer is still streaming):
+/// the sandbox is not idle until it drops.
+pub struct Busy {
+    activity: Arc<Mutex<HashMap<String, Activity>>>,
+    id: String,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut all = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = all.get_mut(&self.id) {
+            a.open = a.open.saturating_sub(1);
+            a.last = std::time::Instant::now();
+        }
+    }
 }
 
 impl Sandboxes {
@@ -118,6 +152,9 @@ impl Sandboxes {
             limits,
             changes: watch::channel(0).0,
             observers: Mutex::new(Vec::new()),
+            stopping: Mutex::new(std::collections::HashSet::new()),
+            activity: Arc::new(Mutex::new(HashMap::new())),
+            resizing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -365,6 +402,7 @@ impl Sandboxes {
         self.announce_running(&id, &image);
         match self.db.mark_running(&id, now_ms()) {
             Ok(true) => {
+                self.touch(&id);
                 tracing::info!(%id, "sandbox running");
                 self.changed();
             }
@@ -402,6 +440,7 @@ impl Sandboxes {
         };
         self.lock_agents().remove(id);
         self.lock_permits().remove(id);
+        self.lock_activity().remove(id);
         self.announce_ended(id);
         self.changed();
         ended
@@ -447,6 +486,20 @@ impl Sandboxes {
             .list_sandboxes(Some(namespace), after, limit, include_terminated)?)
     }
 
+    /// A page of the namespace's ended sandboxes, newest first (see
+    /// [`Db::archived_sandboxes`]).
+    pub fn archived(
+        &self,
+        namespace: &str,
+        cursor: Option<(i64, &str)>,
+        older: bool,
+        limit: usize,
+    ) -> Result<(Vec<SandboxRow>, bool), StateError> {
+        Ok(self
+            .db
+            .archived_sandboxes(namespace, cursor, older, limit)?)
+    }
+
     /// A sandbox by id, or by name (the live one with that name, else the newest).
     pub fn get(&self, namespace: &str, id_or_name: &str) -> Result<SandboxRow, StateError> {
         if let Some(row) = self.db.sandbox(id_or_name)?
@@ -472,6 +525,157 @@ impl Sandboxes {
         self.terminate_row(&row.id, reason, None);
         self.remove_runtime(&row.id).await;
         self.get_row(&row.id)
+    }
+
+    /// Changes a running sandbox's cpus and memory with no restart. Recorded in its spec as
+    /// `resource_resize` (`generation`, `requested`, `status`: `succeeded` or `failed` with
+    /// `error_message`), the SDK's shape; on success `cpus` and `memory_mb` are the new
+    /// allocation. Resizes of one sandbox run one at a time.
+    pub async fn resize(
+        &self,
+        namespace: &str,
+        id_or_name: &str,
+        cpus: Option<f64>,
+        memory_mb: Option<u64>,
+    ) -> Result<SandboxRow, StateError> {
+        let row = self.live(namespace, id_or_name)?;
+        if row.status != Status::Running {
+            return Err(not_running(&row));
+        }
+        if let Some(c) = cpus
+            && !(c > 0.0 && c.is_finite())
+        {
+            return Err(StateError::invalid(
+                Invalid::Request,
+                format!("resources.cpus must be positive, got {c}"),
+            ));
+        }
+        if let Some(m) = memory_mb
+            && m < MIN_MEMORY_MB
+        {
+            return Err(StateError::invalid(
+                Invalid::Request,
+                format!("resources.memory_mb must be at least {MIN_MEMORY_MB}, got {m}"),
+            ));
+        }
+        self.limits.host.admit(cpus, memory_mb)?;
+        let _one_at_a_time = self.resizing.lock().await;
+        let row = self.get_row(&row.id)?;
+        let generation = row.spec["resource_resize"]["generation"]
+            .as_u64()
+            .unwrap_or(0)
+            + 1;
+        let requested = serde_json::json!({
+            "cpus": cpus.or(row.spec["cpus"].as_f64()),
+            "memory_mb": memory_mb.or(row.spec["memory_mb"].as_u64()),
+            "disk_mb": row.spec["disk_mb"].as_u64().unwrap_or(0),
+        });
+        let backend = Arc::clone(&self.backend);
+        let id = row.id.clone();
+        // Its own task: a client going away must not leave the resize half done.
+        let done = tokio::spawn(async move { backend.resize(&id, cpus, memory_mb).await }).await;
+        let outcome = match done {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut fields = serde_json::json!({
+            "resource_resize": {
+                "generation": generation,
+                "requested": requested,
+                "status": if outcome.is_ok() { "succeeded" } else { "failed" },
+                "error_message": outcome.as_ref().err(),
+            }
+        });
+        if outcome.is_ok() {
+            if let Some(c) = cpus {
+                fields["cpus"] = c.into();
+            }
+            if let Some(m) = memory_mb {
+                fields["memory_mb"] = m.into();
+            }
+        }
+        self.db.merge_spec(&row.id, &fields)?;
+        self.get_row(&row.id)
+    }
+
+    /// Stops a sandbox gracefully: SIGTERM to every process, SIGKILL to what is left after
+    /// `grace`, then its end is recorded (`stopped`, with what happened) and its runtime
+    /// side removed. A pending sandbox is cancelled, as a delete does.
+    pub async fn stop(
+        &self,
+        namespace: &str,
+        id_or_name: &str,
+        grace: Duration,
+    ) -> Result<SandboxRow, StateError> {
+        let row = self.live(namespace, id_or_name)?;
+        if row.status == Status::Pending {
+            return self.delete(namespace, id_or_name).await;
+        }
+        self.lock_stopping().insert(row.id.clone());
+        let started = std::time::Instant::now();
+        let backend = Arc::clone(&self.backend);
+        let id = row.id.clone();
+        // Its own task: a client going away must not leave the stop half done.
+        let stopped = tokio::spawn(async move { backend.stop(&id, grace).await }).await;
+        let took = started.elapsed();
+        let message = match stopped {
+            Ok(Ok(())) => format!(
+                "stopped on request: SIGTERM to every process, SIGKILL after {} s if still \
+                 running; ended after {:.1} s",
+                grace.as_secs(),
+                took.as_secs_f64()
+            ),
+            Ok(Err(e)) => format!("stopped on request; the runtime reported: {e}"),
+            Err(e) => format!("stopped on request; the stop task failed: {e}"),
+        };
+        self.terminate_row(&row.id, Reason::Stopped, Some(&message));
+        self.remove_runtime(&row.id).await;
+        self.lock_stopping().remove(&row.id);
+        self.get_row(&row.id)
+    }
+
+    fn lock_stopping(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.stopping.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether sandbox `id` is being stopped (its end is expected, not a death).
+    pub(crate) fn is_stopping(&self, id: &str) -> bool {
+        self.lock_stopping().contains(id)
+    }
+
+    fn lock_activity(&self) -> std::sync::MutexGuard<'_, HashMap<String, Activity>> {
+        self.activity.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts as traffic for sandbox `id`'s idle timeout.
+    pub fn touch(&self, id: &str) {
+        let now = std::time::Instant::now();
+        self.lock_activity()
+            .entry(id.to_string())
+            .and_modify(|a| a.last = now)
+            .or_insert(Activity { last: now, open: 0 });
+    }
+
+    /// Marks an exchange with sandbox `id` open until the returned guard drops.
+    pub fn busy(&self, id: &str) -> Busy {
+        let now = std::time::Instant::now();
+        self.lock_activity()
+            .entry(id.to_string())
+            .and_modify(|a| {
+                a.last = now;
+                a.open += 1;
+            })
+            .or_insert(Activity { last: now, open: 1 });
+        Busy {
+            activity: Arc::clone(&self.activity),
+            id: id.to_string(),
+        }
+    }
+
+    /// The traffic sandbox `id` had, if any since this process started.
+    pub(crate) fn activity(&self, id: &str) -> Option<Activity> {
+        self.lock_activity().get(id).copied()
     }
 
     /// Ends sandbox `id`, whatever its namespace, with `reason` (for the services that own
@@ -575,6 +779,20 @@ impl Sandboxes {
             self.db.merge_spec(&row.id, &fields.into())?;
         }
         self.get_row(&row.id)
+    }
+
+    /// Sets how long the sandbox may go without API or proxy traffic (0: forever).
+    pub fn set_idle_timeout(
+        &self,
+        namespace: &str,
+        id_or_name: &str,
+        secs: u64,
+    ) -> Result<(), StateError> {
+        let row = self.live(namespace, id_or_name)?;
+        self.db
+            .merge_spec(&row.id, &serde_json::json!({"idle_timeout_secs": secs}))?;
+        self.touch(&row.id);
+        Ok(())
     }
 
     /// Sets the lifetime of sandbox `id`, counted from its start (0: no limit), whatever

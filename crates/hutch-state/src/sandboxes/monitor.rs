@@ -20,6 +20,8 @@ const LIVENESS_EVERY: u32 = 6;
 /// How often the monitor purges old terminated rows, and at most how many per pass.
 const PURGE_EVERY: u32 = 20;
 const PURGE_BATCH: usize = 500;
+/// The most ended sandboxes kept (for `archived-sandboxes` and `get`), whatever their age.
+pub const MAX_ARCHIVED: usize = 10_000;
 
 impl Sandboxes {
     /// Settles the database against the runtime after a start: adopts what runs, ends what
@@ -120,6 +122,15 @@ impl Sandboxes {
             };
             let now = now_ms();
             for row in &live {
+                if self.idle_too_long(row) {
+                    tracing::info!(id = %row.id, "sandbox idle past its idle_timeout_secs");
+                    if self.terminate_row(&row.id, Reason::IdleTimeout, None) {
+                        let this = Arc::clone(&self);
+                        let id = row.id.clone();
+                        tokio::spawn(async move { this.remove_runtime(&id).await });
+                    }
+                    continue;
+                }
                 if row.deadline_ms().is_some_and(|d| d <= now) {
                     tracing::info!(id = %row.id, "sandbox timed out");
                     if self.terminate_row(&row.id, Reason::Timeout, None) {
@@ -153,13 +164,16 @@ impl Sandboxes {
                     .is_some_and(|r| r.status == Status::Running);
                 // Confirmed by a second look a moment later: one scan can catch runsc in the
                 // middle of rewriting a state file, and a live sandbox must not be ended for it.
-                let dead = still_running && !running.contains(row.id.as_str()) && {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    !matches!(
-                        self.backend.inspect(&row.id).await,
-                        Ok(info) if info.state == SandboxState::Running
-                    )
-                };
+                let dead = still_running
+                    && !running.contains(row.id.as_str())
+                    && !self.is_stopping(&row.id)
+                    && {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        !matches!(
+                            self.backend.inspect(&row.id).await,
+                            Ok(info) if info.state == SandboxState::Running
+                        )
+                    };
                 if dead {
                     tracing::warn!(id = %row.id, "sandbox died");
                     self.terminate_row(
@@ -175,8 +189,32 @@ impl Sandboxes {
         }
     }
 
-    /// Forgets sandboxes that ended more than the retention ago, a batch at a time.
+    /// Whether a running sandbox with an `idle_timeout_secs` had no API or proxy traffic
+    /// (and no exchange open) for that long. Its start counts as traffic, and so does this
+    /// process's start for a sandbox it adopted.
+    fn idle_too_long(&self, row: &crate::db::SandboxRow) -> bool {
+        let idle = row.spec["idle_timeout_secs"].as_u64().unwrap_or(0);
+        if idle == 0 || row.status != Status::Running {
+            return false;
+        }
+        match self.activity(&row.id) {
+            Some(a) => a.open == 0 && a.last.elapsed() >= Duration::from_secs(idle),
+            None => {
+                // First look since it started (or since this process adopted it).
+                self.touch(&row.id);
+                false
+            }
+        }
+    }
+
+    /// Forgets sandboxes that ended more than the retention ago, and the oldest ended
+    /// ones past [`MAX_ARCHIVED`], a batch at a time.
     fn purge(&self, now: i64) {
+        match self.db.prune_terminated(MAX_ARCHIVED, PURGE_BATCH) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned the oldest ended sandboxes"),
+            Err(e) => tracing::warn!(error = %e, "pruning ended sandboxes"),
+        }
         let retention = i64::try_from(self.limits.retention.as_millis()).unwrap_or(i64::MAX);
         match self
             .db

@@ -1,0 +1,403 @@
+//! The rest of the lifecycle, through the published `tensorlake` crate (0.5.160) where it has
+//! the call and raw HTTP where only Hutch does: archived sandboxes, graceful stop, idle
+//! timeout and keepalive, live resize.
+
+// Test helpers outside `#[test]` functions unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Home;
+use serde_json::{Value, json};
+use tensorlake::sandboxes::models::{
+    ArchivedSandboxesPaginationDirection, ListArchivedSandboxesParams, ResizeSandboxResources,
+    UpdateSandboxRequest,
+};
+use tensorlake::sandboxes::{SandboxProxyClient, SandboxesClient, resolve_sandbox_proxy_target};
+use tensorlake::{ClientBuilder, Sdk};
+
+fn sandboxes(server: &common::server::Server) -> SandboxesClient {
+    Sdk::new(&server.api_url(), "")
+        .unwrap()
+        .sandboxes("default", true)
+}
+
+fn proxy(sandbox_url: &str, id: &str) -> SandboxProxyClient {
+    let target = resolve_sandbox_proxy_target(sandbox_url, id).unwrap();
+    let client = ClientBuilder::new(&target.base_url).build().unwrap();
+    SandboxProxyClient::new(client, target.host_override).with_sandbox_id(target.sandbox_id_header)
+}
+
+/// Creates a busybox sandbox through the API, raw (Hutch fields allowed); returns its id and
+/// sandbox_url.
+async fn create(server: &common::server::Server, body: Value) -> (String, String) {
+    let answer: Value = common::server::http()
+        .post(format!("{}/sandboxes", server.api_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["status"], "running", "{answer}");
+    (
+        answer["sandbox_id"].as_str().unwrap().to_string(),
+        answer["sandbox_url"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The sandbox as a listing shows it (a listing is not traffic for the idle timeout).
+async fn listed(server: &common::server::Server, id: &str) -> Value {
+    let page: Value = common::server::http()
+        .get(format!(
+            "{}/sandboxes?include_terminated=true",
+            server.api_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["sandbox_id"] == id)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archived_sandboxes_page_both_ways_newest_first() {
+    let home = Home::new();
+    let server = home.serve();
+    let api = sandboxes(&server);
+    let mut ended = Vec::new();
+    for _ in 0..3 {
+        let (id, _) = create(&server, json!({"image": "hutch/minimal"})).await;
+        api.delete(&id).await.unwrap();
+        ended.push(id);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (live, _) = create(&server, json!({"image": "hutch/minimal"})).await;
+
+    let first = api
+        .list_archived(&ListArchivedSandboxesParams {
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = first
+        .sandboxes
+        .iter()
+        .map(|s| s.sandbox.sandbox_id.as_str())
+        .collect();
+    assert_eq!(ids, [ended[2].as_str(), ended[1].as_str()], "newest first");
+    assert!(first.prev_cursor.is_none());
+    assert!(first.sandboxes[0].archived_at >= first.sandboxes[1].archived_at);
+    assert_eq!(first.sandboxes[0].sandbox.status, "terminated");
+    let older = api
+        .list_archived(&ListArchivedSandboxesParams {
+            limit: Some(2),
+            cursor: first.next_cursor.clone(),
+            direction: Some(ArchivedSandboxesPaginationDirection::Forward),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = older
+        .sandboxes
+        .iter()
+        .map(|s| s.sandbox.sandbox_id.as_str())
+        .collect();
+    assert_eq!(ids, [ended[0].as_str()]);
+    assert!(older.next_cursor.is_none());
+    let back = api
+        .list_archived(&ListArchivedSandboxesParams {
+            limit: Some(5),
+            cursor: older.prev_cursor.clone(),
+            direction: Some(ArchivedSandboxesPaginationDirection::Backward),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = back
+        .sandboxes
+        .iter()
+        .map(|s| s.sandbox.sandbox_id.as_str())
+        .collect();
+    assert_eq!(ids, [ended[2].as_str(), ended[1].as_str()]);
+
+    let one = api.get_archived(&ended[0]).await.unwrap().into_inner();
+    assert_eq!(one.sandbox.sandbox_id, ended[0]);
+    assert!(one.archived_at > 0);
+    let err = api.get_archived(&live).await.unwrap_err();
+    assert!(err.to_string().contains("404"), "{err}");
+    let bad = common::server::http()
+        .get(format!(
+            "{}/archived-sandboxes?cursor=nonsense",
+            server.api_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    server.delete_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_lets_sigterm_handlers_finish_and_records_why() {
+    let home = Home::new();
+    let server = home.serve();
+    let api = sandboxes(&server);
+    let (id, _) = create(&server, json!({"image": "hutch/minimal"})).await;
+    // A process that answers SIGTERM, and one that ignores it (killed after the grace).
+    let exec = home
+        .hutch()
+        .env("HUTCH_SERVER", server.api_url())
+        .args(["sbx", "exec", &id, "--", "sh", "-c"])
+        .arg("trap 'echo got-term; exit 7' TERM; echo ready; while true; do sleep 0.1; done")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stubborn = home
+        .hutch()
+        .env("HUTCH_SERVER", server.api_url())
+        .args([
+            "sbx",
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "trap '' TERM; sleep 600",
+        ])
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = Instant::now();
+    let out = home
+        .hutch()
+        .env("HUTCH_SERVER", server.api_url())
+        .args(["sbx", "stop", &id, "--grace", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    // The stubborn one held the stop for its grace period, no more.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    let streamed = exec.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&streamed.stdout);
+    assert_eq!(
+        text, "ready\ngot-term\n",
+        "the handler's output reached the client"
+    );
+    assert_eq!(streamed.status.code(), Some(7));
+    drop(stubborn);
+    let info = api.get(&id).await.unwrap().into_inner();
+    assert_eq!(info.status, "terminated");
+    assert_eq!(info.termination_reason.as_deref(), Some("stopped"));
+    server.delete_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sandboxes_end_and_traffic_keeps_them() {
+    let home = Home::new();
+    let server = home.serve();
+    let (idle, _) = create(
+        &server,
+        json!({"image": "hutch/minimal", "idle_timeout_secs": 2}),
+    )
+    .await;
+    let (kept, kept_url) = create(
+        &server,
+        json!({"image": "hutch/minimal", "idle_timeout_secs": 2}),
+    )
+    .await;
+    let kept_proxy = proxy(&kept_url, &kept);
+    assert_eq!(listed(&server, &idle).await["idle_timeout_secs"], 2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut keepalives = 0;
+    while Instant::now() < deadline {
+        // Proxy traffic on one, and the keepalive action, every half second.
+        kept_proxy.list_processes().await.unwrap();
+        if keepalives % 2 == 0 {
+            let r = common::server::http()
+                .post(format!("{}/sandboxes/{kept}/keepalive", server.api_url()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+        }
+        keepalives += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let gone = listed(&server, &idle).await;
+    assert_eq!(gone["status"], "terminated", "{gone}");
+    assert_eq!(gone["termination_reason"], "idle_timeout", "{gone}");
+    assert_eq!(listed(&server, &kept).await["status"], "running");
+    // A PATCH turns it off.
+    let r = common::server::http()
+        .patch(format!("{}/sandboxes/{kept}", server.api_url()))
+        .json(&json!({"idle_timeout_secs": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(listed(&server, &kept).await["status"], "running");
+    server.delete_all();
+}
+
+fn cgroup(id: &str, controller: &str, file: &str) -> String {
+    std::fs::read_to_string(format!("/sys/fs/cgroup/{controller}/hutch/{id}/{file}"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_resize_changes_cgroup_and_agent_limits_without_a_restart() {
+    let home = Home::new();
+    let server = home.serve();
+    let api = sandboxes(&server);
+    let (id, url) = create(
+        &server,
+        json!({"image": "hutch/minimal", "resources": {"cpus": 1.0, "memory_mb": 1024}}),
+    )
+    .await;
+    let sbx = proxy(&url, &id);
+    let bystander = sbx
+        .start_process(&json!({"command": "sleep", "args": ["600"]}))
+        .await
+        .unwrap()
+        .into_inner();
+    // ~300 MB held by the process itself (an awk string), which then waits.
+    let hog = sbx
+        .start_process(&json!({"command": "awk", "args": [
+            "BEGIN { s = sprintf(\"%300000000s\", \"\"); print \"held\"; fflush(); \
+             system(\"sleep 600 </dev/null >/dev/null 2>&1\") }"]}))
+        .await
+        .unwrap()
+        .into_inner();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(
+        &serde_json::to_vec(&sbx.get_output(hog.pid).await.unwrap().into_inner()).unwrap(),
+    )
+    .contains("held")
+    {
+        assert!(Instant::now() < deadline, "the hog never held its memory");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let unified = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+
+    // Up: 2 cpus, 2048 MiB.
+    let up = api
+        .update(
+            &id,
+            &UpdateSandboxRequest {
+                resources: Some(ResizeSandboxResources {
+                    cpus: Some(2.0),
+                    memory_mb: Some(2048),
+                    disk_mb: None,
+                }),
+                auto_resume: None,
+                name: None,
+                allow_unauthenticated_access: None,
+                exposed_ports: None,
+                network: Default::default(),
+            },
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((up.resources.cpus, up.resources.memory_mb), (2.0, 2048));
+    let resize = up.resource_resize.clone().unwrap();
+    assert_eq!(
+        (resize.generation, resize.status.as_str()),
+        (1, "succeeded")
+    );
+    if !unified {
+        assert_eq!(cgroup(&id, "cpu", "cpu.cfs_quota_us"), "200000");
+        assert_eq!(
+            cgroup(&id, "memory", "memory.limit_in_bytes"),
+            ((2048u64 << 20) * 3 / 2).to_string()
+        );
+    }
+    assert_eq!(
+        sbx.get_process(hog.pid).await.unwrap().into_inner().status,
+        "running"
+    );
+
+    // Down to 256 MiB: the hog is over it and is OOM-killed alone.
+    let down = api
+        .update(
+            &id,
+            &serde_json::from_value(json!({"resources": {"memory_mb": 256}})).unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(down.resources.memory_mb, 256);
+    assert_eq!(down.resource_resize.unwrap().generation, 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let p = sbx.get_process(hog.pid).await.unwrap().into_inner();
+        if p.status != "running" {
+            assert!(p.oom_killed, "{p:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the hog was not killed: {p:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let alive = sbx.get_process(bystander.pid).await.unwrap().into_inner();
+    assert_eq!(alive.status, "running");
+    assert_eq!(api.get(&id).await.unwrap().into_inner().status, "running");
+    if !unified {
+        assert_eq!(
+            cgroup(&id, "memory", "memory.limit_in_bytes"),
+            ((256u64 << 20) + (256 << 20)).to_string()
+        );
+    }
+    // Under the new limit, a new process has room: 60 MB is fine.
+    let small = sbx
+        .start_process(&json!({"command": "awk", "args": [
+            "BEGIN { s = sprintf(\"%60000000s\", \"\"); print length(s) }"]}))
+        .await
+        .unwrap()
+        .into_inner();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = sbx.get_process(small.pid).await.unwrap().into_inner();
+        if p.status != "running" {
+            assert!(!p.oom_killed, "{p:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Bad resizes are refused, typed, and change nothing.
+    let r = common::server::http()
+        .patch(format!("{}/sandboxes/{id}", server.api_url()))
+        .json(&json!({"resources": {"memory_mb": 256}, "name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = common::server::http()
+        .patch(format!("{}/sandboxes/{id}", server.api_url()))
+        .json(&json!({"resources": {"cpus": 10000.0}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(api.get(&id).await.unwrap().into_inner().resources.cpus, 2.0);
+    server.delete_all();
+}
