@@ -10,38 +10,23 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Home;
+use common::server::{http, json_of, sdk as sandboxes, sdk_proxy as proxy};
 use serde_json::{Value, json};
+use tensorlake::sandboxes::SandboxesClient;
 use tensorlake::sandboxes::models::{
-    ArchivedSandboxesPaginationDirection, ListArchivedSandboxesParams, ResizeSandboxResources,
-    UpdateSandboxRequest,
+    ArchivedSandboxesPaginationDirection as Direction, ListArchivedSandboxesParams,
+    ListArchivedSandboxesResponse, ResizeSandboxResources, UpdateSandboxRequest,
 };
-use tensorlake::sandboxes::{SandboxProxyClient, SandboxesClient, resolve_sandbox_proxy_target};
-use tensorlake::{ClientBuilder, Sdk};
-
-fn sandboxes(server: &common::server::Server) -> SandboxesClient {
-    Sdk::new(&server.api_url(), "")
-        .unwrap()
-        .sandboxes("default", true)
-}
-
-fn proxy(sandbox_url: &str, id: &str) -> SandboxProxyClient {
-    let target = resolve_sandbox_proxy_target(sandbox_url, id).unwrap();
-    let client = ClientBuilder::new(&target.base_url).build().unwrap();
-    SandboxProxyClient::new(client, target.host_override).with_sandbox_id(target.sandbox_id_header)
-}
 
 /// Creates a busybox sandbox through the API, raw (Hutch fields allowed); returns its id and
 /// sandbox_url.
 async fn create(server: &common::server::Server, body: Value) -> (String, String) {
-    let answer: Value = common::server::http()
-        .post(format!("{}/sandboxes", server.api_url()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = json_of(
+        http()
+            .post(format!("{}/sandboxes", server.api_url()))
+            .json(&body),
+    )
+    .await;
     assert_eq!(answer["status"], "running", "{answer}");
     (
         answer["sandbox_id"].as_str().unwrap().to_string(),
@@ -51,17 +36,8 @@ async fn create(server: &common::server::Server, body: Value) -> (String, String
 
 /// The sandbox as a listing shows it (a listing is not traffic for the idle timeout).
 async fn listed(server: &common::server::Server, id: &str) -> Value {
-    let page: Value = common::server::http()
-        .get(format!(
-            "{}/sandboxes?include_terminated=true",
-            server.api_url()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{}/sandboxes?include_terminated=true", server.api_url());
+    let page = json_of(http().get(url)).await;
     page["sandboxes"]
         .as_array()
         .unwrap()
@@ -69,6 +45,27 @@ async fn listed(server: &common::server::Server, id: &str) -> Value {
         .find(|s| s["sandbox_id"] == id)
         .cloned()
         .unwrap_or(Value::Null)
+}
+
+async fn archived(
+    api: &SandboxesClient,
+    limit: usize,
+    cursor: Option<String>,
+    direction: Option<Direction>,
+) -> ListArchivedSandboxesResponse {
+    let params = ListArchivedSandboxesParams {
+        limit: Some(limit),
+        cursor,
+        direction,
+    };
+    api.list_archived(&params).await.unwrap().into_inner()
+}
+
+fn ids(page: &ListArchivedSandboxesResponse) -> Vec<&str> {
+    page.sandboxes
+        .iter()
+        .map(|s| s.sandbox.sandbox_id.as_str())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,61 +82,33 @@ async fn archived_sandboxes_page_both_ways_newest_first() {
     }
     let (live, _) = create(&server, json!({"image": "hutch/minimal"})).await;
 
-    let first = api
-        .list_archived(&ListArchivedSandboxesParams {
-            limit: Some(2),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let ids: Vec<&str> = first
-        .sandboxes
-        .iter()
-        .map(|s| s.sandbox.sandbox_id.as_str())
-        .collect();
-    assert_eq!(ids, [ended[2].as_str(), ended[1].as_str()], "newest first");
+    let first = archived(&api, 2, None, None).await;
+    assert_eq!(
+        ids(&first),
+        [ended[2].as_str(), ended[1].as_str()],
+        "newest first"
+    );
     assert!(first.prev_cursor.is_none());
     assert!(first.sandboxes[0].archived_at >= first.sandboxes[1].archived_at);
     assert_eq!(first.sandboxes[0].sandbox.status, "terminated");
-    let older = api
-        .list_archived(&ListArchivedSandboxesParams {
-            limit: Some(2),
-            cursor: first.next_cursor.clone(),
-            direction: Some(ArchivedSandboxesPaginationDirection::Forward),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let ids: Vec<&str> = older
-        .sandboxes
-        .iter()
-        .map(|s| s.sandbox.sandbox_id.as_str())
-        .collect();
-    assert_eq!(ids, [ended[0].as_str()]);
+    let older = archived(&api, 2, first.next_cursor.clone(), Some(Direction::Forward)).await;
+    assert_eq!(ids(&older), [ended[0].as_str()]);
     assert!(older.next_cursor.is_none());
-    let back = api
-        .list_archived(&ListArchivedSandboxesParams {
-            limit: Some(5),
-            cursor: older.prev_cursor.clone(),
-            direction: Some(ArchivedSandboxesPaginationDirection::Backward),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let ids: Vec<&str> = back
-        .sandboxes
-        .iter()
-        .map(|s| s.sandbox.sandbox_id.as_str())
-        .collect();
-    assert_eq!(ids, [ended[2].as_str(), ended[1].as_str()]);
+    let back = archived(
+        &api,
+        5,
+        older.prev_cursor.clone(),
+        Some(Direction::Backward),
+    )
+    .await;
+    assert_eq!(ids(&back), [ended[2].as_str(), ended[1].as_str()]);
 
     let one = api.get_archived(&ended[0]).await.unwrap().into_inner();
     assert_eq!(one.sandbox.sandbox_id, ended[0]);
     assert!(one.archived_at > 0);
     let err = api.get_archived(&live).await.unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
-    let bad = common::server::http()
+    let bad = http()
         .get(format!(
             "{}/archived-sandboxes?cursor=nonsense",
             server.api_url()
@@ -229,7 +198,7 @@ async fn idle_sandboxes_end_and_traffic_keeps_them() {
         // Proxy traffic on one, and the keepalive action, every half second.
         kept_proxy.list_processes().await.unwrap();
         if keepalives % 2 == 0 {
-            let r = common::server::http()
+            let r = http()
                 .post(format!("{}/sandboxes/{kept}/keepalive", server.api_url()))
                 .send()
                 .await
@@ -244,7 +213,7 @@ async fn idle_sandboxes_end_and_traffic_keeps_them() {
     assert_eq!(gone["termination_reason"], "idle_timeout", "{gone}");
     assert_eq!(listed(&server, &kept).await["status"], "running");
     // A PATCH turns it off.
-    let r = common::server::http()
+    let r = http()
         .patch(format!("{}/sandboxes/{kept}", server.api_url()))
         .json(&json!({"idle_timeout_secs": 0}))
         .send()
@@ -384,14 +353,14 @@ async fn live_resize_changes_cgroup_and_agent_limits_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Bad resizes are refused, typed, and change nothing.
-    let r = common::server::http()
+    let r = http()
         .patch(format!("{}/sandboxes/{id}", server.api_url()))
         .json(&json!({"resources": {"memory_mb": 256}, "name": "x"}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
-    let r = common::server::http()
+    let r = http()
         .patch(format!("{}/sandboxes/{id}", server.api_url()))
         .json(&json!({"resources": {"cpus": 10000.0}}))
         .send()

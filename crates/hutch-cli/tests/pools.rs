@@ -10,15 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::Home;
 use serde_json::{Value, json};
-use tensorlake::Sdk;
-use tensorlake::sandboxes::SandboxesClient;
 use tensorlake::sandboxes::models::{CreateSandboxResources, SandboxPoolRequest};
 
-fn sandboxes(server: &common::server::Server) -> SandboxesClient {
-    Sdk::new(&server.api_url(), "")
-        .unwrap()
-        .sandboxes("default", true)
-}
+use common::server::sdk as sandboxes;
 
 fn pool_request(warm: i64, max: i64) -> SandboxPoolRequest {
     SandboxPoolRequest {
@@ -35,8 +29,7 @@ fn pool_request(warm: i64, max: i64) -> SandboxPoolRequest {
 }
 
 async fn get_json(url: String) -> Value {
-    let answer = common::server::http().get(url).send().await.unwrap();
-    answer.json().await.unwrap()
+    common::server::json_of(common::server::http().get(url)).await
 }
 
 /// The pool as the server reports it, raw (the Hutch counts are extensions).

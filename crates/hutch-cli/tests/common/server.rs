@@ -157,3 +157,25 @@ impl Drop for Server {
 pub fn http() -> reqwest::Client {
     tensorlake::http_transport::https_builder().build().unwrap()
 }
+
+/// The JSON of the answer to `request` (whatever its status).
+pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
+/// The published SDK's lifecycle client for the server's namespace `default`.
+pub fn sdk(server: &Server) -> tensorlake::sandboxes::SandboxesClient {
+    tensorlake::Sdk::new(&server.api_url(), "")
+        .unwrap()
+        .sandboxes("default", true)
+}
+
+/// A proxy client built the way the SDK builds one from a sandbox's `sandbox_url`.
+pub fn sdk_proxy(sandbox_url: &str, id: &str) -> tensorlake::sandboxes::SandboxProxyClient {
+    let target = tensorlake::sandboxes::resolve_sandbox_proxy_target(sandbox_url, id).unwrap();
+    let client = tensorlake::ClientBuilder::new(&target.base_url)
+        .build()
+        .unwrap();
+    tensorlake::sandboxes::SandboxProxyClient::new(client, target.host_override)
+        .with_sandbox_id(target.sandbox_id_header)
+}
