@@ -99,3 +99,19 @@ def test_an_idle_sandbox_ends(client, api_url):
         assert time.monotonic() < deadline, "the idle sandbox did not end"
         time.sleep(0.5)
     assert _listed(api_url, sandbox_id)["termination_reason"] == "idle_timeout"
+
+
+def test_disk_mb_is_a_real_limit(client):
+    sandbox = client.create_and_connect(image=BUSYBOX, disk_mb=256)
+    try:
+        assert client.get(sandbox.sandbox_id).resources.disk_mb == 256
+        result = sandbox.run(
+            "sh", ["-c", "dd if=/dev/zero of=/root/big bs=1M count=1024 2>&1; df -k / | tail -1"]
+        )
+        assert "No space left on device" in result.stdout
+        total_kb = int(result.stdout.splitlines()[-1].split()[1])
+        assert 200 << 10 < total_kb <= 256 << 10
+        # Still alive, and it can free what it wrote.
+        assert sandbox.run("sh", ["-c", "rm /root/big && echo ok"]).stdout.strip() == "ok"
+    finally:
+        sandbox.terminate()

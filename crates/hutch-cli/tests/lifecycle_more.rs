@@ -370,3 +370,88 @@ async fn live_resize_changes_cgroup_and_agent_limits_without_a_restart() {
     assert_eq!(api.get(&id).await.unwrap().into_inner().resources.cpus, 2.0);
     server.delete_all();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_cannot_write_past_its_disk_mb() {
+    let home = Home::new();
+    let server = home.serve();
+    let api = sandboxes(&server);
+    let (id, url) = create(
+        &server,
+        json!({"image": "hutch/minimal", "resources": {"disk_mb": 256}}),
+    )
+    .await;
+    assert_eq!(
+        api.get(&id).await.unwrap().into_inner().resources.disk_mb,
+        256
+    );
+    let sbx = proxy(&url, &id);
+    let host_before = free_bytes(home.path());
+    // 1 GiB into a 256 MiB disk: ENOSPC inside, after about 256 MiB.
+    let text = run(
+        &sbx,
+        "dd if=/dev/zero of=/root/big bs=1M count=1024 2>&1; echo exit=$?; \
+         ls -l /root/big | awk '{print $5}'; df -k / | tail -1",
+    )
+    .await;
+    assert!(text.contains("No space left on device"), "{text}");
+    assert!(text.contains("exit=1"), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    let written: u64 = lines[lines.len() - 2].trim().parse().unwrap();
+    assert!(written < 256 << 20 && written > 200 << 20, "{written}");
+    // df shows the sandbox's disk, not the host's.
+    let df: Vec<&str> = lines.last().unwrap().split_whitespace().collect();
+    let total_kb: u64 = df[1].parse().unwrap();
+    assert!(total_kb <= 256 << 10 && total_kb > 200 << 10, "{text}");
+    // The sandbox lives on and can free what it wrote; the host lost at most the disk.
+    let after = run(
+        &sbx,
+        "rm /root/big && echo ok > /root/small && cat /root/small",
+    )
+    .await;
+    assert_eq!(after.trim(), "ok");
+    assert_eq!(api.get(&id).await.unwrap().into_inner().status, "running");
+    let host_after = free_bytes(home.path());
+    assert!(
+        host_before.saturating_sub(host_after) < 300 << 20,
+        "the host lost {} bytes",
+        host_before.saturating_sub(host_after)
+    );
+    // Out-of-range sizes are refused up front.
+    let r = http()
+        .post(format!("{}/sandboxes", server.api_url()))
+        .json(&json!({"image": "hutch/minimal", "resources": {"disk_mb": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    server.delete_all();
+    let mut server = server;
+    server.stop();
+    home.assert_clean();
+}
+
+/// The stdout and stderr lines of `sh -c script`, in order.
+async fn run(sbx: &tensorlake::sandboxes::SandboxProxyClient, script: &str) -> String {
+    let events = sbx
+        .run_process(&json!({"command": "sh", "args": ["-c", script]}))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut text = String::new();
+    for event in events {
+        if let tensorlake::sandboxes::models::RunProcessEvent::Output(o) = event {
+            text.push_str(&o.line);
+            text.push('\n');
+        }
+    }
+    text
+}
+
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statvfs into a zeroed struct from a valid NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail * st.f_frsize
+}

@@ -61,6 +61,10 @@ pub struct SandboxSpec {
     /// the host processes and threads, so a fork bomb must end inside it (`EAGAIN`).
     #[serde(default)]
     pub pids_limit: Option<u32>,
+    /// The sandbox's disk in MiB: its writes land on a filesystem of this size of its own
+    /// (ENOSPC past it). `None`: they share the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
 }
 
 /// The pids limit of a sandbox whose spec names none.

@@ -458,6 +458,22 @@ pub(crate) async fn create_params(
     if let Some(t) = &template {
         spec["template"] = json!({"id": t.id, "name": t.name});
     }
+    // The disk asked for, else the template's (the SDK's build `disk_mb`).
+    let disk_mb = resources.disk_mb.or_else(|| {
+        template
+            .as_ref()
+            .map(|t| t.rootfs_disk_bytes.div_ceil(1 << 20))
+            .filter(|mb| *mb > 0)
+    });
+    if let Some(mb) = disk_mb {
+        use hutch_runtime::gvisor::rootfs::{MAX_DISK_MB, MIN_DISK_MB};
+        if !(MIN_DISK_MB..=MAX_DISK_MB).contains(&mb) {
+            return Err(ApiError::bad_request(format!(
+                "resources.disk_mb must be {MIN_DISK_MB} to {MAX_DISK_MB}, got {mb}"
+            )));
+        }
+        spec["disk_mb"] = mb.into();
+    }
     let image = match (&template, &body.image) {
         (Some(t), _) => Some(t.image.clone()),
         (None, Some(reference)) => Some(crate::images::ensure(app, reference).await?),
@@ -486,7 +502,7 @@ pub(crate) async fn create_params(
         image,
         cpus: Some(cpus),
         memory_mb: Some(memory_mb),
-        disk_mb: resources.disk_mb,
+        disk_mb,
         timeout_secs: body.timeout_secs,
         entrypoint,
         network,

@@ -171,6 +171,18 @@ impl Home {
         assert!(leaked.is_empty(), "mounts left: {leaked:?}");
         let procs = processes_mentioning(&home);
         assert!(procs.is_empty(), "processes left: {procs:?}");
+        // No loop device still backed by a sandbox's disk image.
+        let loops: Vec<String> = std::fs::read_dir("/sys/block")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        std::fs::read_to_string(e.path().join("loop/backing_file")).ok()
+                    })
+                    .filter(|f| f.starts_with(&home))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(loops.is_empty(), "loop devices left: {loops:?}");
         // No sandbox network of this home: a slot names its sandbox's directory, and a
         // slot's namespace, veth and nftables chains go with it.
         let slots: Vec<_> = std::fs::read_dir("/run/hutch/net")

@@ -9,7 +9,7 @@
 mod bundle;
 pub use bundle::AGENT_PATH_IN_SANDBOX;
 mod persist;
-mod rootfs;
+pub mod rootfs;
 mod runsc;
 
 use std::collections::HashMap;
@@ -329,7 +329,7 @@ impl GvisorBackend {
     )> {
         let image = self.store.image(&spec.image)?;
         let dir = self.dir(id);
-        let (rootfs_dir, upper, work, run) = (
+        let (rootfs_dir, mut upper, mut work, run) = (
             dir.join("rootfs"),
             dir.join("upper"),
             dir.join("work"),
@@ -344,6 +344,9 @@ impl GvisorBackend {
                 .map_err(|e| RuntimeError::io(format!("creating {}", d.display()), e))?;
         }
         private_dir(&run)?;
+        if let Some(mb) = spec.disk_mb {
+            (upper, work) = rootfs::make_disk(&dir, mb)?;
+        }
         let created_at = hutch_wire::clock::now_ms();
         let record = SandboxRecord {
             id: id.to_string(),
@@ -1123,7 +1126,7 @@ impl Backend for GvisorBackend {
 
     fn writable_layer(&self, id: &str) -> Result<WritableLayer> {
         let record = self.record(id)?;
-        let upper = self.dir(id).join("upper");
+        let upper = rootfs::upper_of(&self.dir(id));
         let mut mount_points = vec![PathBuf::from("run/hutch"), PathBuf::from("run/hutch-agent")];
         // runsc creates `/run` for those two when the image has none: not content either.
         let image_has_run = record.layers.iter().any(|l| {

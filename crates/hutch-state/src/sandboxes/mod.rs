@@ -294,6 +294,7 @@ impl Sandboxes {
             network_policy: p.network_policy.clone(),
             labels: [(OWNER_LABEL.to_string(), OWNER.to_string())].into(),
             pids_limit: Some(self.limits.pids_limit),
+            disk_mb: p.disk_mb,
             ..SandboxSpec::default()
         };
         let this = Arc::clone(self);
