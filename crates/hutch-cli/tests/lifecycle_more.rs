@@ -450,8 +450,10 @@ async fn run(sbx: &tensorlake::sandboxes::SandboxProxyClient, script: &str) -> S
 
 fn free_bytes(path: &std::path::Path) -> u64 {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: statvfs into a zeroed struct from a valid NUL-terminated path.
+    // SAFETY: statvfs is plain old data; all zeroes is a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    // SAFETY: a valid NUL-terminated path and a struct this function owns.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    assert_eq!(rc, 0);
     st.f_bavail * st.f_frsize
 }
