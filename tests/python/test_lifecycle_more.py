@@ -115,3 +115,58 @@ def test_disk_mb_is_a_real_limit(client):
         assert sandbox.run("sh", ["-c", "rm /root/big && echo ok"]).stdout.strip() == "ok"
     finally:
         sandbox.terminate()
+
+
+def _wait_process(sandbox, name: str, done, what: str):
+    deadline = time.monotonic() + 30
+    while True:
+        process = sandbox.get_process(name)
+        if done(process):
+            return process
+        assert time.monotonic() < deadline, f"{what}: {process}"
+        time.sleep(0.1)
+
+
+def test_managed_processes_restart_and_act_on_health_checks(client):
+    sandbox = client.create_and_connect(image=BUSYBOX)
+    try:
+        started = sandbox.start_process(
+            "sleep",
+            ["600"],
+            name="worker",
+            restart={"policy": "always", "initial_backoff_ms": 100, "max_backoff_ms": 1000},
+        )
+        assert started.managed.id == "worker"
+        sandbox.send_signal(started.pid, 9)
+        back = _wait_process(
+            sandbox, "worker", lambda p: p.pid != started.pid, "not restarted after kill -9"
+        )
+        assert back.managed.restart_count == 1
+        assert back.managed.last_exit.signal == 9
+        again = sandbox.restart_process("worker")
+        assert again.pid != back.pid and again.managed.restart_count == 2
+
+        sandbox.start_process(
+            "sleep",
+            ["600"],
+            name="deaf",
+            restart={"policy": "on_failure", "max_restarts": 1, "initial_backoff_ms": 100},
+            health_check={
+                "type": "tcp",
+                "port": 7777,
+                "initial_delay_ms": 100,
+                "interval_ms": 100,
+                "timeout_ms": 100,
+                "failure_threshold": 2,
+            },
+        )
+        gave_up = _wait_process(
+            sandbox,
+            "deaf",
+            lambda p: p.managed.status.value == "stopped",
+            "the failing health check was not acted on",
+        )
+        assert gave_up.managed.restart_count == 1
+        assert gave_up.managed.health_status.value == "unhealthy"
+    finally:
+        sandbox.terminate()

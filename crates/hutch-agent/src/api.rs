@@ -218,8 +218,9 @@ async fn process_route(
     rest: &[&str],
 ) -> Result<Response<Body>, ApiError> {
     match (method, rest) {
-        (&Method::GET, []) => ok_json(&procs.with(pid, |p| p.info())?),
+        (&Method::GET, []) => ok_json(&procs.info(pid)?),
         (&Method::DELETE, []) => {
+            procs.stop_managed(pid);
             if procs.with(pid, |p| p.is_running())? {
                 process::signal_group(pid, libc::SIGKILL);
             }

@@ -61,9 +61,6 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
-    pub fn unsupported(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_IMPLEMENTED, "unsupported", message)
-    }
     pub fn io(context: &str, err: &std::io::Error) -> Self {
         use std::io::ErrorKind::*;
         let (status, code) = match err.kind() {

@@ -16,6 +16,7 @@ mod pids;
 mod process;
 mod pty;
 mod rootfs_build;
+mod supervise;
 mod tcp;
 mod users;
 

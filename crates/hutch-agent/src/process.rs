@@ -47,6 +47,8 @@ pub struct Process {
     open_pipes: u8,
     oom_killed: bool,
     timed_out: bool,
+    /// The managed process this is a run of.
+    pub managed_id: Option<String>,
 }
 
 impl Process {
@@ -72,6 +74,7 @@ impl Process {
             started_at: self.started_at,
             ended_at: self.ended_at,
             name: self.spec.name.clone(),
+            managed: None,
         }
     }
 
@@ -124,6 +127,9 @@ pub struct Launch {
 
 pub struct Table {
     procs: BTreeMap<i32, Process>,
+    /// Managed processes by id, across their runs (see `supervise`).
+    managed: HashMap<String, crate::supervise::Managed>,
+    managed_seq: u64,
     names: HashMap<String, i32>,
     /// Children reaped on behalf of someone else (see [`Processes::watch_exit`]).
     exit_watchers: HashMap<i32, oneshot::Sender<i32>>,
@@ -144,6 +150,8 @@ impl Processes {
         let output_capacity = output_capacity(&config);
         Self(Arc::new(Mutex::new(Table {
             procs: BTreeMap::new(),
+            managed: HashMap::new(),
+            managed_seq: 0,
             names: HashMap::new(),
             exit_watchers: HashMap::new(),
             finished_budget: finished_output_budget(&config).max(output_capacity),
@@ -194,7 +202,62 @@ impl Processes {
     }
 
     pub fn list(&self) -> Vec<ProcessInfo> {
-        self.lock().procs.values().map(Process::info).collect()
+        let table = self.lock();
+        table.procs.values().map(|p| table.info_of(p)).collect()
+    }
+
+    /// A process's info, with its supervision when it is a run of a managed process.
+    pub fn info(&self, pid: i32) -> Result<ProcessInfo, ApiError> {
+        let table = self.lock();
+        table
+            .procs
+            .get(&pid)
+            .map(|p| table.info_of(p))
+            .ok_or_else(|| ApiError::not_found(format!("no process with pid {pid}")))
+    }
+
+    /// Runs `f` on managed process `id`'s record, if it has one.
+    pub fn managed<R>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut crate::supervise::Managed) -> R,
+    ) -> Option<R> {
+        self.lock().managed.get_mut(id).map(f)
+    }
+
+    /// The managed process `pid` is a run of.
+    fn managed_id(&self, pid: i32) -> Option<String> {
+        self.lock()
+            .procs
+            .get(&pid)
+            .and_then(|p| p.managed_id.clone())
+    }
+
+    /// Ends the supervision of the managed process `pid` is a run of (`DELETE`).
+    pub fn stop_managed(&self, pid: i32) {
+        if let Some(id) = self.managed_id(pid) {
+            self.managed(&id, |m| m.stopped = true);
+        }
+    }
+
+    /// Starts the next run of managed process `id`.
+    pub fn respawn(&self, id: &str) -> Result<(), ApiError> {
+        let spec = self
+            .managed(id, |m| m.spec.clone())
+            .ok_or_else(|| ApiError::not_found(format!("no managed process {id:?}")))?;
+        let info = self.launch(spec, false, Some(id.to_string()))?;
+        self.managed(id, |m| {
+            m.pid = info.pid as i32;
+            m.restart_count += 1;
+            m.status = hutch_wire::SupervisedProcessStatus::Running;
+            m.next_restart_at = None;
+            m.restart_now = false;
+            m.consecutive_failures = 0;
+            if m.spec.health_check.is_some() {
+                m.health = hutch_wire::SupervisedProcessHealthStatus::Starting;
+            }
+        });
+        Ok(())
     }
 
     pub fn counts(&self) -> (i64, i64, i64) {
@@ -216,7 +279,43 @@ impl Processes {
 
     /// Starts a process; everything that can be checked is checked before `fork`.
     pub fn spawn(&self, spec: StartProcess) -> Result<ProcessInfo, ApiError> {
-        self.launch(spec, false)
+        if !spec.is_managed() {
+            return self.launch(spec, false, None);
+        }
+        let id = {
+            let mut table = self.lock();
+            if table.managed.len() >= crate::supervise::MAX_MANAGED {
+                // The oldest record of a process that stays down makes room.
+                let gone = table
+                    .managed
+                    .values()
+                    .filter(|m| m.status == hutch_wire::SupervisedProcessStatus::Stopped)
+                    .min_by_key(|m| m.last_exit.as_ref().map_or(0, |e| e.ended_at))
+                    .map(|m| m.id.clone());
+                match gone {
+                    Some(id) => {
+                        table.managed.remove(&id);
+                    }
+                    None => {
+                        return Err(ApiError::conflict(format!(
+                            "{} managed processes are supervised already",
+                            crate::supervise::MAX_MANAGED
+                        )));
+                    }
+                }
+            }
+            table.managed_seq += 1;
+            spec.name
+                .clone()
+                .unwrap_or_else(|| format!("managed-{}", table.managed_seq))
+        };
+        let info = self.launch(spec.clone(), false, Some(id.clone()))?;
+        self.lock().managed.insert(
+            id.clone(),
+            crate::supervise::Managed::new(id.clone(), spec, info.pid as i32),
+        );
+        tokio::spawn(crate::supervise::supervise(self.clone(), id));
+        self.info(info.pid as i32)
     }
 
     /// Starts the boot process (see [`AgentConfig::boot`]) with the agent's own stdin,
@@ -224,16 +323,15 @@ impl Processes {
     pub fn spawn_boot(&self, mut spec: StartProcess) -> Result<ProcessInfo, ApiError> {
         spec.name = Some(hutch_wire::BOOT_PROCESS_NAME.into());
         spec.stdin_mode = StdinMode::Closed;
-        self.launch(spec, true)
+        self.launch(spec, true, None)
     }
 
-    fn launch(&self, spec: StartProcess, inherit_stdio: bool) -> Result<ProcessInfo, ApiError> {
-        if spec.restart.is_some() || spec.health_check.is_some() {
-            return Err(ApiError::unsupported(
-                "supervised processes (restart policies and health checks) are not supported \
-                 by this agent; start the process without `restart`/`health_check`",
-            ));
-        }
+    fn launch(
+        &self,
+        spec: StartProcess,
+        inherit_stdio: bool,
+        managed_id: Option<String>,
+    ) -> Result<ProcessInfo, ApiError> {
         if spec.command.is_empty() {
             return Err(ApiError::invalid("`command` must not be empty"));
         }
@@ -296,6 +394,7 @@ impl Processes {
             open_pipes: 0,
             oom_killed: false,
             timed_out: false,
+            managed_id,
         };
         for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
             if let Some(fd) = fd {
@@ -490,8 +589,12 @@ impl Processes {
         }
     }
 
-    /// Re-runs a process's spec (after stopping it if it still runs).
+    /// Re-runs a process's spec (after stopping it if it still runs). A managed process
+    /// gets its next run at once, under its supervision (restart count and all).
     pub async fn restart(&self, pid: i32) -> Result<ProcessInfo, ApiError> {
+        if let Some(id) = self.managed_id(pid) {
+            return self.restart_managed(&id).await;
+        }
         let (spec, mut done) = self.with(pid, |p| (p.spec.clone(), p.output.subscribe()))?;
         if self.with(pid, |p| p.is_running())? {
             signal_group(pid, libc::SIGKILL);
@@ -505,7 +608,51 @@ impl Processes {
     }
 }
 
+impl Processes {
+    async fn restart_managed(&self, id: &str) -> Result<ProcessInfo, ApiError> {
+        use hutch_wire::SupervisedProcessStatus as S;
+        let (old, status) = self
+            .managed(id, |m| {
+                m.stopped = false;
+                m.restart_now = true;
+                (m.pid, m.status)
+            })
+            .ok_or_else(|| ApiError::not_found(format!("no managed process {id:?}")))?;
+        if status == S::Stopped {
+            // Its supervisor is done: this run starts here, supervised again.
+            self.respawn(id)?;
+            tokio::spawn(crate::supervise::supervise(self.clone(), id.to_string()));
+        } else if self.with(old, |p| p.is_running()).unwrap_or(false) {
+            signal_group(old, libc::SIGKILL);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.managed(id, |m| m.pid).unwrap_or(old);
+            if now != old {
+                return self.info(now);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(ApiError::conflict(format!(
+                    "managed process {id:?} did not start again within 30 s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 impl Table {
+    /// A process's info, with its supervision when it is a run of a managed process.
+    fn info_of(&self, p: &Process) -> ProcessInfo {
+        let mut info = p.info();
+        info.managed = p
+            .managed_id
+            .as_ref()
+            .and_then(|id| self.managed.get(id))
+            .map(crate::supervise::Managed::info);
+        info
+    }
+
     /// Keeps what finished processes hold within bounds: at most [`KEEP_FINISHED`] of them
     /// are remembered, and their output totals at most the finished budget, the oldest
     /// finished losing their output (not their exit status) first. Running processes keep
@@ -731,6 +878,7 @@ mod tests {
             open_pipes: 0,
             oom_killed: false,
             timed_out: false,
+            managed_id: None,
         }
     }
 

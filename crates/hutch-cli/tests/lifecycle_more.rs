@@ -457,3 +457,109 @@ fn free_bytes(path: &std::path::Path) -> u64 {
     assert_eq!(rc, 0);
     st.f_bavail * st.f_frsize
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_processes_restart_after_kill_9_and_on_failed_health_checks() {
+    use tensorlake::sandboxes::ProcessRef;
+    use tensorlake::sandboxes::models::{SupervisedProcessHealthStatus, SupervisedProcessStatus};
+    let home = Home::new();
+    let server = home.serve();
+    let (id, url) = create(&server, json!({"image": "hutch/minimal"})).await;
+    let sbx = proxy(&url, &id);
+    let name = |n: &str| ProcessRef::Name(n.to_string());
+    let wait_for = |what: &'static str| {
+        let sbx = sbx.clone();
+        move |n: &'static str,
+              done: Box<dyn Fn(&tensorlake::sandboxes::models::ProcessInfo) -> bool>| {
+            let sbx = sbx.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let p = sbx
+                        .get_process(ProcessRef::Name(n.into()))
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    if done(&p) {
+                        return p;
+                    }
+                    assert!(Instant::now() < deadline, "{what}: {p:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    };
+
+    // A web server with a health check and `always`: healthy, then killed with -9 and back.
+    let web = sbx
+        .start_process(&json!({
+            "command": "sh", "name": "web",
+            "args": ["-c", "mkdir -p /w && echo ok > /w/index.html && exec httpd -f -p 127.0.0.1:8081 -h /w"],
+            "restart": {"policy": "always", "initial_backoff_ms": 100, "max_backoff_ms": 1000},
+            "health_check": {"type": "http", "port": 8081, "path": "/index.html",
+                             "initial_delay_ms": 200, "interval_ms": 200, "timeout_ms": 500,
+                             "failure_threshold": 3}
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let managed = web.managed.clone().unwrap();
+    assert_eq!(managed.id, "web");
+    assert_eq!(managed.status, SupervisedProcessStatus::Running);
+    let healthy = wait_for("never healthy")(
+        "web",
+        Box::new(|p| {
+            p.managed.as_ref().unwrap().health_status == SupervisedProcessHealthStatus::Healthy
+        }),
+    )
+    .await;
+    assert_eq!(healthy.pid, web.pid);
+    sbx.send_signal(web.pid, 9).await.unwrap();
+    let back = wait_for("not restarted after kill -9")(
+        "web",
+        Box::new(move |p| p.pid != web.pid && p.status == "running"),
+    )
+    .await;
+    let m = back.managed.clone().unwrap();
+    assert_eq!(m.restart_count, 1);
+    assert_eq!(m.last_exit.unwrap().signal, Some(9));
+    let old = sbx.get_process(web.pid).await.unwrap().into_inner();
+    assert_eq!(old.status, "signaled");
+
+    // The SDK's restart_process: a new run at once.
+    let restarted = sbx.restart_process(name("web")).await.unwrap().into_inner();
+    assert_ne!(restarted.pid, back.pid);
+    assert_eq!(restarted.managed.unwrap().restart_count, 2);
+
+    // A health check that never passes: acted on after 3 failures (killed and restarted),
+    // and `max_restarts` ends it.
+    sbx.start_process(&json!({
+        "command": "sleep", "args": ["600"], "name": "deaf",
+        "restart": {"policy": "on_failure", "max_restarts": 2, "initial_backoff_ms": 100},
+        "health_check": {"type": "tcp", "port": 7777, "initial_delay_ms": 100,
+                         "interval_ms": 100, "timeout_ms": 100, "failure_threshold": 3}
+    }))
+    .await
+    .unwrap();
+    let gave_up = wait_for("the failing health check was not acted on")(
+        "deaf",
+        Box::new(|p| p.managed.as_ref().unwrap().status == SupervisedProcessStatus::Stopped),
+    )
+    .await;
+    let m = gave_up.managed.unwrap();
+    assert_eq!(m.restart_count, 2);
+    assert_eq!(m.health_status, SupervisedProcessHealthStatus::Unhealthy);
+    assert!(m.last_error.unwrap().contains("gave up"));
+
+    // DELETE ends supervision: killed, and no run follows.
+    sbx.kill_process(name("web")).await.unwrap();
+    let stopped = wait_for("web did not stop")("web", Box::new(|p| p.status != "running")).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = sbx.get_process(name("web")).await.unwrap().into_inner();
+    assert_eq!(after.pid, stopped.pid);
+    assert_eq!(
+        after.managed.unwrap().status,
+        SupervisedProcessStatus::Stopped
+    );
+    server.delete_all();
+}

@@ -23,9 +23,11 @@ pub use error::ErrorBody;
 pub use files::{DirectoryEntry, FileKind, FileStat, ListDirectoryResponse};
 pub use frame::{Frame, FrameDecoder, FrameKind};
 pub use process::{
-    DaemonInfo, ExitInfo, HealthResponse, ListProcessesResponse, OutputEvent, OutputMode,
-    OutputResponse, ProcessExitReason, ProcessInfo, ProcessStatus, ProcessUser, RunEvent,
-    SendSignalRequest, SendSignalResponse, StartProcess, StdinMode,
+    DaemonInfo, ExitInfo, HealthCheckKind, HealthResponse, ListProcessesResponse, OutputEvent,
+    OutputMode, OutputResponse, ProcessExitReason, ProcessHealthCheck, ProcessInfo,
+    ProcessManagedInfo, ProcessStatus, ProcessUser, RestartPolicy, RestartPolicyConfig, RunEvent,
+    SendSignalRequest, SendSignalResponse, StartProcess, StdinMode, SupervisedProcessExit,
+    SupervisedProcessHealthStatus, SupervisedProcessStatus,
 };
 pub use pty::{
     CreatePty, ListPtySessions, PtyFrameDecoder, PtyMessage, PtyMessageError, PtySession, PtyStatus,

@@ -60,11 +60,156 @@ pub struct StartProcess {
     /// Seconds after which the agent SIGKILLs the process group (`run` and `start`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<f64>,
-    /// Restart policy of a supervised process. Parsed so that it can be refused by name.
+    /// Restart policy: the process is supervised (restarted on exit as the policy says).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restart: Option<serde_json::Value>,
+    pub restart: Option<RestartPolicyConfig>,
+    /// A health check: a process that fails it `failure_threshold` times in a row is
+    /// restarted (killed; its restart policy brings it back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<serde_json::Value>,
+    pub health_check: Option<ProcessHealthCheck>,
+}
+
+impl StartProcess {
+    /// Whether the agent supervises it: it has a name, a restart policy or a health check.
+    pub fn is_managed(&self) -> bool {
+        self.name.is_some() || self.restart.is_some() || self.health_check.is_some()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPolicy {
+    Never,
+    #[default]
+    OnFailure,
+    Always,
+}
+
+/// When and how fast a supervised process comes back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicyConfig {
+    #[serde(default)]
+    pub policy: RestartPolicy,
+    /// Restarts after which it stays down; none: no limit.
+    #[serde(default)]
+    pub max_restarts: Option<u32>,
+    /// The first wait before a restart; doubled after each one, up to `max_backoff_ms`.
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff_ms: u64,
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RestartPolicyConfig {
+    fn default() -> Self {
+        Self {
+            policy: RestartPolicy::Never,
+            max_restarts: None,
+            initial_backoff_ms: default_initial_backoff(),
+            max_backoff_ms: default_max_backoff(),
+        }
+    }
+}
+
+fn default_initial_backoff() -> u64 {
+    500
+}
+fn default_max_backoff() -> u64 {
+    30_000
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    /// A GET of `path` on the port answers 2xx or 3xx.
+    Http,
+    /// A TCP connection to the port opens.
+    Tcp,
+}
+
+/// A check of a supervised process, on the sandbox's loopback.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessHealthCheck {
+    #[serde(rename = "type")]
+    pub kind: HealthCheckKind,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default = "default_initial_delay")]
+    pub initial_delay_ms: u64,
+    #[serde(default = "default_interval")]
+    pub interval_ms: u64,
+    #[serde(default = "default_check_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+}
+
+fn default_initial_delay() -> u64 {
+    5000
+}
+fn default_interval() -> u64 {
+    1000
+}
+fn default_check_timeout() -> u64 {
+    500
+}
+fn default_failure_threshold() -> u32 {
+    3
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SupervisedProcessStatus {
+    Starting,
+    Running,
+    BackingOff,
+    Stopped,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SupervisedProcessHealthStatus {
+    Disabled,
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+/// How a supervised process's last run ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupervisedProcessExit {
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub signal: Option<i64>,
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// Milliseconds since the Unix epoch.
+    pub ended_at: i64,
+}
+
+/// The supervision of a managed process (`ProcessInfo.managed`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessManagedInfo {
+    /// Its name when it has one, else an id of the agent's.
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub status: SupervisedProcessStatus,
+    pub restart_count: u32,
+    pub restart: RestartPolicyConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<ProcessHealthCheck>,
+    pub health_status: SupervisedProcessHealthStatus,
+    pub consecutive_health_failures: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<SupervisedProcessExit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Milliseconds since the Unix epoch, while backing off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_restart_at: Option<i64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +242,9 @@ pub struct ProcessInfo {
     pub ended_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Its supervision, for a managed process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ProcessManagedInfo>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
