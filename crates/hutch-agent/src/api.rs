@@ -93,7 +93,11 @@ async fn route(
             match method {
                 Method::GET => files::read(path).await,
                 Method::PUT | Method::POST => {
-                    files::write(path, req.into_body(), &procs).await?;
+                    let attrs = files::WriteAttrs::from_query(
+                        http::query_param(&req, "mode").as_deref(),
+                        http::query_param(&req, "owner").as_deref(),
+                    )?;
+                    files::write(path, req.into_body(), &procs, attrs).await?;
                     Ok(empty(StatusCode::OK))
                 }
                 Method::DELETE => {
@@ -108,6 +112,29 @@ async fn route(
         }
         (&Method::GET, ["hutch", "v1", "files", "stat"]) => {
             ok_json(&files::stat(files::request_path(&req, &procs)?).await?)
+        }
+        (&Method::GET, ["hutch", "v1", "files", "watch"]) => {
+            let recursive = http::query_param(&req, "recursive").is_some_and(|v| v == "true");
+            crate::watch::watch(files::request_path(&req, &procs)?, recursive)
+        }
+        (&Method::GET, ["hutch", "v1", "files", "exists"]) => {
+            ok_json(&files::exists(files::request_path(&req, &procs)?).await)
+        }
+        (&Method::POST, ["hutch", "v1", "files", "copy"]) => {
+            let base = procs.config().working_dir.unwrap_or_else(|| "/".into());
+            let body: serde_json::Value = http::read_json(req.into_body()).await?;
+            let field = |k: &str| {
+                body.get(k)
+                    .and_then(|v| v.as_str())
+                    .ok_or_else(|| ApiError::invalid(format!("`{k}` is required")))
+                    .and_then(|p| files::sandbox_path(p, &base))
+            };
+            let overwrite = body
+                .get("overwrite")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+            files::copy(field("from")?, field("to")?, overwrite).await?;
+            Ok(empty(StatusCode::OK))
         }
         (&Method::POST, ["hutch", "v1", "files", "mkdir"]) => {
             files::mkdir(files::request_path(&req, &procs)?).await?;

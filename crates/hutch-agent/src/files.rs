@@ -1,4 +1,6 @@
-//! The file API: streamed read and write, list, stat, mkdir, rename, delete.
+//! The file API: streamed read and write (with a mode and an owner), list, stat, exists,
+//! mkdir (with parents), rename, copy (trees too), delete (trees too); watches are in
+//! `watch.rs`.
 //!
 //! Paths are resolved by the sandbox's own kernel (gVisor), so nothing here can reach the
 //! host; the checks below are about clear errors: a path must be absolute (or relative to the
@@ -91,7 +93,117 @@ pub async fn read(path: PathBuf) -> Result<Response<Body>, ApiError> {
     Ok(http::streaming("application/octet-stream", body))
 }
 
-pub async fn write(path: PathBuf, body: Incoming, procs: &Processes) -> Result<(), ApiError> {
+/// A write's `mode` (octal, e.g. `0755`) and `owner` (`uid[:gid]` or a user name), from its
+/// query parameters.
+#[derive(Default)]
+pub struct WriteAttrs {
+    mode: Option<u32>,
+    owner: Option<(u32, u32)>,
+}
+
+impl WriteAttrs {
+    pub fn from_query(mode: Option<&str>, owner: Option<&str>) -> Result<Self, ApiError> {
+        let mode = mode
+            .map(|m| {
+                u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!("mode {m:?} is not an octal mode (0 to 7777)"))
+                    })
+            })
+            .transpose()?;
+        let owner = owner
+            .map(|o| {
+                users::resolve(o)
+                    .map(|id| (id.uid, id.gid))
+                    .map_err(|_| ApiError::invalid(format!("owner {o:?} is not a user here")))
+            })
+            .transpose()?;
+        Ok(Self { mode, owner })
+    }
+}
+
+/// Whether `path` exists (a dangling symlink does), and what it is.
+pub async fn exists(path: PathBuf) -> serde_json::Value {
+    match tokio::fs::symlink_metadata(&path).await {
+        Ok(meta) => serde_json::json!({
+            "exists": true,
+            "is_dir": meta.is_dir(),
+            "is_symlink": meta.file_type().is_symlink(),
+        }),
+        Err(_) => serde_json::json!({"exists": false, "is_dir": false, "is_symlink": false}),
+    }
+}
+
+/// Copies a file or a directory tree: modes, owners and times kept, symlinks copied as
+/// links (never followed). Refuses to replace an existing target unless `overwrite`, and to
+/// copy a directory into itself.
+pub async fn copy(from: PathBuf, to: PathBuf, overwrite: bool) -> Result<(), ApiError> {
+    if to.starts_with(&from) {
+        return Err(ApiError::invalid(format!(
+            "cannot copy {} into itself",
+            from.display()
+        )));
+    }
+    tokio::task::spawn_blocking(move || {
+        let meta = std::fs::symlink_metadata(&from)
+            .map_err(|e| ApiError::io(&format!("cannot copy {}", from.display()), &e))?;
+        if std::fs::symlink_metadata(&to).is_ok() {
+            if !overwrite {
+                return Err(ApiError::conflict(format!(
+                    "{} exists; pass overwrite: true to replace it",
+                    to.display()
+                )));
+            }
+            let gone = if std::fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir()) {
+                std::fs::remove_dir_all(&to)
+            } else {
+                std::fs::remove_file(&to)
+            };
+            gone.map_err(|e| ApiError::io(&format!("cannot replace {}", to.display()), &e))?;
+        }
+        copy_tree(&from, &to, &meta)
+            .map_err(|e| ApiError::io(&format!("cannot copy to {}", to.display()), &e))
+    })
+    .await
+    .map_err(|e| ApiError::invalid(format!("copy failed: {e}")))?
+}
+
+fn copy_tree(from: &Path, to: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)?;
+        let _ = std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()));
+        return Ok(());
+    }
+    if kind.is_dir() {
+        std::fs::create_dir(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(
+                &entry.path(),
+                &to.join(entry.file_name()),
+                &entry.metadata()?,
+            )?;
+        }
+    } else if kind.is_file() {
+        std::fs::copy(from, to)?;
+    } else {
+        // Devices, fifos and sockets are not content.
+        return Ok(());
+    }
+    let _ = std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid()));
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode()))?;
+    Ok(())
+}
+
+pub async fn write(
+    path: PathBuf,
+    body: Incoming,
+    procs: &Processes,
+    attrs: WriteAttrs,
+) -> Result<(), ApiError> {
     let display = path.display().to_string();
     let parent = path
         .parent()
@@ -133,8 +245,12 @@ pub async fn write(path: PathBuf, body: Incoming, procs: &Processes) -> Result<(
             .and_then(|u| users::resolve(&u).ok())
             .map(|id| (id.uid, id.gid)),
     };
-    if let Some((uid, gid)) = owner {
+    if let Some((uid, gid)) = attrs.owner.or(owner) {
         let _ = std::os::unix::fs::chown(&tmp, Some(uid), Some(gid));
+    }
+    if let Some(mode) = attrs.mode {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| ApiError::io(&format!("cannot set the mode of {display}"), &e))?;
     }
     tokio::fs::rename(&tmp, &path).await.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);

@@ -19,6 +19,7 @@ mod rootfs_build;
 mod supervise;
 mod tcp;
 mod users;
+mod watch;
 
 use std::time::Duration;
 
