@@ -121,19 +121,9 @@ async fn route(
             ok_json(&files::exists(files::request_path(&req, &procs)?).await)
         }
         (&Method::POST, ["hutch", "v1", "files", "copy"]) => {
-            let base = procs.config().working_dir.unwrap_or_else(|| "/".into());
-            let body: serde_json::Value = http::read_json(req.into_body()).await?;
-            let field = |k: &str| {
-                body.get(k)
-                    .and_then(|v| v.as_str())
-                    .ok_or_else(|| ApiError::invalid(format!("`{k}` is required")))
-                    .and_then(|p| files::sandbox_path(p, &base))
-            };
-            let overwrite = body
-                .get("overwrite")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false);
-            files::copy(field("from")?, field("to")?, overwrite).await?;
+            let (from, to, body) = from_to(req, &procs).await?;
+            let overwrite = body.get("overwrite").and_then(|v| v.as_bool());
+            files::copy(from, to, overwrite.unwrap_or(false)).await?;
             Ok(empty(StatusCode::OK))
         }
         (&Method::POST, ["hutch", "v1", "files", "mkdir"]) => {
@@ -141,15 +131,8 @@ async fn route(
             Ok(empty(StatusCode::OK))
         }
         (&Method::POST, ["hutch", "v1", "files", "rename"]) => {
-            let base = procs.config().working_dir.unwrap_or_else(|| "/".into());
-            let body: serde_json::Value = http::read_json(req.into_body()).await?;
-            let field = |k: &str| {
-                body.get(k)
-                    .and_then(|v| v.as_str())
-                    .ok_or_else(|| ApiError::invalid(format!("`{k}` is required")))
-                    .and_then(|p| files::sandbox_path(p, &base))
-            };
-            files::rename(field("from")?, field("to")?).await?;
+            let (from, to, _) = from_to(req, &procs).await?;
+            files::rename(from, to).await?;
             Ok(empty(StatusCode::OK))
         }
         (&Method::POST, ["hutch", "v1", "limits"]) => {
@@ -223,6 +206,22 @@ async fn shutdown(procs: Processes, grace: Duration) -> Response<Body> {
         std::process::exit(0);
     });
     empty(StatusCode::OK)
+}
+
+/// The `from` and `to` paths of a JSON body (rename, copy), checked, and the body.
+async fn from_to(
+    req: Request<Incoming>,
+    procs: &Processes,
+) -> Result<(std::path::PathBuf, std::path::PathBuf, serde_json::Value), ApiError> {
+    let base = procs.config().working_dir.unwrap_or_else(|| "/".into());
+    let body: serde_json::Value = http::read_json(req.into_body()).await?;
+    let field = |k: &str| {
+        body.get(k)
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| ApiError::invalid(format!("`{k}` is required")))
+            .and_then(|p| files::sandbox_path(p, &base))
+    };
+    Ok((field("from")?, field("to")?, body))
 }
 
 fn path_str(segs: &[&str]) -> String {

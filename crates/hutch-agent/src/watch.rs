@@ -279,16 +279,15 @@ fn handle(inotify: &mut Inotify, recursive: bool, event: RawEvent) -> Vec<Bytes>
     })];
     if recursive && is_dir && matches!(kind, "created" | "moved_to") {
         let before = inotify.dirs.len();
-        if inotify.add_tree(&path, true).unwrap_or(false) || inotify.dirs.len() > before {
-            if let Ok(entries) = std::fs::read_dir(&path) {
-                for entry in entries.flatten() {
-                    out.push(http::sse_event(&Event {
-                        kind: "created",
-                        path: entry.path().display().to_string(),
-                        is_dir: entry.file_type().is_ok_and(|t| t.is_dir()),
-                        timestamp: now,
-                    }));
-                }
+        let watched = inotify.add_tree(&path, true).unwrap_or(false) || inotify.dirs.len() > before;
+        if watched && let Ok(entries) = std::fs::read_dir(&path) {
+            for entry in entries.flatten() {
+                out.push(http::sse_event(&Event {
+                    kind: "created",
+                    path: entry.path().display().to_string(),
+                    is_dir: entry.file_type().is_ok_and(|t| t.is_dir()),
+                    timestamp: now,
+                }));
             }
         }
     }

@@ -20,6 +20,19 @@ struct Sandbox {
 }
 
 impl Sandbox {
+    async fn create(server: &common::server::Server) -> Self {
+        let created = json_of(
+            http()
+                .post(format!("{}/sandboxes", server.api_url()))
+                .json(&json!({"image": "hutch/minimal"})),
+        )
+        .await;
+        Self {
+            proxy: server.proxy_url(),
+            id: created["sandbox_id"].as_str().unwrap().to_string(),
+        }
+    }
+
     fn at(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         http()
             .request(method, format!("{}{path}", self.proxy))
@@ -61,16 +74,7 @@ async fn events(response: reqwest::Response, want: usize) -> Vec<Value> {
 async fn watches_stream_creates_modifies_and_deletes_recursively() {
     let home = Home::new();
     let server = home.serve();
-    let created = json_of(
-        http()
-            .post(format!("{}/sandboxes", server.api_url()))
-            .json(&json!({"image": "hutch/minimal"})),
-    )
-    .await;
-    let sbx = Sandbox {
-        proxy: server.proxy_url(),
-        id: created["sandbox_id"].as_str().unwrap().to_string(),
-    };
+    let sbx = Sandbox::create(&server).await;
     let r = sbx
         .at(reqwest::Method::POST, "/hutch/v1/files/mkdir?path=/data")
         .send()
@@ -135,16 +139,7 @@ async fn watches_stream_creates_modifies_and_deletes_recursively() {
 async fn exists_copy_and_mode_and_owner_on_write() {
     let home = Home::new();
     let server = home.serve();
-    let created = json_of(
-        http()
-            .post(format!("{}/sandboxes", server.api_url()))
-            .json(&json!({"image": "hutch/minimal"})),
-    )
-    .await;
-    let sbx = Sandbox {
-        proxy: server.proxy_url(),
-        id: created["sandbox_id"].as_str().unwrap().to_string(),
-    };
+    let sbx = Sandbox::create(&server).await;
     use reqwest::Method;
     // Mode and owner on write, parents made.
     let r = sbx
