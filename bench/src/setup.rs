@@ -235,6 +235,16 @@ impl Setup {
         cmd
     }
 
+    /// A raw bundle of the busybox rootfs running `argv` (made now, under the raw root's
+    /// directory), for floors other than `true` and `echo`.
+    #[allow(dead_code)] // Only some bench binaries use it.
+    pub fn raw_bundle(&self, name: &str, argv: &[&str]) -> anyhow::Result<PathBuf> {
+        let umoci = find_on_path("umoci").context("umoci is not installed: apt-get install umoci")?;
+        let dir = self.raw_root.parent().unwrap_or(&self.home).join(name);
+        unpack_bundle(&umoci, &self.fixture, &dir, argv, None)?;
+        Ok(dir)
+    }
+
     /// `runsc exec` into a sandbox the library made (its runsc root is `HOME/runsc`).
     pub fn raw_exec(&self, id: &str, argv: &[&str]) -> Command {
         let mut cmd = Command::new(&self.runsc);
