@@ -4,8 +4,9 @@ object on stdout.
 usage: sdk_latency.py API_URL POOL_ID N
 
 - claim_first_output_ms: `create_and_connect(pool_id=...)` (the SDK's claim, then connect)
-  and `run("echo")` until its output is back, through the published Python SDK. Before each
-  claim the script waits, untimed, until the pool has a warm sandbox again.
+  and `run("echo")` until its output is back, through the published Python SDK. Between
+  claims, untimed, the claimed sandbox is deleted and the script waits until the pool is
+  full again and nothing boots: each claim meets a quiet machine and a warm sandbox.
 - run_echo_ms: `sandbox.run("echo", ["hi"])` on one running sandbox; beside it, through the
   same proxy with one kept-alive connection:
   - health_ms: `GET /api/v1/health` (proxy and agent round trip, no process),
@@ -17,6 +18,7 @@ usage: sdk_latency.py API_URL POOL_ID N
 
 import http.client
 import json
+import os
 import sys
 import threading
 import time
@@ -35,9 +37,14 @@ def raw(path, method="GET"):
         return json.load(r)
 
 
-def wait_warm(timeout=60):
+def wait_warm(timeout=60, full=False):
     deadline = time.monotonic() + timeout
-    while raw(f"/sandbox-pools/{pool_id}")["status"]["warm"] < 1:
+    while True:
+        pool = raw(f"/sandbox-pools/{pool_id}")
+        status = pool["status"]
+        want = pool.get("warm_containers", 1) if full else 1
+        if status["warm"] >= want and (not full or status["booting"] == 0):
+            return
         if time.monotonic() > deadline:
             raise SystemExit("the pool never refilled")
         time.sleep(0.01)
@@ -47,23 +54,29 @@ def ms(seconds):
     return round(seconds * 1000, 3)
 
 
+deleters = []
+
+
 def delete_later(sandbox_id):
-    threading.Thread(target=client.delete, args=(sandbox_id,), daemon=True).start()
+    deleter = threading.Thread(target=client.delete, args=(sandbox_id,))
+    deleter.start()
+    deleters.append(deleter)
 
 
 # Claim -> first output of echo.
 claim = []
 for _ in range(n):
-    wait_warm()
+    wait_warm(full=True)
+    time.sleep(0.2)
     t = time.perf_counter()
     sandbox = client.create_and_connect(pool_id=pool_id)
     out = sandbox.run("echo", ["hi"])
     claim.append(ms(time.perf_counter() - t))
     assert out.stdout.strip() == "hi", out
-    delete_later(sandbox.sandbox_id)
+    client.delete(sandbox.sandbox_id)
 
 # run("echo") on one running sandbox, and its pieces.
-wait_warm()
+wait_warm(full=True)
 sandbox = client.create_and_connect(pool_id=pool_id)
 for _ in range(20):
     sandbox.run("echo", ["hi"])
@@ -104,6 +117,8 @@ while time.perf_counter() - started < 20:
     warm += 1 if answer.get("warm") else 0
     delete_later(answer["sandbox_id"])
 elapsed = time.perf_counter() - started
+for deleter in deleters:
+    deleter.join()
 
 print(
     json.dumps(
@@ -116,5 +131,8 @@ print(
             "claims": claims,
             "claims_warm": warm,
         }
-    )
+    ),
+    flush=True,
 )
+# The SDK's native client can abort during interpreter teardown: leave without one.
+os._exit(0)

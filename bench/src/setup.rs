@@ -239,7 +239,8 @@ impl Setup {
     /// directory), for floors other than `true` and `echo`.
     #[allow(dead_code)] // Only some bench binaries use it.
     pub fn raw_bundle(&self, name: &str, argv: &[&str]) -> anyhow::Result<PathBuf> {
-        let umoci = find_on_path("umoci").context("umoci is not installed: apt-get install umoci")?;
+        let umoci =
+            find_on_path("umoci").context("umoci is not installed: apt-get install umoci")?;
         let dir = self.raw_root.parent().unwrap_or(&self.home).join(name);
         unpack_bundle(&umoci, &self.fixture, &dir, argv, None)?;
         Ok(dir)

@@ -59,7 +59,10 @@ fn main() -> anyhow::Result<()> {
     let idle_n: usize = env_num("HUTCH_BENCH_IDLE").unwrap_or(8);
     let python = setup::workspace().join("target/pyvenv/bin/python");
     if !python.is_file() {
-        bail!("{} is missing: run `make pytest` once (it makes the venv)", python.display());
+        bail!(
+            "{} is missing: run `make pytest` once (it makes the venv)",
+            python.display()
+        );
     }
     let home = tempfile::Builder::new().prefix("hbp").tempdir_in("/tmp")?;
     let (api_port, proxy_port) = (cli::free_port()?, cli::free_port()?);
@@ -79,6 +82,8 @@ fn main() -> anyhow::Result<()> {
     );
     cli::wait_for_server(api_port, home.path())?;
     let api = format!("http://127.0.0.1:{api_port}");
+    // The SDK's transport installs the TLS crypto provider reqwest needs (plain HTTP here).
+    drop(tensorlake::http_transport::https_builder());
     let http = reqwest::blocking::Client::new();
 
     let pool = |warm: usize, max: usize| -> anyhow::Result<String> {
@@ -96,7 +101,10 @@ fn main() -> anyhow::Result<()> {
         Ok(created["pool_id"].as_str().unwrap_or_default().to_string())
     };
     let warm_ids = |pool: &str| -> anyhow::Result<Vec<String>> {
-        let p: Value = http.get(format!("{api}/sandbox-pools/{pool}")).send()?.json()?;
+        let p: Value = http
+            .get(format!("{api}/sandbox-pools/{pool}"))
+            .send()?
+            .json()?;
         Ok(p["containers"]
             .as_array()
             .map(|c| {
@@ -118,7 +126,11 @@ fn main() -> anyhow::Result<()> {
         .output()
         .context("running bench/python/sdk_latency.py")?;
     if !out.status.success() {
-        bail!("bench/python/sdk_latency.py failed");
+        bail!(
+            "bench/python/sdk_latency.py failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     let sdk: Value = serde_json::from_slice(&out.stdout)?;
     let samples = |key: &str| -> Samples {
@@ -128,7 +140,8 @@ fn main() -> anyhow::Result<()> {
         }
         s
     };
-    http.delete(format!("{api}/sandbox-pools/{claims_pool}")).send()?;
+    http.delete(format!("{api}/sandbox-pools/{claims_pool}"))
+        .send()?;
 
     // The floor of run("echo"): raw runsc exec into a raw idle sandbox.
     let sleeper = setup.raw_bundle("sleep", &["/bin/sleep", "1000000"])?;
@@ -136,7 +149,12 @@ fn main() -> anyhow::Result<()> {
     let raw_ids: Vec<String> = (0..idle_n).map(|i| format!("hbp-raw-{i}")).collect();
     for id in &raw_ids {
         let mut run = raw_runsc(&setup);
-        run.args(["run", "--detach", &format!("--bundle={}", sleeper.display()), id]);
+        run.args([
+            "run",
+            "--detach",
+            &format!("--bundle={}", sleeper.display()),
+            id,
+        ]);
         let status = run.stdin(Stdio::null()).status()?;
         if !status.success() {
             bail!("raw runsc run --detach {id} failed");
@@ -166,13 +184,23 @@ fn main() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(5));
     let ours: Vec<u64> = warm_ids(&idle_pool)?.iter().map(|id| pss_kib(id)).collect();
     let floor: Vec<u64> = raw_ids.iter().map(|id| pss_kib(id)).collect();
+    let breakdown = |id: &str| {
+        pss_by_process(id)
+            .iter()
+            .map(|(name, kib)| format!("{name} {:.1} MiB", *kib as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let ours_breakdown = breakdown(&warm_ids(&idle_pool)?[0]);
+    let floor_breakdown = breakdown(&raw_ids[0]);
     for id in &raw_ids {
         let _ = raw_runsc(&setup)
             .args(["delete", "--force", id])
             .stdin(Stdio::null())
             .output();
     }
-    http.delete(format!("{api}/sandbox-pools/{idle_pool}")).send()?;
+    http.delete(format!("{api}/sandbox-pools/{idle_pool}"))
+        .send()?;
 
     let claim = samples("claim_first_output_ms");
     let run_echo = samples("run_echo_ms");
@@ -188,7 +216,11 @@ fn main() -> anyhow::Result<()> {
         v.sort_by(f64::total_cmp);
         Duration::from_secs_f64(quantile(&v, 0.99) / 1000.0)
     };
-    println!("\n## Warm pools and idle sandboxes (runsc {}, platform {})\n", setup.runsc_version(), setup.platform);
+    println!(
+        "\n## Warm pools and idle sandboxes (runsc {}, platform {})\n",
+        setup.runsc_version(),
+        setup.platform
+    );
     println!("| figure | p50 | p99 | floor | floor p50 | ratio (p50) | goal |");
     println!("|---|---|---|---|---|---|---|");
     println!(
@@ -232,6 +264,7 @@ fn main() -> anyhow::Result<()> {
         ours,
         floor
     );
+    println!("\nOne of each, by process: ours: {ours_breakdown}; raw: {floor_breakdown}.");
 
     if let Some(max) = env_num("HUTCH_BENCH_MAX_IDLE") {
         max_idle(&http, &api, max)?;
@@ -262,6 +295,12 @@ fn raw_runsc(setup: &setup::Setup) -> Command {
 
 /// PSS of every host process whose command line names `id`, and of their descendants.
 fn pss_kib(id: &str) -> u64 {
+    pss_by_process(id).iter().map(|(_, kib)| kib).sum()
+}
+
+/// `(process name, PSS KiB)` of every host process whose command line names `id`, and of
+/// their descendants.
+fn pss_by_process(id: &str) -> Vec<(String, u64)> {
     let mut procs = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -285,13 +324,20 @@ fn pss_kib(id: &str) -> u64 {
         }
         ours.extend(more);
     }
-    ours.iter()
+    let mut out: Vec<(String, u64)> = ours
+        .iter()
         .map(|pid| {
             let rollup =
                 std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-            host::kib_field(&rollup, "Pss:").unwrap_or(0)
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (
+                name.trim().to_string(),
+                host::kib_field(&rollup, "Pss:").unwrap_or(0),
+            )
         })
-        .sum()
+        .collect();
+    out.sort();
+    out
 }
 
 /// Idle sandboxes 20 at a time until the API's p99 passes 100 ms, a create fails, memory
@@ -333,7 +379,9 @@ fn max_idle(http: &reqwest::blocking::Client, api: &str, max: usize) -> anyhow::
             for i in 0..100 {
                 let id = &ids[i % ids.len()];
                 let t = Instant::now();
-                http.get(format!("{api}/sandboxes/{id}")).send()?.error_for_status()?;
+                http.get(format!("{api}/sandboxes/{id}"))
+                    .send()?
+                    .error_for_status()?;
                 lat.push(t.elapsed().as_secs_f64() * 1000.0);
             }
             lat.sort_by(f64::total_cmp);
@@ -342,7 +390,12 @@ fn max_idle(http: &reqwest::blocking::Client, api: &str, max: usize) -> anyhow::
                 .ok()
                 .and_then(|m| host::kib_field(&m, "MemAvailable:"))
                 .unwrap_or(0);
-            println!("| {} | {:.1} ms | {:.1} GiB |", ids.len(), p99, avail as f64 / (1 << 20) as f64);
+            println!(
+                "| {} | {:.1} ms | {:.1} GiB |",
+                ids.len(),
+                p99,
+                avail as f64 / (1 << 20) as f64
+            );
             if p99 > 100.0 {
                 return Ok("the API's p99 passed 100 ms".into());
             }
@@ -352,7 +405,11 @@ fn max_idle(http: &reqwest::blocking::Client, api: &str, max: usize) -> anyhow::
         }
         Ok(format!("reached HUTCH_BENCH_MAX_IDLE={max}"))
     })();
-    println!("\nStopped at {} idle sandboxes: {}.", ids.len(), result.unwrap_or_else(|e| e.to_string()));
+    println!(
+        "\nStopped at {} idle sandboxes: {}.",
+        ids.len(),
+        result.unwrap_or_else(|e| e.to_string())
+    );
     let started = Instant::now();
     for chunk in ids.chunks(20) {
         let ts: Vec<_> = chunk
@@ -366,6 +423,10 @@ fn max_idle(http: &reqwest::blocking::Client, api: &str, max: usize) -> anyhow::
             let _ = t.join();
         }
     }
-    eprintln!("hutch-bench-pools: removed {} sandboxes in {:.0?}", ids.len(), started.elapsed());
+    eprintln!(
+        "hutch-bench-pools: removed {} sandboxes in {:.0?}",
+        ids.len(),
+        started.elapsed()
+    );
     Ok(())
 }

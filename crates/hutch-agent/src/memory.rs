@@ -17,6 +17,22 @@ use std::time::Duration;
 use crate::process::Processes;
 
 const INTERVAL: Duration = Duration::from_millis(20);
+/// How long the watch waits, alone, before looking again anyway.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// The next sample's delay: 20 ms near the limit, slower with room to spare (a process
+/// that allocates several GiB/s still meets the check before the host backstop, which
+/// sits 50% or 256 MiB above the limit).
+fn pace(used: u64, limit: u64) -> Duration {
+    if limit == 0 {
+        return IDLE_CHECK;
+    }
+    match used.saturating_mul(100) / limit {
+        0..50 => Duration::from_millis(100),
+        50..80 => Duration::from_millis(40),
+        _ => INTERVAL,
+    }
+}
 
 /// The user's limit in force (0: none). A live resize changes it (`set_limit`).
 static LIMIT: AtomicU64 = AtomicU64::new(0);
@@ -35,14 +51,24 @@ async fn watch(procs: Processes) {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
     let me = std::process::id() as i32;
+    let mut interval = INTERVAL;
     loop {
-        tokio::time::sleep(INTERVAL).await;
+        tokio::time::sleep(interval).await;
+        let seen = crate::process::spawn_count();
         let usage = Usage {
             resident: resident(page),
             agent: me,
             tmpfs: tmpfs_bytes(),
         };
         let limit_bytes = LIMIT.load(Ordering::SeqCst);
+        // Alone, the agent waits for its next spawn instead of polling (its own memory is
+        // bounded by what it buffers for processes; tmpfs needs a process to fill it).
+        if usage.resident.iter().all(|(pid, _)| *pid == me) {
+            crate::process::wait_for_spawn(seen, IDLE_CHECK).await;
+            interval = INTERVAL;
+            continue;
+        }
+        interval = pace(usage.total(), limit_bytes);
         if limit_bytes == 0 || usage.total() <= limit_bytes {
             continue;
         }

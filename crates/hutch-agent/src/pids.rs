@@ -12,12 +12,20 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 const INTERVAL: Duration = Duration::from_millis(25);
+/// While the agent is alone nothing can fork: it waits for its next spawn (this long at
+/// most, for anything that slips past).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 pub async fn watch(limit: u32) {
     let me = std::process::id() as i32;
     loop {
         tokio::time::sleep(INTERVAL).await;
+        let seen = crate::process::spawn_count();
         let tasks = sample();
+        if tasks.iter().all(|t| t.pid == me) {
+            crate::process::wait_for_spawn(seen, IDLE_CHECK).await;
+            continue;
+        }
         let count: u64 = tasks.iter().map(|t| t.threads).sum();
         if count <= u64::from(limit) {
             continue;

@@ -161,6 +161,7 @@ impl PtySessions {
                 .map(Stdio::from)
                 .map_err(|e| internal("duplicating the terminal", e))
         };
+        crate::process::note_spawn();
         let mut cmd = Command::new(&req.command);
         cmd.args(&req.args)
             .env_clear()

@@ -127,19 +127,22 @@ impl Server {
         self.child.wait().unwrap()
     }
 
-    /// Deletes every sandbox the server lists, over HTTP.
+    /// Deletes every sandbox the server lists, then every pool (which takes its warm
+    /// sandboxes, never listed, with it), over HTTP.
     pub fn delete_all(&self) {
-        let out = Command::new("curl")
-            .args(["-sf", &self.sandboxes_url()])
-            .output()
-            .unwrap();
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        for sb in list["sandboxes"].as_array().cloned().unwrap_or_default() {
-            let id = sb["sandbox_id"].as_str().unwrap_or_default().to_string();
-            let _ = Command::new("curl")
-                .args(["-sf", "-XDELETE", &format!("{}/{id}", self.sandboxes_url())])
-                .output();
-        }
+        let each = |url: &str, key: &str, id_key: &str| {
+            let out = Command::new("curl").args(["-sf", url]).output().unwrap();
+            let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            for item in list[key].as_array().cloned().unwrap_or_default() {
+                let id = item[id_key].as_str().unwrap_or_default().to_string();
+                let _ = Command::new("curl")
+                    .args(["-sf", "-XDELETE", &format!("{url}/{id}")])
+                    .output();
+            }
+        };
+        each(&self.sandboxes_url(), "sandboxes", "sandbox_id");
+        let pools = self.sandboxes_url().replace("/sandboxes", "/sandbox-pools");
+        each(&pools, "pools", "pool_id");
     }
 }
 
