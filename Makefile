@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 APT_PACKAGES := runsc busybox-static debootstrap umoci skopeo hyperfine curl python3-venv \
 	docker-registry buildah apache2-utils attr libcap2-bin openssl nftables iproute2 conntrack \
-	mmdebstrap
+	mmdebstrap e2fsprogs
 FIXTURES ?= $(HOME)/.cache/hutch/fixtures
 DEMO_HOME ?= /tmp/hutch-demo
 # The Python SDK conformance suite (tests/python) runs in its own venv.
@@ -97,6 +97,9 @@ bench: setup fixtures build
 	target/release/hutch-bench-build target/release/hutch
 	cargo build --release -p hutch-bench --bin hutch-bench-seed
 	target/release/hutch-bench-seed target/release/hutch
+	$(MAKE) $(PYVENV)/.installed
+	cargo build --release -p hutch-bench --bin hutch-bench-pools
+	target/release/hutch-bench-pools target/release/hutch
 
 ## bench-runsc: hutch-bench, hutch-bench-runtime and hutch-bench-build with the old runsc
 ## (2022-12, ptrace) and the new one (2024-07, systrap), into one report (bench/compare-runsc.sh)

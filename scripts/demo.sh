@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: start `hutch serve` over HOME, create a sandbox of the default (Debian) image
-# through the API, run
-# python3 in it, remove it, stop the server. Idempotent; used by `make demo`.
+# through the API, run python3 in it, remove it, stop the server. Idempotent; used by
+# `make demo`.
 # usage: scripts/demo.sh HUTCH_BINARY HOME
 set -euo pipefail
 HUTCH="$(realpath "$1")"
