@@ -69,7 +69,7 @@ localhost, *.localhost, *.local or the server's --public-url).";
         routes::complete_build,
     ),
     // Path parameters' schemas are not collected from the paths as bodies' are.
-    components(schemas(hutch_api::SandboxAction)),
+    components(schemas(hutch_api::SandboxAction, hutch_api::PageDirection)),
     modifiers(&Bearer),
     security((), ("bearer" = [])),
 )]
