@@ -301,3 +301,42 @@ fn hutch_pool_creates_lists_claims_and_removes() {
     let (_, listed, _) = pool(&["ls"]);
     assert!(!listed.contains(&id), "{listed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_whose_sandboxes_cannot_start_backs_off_and_says_why() {
+    let home = Home::new();
+    let server = home.serve();
+    let created = common::server::json_of(
+        common::server::http()
+            .post(format!("{}/sandbox-pools", server.api_url()))
+            .json(
+                &json!({"image": "hutch/minimal", "resources": {"cpus": 0.5, "memory_mb": 128},
+                          "entrypoint": ["/no/such/program"],
+                          "warm_containers": 2, "max_containers": 4}),
+            ),
+    )
+    .await;
+    let id = created["pool_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let p = pool(&server, &id).await;
+    assert!(
+        p["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/no/such/program"),
+        "{p}"
+    );
+    // Backing off, it tries a pair every 5 s or so; without, it booted in a loop (dozens).
+    let attempts = server.log().matches("sandbox failed to start").count();
+    assert!(attempts >= 2, "{}", server.log());
+    assert!(
+        attempts <= 8,
+        "{attempts} sandboxes booted in 8 s:\n{}",
+        server.log()
+    );
+    common::server::http()
+        .delete(format!("{}/sandbox-pools/{id}", server.api_url()))
+        .send()
+        .await
+        .unwrap();
+}

@@ -100,14 +100,17 @@ fn mounts_under(home: &Path) -> Vec<String> {
 
 /// The sandboxes the API lists (not terminated), by id, with their status.
 async fn listed(http: &reqwest::Client, server: &Server) -> Vec<(String, String)> {
-    let body: Value = http
-        .get(server.sandboxes_url())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // The client's pool may still hold a connection to the server killed a moment ago (same
+    // port): a reset on that one is the old server's, so the request goes again.
+    let mut tries = 0;
+    let answer = loop {
+        match http.get(server.sandboxes_url()).send().await {
+            Ok(answer) => break answer,
+            Err(e) if e.is_request() && tries < 3 => tries += 1,
+            Err(e) => panic!("listing sandboxes: {e}"),
+        }
+    };
+    let body: Value = answer.json().await.unwrap();
     body["sandboxes"]
         .as_array()
         .cloned()

@@ -298,6 +298,10 @@ impl Pools {
     async fn replenish(&self) -> Result<(), StateError> {
         for pool in self.db.pools(None)? {
             let (members, counts) = self.members(&pool)?;
+            if counts.warm > 0 {
+                // Its sandboxes boot again: an old failure no longer describes it.
+                self.lock_failures().remove(&pool.id);
+            }
             for stale in members
                 .iter()
                 .filter(|m| !m.claimed && m.generation != pool.generation)
@@ -318,15 +322,25 @@ impl Pools {
             {
                 continue;
             }
+            // A sandbox of the pool that failed to boot (an entrypoint that does not exist,
+            // an image that cannot run) would fail again: back off instead of booting
+            // sandboxes in a loop.
+            if let Some(error) = self
+                .db
+                .pool_startup_failure(&pool.id, now_ms() - FAILURE_BACKOFF_MS)?
+            {
+                tracing::warn!(pool = %pool.id, %error, "a warm sandbox failed to start");
+                self.lock_failures()
+                    .insert(pool.id.clone(), (now_ms(), error));
+                continue;
+            }
             for _ in 0..missing {
                 let made = match self.params(&pool).await {
                     Ok(params) => self.sandboxes.create(params).map(|_| ()),
                     Err(e) => Err(e),
                 };
                 match made {
-                    Ok(()) => {
-                        self.lock_failures().remove(&pool.id);
-                    }
+                    Ok(()) => {}
                     // Room for no more now: the next pass tries again.
                     Err(StateError::CapacityExceeded { .. }) => break,
                     Err(e) => {

@@ -182,6 +182,21 @@ impl Db {
         Ok(())
     }
 
+    /// The error of the newest of the pool's sandboxes that failed to start after `since`
+    /// (ms since the epoch), if one did.
+    pub fn pool_startup_failure(&self, pool_id: &str, since: i64) -> Result<Option<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT COALESCE(s.error, 'the sandbox failed to start')
+             FROM pool_members m JOIN sandboxes s ON s.id = m.sandbox_id
+             WHERE m.pool_id = ?1 AND s.reason = 'startup_failed' AND s.terminated_at > ?2
+             ORDER BY s.terminated_at DESC LIMIT 1",
+        )?;
+        Ok(stmt
+            .query_row(params![pool_id, since], |r| r.get(0))
+            .optional()?)
+    }
+
     /// The pool sandbox `id` belongs to, and whether it is claimed.
     pub fn membership(&self, sandbox_id: &str) -> Result<Option<(String, bool)>> {
         let conn = self.conn();

@@ -393,6 +393,7 @@ impl Sandboxes {
             };
             if let Err(e) = sandbox.agent.start(&start).await {
                 let message = format!("entrypoint {:?}: {e}", argv[0]);
+                tracing::warn!(%id, error = %message, "sandbox failed to start");
                 self.terminate_row(&id, Reason::StartupFailed, Some(&message));
                 self.remove_runtime(&id).await;
                 return;
