@@ -71,6 +71,18 @@ pub enum SbxCommand {
     },
     /// Copy a file in or out: `hutch sbx cp LOCAL SANDBOX:/path` or `SANDBOX:/path LOCAL`.
     Cp { from: String, to: String },
+    /// Print what changes under a path in a sandbox (created, modified, deleted, moved), a
+    /// line per event, until interrupted.
+    Watch {
+        sandbox: String,
+        path: String,
+        /// Directories under it too, new ones included.
+        #[arg(short, long)]
+        recursive: bool,
+        /// The events as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the output of a sandbox's processes.
     Logs {
         sandbox: String,
@@ -367,6 +379,56 @@ pub async fn dispatch(cmd: SbxCommand) -> anyhow::Result<u8> {
             let ingress = updated.ingress_endpoint.as_deref().unwrap_or_default();
             for port in &updated.exposed_ports {
                 println!("{port}\t{}", port_url(ingress, &updated.sandbox_id, *port));
+            }
+        }
+        SbxCommand::Watch {
+            sandbox,
+            path,
+            recursive,
+            json,
+        } => {
+            let (proxy, host, _) = route(&api, &sandbox).await?;
+            let uri = format!(
+                "/hutch/v1/files/watch?path={}&recursive={recursive}",
+                encode(&path)
+            );
+            let resp =
+                client::send(&proxy, Method::GET, &uri, Some(&host), full(Bytes::new())).await?;
+            if !resp.status().is_success() {
+                let status = resp.status();
+                let body = resp.into_body().collect().await?.to_bytes();
+                bail!(
+                    "watching {path}: {status}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                );
+            }
+            let mut body = resp.into_body();
+            let mut pending = String::new();
+            let mut stdout = tokio::io::stdout();
+            while let Some(frame) = body.frame().await {
+                let Ok(data) = frame?.into_data() else {
+                    continue;
+                };
+                pending.push_str(&String::from_utf8_lossy(&data));
+                while let Some(end) = pending.find("\n\n") {
+                    let block: String = pending.drain(..end + 2).collect();
+                    let Some(event) = block.trim().strip_prefix("data: ") else {
+                        continue;
+                    };
+                    let line = if json {
+                        format!("{event}\n")
+                    } else {
+                        let e: Value = serde_json::from_str(event).unwrap_or_default();
+                        format!(
+                            "{} {}{}\n",
+                            e["type"].as_str().unwrap_or("?"),
+                            e["path"].as_str().unwrap_or("?"),
+                            if e["is_dir"] == true { "/" } else { "" }
+                        )
+                    };
+                    stdout.write_all(line.as_bytes()).await?;
+                    stdout.flush().await?;
+                }
             }
         }
         SbxCommand::Logs { sandbox, json } => {

@@ -226,3 +226,54 @@ async fn exists_copy_and_mode_and_owner_on_write() {
     assert_eq!(exists("/srv").await["exists"], false);
     server.delete_all();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hutch_sbx_watch_prints_a_line_per_event() {
+    use std::io::BufRead;
+    let home = Home::new();
+    let server = home.serve();
+    let sbx = Sandbox::create(&server).await;
+    sbx.sh("mkdir -p /data").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut watch = home
+        .hutch()
+        .env("HUTCH_SERVER", server.api_url())
+        .args(["sbx", "watch", &sbx.id, "/data", "--recursive"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    sbx.sh("mkdir /data/d; echo x > /data/d/f; rm /data/d/f")
+        .await;
+    let mut lines = Vec::new();
+    while lines.len() < 4 {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => lines.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(lines.contains(&"created /data/d/".to_string()), "{lines:?}");
+    assert!(
+        lines.contains(&"created /data/d/f".to_string()),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&"deleted /data/d/f".to_string()),
+        "{lines:?}"
+    );
+    server.delete_all();
+}
