@@ -340,3 +340,44 @@ async fn a_pool_whose_sandboxes_cannot_start_backs_off_and_says_why() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_registered_again_evicts_and_refills_its_pools() {
+    let home = Home::new();
+    let server = home.serve();
+    let register = || {
+        let out = home
+            .hutch()
+            .args(["template", "import", "hutch/minimal", "--name", "tplpool"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::stderr(&out));
+    };
+    register();
+    let created = common::server::json_of(
+        common::server::http()
+            .post(format!("{}/sandbox-pools", server.api_url()))
+            .json(
+                &json!({"image": "tplpool", "resources": {"cpus": 0.5, "memory_mb": 128},
+                          "warm_containers": 1, "max_containers": 2}),
+            ),
+    )
+    .await;
+    let id = created["pool_id"].as_str().unwrap().to_string();
+    let before = warm_ids(&settled(&server, &id, 1).await);
+    register();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = settled(&server, &id, 1).await;
+        let now = warm_ids(&p);
+        if !now.is_empty() && now != before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old template's sandbox stayed: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.delete_all();
+}

@@ -302,10 +302,23 @@ impl Pools {
                 // Its sandboxes boot again: an old failure no longer describes it.
                 self.lock_failures().remove(&pool.id);
             }
-            for stale in members
-                .iter()
-                .filter(|m| !m.claimed && m.generation != pool.generation)
-            {
+            // What the pool's image names now: a template registered again under its name
+            // is a new image, and warm sandboxes of the old one go (and are made again).
+            // Both sides are the store's own names. When the pool's image does not resolve
+            // now, nothing is evicted for it; a sandbox whose image is gone from the store
+            // (a replaced template's) is outdated.
+            let stored = |name: &str| self.sandboxes.image(Some(name)).ok().map(|i| i.name);
+            let image = match self.params(&pool).await {
+                Ok(p) => p.image.and_then(|name| stored(&name)),
+                Err(_) => None,
+            };
+            let outdated = |m: &PoolMember| {
+                m.generation != pool.generation
+                    || image
+                        .as_ref()
+                        .is_some_and(|now| stored(&m.image).as_ref() != Some(now))
+            };
+            for stale in members.iter().filter(|m| !m.claimed && outdated(m)) {
                 let sandboxes = Arc::clone(&self.sandboxes);
                 let id = stale.sandbox_id.clone();
                 tokio::spawn(async move { sandboxes.end(&id, Reason::UserRequested).await });

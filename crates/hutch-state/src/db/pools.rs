@@ -49,6 +49,8 @@ pub struct PoolMember {
     pub generation: i64,
     pub claimed: bool,
     pub running: bool,
+    /// The store image it was made from.
+    pub image: String,
 }
 
 const POOL_COLUMNS: &str = "id, namespace, config, generation, created_at, updated_at";
@@ -139,7 +141,8 @@ impl Db {
     pub fn pool_members(&self, pool_id: &str) -> Result<Vec<PoolMember>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT m.sandbox_id, m.generation, m.claimed_at IS NOT NULL, s.status = 'running'
+            "SELECT m.sandbox_id, m.generation, m.claimed_at IS NOT NULL, s.status = 'running',
+                    s.image
              FROM pool_members m JOIN sandboxes s ON s.id = m.sandbox_id
              WHERE m.pool_id = ?1 AND s.status != 'terminated'
              ORDER BY s.created_at",
@@ -150,6 +153,7 @@ impl Db {
                 generation: r.get(1)?,
                 claimed: r.get(2)?,
                 running: r.get(3)?,
+                image: r.get(4)?,
             })
         })?;
         rows.map(|r| r.map_err(DbError::from)).collect()
