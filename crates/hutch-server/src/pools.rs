@@ -61,6 +61,28 @@ impl PoolSandboxes for Factory {
                 .map_err(|e| e.message.to_string())
         })
     }
+
+    fn image(&self, config: &Value) -> Option<String> {
+        Self::resolve(&*self.0.upgrade()?, config)
+    }
+}
+
+impl Factory {
+    /// As a create resolves `image` (a template, a built-in or alias, a store name), without
+    /// a pull.
+    fn resolve(app: &App, config: &Value) -> Option<String> {
+        let default = app.sandboxes.default_image();
+        let Some(reference) = config.get("image").and_then(Value::as_str) else {
+            return Some(default.to_string());
+        };
+        if let Some(t) = app.builds.templates().find(reference).ok().flatten() {
+            return Some(t.image);
+        }
+        Some(
+            hutch_state::default_image::builtin(reference, default)
+                .unwrap_or_else(|| hutch_registry::store_name(reference)),
+        )
+    }
 }
 
 /// The create body of one sandbox of a pool. No timeout: a warm sandbox waits without one,

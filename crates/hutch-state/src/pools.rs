@@ -49,6 +49,10 @@ pub trait PoolSandboxes: Send + Sync {
         namespace: &'a str,
         config: &'a serde_json::Value,
     ) -> Pin<Box<dyn Future<Output = Result<CreateParams, String>> + Send + 'a>>;
+
+    /// The store name a pool with `config` makes its sandboxes from now, resolved without
+    /// pulling anything (the replenisher asks every second); `None` when it cannot tell.
+    fn image(&self, config: &serde_json::Value) -> Option<String>;
 }
 
 /// What a claim returns: the sandbox, and whether it was already booted.
@@ -308,10 +312,10 @@ impl Pools {
             // now, nothing is evicted for it; a sandbox whose image is gone from the store
             // (a replaced template's) is outdated.
             let stored = |name: &str| self.sandboxes.image(Some(name)).ok().map(|i| i.name);
-            let image = match self.params(&pool).await {
-                Ok(p) => p.image.and_then(|name| stored(&name)),
-                Err(_) => None,
-            };
+            let image = self
+                .factory()
+                .and_then(|f| f.image(&pool.config))
+                .and_then(|name| stored(&name));
             let outdated = |m: &PoolMember| {
                 m.generation != pool.generation
                     || image
