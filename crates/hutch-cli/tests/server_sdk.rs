@@ -174,7 +174,8 @@ async fn no_wait_create_settles_and_timeouts_terminate() {
     let server = home.serve();
     let api = sandboxes(&server);
     let accepted = api
-        .create_no_wait(&request(json!({"timeout_secs": 2})))
+        // Long enough that a loaded machine still sees it running before it times out.
+        .create_no_wait(&request(json!({"timeout_secs": 6})))
         .await
         .unwrap()
         .into_inner();
@@ -189,7 +190,7 @@ async fn no_wait_create_settles_and_timeouts_terminate() {
         .unwrap()
         .into_inner();
     assert_eq!(settled.status, "running");
-    assert_eq!(settled.timeout_secs, Some(2));
+    assert_eq!(settled.timeout_secs, Some(6));
 
     let missing = api
         .create(&request(json!({"image": "no/such-image:1"})))
