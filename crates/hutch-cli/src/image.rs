@@ -109,7 +109,9 @@ pub async fn dispatch(cmd: ImageCommand) -> anyhow::Result<u8> {
 /// mmdebstrap, its phases on stderr.
 pub fn builtin(store: &Store, name: &str) -> anyhow::Result<hutch_store::Image> {
     use hutch_state::{debian_image, default_image};
-    if let Ok(image) = store.image(name) {
+    if let Ok(image) = store.image(name)
+        && (name != debian_image::DEBIAN_IMAGE || debian_image::is_current(store, name))
+    {
         return Ok(image);
     }
     let busybox = Path::new("/bin/busybox");

@@ -215,6 +215,43 @@ async fn the_default_image_has_python_pip_bash_and_git() {
     assert!(text.starts_with("42\npip "), "{text}");
     assert!(text.contains("git version"), "{text}");
     assert!(text.ends_with("venv\n"), "{text}");
+    // The host's resolvers and name did not reach the image (mmdebstrap copies them in for
+    // its build): a sandbox without a network sees the image's own files.
+    let offline = api
+        .create_and_wait(
+            &serde_json::from_value(json!({"allow_internet_access": false, "timeout_secs": 60}))
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = home
+        .hutch()
+        .env("HUTCH_SERVER", server.api_url())
+        .args([
+            "sbx",
+            "exec",
+            &offline.sandbox_id,
+            "--",
+            "cat",
+            "/etc/resolv.conf",
+            "/etc/hostname",
+        ])
+        .output()
+        .unwrap();
+    let seen = common::stdout(&seen);
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    for line in host_resolv.lines().filter(|l| l.starts_with("nameserver")) {
+        assert!(
+            !seen.contains(line),
+            "the host's {line:?} is in the image: {seen}"
+        );
+    }
+    let host_name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    assert!(
+        host_name.trim().is_empty() || !seen.lines().any(|l| l == host_name.trim()),
+        "the host's name is in the image: {seen}"
+    );
     // The SDK's managed image name is the default image here.
     let status = get_json(format!("{}/hutch/v1/default-image", server.api_url())).await;
     assert_eq!(status["state"], "ready", "{status}");

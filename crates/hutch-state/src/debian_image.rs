@@ -49,8 +49,9 @@ pub const PACKAGES: &[&str] = &[
 /// 2024-01-01T00:00:00Z: every timestamp in the tar and the image config.
 const EPOCH: u64 = 1_704_067_200;
 const CREATED: &str = "2024-01-01T00:00:00Z";
-/// Bumped when the recipe changes in a way the inputs below do not show.
-const RECIPE_VERSION: u32 = 1;
+/// Bumped when the recipe changes in a way the inputs below do not show (2: the host's
+/// resolv.conf and hostname no longer reach the image).
+const RECIPE_VERSION: u32 = 2;
 
 /// `mmdebstrap`'s progress lines, in order, and the phase each starts.
 const PHASES: &[(&str, &str)] = &[
@@ -74,6 +75,11 @@ pub enum DebianImageError {
     NoMmdebstrap,
     #[error("mmdebstrap failed ({status}); its last lines:\n{tail}")]
     Mmdebstrap { status: String, tail: String },
+    #[error(
+        "the Debian mirror {mirror:?} is not a plain http(s) URL without credentials; the \
+         mirror is written into the image every sandbox reads (set HUTCH_DEBIAN_MIRROR)"
+    )]
+    Mirror { mirror: String },
     #[error("building the default Debian image: {0}")]
     Io(#[from] std::io::Error),
     #[error("importing the default Debian image: {0}")]
@@ -100,6 +106,19 @@ impl Recipe {
         }
     }
 
+    /// The mirror goes into the image's `sources.list`, which every sandbox reads: one that
+    /// carries credentials (`http://user:secret@host/`) is refused, never baked in.
+    fn check(&self) -> Result<(), DebianImageError> {
+        let after_scheme = self.mirror.split_once("://").map_or("", |(_, rest)| rest);
+        let authority = after_scheme.split('/').next().unwrap_or_default();
+        if authority.contains('@') || !self.mirror.starts_with("http") {
+            return Err(DebianImageError::Mirror {
+                mirror: redact(&self.mirror),
+            });
+        }
+        Ok(())
+    }
+
     /// The cache file name: suite and a digest of every input.
     fn file_name(&self) -> String {
         let mut h = Sha256::new();
@@ -109,6 +128,14 @@ impl Recipe {
             self.packages.join(",")
         ));
         format!("debian-{SUITE}-{}.tar", &hex::encode(h.finalize())[..16])
+    }
+}
+
+/// `mirror` with whatever sits between `://` and `@` replaced, for error messages.
+fn redact(mirror: &str) -> String {
+    match (mirror.split_once("://"), mirror.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://…{}", &mirror[at..]),
+        _ => mirror.to_string(),
     }
 }
 
@@ -164,6 +191,7 @@ pub type OnPhase<'a> = &'a mut dyn FnMut(&str, u32, bool);
 /// Calls `on_phase(name, step, cached)` as the build goes. Safe against other processes
 /// building the same tar at once (they wait on a lock and reuse it).
 pub fn ensure_tarball(recipe: &Recipe, on_phase: OnPhase<'_>) -> Result<PathBuf, DebianImageError> {
+    recipe.check()?;
     let dir = cache_dir();
     std::fs::create_dir_all(&dir)?;
     let tar = dir.join(recipe.file_name());
@@ -204,6 +232,9 @@ fn run_mmdebstrap(
         // Device nodes are the runtime's business; a layer with them cannot be unpacked
         // without privileges.
         .arg("--skip=output/dev")
+        // mmdebstrap copies the host's resolv.conf and hostname in for the build and leaves
+        // them: the host's resolvers and name are not the sandboxes' business.
+        .arg(r#"--customize-hook=printf '' > "$1/etc/resolv.conf"; echo localhost > "$1/etc/hostname""#)
         .arg(format!("--include={}", recipe.packages.join(",")))
         .arg(SUITE)
         .arg(out)
@@ -268,6 +299,8 @@ pub fn import(store: &Store, tar: &Path, name: &str) -> Result<Image, DebianImag
         "history": [{
             "created": CREATED,
             "created_by": format!("hutch: mmdebstrap --variant=minbase {SUITE} + {}", PACKAGES.join(",")),
+            // Which recipe made it: an image of an older recipe is made again.
+            "comment": recipe_mark(tar),
         }],
     });
     let config = hutch_store::canonical_json(&config).map_err(std::io::Error::from)?;
@@ -313,6 +346,26 @@ pub fn import(store: &Store, tar: &Path, name: &str) -> Result<Image, DebianImag
     Ok(image)
 }
 
+/// The mark an image made from the tar `tar` carries in its config: the tar's name, which
+/// is the digest of its recipe.
+fn recipe_mark(tar: &Path) -> String {
+    format!(
+        "hutch recipe {}",
+        tar.file_name().unwrap_or_default().to_string_lossy()
+    )
+}
+
+/// Whether the store's `name` is the Debian image of this build's recipe: one imported by
+/// an older Hutch (another recipe, say one that kept the host's resolv.conf) is not, and is
+/// made again.
+pub fn is_current(store: &Store, name: &str) -> bool {
+    let Ok(image) = store.image(name) else {
+        return false;
+    };
+    let mark = recipe_mark(Path::new(&Recipe::current().file_name()));
+    std::fs::read_to_string(store.blob_file(&image.id)).is_ok_and(|config| config.contains(&mark))
+}
+
 /// The default image of a server, built in the background when the store lacks it.
 pub struct DefaultImages {
     store: Store,
@@ -326,7 +379,11 @@ impl DefaultImages {
     /// `name` is the configured default image; only [`DEBIAN_IMAGE`] is built here (any
     /// other must be in the store, pulled or imported).
     pub fn new(store: Store, name: String) -> Arc<Self> {
-        let ready = store.image(&name).is_ok();
+        let ready = if name == DEBIAN_IMAGE {
+            is_current(&store, &name)
+        } else {
+            store.image(&name).is_ok()
+        };
         let status = DefaultImageStatus {
             image: name.clone(),
             state: if ready {
@@ -367,9 +424,18 @@ impl DefaultImages {
         name == self.name && name == DEBIAN_IMAGE
     }
 
+    /// Whether the default image is in the store as this build makes it.
+    pub fn current(&self) -> bool {
+        if self.builds(&self.name) {
+            is_current(&self.store, &self.name)
+        } else {
+            self.store.image(&self.name).is_ok()
+        }
+    }
+
     /// Starts the build unless the image is there or a build runs.
     pub fn start(self: &Arc<Self>) {
-        if !self.builds(&self.name) || self.store.image(&self.name).is_ok() {
+        if !self.builds(&self.name) || self.current() {
             return;
         }
         {
@@ -438,7 +504,7 @@ impl DefaultImages {
     /// Waits until the default image is in the store, starting its build if needed. The
     /// error is the build's.
     pub async fn ready(self: &Arc<Self>) -> Result<(), String> {
-        if self.store.image(&self.name).is_ok() {
+        if self.current() {
             return Ok(());
         }
         if !self.builds(&self.name) {
@@ -485,6 +551,34 @@ mod tests {
         c.mirror = "http://mirror.example/debian".into();
         assert_ne!(a.file_name(), c.file_name());
         assert!(a.file_name().starts_with("debian-bookworm-"));
+    }
+
+    #[test]
+    fn a_mirror_with_credentials_is_refused_and_not_echoed() {
+        let recipe = |mirror: &str| Recipe {
+            mirror: mirror.into(),
+            packages: vec![],
+        };
+        assert!(recipe("http://deb.debian.org/debian").check().is_ok());
+        assert!(recipe("https://mirror.example/debian").check().is_ok());
+        let err = recipe("http://user:s3cret@mirror.example/debian")
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mirror.example") && !err.contains("s3cret"),
+            "{err}"
+        );
+        assert!(recipe("file:///srv/debian").check().is_err());
+        // Refused before anything runs or is written.
+        let mut phases = 0;
+        assert!(
+            ensure_tarball(&recipe("http://a:b@mirror.example/d"), &mut |_, _, _| {
+                phases += 1
+            })
+            .is_err()
+        );
+        assert_eq!(phases, 0);
     }
 
     #[test]

@@ -245,8 +245,7 @@ impl Sandboxes {
         }
         self.limits.host.admit(p.cpus, p.memory_mb)?;
         let image_name = self.image_name(p.image.as_deref());
-        let awaits_build =
-            self.images.builds(&image_name) && self.store.image(&image_name).is_err();
+        let awaits_build = self.images.builds(&image_name) && !self.images.current();
         let image_name = if awaits_build {
             image_name
         } else {
