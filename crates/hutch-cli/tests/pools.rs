@@ -418,3 +418,50 @@ async fn a_template_registered_again_evicts_and_refills_its_pools() {
     }
     server.delete_all();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_sandboxes_of_a_pool_deleted_mid_crash_are_removed_after_a_restart() {
+    let home = Home::new();
+    let (api_port, proxy_port) = (common::server::free_port(), common::server::free_port());
+    let mut server = home.serve_on(api_port, proxy_port, &[]);
+    let api = sandboxes(&server);
+    let id = api
+        .create_pool(&pool_request(2, 2))
+        .await
+        .unwrap()
+        .into_inner()
+        .pool_id;
+    settled(&server, &id, 2).await;
+    // A crash after the pool's row went and before its warm sandboxes did: the row is
+    // deleted by hand while the server is down.
+    server.kill9();
+    let db = home.path().join("hutch.db");
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+              c.execute('DELETE FROM pools WHERE id = ?', (sys.argv[2],)); c.commit()",
+        )
+        .arg(&db)
+        .arg(&id)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let mut server = home.serve_on(api_port, proxy_port, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = std::fs::read_dir(home.path().join("sandboxes"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} warm sandboxes of the deleted pool run on"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop();
+    home.assert_clean();
+}

@@ -315,9 +315,14 @@ impl Db {
         self.insert_sandbox_in(row, None)
     }
 
-    /// [`Db::insert_sandbox`], as an unclaimed member of pool `(id, generation)` when given,
-    /// in one transaction: no sandbox of a pool is ever seen without its membership.
-    pub fn insert_sandbox_in(&self, row: &SandboxRow, pool: Option<(&str, i64)>) -> Result<bool> {
+    /// [`Db::insert_sandbox`], as a member of pool `(id, generation, claimed)` when given, in
+    /// one transaction: no sandbox of a pool is ever seen without its membership, and one a
+    /// claim makes is claimed from its first row (a crash cannot leave it warm).
+    pub fn insert_sandbox_in(
+        &self,
+        row: &SandboxRow,
+        pool: Option<(&str, i64, bool)>,
+    ) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let result = tx.execute(
@@ -338,11 +343,12 @@ impl Db {
             ],
         );
         if result.is_ok()
-            && let Some((pool, generation)) = pool
+            && let Some((pool, generation, claimed)) = pool
         {
             tx.execute(
-                "INSERT INTO pool_members (sandbox_id, pool_id, generation) VALUES (?1, ?2, ?3)",
-                params![row.id, pool, generation],
+                "INSERT INTO pool_members (sandbox_id, pool_id, generation, claimed_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![row.id, pool, generation, claimed.then_some(row.created_at)],
             )?;
         }
         match result {

@@ -239,14 +239,11 @@ impl Pools {
             .and_then(|v| v.as_i64())
             .unwrap_or(0)
             .max(0);
-        if let Some(sandbox) = self.db.claim_warm(&pool.id, pool.generation, now_ms())? {
+        if let Some(sandbox) = self
+            .db
+            .claim_warm(&pool.id, pool.generation, now_ms(), timeout)?
+        {
             self.wake.notify_one();
-            self.db
-                .merge_spec(&sandbox, &serde_json::json!({"pool_id": pool.id}))?;
-            if timeout > 0 {
-                // Counted from the claim: the time it waited warm is not the user's.
-                self.sandboxes.expire_in(&sandbox, timeout)?;
-            }
             let row = self
                 .db
                 .sandbox(&sandbox)?
@@ -261,8 +258,8 @@ impl Pools {
         let mut params = self.params(&pool).await?;
         params.spec["pool_id"] = pool.id.clone().into();
         params.timeout_secs = Some(timeout);
+        params.pool = Some((pool.id.clone(), pool.generation, true));
         let row = self.sandboxes.create(params)?;
-        self.db.mark_claimed(&row.id, now_ms())?;
         self.wake.notify_one();
         let row = self.sandboxes.settle(&row.id, wait).await?;
         Ok(Claimed { row, warm: false })
@@ -276,7 +273,7 @@ impl Pools {
             .params(&pool.namespace, &pool.config)
             .await
             .map_err(|e| StateError::invalid(Invalid::Request, e))?;
-        params.pool = Some((pool.id.clone(), pool.generation));
+        params.pool = Some((pool.id.clone(), pool.generation, false));
         params.name = None;
         Ok(params)
     }
@@ -298,8 +295,14 @@ impl Pools {
         }
     }
 
-    /// One pass over every pool: evict stale members, create missing ones.
+    /// One pass over every pool: evict stale members, create missing ones; and end the warm
+    /// sandboxes of pools that are gone.
     async fn replenish(&self) -> Result<(), StateError> {
+        for orphan in self.db.orphan_members()? {
+            tracing::info!(sandbox = %orphan, "ending a warm sandbox of a deleted pool");
+            let sandboxes = Arc::clone(&self.sandboxes);
+            tokio::spawn(async move { sandboxes.end(&orphan, Reason::UserRequested).await });
+        }
         for pool in self.db.pools(None)? {
             let (members, counts) = self.members(&pool)?;
             if counts.warm > 0 {

@@ -159,31 +159,65 @@ impl Db {
         rows.map(|r| r.map_err(DbError::from)).collect()
     }
 
-    /// Takes the oldest warm sandbox of the pool's `generation` (running, unclaimed):
-    /// marks it claimed, at `at`, and returns its id.
-    pub fn claim_warm(&self, pool_id: &str, generation: i64, at: i64) -> Result<Option<String>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "UPDATE pool_members SET claimed_at = ?3
-             WHERE sandbox_id = (
-                 SELECT m.sandbox_id FROM pool_members m JOIN sandboxes s ON s.id = m.sandbox_id
-                 WHERE m.pool_id = ?1 AND m.generation = ?2 AND m.claimed_at IS NULL
-                   AND s.status = 'running'
-                 ORDER BY s.created_at LIMIT 1)
-             RETURNING sandbox_id",
-        )?;
-        Ok(stmt
-            .query_row(params![pool_id, generation, at], |r| r.get(0))
-            .optional()?)
+    /// Takes the oldest warm sandbox of the pool's `generation` (running, unclaimed) at
+    /// `at`, in one transaction: marks it claimed, records its pool in its spec, and gives it
+    /// a lifetime of `timeout_secs` from now (0: none). A crash leaves either a warm sandbox
+    /// or a claimed one with its pool and lifetime, never a claimed one without. Returns its
+    /// id.
+    pub fn claim_warm(
+        &self,
+        pool_id: &str,
+        generation: i64,
+        at: i64,
+        timeout_secs: i64,
+    ) -> Result<Option<String>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let claimed: Option<String> = tx
+            .query_row(
+                "UPDATE pool_members SET claimed_at = ?3
+                 WHERE sandbox_id = (
+                     SELECT m.sandbox_id FROM pool_members m
+                     JOIN sandboxes s ON s.id = m.sandbox_id
+                     WHERE m.pool_id = ?1 AND m.generation = ?2 AND m.claimed_at IS NULL
+                       AND s.status = 'running'
+                     ORDER BY s.created_at LIMIT 1)
+                 RETURNING sandbox_id",
+                params![pool_id, generation, at],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(id) = &claimed {
+            // The time it waited warm is not the user's: the lifetime counts from the claim.
+            tx.execute(
+                "UPDATE sandboxes SET spec = json_patch(spec, ?2),
+                     timeout_secs = CASE WHEN ?3 > 0
+                         THEN (?4 - COALESCE(started_at, created_at)) / 1000 + ?3
+                         ELSE timeout_secs END
+                 WHERE id = ?1",
+                params![
+                    id,
+                    serde_json::json!({"pool_id": pool_id}).to_string(),
+                    timeout_secs,
+                    at
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(claimed)
     }
 
-    /// Marks sandbox `id` claimed (a sandbox a claim made because none was warm).
-    pub fn mark_claimed(&self, sandbox_id: &str, at: i64) -> Result<()> {
-        self.conn().execute(
-            "UPDATE pool_members SET claimed_at = ?2 WHERE sandbox_id = ?1",
-            params![sandbox_id, at],
+    /// Unclaimed live members of pools that no longer exist (a crash between a pool's
+    /// delete and the end of its warm sandboxes): nobody can claim or see them.
+    pub fn orphan_members(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT m.sandbox_id FROM pool_members m JOIN sandboxes s ON s.id = m.sandbox_id
+             WHERE m.claimed_at IS NULL AND s.status != 'terminated'
+               AND m.pool_id NOT IN (SELECT id FROM pools)",
         )?;
-        Ok(())
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.map(|r| r.map_err(DbError::from)).collect()
     }
 
     /// The error of the newest of the pool's sandboxes that failed to start after `since`
@@ -248,7 +282,7 @@ mod tests {
             timeout_secs: 0,
         };
         assert!(
-            db.insert_sandbox_in(&row, Some((pool, generation)))
+            db.insert_sandbox_in(&row, Some((pool, generation, false)))
                 .unwrap()
         );
     }
@@ -275,10 +309,10 @@ mod tests {
         assert_eq!((c.warm, c.booting, c.claimed, c.stale), (2, 1, 0, 1));
         // Unclaimed members are nobody's sandboxes yet.
         assert!(db.list_sandboxes(None, None, 100, true).unwrap().is_empty());
-        assert_eq!(db.claim_warm("p", 1, 10).unwrap().as_deref(), Some("a"));
-        assert_eq!(db.claim_warm("p", 1, 11).unwrap().as_deref(), Some("b"));
+        assert_eq!(db.claim_warm("p", 1, 10, 0).unwrap().as_deref(), Some("a"));
+        assert_eq!(db.claim_warm("p", 1, 11, 0).unwrap().as_deref(), Some("b"));
         // Booting and stale ones are never claimed.
-        assert_eq!(db.claim_warm("p", 1, 12).unwrap(), None);
+        assert_eq!(db.claim_warm("p", 1, 12, 0).unwrap(), None);
         let listed: Vec<String> = db
             .list_sandboxes(None, None, 100, true)
             .unwrap()
@@ -287,9 +321,47 @@ mod tests {
             .collect();
         assert_eq!(listed, ["a", "b"]);
         assert_eq!(db.membership("a").unwrap(), Some(("p".into(), true)));
+        // The claim wrote the pool into the sandbox's own row, in the same transaction.
+        assert_eq!(db.sandbox("a").unwrap().unwrap().spec["pool_id"], "p");
         assert!(db.update_pool("p", &serde_json::json!({}), 20).unwrap());
         assert_eq!(db.pool("p").unwrap().unwrap().generation, 2);
         let c = count(&db.pool_members("p").unwrap(), 2);
         assert_eq!((c.warm, c.booting, c.claimed, c.stale), (0, 0, 2, 2));
+    }
+
+    #[test]
+    fn a_claim_sets_the_lifetime_from_the_claim_and_orphans_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
+        db.insert_pool(&PoolRow {
+            id: "p".into(),
+            namespace: "default".into(),
+            config: serde_json::json!({}),
+            generation: 1,
+            created_at: 0,
+            updated_at: 0,
+        })
+        .unwrap();
+        sandbox(&db, "w", "p", 1, Status::Running, 1_000);
+        // Warm for 60 s, then claimed with a 30 s lifetime: it ends 30 s after the claim.
+        assert_eq!(
+            db.claim_warm("p", 1, 61_000, 30).unwrap().as_deref(),
+            Some("w")
+        );
+        let row = db.sandbox("w").unwrap().unwrap();
+        assert_eq!(row.timeout_secs, 90);
+        assert_eq!(row.spec["pool_id"], "p");
+        // A member whose pool is gone (a crash mid-delete) is an orphan, a claimed one is not.
+        sandbox(&db, "o", "gone", 1, Status::Running, 2_000);
+        let claimed = SandboxRow {
+            id: "c".into(),
+            ..db.sandbox("o").unwrap().unwrap()
+        };
+        assert!(
+            db.insert_sandbox_in(&claimed, Some(("gone", 1, true)))
+                .unwrap()
+        );
+        assert_eq!(db.orphan_members().unwrap(), ["o"]);
+        assert_eq!(db.membership("c").unwrap(), Some(("gone".into(), true)));
     }
 }

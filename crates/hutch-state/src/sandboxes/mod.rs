@@ -61,8 +61,8 @@ pub struct CreateParams {
     pub env: Vec<String>,
     /// What the API reports back about the request (resources, policy, flags), as JSON.
     pub spec: serde_json::Value,
-    /// The pool `(id, generation)` this sandbox is made for, unclaimed.
-    pub pool: Option<(String, i64)>,
+    /// The pool `(id, generation, claimed)` this sandbox is made for.
+    pub pool: Option<(String, i64, bool)>,
 }
 
 /// A service that must act on sandboxes starting and ending (see [`Sandboxes::observe`]).
@@ -273,7 +273,10 @@ impl Sandboxes {
             terminated_at: None,
             timeout_secs: p.timeout_secs.unwrap_or(0),
         };
-        let pool = p.pool.as_ref().map(|(id, g)| (id.as_str(), *g));
+        let pool = p
+            .pool
+            .as_ref()
+            .map(|(id, g, claimed)| (id.as_str(), *g, *claimed));
         if !self.db.insert_sandbox_in(&row, pool)? {
             return Err(StateError::conflict(
                 Conflict::NameTaken,
