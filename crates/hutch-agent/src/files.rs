@@ -170,32 +170,41 @@ pub async fn copy(from: PathBuf, to: PathBuf, overwrite: bool) -> Result<(), Api
     .map_err(|e| ApiError::invalid(format!("copy failed: {e}")))?
 }
 
+/// Copies the tree at `from` (whose metadata is `meta`) to `to`, without recursion: a
+/// sandbox can nest directories as deep as its paths allow, and the agent's blocking
+/// threads have small stacks (a deep tree must not take PID 1 down). Directories get their
+/// mode and owner after their contents are in.
 fn copy_tree(from: &Path, to: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
-    let kind = meta.file_type();
-    if kind.is_symlink() {
-        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)?;
-        let _ = std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()));
-        return Ok(());
-    }
-    if kind.is_dir() {
-        std::fs::create_dir(to)?;
-        for entry in std::fs::read_dir(from)? {
-            let entry = entry?;
-            copy_tree(
-                &entry.path(),
-                &to.join(entry.file_name()),
-                &entry.metadata()?,
-            )?;
+    let mut pending = vec![(from.to_path_buf(), to.to_path_buf(), meta.clone())];
+    let mut dirs = Vec::new();
+    while let Some((from, to, meta)) = pending.pop() {
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+            let _ = std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid()));
+        } else if kind.is_dir() {
+            std::fs::create_dir(&to)?;
+            for entry in std::fs::read_dir(&from)? {
+                let entry = entry?;
+                let child = to.join(entry.file_name());
+                pending.push((entry.path(), child, entry.metadata()?));
+            }
+            dirs.push((to, meta));
+        } else if kind.is_file() {
+            std::fs::copy(&from, &to)?;
+            set_owner_and_mode(&to, &meta)?;
         }
-    } else if kind.is_file() {
-        std::fs::copy(from, to)?;
-    } else {
         // Devices, fifos and sockets are not content.
-        return Ok(());
     }
-    let _ = std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid()));
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode()))?;
+    for (dir, meta) in dirs.iter().rev() {
+        set_owner_and_mode(dir, meta)?;
+    }
     Ok(())
+}
+
+fn set_owner_and_mode(path: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
+    let _ = std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(meta.mode()))
 }
 
 pub async fn write(
@@ -368,4 +377,39 @@ pub async fn rename(from: PathBuf, to: PathBuf) -> Result<(), ApiError> {
             &e,
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deep_tree_copies_on_a_small_stack() {
+        let root = std::env::temp_dir().join(format!("hutch-copy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut deep = root.join("from");
+        for _ in 0..400 {
+            deep.push("d");
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("leaf"), b"x").unwrap();
+        let (from, to) = (root.join("from"), root.join("to"));
+        // The agent's blocking threads have 256 KiB stacks.
+        let copied = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let meta = std::fs::symlink_metadata(&from).unwrap();
+                copy_tree(&from, &to, &meta)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        copied.unwrap();
+        let mut leaf = root.join("to");
+        for _ in 0..400 {
+            leaf.push("d");
+        }
+        assert_eq!(std::fs::read(leaf.join("leaf")).unwrap(), b"x");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -27,6 +27,9 @@ use crate::http::{self, ApiError, Body};
 const MAX_STREAMS: usize = 64;
 const MAX_WATCHES: usize = 4096;
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// The most entries of a new directory reported as created when the watch takes it (a tree
+/// moved in can hold millions); past it, an `overflow` event says to rescan.
+const MAX_SCANNED: usize = 1024;
 
 static STREAMS: AtomicUsize = AtomicUsize::new(0);
 
@@ -213,6 +216,28 @@ fn overflow(path: &Path) -> Bytes {
     })
 }
 
+/// `created` events for what directory `dir` already holds, at most `cap` of them, then an
+/// `overflow` when there was more.
+fn already_there(dir: &Path, now: i64, cap: usize) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        if out.len() == cap {
+            out.push(overflow(dir));
+            break;
+        }
+        out.push(http::sse_event(&Event {
+            kind: "created",
+            path: entry.path().display().to_string(),
+            is_dir: entry.file_type().is_ok_and(|t| t.is_dir()),
+            timestamp: now,
+        }));
+    }
+    out
+}
+
 struct RawEvent {
     wd: i32,
     mask: u32,
@@ -280,16 +305,36 @@ fn handle(inotify: &mut Inotify, recursive: bool, event: RawEvent) -> Vec<Bytes>
     if recursive && is_dir && matches!(kind, "created" | "moved_to") {
         let before = inotify.dirs.len();
         let watched = inotify.add_tree(&path, true).unwrap_or(false) || inotify.dirs.len() > before;
-        if watched && let Ok(entries) = std::fs::read_dir(&path) {
-            for entry in entries.flatten() {
-                out.push(http::sse_event(&Event {
-                    kind: "created",
-                    path: entry.path().display().to_string(),
-                    is_dir: entry.file_type().is_ok_and(|t| t.is_dir()),
-                    timestamp: now,
-                }));
-            }
+        if watched {
+            out.extend(already_there(&path, now, MAX_SCANNED));
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_directory_is_reported_up_to_the_bound_then_overflow() {
+        let dir = std::env::temp_dir().join(format!("hutch-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..5 {
+            std::fs::write(dir.join(format!("f{i}")), b"").unwrap();
+        }
+        let events: Vec<String> = already_there(&dir, 1, 3)
+            .iter()
+            .map(|e| String::from_utf8_lossy(e).into_owned())
+            .collect();
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert!(
+            events[..3].iter().all(|e| e.contains("\"created\"")),
+            "{events:?}"
+        );
+        assert!(events[3].contains("\"overflow\""), "{events:?}");
+        assert_eq!(already_there(&dir, 1, 10).len(), 5);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
