@@ -80,6 +80,11 @@ pub enum DebianImageError {
          mirror is written into the image every sandbox reads (set HUTCH_DEBIAN_MIRROR)"
     )]
     Mirror { mirror: String },
+    #[error(
+        "the image cache {path} may be written by another user: it must be owned by this \
+         user and not group- or world-writable (set HUTCH_CACHE to a private directory)"
+    )]
+    Untrusted { path: String },
     #[error("building the default Debian image: {0}")]
     Io(#[from] std::io::Error),
     #[error("importing the default Debian image: {0}")]
@@ -194,8 +199,17 @@ pub fn ensure_tarball(recipe: &Recipe, on_phase: OnPhase<'_>) -> Result<PathBuf,
     recipe.check()?;
     let dir = cache_dir();
     std::fs::create_dir_all(&dir)?;
+    // What is cached becomes every sandbox's root: only files this user alone can write.
+    for d in [dir.parent().unwrap_or(&dir), dir.as_path()] {
+        if !trusted(d) {
+            return Err(DebianImageError::Untrusted {
+                path: d.display().to_string(),
+            });
+        }
+    }
     let tar = dir.join(recipe.file_name());
-    if tar.is_file() {
+    let cached = |tar: &Path| tar.is_file() && trusted(tar);
+    if cached(&tar) {
         on_phase("pack", STEPS - 1, true);
         return Ok(tar);
     }
@@ -204,13 +218,19 @@ pub fn ensure_tarball(recipe: &Recipe, on_phase: OnPhase<'_>) -> Result<PathBuf,
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(std::io::Error::last_os_error().into());
     }
-    if tar.is_file() {
+    if cached(&tar) {
         on_phase("pack", STEPS - 1, true);
         return Ok(tar);
     }
+    // A build killed mid-way (the server with it) left its chroot, perhaps with /proc and
+    // /sys still mounted in it: gone before the next one starts.
+    let work = dir.join("work");
+    sweep(&work)?;
+    std::fs::create_dir_all(&work)?;
     let partial = dir.join(format!("{}.partial", recipe.file_name()));
     let _ = std::fs::remove_file(&partial);
-    let result = run_mmdebstrap(recipe, &partial, on_phase);
+    let result = run_mmdebstrap(recipe, &partial, &work, on_phase);
+    let _ = sweep(&work);
     if let Err(e) = result {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
@@ -220,12 +240,58 @@ pub fn ensure_tarball(recipe: &Recipe, on_phase: OnPhase<'_>) -> Result<PathBuf,
     Ok(tar)
 }
 
+/// Whether `path` is owned by this user and nobody else may write it (a file someone else
+/// could replace would become every sandbox's root filesystem).
+fn trusted(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|m| m.uid() == me && m.mode() & 0o022 == 0 && !m.file_type().is_symlink())
+}
+
+/// Removes `work` (what builds leave in it), unmounting whatever is mounted below first and
+/// never crossing into another filesystem.
+fn sweep(work: &Path) -> std::io::Result<()> {
+    if !work.exists() {
+        return Ok(());
+    }
+    let prefix = format!("{}/", work.display());
+    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for mount in mounts {
+        let c = std::ffi::CString::new(mount).map_err(std::io::Error::other)?;
+        // SAFETY: a NUL-terminated path; MNT_DETACH unmounts even if busy.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    std::fs::remove_dir_all(work)
+}
+
+/// How long a build may take before it is killed (a mirror that stops answering).
+const BUILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 fn run_mmdebstrap(
     recipe: &Recipe,
     out: &Path,
+    work: &Path,
     on_phase: OnPhase<'_>,
 ) -> Result<(), DebianImageError> {
-    let mut child = Command::new("mmdebstrap")
+    let mut command = Command::new("mmdebstrap");
+    // SAFETY: prctl is async-signal-safe; the build dies with the process that started it,
+    // and its chroot (in `work`) is swept by the next build.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = command
+        // mmdebstrap makes its chroot under $TMPDIR.
+        .env("TMPDIR", work)
         .env("SOURCE_DATE_EPOCH", EPOCH.to_string())
         .env("LC_ALL", "C.UTF-8")
         .args(["--variant=minbase", "--mode=root", "--format=tar"])
@@ -247,6 +313,23 @@ fn run_mmdebstrap(
             std::io::ErrorKind::NotFound => DebianImageError::NoMmdebstrap,
             _ => e.into(),
         })?;
+    // A build that hangs (a mirror that stops answering) is killed, and fails.
+    let pid = child.id() as i32;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = Arc::clone(&done);
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + BUILD_TIMEOUT;
+        while std::time::Instant::now() < deadline {
+            if watchdog.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        if !watchdog.load(std::sync::atomic::Ordering::SeqCst) {
+            // SAFETY: kill(2) of the child this function spawned and has not reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
     let mut tail = std::collections::VecDeque::with_capacity(30);
     if let Some(stderr) = child.stderr.take() {
         // Lines bounded: a runaway line is cut, never buffered whole.
@@ -272,6 +355,7 @@ fn run_mmdebstrap(
         }
     }
     let status = child.wait()?;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
     if !status.success() {
         return Err(DebianImageError::Mmdebstrap {
             status: status.to_string(),
@@ -579,6 +663,51 @@ mod tests {
             .is_err()
         );
         assert_eq!(phases, 0);
+    }
+
+    #[test]
+    fn only_files_this_user_alone_may_write_are_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tar = dir.path().join("x.tar");
+        std::fs::write(&tar, b"").unwrap();
+        std::fs::set_permissions(&tar, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(trusted(&tar));
+        std::fs::set_permissions(&tar, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(
+            !trusted(&tar),
+            "a world-writable tar could be anyone's image"
+        );
+        std::fs::set_permissions(&tar, std::fs::Permissions::from_mode(0o664)).unwrap();
+        assert!(!trusted(&tar));
+        let link = dir.path().join("link.tar");
+        std::os::unix::fs::symlink(&tar, &link).unwrap();
+        assert!(!trusted(&link));
+    }
+
+    #[test]
+    fn a_killed_build_leaves_nothing_mounted_for_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        let proc_dir = work.join("mmdebstrap.x").join("proc");
+        std::fs::create_dir_all(&proc_dir).unwrap();
+        let target = std::ffi::CString::new(proc_dir.to_str().unwrap()).unwrap();
+        // SAFETY: mounting a tmpfs on a directory this test made.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "tests run as root");
+        std::fs::write(proc_dir.join("f"), b"x").unwrap();
+        sweep(&work).unwrap();
+        assert!(!work.exists());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(work.to_str().unwrap()));
     }
 
     #[test]
