@@ -236,8 +236,25 @@ pub fn ensure_tarball(recipe: &Recipe, on_phase: OnPhase<'_>) -> Result<PathBuf,
         return Err(e);
     }
     std::fs::rename(&partial, &tar)?;
+    prune_others(&dir, &recipe.file_name());
     drop(lock);
     Ok(tar)
+}
+
+/// Removes the cached tars (and their locks) of other recipes: one 300 MB tar per recipe
+/// Hutch ever used would grow the cache without bound.
+fn prune_others(dir: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with(&format!("debian-{SUITE}-"))
+            && (name.ends_with(".tar") || name.ends_with(".tar.lock"));
+        if ours && !name.starts_with(keep) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Whether `path` is owned by this user and nobody else may write it (a file someone else
@@ -683,6 +700,34 @@ mod tests {
         let link = dir.path().join("link.tar");
         std::os::unix::fs::symlink(&tar, &link).unwrap();
         assert!(!trusted(&link));
+    }
+
+    #[test]
+    fn a_new_recipe_s_tar_replaces_the_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "debian-bookworm-old.tar",
+            "debian-bookworm-old.tar.lock",
+            "debian-bookworm-new.tar",
+            "debian-bookworm-new.tar.lock",
+            "unrelated.tar",
+        ] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        prune_others(dir.path(), "debian-bookworm-new.tar");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "debian-bookworm-new.tar",
+                "debian-bookworm-new.tar.lock",
+                "unrelated.tar"
+            ]
+        );
     }
 
     #[test]
