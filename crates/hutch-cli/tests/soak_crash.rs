@@ -152,6 +152,26 @@ fn differences(home: &Home, running: &BTreeSet<String>) -> Vec<String> {
             found.push(format!("mount {mount} belongs to no running sandbox"));
         }
     }
+    // A loop device backs only a running sandbox's disk image.
+    let home_dir = home.path().to_string_lossy().into_owned();
+    for device in std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(file) = std::fs::read_to_string(device.path().join("loop/backing_file")) else {
+            continue;
+        };
+        let owner = file
+            .trim()
+            .strip_prefix(&format!("{home_dir}/sandboxes/"))
+            .and_then(|rest| rest.split('/').next());
+        if owner.is_some_and(|id| !running.contains(id)) {
+            found.push(format!(
+                "loop device {file:?} belongs to no running sandbox"
+            ));
+        }
+    }
     found
 }
 
@@ -204,10 +224,16 @@ async fn settled(
 }
 
 /// A create, then (when `delete`) its delete; results do not matter, the kill cuts them.
-async fn create(http: reqwest::Client, url: String, delete: bool) {
+async fn create(http: reqwest::Client, url: String, delete: bool, disk: bool) {
     let Ok(resp) = http
         .post(&url)
-        .json(&json!({"image": "busybox", "resources": {"memory_mb": 128}}))
+        // Half of them with a disk of their own (an ext4 image on a loop device), so kills
+        // land between its making, mounting and removal too.
+        .json(&if disk {
+            json!({"image": "busybox", "resources": {"memory_mb": 128, "disk_mb": 64}})
+        } else {
+            json!({"image": "busybox", "resources": {"memory_mb": 128}})
+        })
         .send()
         .await
     else {
@@ -287,8 +313,8 @@ async fn kill_9_of_server_and_build_at_random_points_leaks_nothing() {
         let mut build = (rng.below(3) == 0).then(|| start_build(&home, round, seed));
         let mut work = tokio::task::JoinSet::new();
         for _ in 0..2 + rng.below(3) {
-            let delete = rng.below(2) == 0;
-            work.spawn(create(http.clone(), url.clone(), delete));
+            let (delete, disk) = (rng.below(2) == 0, rng.below(2) == 0);
+            work.spawn(create(http.clone(), url.clone(), delete, disk));
         }
         // Those left from earlier rounds go now, racing the creates and the kill.
         for id in running {
