@@ -120,28 +120,30 @@ def _pools(home: Path) -> list[tuple[str, str]]:
         db.close()
 
 
+def _delete(url: str) -> str | None:
+    """DELETE `url`; the problem, if any."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=60).close()
+    except (urllib.error.URLError, OSError) as e:
+        return f"could not delete {url}: {e}"
+    return None
+
+
 def _delete_everything(server: HutchServer) -> list[str]:
-    problems = []
     # Claimed sandboxes first (a pool with claimed sandboxes running is not deleted), then
     # the pools, which takes their warm sandboxes with them, then whatever is left.
     for ns, sandbox_id in _live_rows(server.home):
-        url = f"{server.api_url}/v1/namespaces/{ns}/sandboxes/{sandbox_id}"
-        try:
-            urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=60).close()
-        except (urllib.error.URLError, OSError):
-            pass
-    for ns, pool_id in _pools(server.home):
-        url = f"{server.api_url}/v1/namespaces/{ns}/sandbox-pools/{pool_id}"
-        try:
-            urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=60).close()
-        except (urllib.error.URLError, OSError) as e:
-            problems.append(f"could not delete pool {ns}/{pool_id}: {e}")
-    for ns, sandbox_id in _live_rows(server.home):
-        url = f"{server.api_url}/v1/namespaces/{ns}/sandboxes/{sandbox_id}"
-        try:
-            urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=60).close()
-        except (urllib.error.URLError, OSError) as e:
-            problems.append(f"could not delete {ns}/{sandbox_id}: {e}")
+        _delete(f"{server.api_url}/v1/namespaces/{ns}/sandboxes/{sandbox_id}")
+    problems = [
+        problem
+        for ns, pool_id in _pools(server.home)
+        if (problem := _delete(f"{server.api_url}/v1/namespaces/{ns}/sandbox-pools/{pool_id}"))
+    ]
+    problems += [
+        problem
+        for ns, sandbox_id in _live_rows(server.home)
+        if (problem := _delete(f"{server.api_url}/v1/namespaces/{ns}/sandboxes/{sandbox_id}"))
+    ]
     # Deletes are synchronous, but give a straggler a moment before calling it a leak.
     deadline = time.monotonic() + 15
     while (left := _live_rows(server.home)) and time.monotonic() < deadline:

@@ -120,28 +120,18 @@ pub fn builtin(store: &Store, name: &str) -> anyhow::Result<hutch_store::Image> 
         default_image::BUILDER_IMAGE => default_image::ensure_builder(store, busybox)?,
         _ => {
             let started = std::time::Instant::now();
-            let tar = debian_image::ensure_tarball(
-                &debian_image::Recipe::current(),
-                &mut |phase, step, cached| {
-                    if cached {
-                        eprintln!("{name}: root filesystem from the cache");
-                    } else {
-                        eprintln!(
-                            "{name}: [{}/{}] {phase} ({:.0?})",
-                            step + 1,
-                            debian_image::STEPS,
-                            started.elapsed()
-                        );
-                    }
-                },
-            )?;
-            eprintln!(
-                "{name}: [{}/{}] import ({:.0?})",
-                debian_image::STEPS,
-                debian_image::STEPS,
-                started.elapsed()
-            );
-            debian_image::import(store, &tar, name)?
+            debian_image::build(store, name, &mut |phase, step, cached| {
+                if cached {
+                    eprintln!("{name}: root filesystem from the cache");
+                } else {
+                    eprintln!(
+                        "{name}: [{}/{}] {phase} ({:.0?})",
+                        step + 1,
+                        debian_image::STEPS,
+                        started.elapsed()
+                    );
+                }
+            })?
         }
     })
 }

@@ -43,8 +43,19 @@ const BODY_LIMIT: usize = 1 << 20;
 const DRAIN_LIMIT: usize = 64 << 20;
 /// How long a blocking create waits when the client states no timeout.
 const DEFAULT_CREATE_WAIT: Duration = Duration::from_secs(300);
-pub(crate) const DEFAULT_CPUS: f64 = 1.0;
-pub(crate) const DEFAULT_MEMORY_MB: u64 = 1024;
+const DEFAULT_CPUS: f64 = 1.0;
+const DEFAULT_MEMORY_MB: u64 = 1024;
+
+/// The cpus and memory a create (or a pool's sandboxes) asks for, the SDK's `-1` and
+/// absence both meaning the default.
+pub(crate) fn cpus_and_memory(r: &hutch_api::CreateSandboxResources) -> (f64, u64) {
+    let cpus = r.cpus.filter(|c| *c != -1.0).unwrap_or(DEFAULT_CPUS);
+    let memory_mb = r
+        .memory_mb
+        .filter(|m| *m != -1)
+        .map_or(DEFAULT_MEMORY_MB, |m| m as u64);
+    (cpus, memory_mb)
+}
 const PAGE_DEFAULT: usize = 100;
 const PAGE_MAX: usize = 1000;
 /// Why a pending sandbox is pending: it waits for the runtime (or for room) to start it.
@@ -428,14 +439,7 @@ pub(crate) async fn create_params(
     validate_create(&body)?;
     let (network, policy) = network_request(app, body.network.as_ref())?;
     let resources = body.resources.unwrap_or_default();
-    let cpus = resources
-        .cpus
-        .filter(|c| *c != -1.0)
-        .unwrap_or(DEFAULT_CPUS);
-    let memory_mb = resources
-        .memory_mb
-        .filter(|m| *m != -1)
-        .map_or(DEFAULT_MEMORY_MB, |m| m as u64);
+    let (cpus, memory_mb) = cpus_and_memory(&resources);
     let mut spec = json!({
         "cpus": cpus,
         "memory_mb": memory_mb,
@@ -659,11 +663,7 @@ async fn list(
     query: Result<Query<ListSandboxesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let limit = q.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
-    let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
-        Some(c) => Some(decode_cursor(c)?),
-        None => None,
-    };
+    let (limit, after) = page(q.limit, q.cursor.as_deref())?;
     let rows = app.sandboxes.list(
         &ns,
         after.as_ref().map(|(t, id)| (*t, id.as_str())),
@@ -691,11 +691,7 @@ async fn list_archived(
     query: Result<Query<ListArchivedSandboxesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let limit = q.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
-    let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
-        Some(c) => Some(decode_cursor(c)?),
-        None => None,
-    };
+    let (limit, cursor) = page(q.limit, q.cursor.as_deref())?;
     let older = q.direction.unwrap_or_default() == PageDirection::Forward;
     let (rows, more) = app.sandboxes.archived(
         &ns,
@@ -742,6 +738,19 @@ async fn get_archived(
         ));
     }
     Ok(reply(StatusCode::OK, &archived_info(&row, &reach)))
+}
+
+/// A page's size (clamped) and where it starts (`<ms>.<id>`; empty or absent: the start).
+fn page(
+    limit: Option<usize>,
+    cursor: Option<&str>,
+) -> Result<(usize, Option<(i64, String)>), ApiError> {
+    let limit = limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
+    let cursor = cursor
+        .filter(|c| !c.is_empty())
+        .map(decode_cursor)
+        .transpose()?;
+    Ok((limit, cursor))
 }
 
 fn decode_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
@@ -902,17 +911,13 @@ async fn delete(
     Ok(reply(StatusCode::OK, &sandbox_info(&row, &reach)))
 }
 
-/// Lifecycle actions this server does not offer yet get a typed refusal after the sandbox
-/// is found (so an unknown sandbox is still a 404 the SDK maps to not-found).
-/// Stop and keepalive are answered before the capability check.
-fn unreachable_action() -> (&'static str, Option<hutch_runtime::CapabilityName>) {
-    ("this action", None)
-}
-
 /// The longest grace period a stop may ask for, and the one it gets by default.
 const MAX_STOP_GRACE_SECS: u64 = 300;
 const DEFAULT_STOP_GRACE_SECS: u64 = 10;
 
+/// Stop and keepalive; the lifecycle actions this server does not offer yet get a typed
+/// refusal after the sandbox is found (so an unknown sandbox is still a 404 the SDK maps to
+/// not-found).
 async fn lifecycle_action(
     State(app): State<Arc<App>>,
     Scoped { ns }: Scoped,
@@ -928,7 +933,9 @@ async fn lifecycle_action(
             format!("no action {action:?}"),
         ));
     };
-    match known {
+    // Stop and keepalive are served here; the others need a backend capability each (file
+    // system mounts need the server first).
+    let (feature, capability) = match known {
         SandboxAction::Stop => {
             let body: StopSandboxRequest = json_body(req.into_body()).await?;
             let grace = body.grace_secs.unwrap_or(DEFAULT_STOP_GRACE_SECS);
@@ -948,11 +955,6 @@ async fn lifecycle_action(
             app.sandboxes.touch(&row.id);
             return Ok(reply(StatusCode::OK, &sandbox_info(&row, &reach)));
         }
-        _ => {}
-    }
-    // The backend capability each action needs (file system mounts need the server first).
-    let (feature, capability) = match known {
-        SandboxAction::Stop | SandboxAction::Keepalive => unreachable_action(),
         SandboxAction::Suspend | SandboxAction::Resume => {
             ("suspend and resume", Some(C::SandboxSuspend))
         }

@@ -216,6 +216,7 @@ fn pool_info(app: &App, row: &PoolRow) -> Result<SandboxPoolInfo, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("stored pool {}: {e}", row.id)))?;
     let (members, counts) = app.pools.members(row)?;
     let resources = config.resources.clone().unwrap_or_default();
+    let (cpus, memory_mb) = crate::lifecycle::cpus_and_memory(&resources);
     Ok(SandboxPoolInfo {
         pool_id: row.id.clone(),
         namespace: row.namespace.clone(),
@@ -224,14 +225,8 @@ fn pool_info(app: &App, row: &PoolRow) -> Result<SandboxPoolInfo, ApiError> {
             .clone()
             .unwrap_or_else(|| app.sandboxes.default_image().to_string()),
         resources: ContainerResources {
-            cpus: resources
-                .cpus
-                .filter(|c| *c != -1.0)
-                .unwrap_or(crate::lifecycle::DEFAULT_CPUS),
-            memory_mb: resources
-                .memory_mb
-                .filter(|m| *m != -1)
-                .unwrap_or(crate::lifecycle::DEFAULT_MEMORY_MB as i64),
+            cpus,
+            memory_mb: memory_mb as i64,
             disk_mb: resources.disk_mb.map_or(0, |d| d as i64),
         },
         timeout_secs: config.timeout_secs,

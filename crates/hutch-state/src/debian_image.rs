@@ -382,6 +382,14 @@ fn run_mmdebstrap(
     Ok(())
 }
 
+/// Makes the Debian image `name` in `store` with this build's recipe: the cached tar (or a
+/// new one), then its import, calling `on_phase` for each phase (the last is `import`).
+pub fn build(store: &Store, name: &str, on_phase: OnPhase<'_>) -> Result<Image, DebianImageError> {
+    let tar = ensure_tarball(&Recipe::current(), on_phase)?;
+    on_phase("import", STEPS - 1, false);
+    import(store, &tar, name)
+}
+
 /// Imports the root filesystem tar at `tar` into `store` as the one-layer image `name`.
 pub fn import(store: &Store, tar: &Path, name: &str) -> Result<Image, DebianImageError> {
     let mut hasher = Sha256::new();
@@ -588,18 +596,13 @@ impl DefaultImages {
 
     fn build(&self) -> Result<Image, DebianImageError> {
         let status = &self.status;
-        let tar = ensure_tarball(&Recipe::current(), &mut |phase, step, cached| {
+        build(&self.store, &self.name, &mut |phase, step, cached| {
             status.send_modify(|s| {
                 s.phase = Some(phase.into());
                 s.step = step;
-                s.cached = cached;
+                s.cached |= cached;
             });
-        })?;
-        status.send_modify(|s| {
-            s.phase = Some("import".into());
-            s.step = STEPS - 1;
-        });
-        import(&self.store, &tar, &self.name)
+        })
     }
 
     /// Waits until the default image is in the store, starting its build if needed. The

@@ -310,20 +310,16 @@ impl Pools {
                 self.lock_failures().remove(&pool.id);
             }
             // What the pool's image names now: a template registered again under its name
-            // is a new image, and warm sandboxes of the old one go (and are made again).
-            // Both sides are the store's own names. When the pool's image does not resolve
-            // now, nothing is evicted for it; a sandbox whose image is gone from the store
-            // (a replaced template's) is outdated.
-            let stored = |name: &str| self.sandboxes.image(Some(name)).ok().map(|i| i.name);
+            // is a new image, and warm sandboxes of the old one go (and are made again). A
+            // sandbox's row holds the store's own name of its image, so one lookup (of the
+            // pool's image, once a pass) tells; when it does not resolve, nothing is evicted.
             let image = self
                 .factory()
                 .and_then(|f| f.image(&pool.config))
-                .and_then(|name| stored(&name));
+                .and_then(|name| self.sandboxes.image(Some(&name)).ok())
+                .map(|i| i.name);
             let outdated = |m: &PoolMember| {
-                m.generation != pool.generation
-                    || image
-                        .as_ref()
-                        .is_some_and(|now| stored(&m.image).as_ref() != Some(now))
+                m.generation != pool.generation || image.as_ref().is_some_and(|now| *now != m.image)
             };
             for stale in members.iter().filter(|m| !m.claimed && outdated(m)) {
                 let sandboxes = Arc::clone(&self.sandboxes);
@@ -354,10 +350,12 @@ impl Pools {
                     .insert(pool.id.clone(), (now_ms(), error));
                 continue;
             }
+            // Made once a pass: every sandbox of the pool has the same parameters.
+            let params = self.params(&pool).await;
             for _ in 0..missing {
-                let made = match self.params(&pool).await {
-                    Ok(params) => self.sandboxes.create(params).map(|_| ()),
-                    Err(e) => Err(e),
+                let made = match &params {
+                    Ok(params) => self.sandboxes.create(params.clone()).map(|_| ()),
+                    Err(e) => Err(StateError::invalid(Invalid::Request, e.to_string())),
                 };
                 match made {
                     Ok(()) => {}

@@ -406,7 +406,7 @@ impl Sandboxes {
         self.announce_running(&id, &image);
         match self.db.mark_running(&id, now_ms()) {
             Ok(true) => {
-                self.touch(&id);
+                self.start_activity(&id);
                 tracing::info!(%id, "sandbox running");
                 self.changed();
             }
@@ -652,29 +652,38 @@ impl Sandboxes {
         self.activity.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts as traffic for sandbox `id`'s idle timeout.
-    pub fn touch(&self, id: &str) {
+    /// Starts counting traffic for sandbox `id` (it runs: booted, or adopted).
+    pub(crate) fn start_activity(&self, id: &str) {
         let now = std::time::Instant::now();
         self.lock_activity()
-            .entry(id.to_string())
-            .and_modify(|a| a.last = now)
-            .or_insert(Activity { last: now, open: 0 });
+            .insert(id.to_string(), Activity { last: now, open: 0 });
+    }
+
+    /// Counts as traffic for sandbox `id`'s idle timeout. Only a running sandbox's traffic
+    /// is counted: touching one that ended records nothing (the map holds live ones only).
+    pub fn touch(&self, id: &str) {
+        if let Some(a) = self.lock_activity().get_mut(id) {
+            a.last = std::time::Instant::now();
+        }
     }
 
     /// Marks an exchange with sandbox `id` open until the returned guard drops.
     pub fn busy(&self, id: &str) -> Busy {
-        let now = std::time::Instant::now();
-        self.lock_activity()
-            .entry(id.to_string())
-            .and_modify(|a| {
-                a.last = now;
-                a.open += 1;
-            })
-            .or_insert(Activity { last: now, open: 1 });
+        if let Some(a) = self.lock_activity().get_mut(id) {
+            a.last = std::time::Instant::now();
+            a.open += 1;
+        }
         Busy {
             activity: Arc::clone(&self.activity),
             id: id.to_string(),
         }
+    }
+
+    /// Forgets the traffic of sandboxes that are not in `live` (one that ended while a
+    /// request touched it).
+    pub(crate) fn forget_activity_except(&self, live: &std::collections::HashSet<&str>) {
+        self.lock_activity()
+            .retain(|id, _| live.contains(id.as_str()));
     }
 
     /// The traffic sandbox `id` had, if any since this process started.

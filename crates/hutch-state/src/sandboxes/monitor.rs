@@ -142,6 +142,9 @@ impl Sandboxes {
             }
             if ticks.is_multiple_of(PURGE_EVERY) {
                 self.purge(now);
+                let ids: std::collections::HashSet<&str> =
+                    live.iter().map(|r| r.id.as_str()).collect();
+                self.forget_activity_except(&ids);
             }
             if !ticks.is_multiple_of(LIVENESS_EVERY) {
                 continue;
@@ -200,8 +203,8 @@ impl Sandboxes {
         match self.activity(&row.id) {
             Some(a) => a.open == 0 && a.last.elapsed() >= Duration::from_secs(idle),
             None => {
-                // First look since it started (or since this process adopted it).
-                self.touch(&row.id);
+                // First look since this process adopted it.
+                self.start_activity(&row.id);
                 false
             }
         }
