@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use words::{env_words, extract_flags, has_heredoc, is_arg_space, split_whitespace};
+use words::{env_words, extract_flags, is_arg_space, split_whitespace};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dockerfile {
@@ -54,9 +54,11 @@ pub struct Instruction {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
-    Run(Command),
+    Run(Run),
+    /// `sources` are the context (or `--from`) paths; `heredocs` are files written inline.
     Copy {
         sources: Vec<String>,
+        heredocs: Vec<Heredoc>,
         dest: String,
         from: Option<String>,
         chown: Option<String>,
@@ -64,6 +66,7 @@ pub enum Kind {
     },
     Add {
         sources: Vec<String>,
+        heredocs: Vec<Heredoc>,
         dest: String,
         chown: Option<String>,
         chmod: Option<String>,
@@ -82,6 +85,51 @@ pub enum Kind {
         instruction: String,
         args: String,
     },
+}
+
+/// A RUN instruction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    pub command: Command,
+    /// The heredocs the command line opens, in order.
+    pub heredocs: Vec<Heredoc>,
+    /// `--network=`: the build's choice when unset.
+    pub network: Option<RunNetwork>,
+}
+
+/// `RUN --network=`: `default` (the sandbox network under the build's policy) or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunNetwork {
+    None,
+    Default,
+}
+
+/// A heredoc (`<<EOF` ... `EOF`) of a RUN, COPY or ADD line, as BuildKit reads them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heredoc {
+    /// The opening word as written in the instruction (`<<-"EOF"`).
+    pub word: String,
+    /// The delimiter without quotes: COPY's file name.
+    pub name: String,
+    /// The body verbatim, each line ending in `\n`.
+    pub content: String,
+    /// No quotes around the delimiter: COPY and ADD expand build variables in the body.
+    pub expand: bool,
+    /// `<<-`: leading tabs are stripped from each line of the body.
+    pub chomp: bool,
+}
+
+impl Heredoc {
+    /// The body as the instruction uses it (tabs stripped for `<<-`).
+    pub fn body(&self) -> String {
+        if !self.chomp {
+            return self.content.clone();
+        }
+        self.content
+            .split_inclusive('\n')
+            .map(|l| l.trim_start_matches('\t'))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,7 +170,7 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
     for logical in &lines {
         let line = logical.line;
         let error = |message: String| ParseError { line, message };
-        match parse_line(&logical.text, escape, line).map_err(error)? {
+        match parse_line(&logical.text, &logical.heredocs, escape, line).map_err(error)? {
             Parsed::From {
                 base,
                 name,
@@ -185,7 +233,12 @@ enum Parsed {
     },
 }
 
-fn parse_line(text: &str, escape: char, line: usize) -> Result<Parsed, String> {
+fn parse_line(
+    text: &str,
+    heredocs: &[Heredoc],
+    escape: char,
+    line: usize,
+) -> Result<Parsed, String> {
     let text = text.trim();
     let (word, args) = text.split_once(is_arg_space).unwrap_or((text, ""));
     let args = args.trim_start_matches(is_arg_space);
@@ -200,9 +253,6 @@ fn parse_line(text: &str, escape: char, line: usize) -> Result<Parsed, String> {
     }
     // Every instruction may carry `--flags`; each accepts its own set (most accept none).
     let (rest, flag_words) = extract_flags(args);
-    if matches!(lower.as_str(), "run" | "copy" | "add") && has_heredoc(rest) {
-        return Err("heredocs are not supported".into());
-    }
     let kind = match lower.as_str() {
         "from" => {
             let mut flags = Flags::parse(&name, &flag_words, &["platform"], &[])?;
@@ -220,11 +270,36 @@ fn parse_line(text: &str, escape: char, line: usize) -> Result<Parsed, String> {
                 platform,
             });
         }
-        "run" | "cmd" | "entrypoint" => {
+        "run" => {
+            let mut flags = Flags::parse(&name, &flag_words, &["network"], &[])?;
+            let network = match flags.take("network").as_deref() {
+                None => None,
+                Some("default") => Some(RunNetwork::Default),
+                Some("none") => Some(RunNetwork::None),
+                Some("host") => {
+                    return Err("RUN --network=host is not supported: a build step gets a \
+                         sandbox network of its own (default) or none"
+                        .into());
+                }
+                Some(other) => {
+                    return Err(format!("RUN --network={other}: expected default or none"));
+                }
+            };
+            let command = if heredocs.is_empty() {
+                maybe_json(rest)?
+            } else {
+                Command::Shell(rest.to_string())
+            };
+            Kind::Run(Run {
+                command,
+                heredocs: heredocs.to_vec(),
+                network,
+            })
+        }
+        "cmd" | "entrypoint" => {
             Flags::parse(&name, &flag_words, &[], &[])?;
             let command = maybe_json(rest)?;
             match lower.as_str() {
-                "run" => Kind::Run(command),
                 "cmd" => Kind::Cmd(command),
                 _ => Kind::Entrypoint(command),
             }
@@ -237,7 +312,11 @@ fn parse_line(text: &str, escape: char, line: usize) -> Result<Parsed, String> {
                 &["chown", "chmod"]
             };
             let mut flags = Flags::parse(&name, &flag_words, strings, &["link"])?;
-            let mut sources = maybe_json_list(rest)?;
+            let mut sources = if heredocs.is_empty() {
+                maybe_json_list(rest)?
+            } else {
+                split_whitespace(rest)
+            };
             if sources.len() < 2 {
                 return Err(format!(
                     "{name} requires at least two arguments, but only one was provided. \
@@ -245,10 +324,16 @@ fn parse_line(text: &str, escape: char, line: usize) -> Result<Parsed, String> {
                 ));
             }
             let dest = sources.pop().unwrap_or_default();
+            if heredocs.iter().any(|h| h.word == dest) {
+                return Err(format!("{name}: a heredoc cannot be the destination"));
+            }
+            sources.retain(|s| !heredocs.iter().any(|h| &h.word == s));
+            let heredocs = heredocs.to_vec();
             let (chown, chmod) = (flags.take("chown"), flags.take("chmod"));
             if is_copy {
                 Kind::Copy {
                     sources,
+                    heredocs,
                     dest,
                     from: flags.take("from"),
                     chown,
@@ -257,6 +342,7 @@ fn parse_line(text: &str, escape: char, line: usize) -> Result<Parsed, String> {
             } else {
                 Kind::Add {
                     sources,
+                    heredocs,
                     dest,
                     chown,
                     chmod,

@@ -26,6 +26,36 @@ pub fn expand(
     .process(None)
 }
 
+/// Expands a COPY or ADD heredoc body: `$NAME` and `${...}` forms only, as BuildKit does for a
+/// heredoc whose delimiter is unquoted. Quotes and escape characters are body text and stay
+/// (an escape character before `$` makes that `$` literal), so a script or a JSON file comes
+/// through as written.
+pub fn expand_heredoc(
+    body: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    escape: char,
+) -> Result<String, String> {
+    let mut lexer = Lexer {
+        chars: body.chars().collect(),
+        pos: 0,
+        escape,
+        lookup,
+    };
+    let mut out = String::new();
+    while let Some(c) = lexer.peek() {
+        if c == '$' {
+            out.push_str(&lexer.dollar()?);
+        } else if c == escape && lexer.chars.get(lexer.pos + 1) == Some(&'$') {
+            lexer.pos += 2;
+            out.push('$');
+        } else {
+            lexer.pos += 1;
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
 /// The variable names `word` refers to, first occurrence first, including those only in a
 /// `${A:-$B}` default (Docker evaluates both sides). Shell special parameters (`$1`, `$@`, ...)
 /// are left out; a syntax error ends the list where it occurs.
@@ -386,5 +416,26 @@ mod tests {
             assert_eq!(referenced(word, '\\'), want, "{word:?}");
         }
         assert_eq!(referenced("\\$X", '`'), ["X"]);
+    }
+
+    #[test]
+    fn heredoc_bodies_expand_variables_and_keep_quotes() {
+        let lookup = |n: &str| (n == "V").then(|| "val".to_string());
+        let cases = [
+            ("a $V b\n", "a val b\n"),
+            ("\"${V}\" '$V'\n", "\"val\" 'val'\n"),
+            ("\\$V and \\n\n", "$V and \\n\n"),
+            ("${UNSET:-dflt} ${V:+set}", "dflt set"),
+            ("{\"k\": \"x\"}", "{\"k\": \"x\"}"),
+            ("cost: 5$", "cost: 5$"),
+        ];
+        for (body, want) in cases {
+            assert_eq!(
+                expand_heredoc(body, &lookup, '\\').unwrap(),
+                want,
+                "{body:?}"
+            );
+        }
+        assert!(expand_heredoc("${V", &lookup, '\\').is_err());
     }
 }

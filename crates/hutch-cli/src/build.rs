@@ -40,6 +40,11 @@ pub struct BuildArgs {
     /// CPU limit of every RUN.
     #[arg(long)]
     pub cpus: Option<f64>,
+    /// The network of RUN steps: `default` (a sandbox network of their own, reaching out
+    /// through the host's egress fence, as in Docker) or `none`; `RUN --network=` chooses
+    /// per step.
+    #[arg(long, value_enum, default_value = "default")]
+    pub network: crate::run::NetworkArg,
 }
 
 pub async fn build_cmd(store: &Store, args: BuildArgs) -> anyhow::Result<u8> {
@@ -110,6 +115,10 @@ pub async fn build_image(
         target: args.target.clone(),
         memory_mb: args.memory,
         cpus: args.cpus,
+        network: match args.network {
+            crate::run::NetworkArg::Default => Some(hutch_runtime::net::NetworkPolicy::default()),
+            crate::run::NetworkArg::None => None,
+        },
     };
     let image = engine.build(&request).await?;
     Ok((image, request.dockerfile))

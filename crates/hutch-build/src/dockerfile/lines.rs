@@ -1,13 +1,17 @@
 //! Physical lines to logical instruction lines: parser directives, comments and line
 //! continuations, as BuildKit's `parser.Parse` does them.
 
-use super::ParseError;
+use super::words::{heredoc_words, is_arg_space};
+use super::{Heredoc, ParseError};
 
 /// One instruction's text with its continuations joined, and the line it starts on.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct LogicalLine {
     pub line: usize,
     pub text: String,
+    /// The heredocs a RUN, COPY or ADD line opens, with their bodies (the physical lines
+    /// after the instruction, up to each delimiter).
+    pub heredocs: Vec<Heredoc>,
 }
 
 /// Splits `text` into logical lines; also returns the escape character the directives chose.
@@ -56,10 +60,69 @@ pub(super) fn logical_lines(text: &str) -> Result<(char, Vec<LogicalLine>), Pars
         }
         // A lone escape character continued into nothing leaves no instruction.
         if !text.trim().is_empty() {
-            out.push(LogicalLine { line: start, text });
+            let heredocs = read_heredocs(&text, &physical, &mut i, start)?;
+            out.push(LogicalLine {
+                line: start,
+                text,
+                heredocs,
+            });
         }
     }
     Ok((directives.escape, out))
+}
+
+/// The bodies of the heredocs `text` opens (RUN, COPY and ADD only, as in BuildKit), read
+/// from `physical[*i..]`: each runs up to a line that is its delimiter alone (tabs stripped
+/// first for `<<-`). Body lines are taken verbatim: no comments, no continuations.
+fn read_heredocs(
+    text: &str,
+    physical: &[&str],
+    i: &mut usize,
+    start: usize,
+) -> Result<Vec<Heredoc>, ParseError> {
+    let trimmed = text.trim_start();
+    let (word, rest) = trimmed.split_once(is_arg_space).unwrap_or((trimmed, ""));
+    if !["run", "copy", "add"].contains(&word.to_ascii_lowercase().as_str()) {
+        return Ok(Vec::new());
+    }
+    let mut heredocs = Vec::new();
+    for opened in heredoc_words(rest) {
+        let opened = opened.map_err(|message| ParseError {
+            line: start,
+            message,
+        })?;
+        let mut content = String::new();
+        loop {
+            let Some(raw) = physical.get(*i) else {
+                return Err(ParseError {
+                    line: start,
+                    message: format!(
+                        "unterminated heredoc {}: no line {:?} ends it",
+                        opened.word, opened.name
+                    ),
+                });
+            };
+            *i += 1;
+            let candidate = if opened.chomp {
+                raw.trim_start_matches('\t')
+            } else {
+                raw
+            };
+            if candidate == opened.name {
+                break;
+            }
+            content.push_str(raw);
+            content.push('\n');
+        }
+        heredocs.push(Heredoc {
+            word: opened.word,
+            name: opened.name,
+            content,
+            expand: opened.expand,
+            chomp: opened.chomp,
+        });
+    }
+    Ok(heredocs)
 }
 
 fn is_comment(line: &str) -> bool {
@@ -148,6 +211,56 @@ mod tests {
             escape,
             lines.into_iter().map(|l| (l.line, l.text)).collect(),
         )
+    }
+
+    /// A logical line, and its heredocs as (name, content, expand, chomp).
+    type Line<'a> = (usize, &'a str, Vec<(&'a str, &'a str, bool, bool)>);
+
+    #[test]
+    fn heredoc_bodies_are_read_verbatim_up_to_their_delimiters() {
+        let text = "FROM a\nRUN <<EOF\n# not a comment \\\n\techo $X\nEOF\nCOPY <<-A 2<<\"B\" /d/\n\tone\n\tA\ntwo\nB\nRUN x";
+        let (_, lines) = logical_lines(text).unwrap();
+        let got: Vec<Line> = lines
+            .iter()
+            .map(|l| {
+                (
+                    l.line,
+                    l.text.as_str(),
+                    l.heredocs
+                        .iter()
+                        .map(|h| (h.name.as_str(), h.content.as_str(), h.expand, h.chomp))
+                        .collect(),
+                )
+            })
+            .collect();
+        let want: Vec<Line> = vec![
+            (1, "FROM a", vec![]),
+            (
+                2,
+                "RUN <<EOF",
+                vec![("EOF", "# not a comment \\\n\techo $X\n", true, false)],
+            ),
+            (
+                6,
+                "COPY <<-A 2<<\"B\" /d/",
+                vec![("A", "\tone\n", true, true), ("B", "two\n", false, false)],
+            ),
+            (11, "RUN x", vec![]),
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn heredoc_errors_name_the_instruction_line() {
+        let err = logical_lines("FROM a\nRUN cat <<EOF\nline\n").unwrap_err();
+        assert_eq!(err.line, 2);
+        assert!(err.message.contains("unterminated heredoc <<EOF"), "{err}");
+        let err = logical_lines("FROM a\nCOPY <<../etc/x /\nx\n../etc/x\n").unwrap_err();
+        assert_eq!(err.line, 2);
+        assert!(err.message.contains("invalid heredoc delimiter"), "{err}");
+        // Not RUN, COPY or ADD: no heredoc.
+        let (_, lines) = logical_lines("FROM a\nCMD cat <<EOF\nEOF").unwrap();
+        assert_eq!(lines.len(), 3);
     }
 
     #[test]

@@ -11,11 +11,20 @@ fn strings(v: &[&str]) -> Vec<String> {
 fn copy(sources: &[&str], dest: &str) -> Kind {
     Kind::Copy {
         sources: strings(sources),
+        heredocs: Vec::new(),
         dest: s(dest),
         from: None,
         chown: None,
         chmod: None,
     }
+}
+
+fn run(command: Command) -> Kind {
+    Kind::Run(Run {
+        command,
+        heredocs: Vec::new(),
+        network: None,
+    })
 }
 
 fn arg(name: &str, default: Option<&str>, line: usize) -> ArgDecl {
@@ -38,26 +47,23 @@ fn ignored(instruction: &str, args: &str) -> Kind {
 fn instructions() {
     use Command::{Exec, Shell};
     let cases: Vec<(&str, Kind)> = vec![
-        ("RUN echo hi", Kind::Run(Shell(s("echo hi")))),
+        ("RUN echo hi", run(Shell(s("echo hi")))),
         (
             "run   echo   $HOME \"q\"  ",
-            Kind::Run(Shell(s("echo   $HOME \"q\""))),
+            run(Shell(s("echo   $HOME \"q\""))),
         ),
-        ("RUN a \\\n  && b", Kind::Run(Shell(s("a   && b")))),
+        ("RUN a \\\n  && b", run(Shell(s("a   && b")))),
         (
             "RUN [\"echo\", \"hi there\"]",
-            Kind::Run(Exec(strings(&["echo", "hi there"]))),
+            run(Exec(strings(&["echo", "hi there"]))),
         ),
-        ("RUN [ \"echo\" ]  ", Kind::Run(Exec(strings(&["echo"])))),
-        ("RUN []", Kind::Run(Exec(vec![]))),
-        (
-            "RUN [\"echo\", 'hi']",
-            Kind::Run(Shell(s("[\"echo\", 'hi']"))),
-        ),
-        ("RUN [echo]", Kind::Run(Shell(s("[echo]")))),
-        ("RUN [\"a\"] extra", Kind::Run(Shell(s("[\"a\"] extra")))),
-        ("RUN echo $((1<<3))", Kind::Run(Shell(s("echo $((1<<3))")))),
-        ("RUN cat <<<word", Kind::Run(Shell(s("cat <<<word")))),
+        ("RUN [ \"echo\" ]  ", run(Exec(strings(&["echo"])))),
+        ("RUN []", run(Exec(vec![]))),
+        ("RUN [\"echo\", 'hi']", run(Shell(s("[\"echo\", 'hi']")))),
+        ("RUN [echo]", run(Shell(s("[echo]")))),
+        ("RUN [\"a\"] extra", run(Shell(s("[\"a\"] extra")))),
+        ("RUN echo $((1<<3))", run(Shell(s("echo $((1<<3))")))),
+        ("RUN cat <<<word", run(Shell(s("cat <<<word")))),
         ("CMD [\"a\", \"b\"]", Kind::Cmd(Exec(strings(&["a", "b"])))),
         ("CMD", Kind::Cmd(Shell(s("")))),
         (
@@ -79,6 +85,7 @@ fn instructions() {
             "COPY --from=build --chown=\"app:app\" --chmod=755 [\"a\", \"/d\"]",
             Kind::Copy {
                 sources: strings(&["a"]),
+                heredocs: Vec::new(),
                 dest: s("/d"),
                 from: Some(s("build")),
                 chown: Some(s("app:app")),
@@ -89,6 +96,7 @@ fn instructions() {
             "ADD --chown=1 --chmod=644 --link http://x/y /d",
             Kind::Add {
                 sources: strings(&["http://x/y"]),
+                heredocs: Vec::new(),
                 dest: s("/d"),
                 chown: Some(s("1")),
                 chmod: Some(s("644")),
@@ -231,35 +239,30 @@ fn errors() {
             2,
             "unknown flag for RUN: --mount",
         ),
+        (
+            "FROM a\nRUN --network=host make",
+            2,
+            "RUN --network=host is not supported: a build step gets a sandbox network of its own (default) or none",
+        ),
+        (
+            "FROM a\nRUN --network=bridge make",
+            2,
+            "RUN --network=bridge: expected default or none",
+        ),
+        (
+            "FROM a\nCOPY <<EOF\nx\nEOF",
+            2,
+            "COPY requires at least two arguments, but only one was provided. Destination could not be determined.",
+        ),
+        (
+            "FROM a\nRUN cat <<EOF\nno end",
+            2,
+            "unterminated heredoc <<EOF: no line \"EOF\" ends it",
+        ),
         ("FROM a\nCMD --help", 2, "unknown flag for CMD: --help"),
         ("FROM a\nENV --x=1 a=b", 2, "unknown flag for ENV: --x"),
         ("FROM a\nRUN [\"a\", 1]", 2, not_strings),
         ("FROM a\nCOPY [\"a\", null, \"/d\"]", 2, not_strings),
-        (
-            "FROM a\nRUN <<EOF\necho hi\nEOF",
-            2,
-            "heredocs are not supported",
-        ),
-        (
-            "FROM a\nRUN 3<<-'EOF' cat\nx\nEOF",
-            2,
-            "heredocs are not supported",
-        ),
-        (
-            "FROM a\nCOPY <<EOF /x\nhi\nEOF",
-            2,
-            "heredocs are not supported",
-        ),
-        (
-            "FROM a\nADD --chmod=600 <<EOF /x\nhi\nEOF",
-            2,
-            "heredocs are not supported",
-        ),
-        (
-            "FROM a\nRUN cat \\\n  <<EOF\nx\nEOF",
-            2,
-            "heredocs are not supported",
-        ),
         ("FROM", 1, "FROM requires either one or three arguments"),
         ("FROM a b", 1, "FROM requires either one or three arguments"),
         (
@@ -354,7 +357,7 @@ COPY --from=build /out/app /app
                 instructions: vec![
                     Instruction {
                         line: 9,
-                        kind: Kind::Run(Command::Shell(s("make     all"))),
+                        kind: run(Command::Shell(s("make     all"))),
                     },
                     Instruction {
                         line: 11,
@@ -369,7 +372,7 @@ COPY --from=build /out/app /app
                 line: 13,
                 instructions: vec![Instruction {
                     line: 15,
-                    kind: Kind::Run(Command::Shell(s("make test"))),
+                    kind: run(Command::Shell(s("make test"))),
                 }],
             },
             Stage {
@@ -381,6 +384,7 @@ COPY --from=build /out/app /app
                     line: 18,
                     kind: Kind::Copy {
                         sources: strings(&["/out/app"]),
+                        heredocs: Vec::new(),
                         dest: s("/app"),
                         from: Some(s("build")),
                         chown: None,
@@ -404,4 +408,69 @@ fn serde_round_trip() {
     let parsed = parse("ARG A=1\nFROM x AS y\nENV k=v\nCMD [\"a\"]\nEXPOSE 80").unwrap();
     let json = serde_json::to_string(&parsed).unwrap();
     assert_eq!(serde_json::from_str::<Dockerfile>(&json).unwrap(), parsed);
+}
+
+#[test]
+fn heredocs_in_run_copy_and_add() {
+    let parsed = parse(
+        "FROM a\n\
+         RUN --network=none <<EOF\necho $HOME\nEOF\n\
+         RUN 3<<-'X' cat \\\n  <<Y\n\tx\n\tX\ny\nY\n\
+         COPY --chmod=600 <<a.conf <<\"b.sh\" ctx.txt /etc/\nA=$V\na.conf\nB\nb.sh\n\
+         ADD <<EOF /x\nhi\nEOF\n\
+         RUN [\"echo\", \"<<EOF\"]\n",
+    )
+    .unwrap();
+    let kinds: Vec<&Kind> = parsed.stages[0]
+        .instructions
+        .iter()
+        .map(|i| &i.kind)
+        .collect();
+    let heredoc = |word: &str, name: &str, content: &str, expand: bool, chomp: bool| Heredoc {
+        word: s(word),
+        name: s(name),
+        content: s(content),
+        expand,
+        chomp,
+    };
+    assert_eq!(
+        kinds[0],
+        &Kind::Run(Run {
+            command: Command::Shell(s("<<EOF")),
+            heredocs: vec![heredoc("<<EOF", "EOF", "echo $HOME\n", true, false)],
+            network: Some(RunNetwork::None),
+        })
+    );
+    assert_eq!(
+        kinds[1],
+        &Kind::Run(Run {
+            command: Command::Shell(s("3<<-'X' cat   <<Y")),
+            heredocs: vec![
+                heredoc("3<<-'X'", "X", "\tx\n", false, true),
+                heredoc("<<Y", "Y", "y\n", true, false)
+            ],
+            network: None,
+        })
+    );
+    assert_eq!(
+        kinds[2],
+        &Kind::Copy {
+            sources: strings(&["ctx.txt"]),
+            heredocs: vec![
+                heredoc("<<a.conf", "a.conf", "A=$V\n", true, false),
+                heredoc("<<\"b.sh\"", "b.sh", "B\n", false, false)
+            ],
+            dest: s("/etc/"),
+            from: None,
+            chown: None,
+            chmod: Some(s("600")),
+        }
+    );
+    assert!(
+        matches!(kinds[3], Kind::Add { sources, heredocs, .. } if sources.is_empty() && heredocs.len() == 1)
+    );
+    // JSON form: a quoted "<<EOF" is an argument, not a heredoc.
+    assert_eq!(kinds[4], &run(Command::Exec(strings(&["echo", "<<EOF"]))));
+    assert_eq!(parsed.stages[0].instructions[2].line, 11);
+    assert_eq!(parsed.stages[0].instructions[4].line, 19);
 }

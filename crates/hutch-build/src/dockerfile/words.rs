@@ -109,14 +109,72 @@ pub(super) fn env_words(rest: &str, escape: char) -> Vec<String> {
 
 /// Whether a RUN/COPY/ADD line uses a heredoc: an argument word (quotes kept, split on
 /// unquoted whitespace) of the form `[n]<<[-]NAME`. `<<<`, `<< EOF` and `"<<EOF"` are not.
+#[cfg(test)]
 pub(super) fn has_heredoc(rest: &str) -> bool {
-    raw_words(rest).iter().any(|word| {
-        let after_fd = word.trim_start_matches(|c: char| c.is_ascii_digit());
-        after_fd
-            .strip_prefix("<<")
-            .map(|name| name.strip_prefix('-').unwrap_or(name).trim_start())
-            .is_some_and(|name| !name.is_empty() && !name.contains('<'))
-    })
+    !heredoc_words(rest).is_empty()
+}
+
+/// A heredoc a RUN/COPY/ADD line opens, before its body is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct HeredocWord {
+    /// The word as written (`<<-"EOF"`), as it stands in the instruction's text.
+    pub word: String,
+    /// The delimiter, quotes removed.
+    pub name: String,
+    /// No quotes in the delimiter: COPY expands build variables in the body.
+    pub expand: bool,
+    /// `<<-`: leading tabs are stripped from the body and the delimiter line.
+    pub chomp: bool,
+}
+
+/// The longest heredoc delimiter accepted.
+pub(super) const MAX_HEREDOC_NAME: usize = 64;
+
+/// The heredocs a line opens, in order (BuildKit's `[n]<<[-]NAME` words). A delimiter must be
+/// a plain word (letters, digits, `_`, `.`, `-`; not `.` or `..`): COPY names its file after
+/// it, so anything else (a `/`, `$`, a control character) is refused with a clear error
+/// rather than guessed at.
+pub(super) fn heredoc_words(rest: &str) -> Vec<Result<HeredocWord, String>> {
+    raw_words(rest)
+        .into_iter()
+        .filter_map(|word| {
+            let after_fd = word.trim_start_matches(|c: char| c.is_ascii_digit());
+            let after = after_fd.strip_prefix("<<")?;
+            let (chomp, quoted_name) = match after.strip_prefix('-') {
+                Some(n) => (true, n),
+                None => (false, after),
+            };
+            let quoted_name = quoted_name.trim_start();
+            if quoted_name.is_empty() || quoted_name.contains('<') {
+                return None;
+            }
+            let expand = !quoted_name.contains(['"', '\'', '\\']);
+            let name: String = quoted_name
+                .chars()
+                .filter(|c| !matches!(c, '"' | '\'' | '\\'))
+                .collect();
+            let valid = !name.is_empty()
+                && name.len() <= MAX_HEREDOC_NAME
+                && name != "."
+                && name != ".."
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            Some(if valid {
+                Ok(HeredocWord {
+                    word,
+                    name,
+                    expand,
+                    chomp,
+                })
+            } else {
+                Err(format!(
+                    "invalid heredoc delimiter {quoted_name:?}: a delimiter is 1 to \
+                     {MAX_HEREDOC_NAME} letters, digits, '_', '.' or '-'"
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Shell-like words with quotes and backslashes kept verbatim.
@@ -220,5 +278,45 @@ mod tests {
         for (rest, want) in cases {
             assert_eq!(has_heredoc(rest), want, "{rest:?}");
         }
+    }
+
+    #[test]
+    fn heredoc_delimiters() {
+        let ok = |word: &str, name: &str, expand: bool, chomp: bool| {
+            Ok(HeredocWord {
+                word: word.into(),
+                name: name.into(),
+                expand,
+                chomp,
+            })
+        };
+        assert_eq!(heredoc_words("<<EOF"), [ok("<<EOF", "EOF", true, false)]);
+        assert_eq!(
+            heredoc_words("cat <<-'END' > f"),
+            [ok("<<-'END'", "END", false, true)]
+        );
+        assert_eq!(
+            heredoc_words("--chmod=755 <<\"a.sh\" 2<<B /dst/"),
+            [
+                ok("<<\"a.sh\"", "a.sh", false, false),
+                ok("2<<B", "B", true, false)
+            ]
+        );
+        for hostile in [
+            "<<../x",
+            "<<a/b",
+            "<<$(id)",
+            "<<'..'",
+            "<<\"\"",
+            "<<a\u{7}b",
+        ] {
+            let got = heredoc_words(hostile);
+            assert!(
+                matches!(got.as_slice(), [Err(e)] if e.contains("invalid heredoc delimiter")),
+                "{hostile:?}: {got:?}"
+            );
+        }
+        let long = format!("<<{}", "x".repeat(MAX_HEREDOC_NAME + 1));
+        assert!(heredoc_words(&long)[0].is_err());
     }
 }

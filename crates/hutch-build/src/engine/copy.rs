@@ -3,8 +3,11 @@
 //! directories, that becomes the step's layer. ADD of a local archive unpacks it through the
 //! store's hardened extractor.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use sha2::Digest as _;
 
 use super::BuildRequest;
 use super::Engine;
@@ -57,7 +60,7 @@ impl Engine<'_> {
         ignore: &DockerIgnore,
         stage: usize,
         line: usize,
-        sources: &[String],
+        (sources, inline): (&[String], &[(String, Vec<u8>)]),
         dest: &str,
         from: Option<&State>,
         chown: Option<&str>,
@@ -80,11 +83,25 @@ impl Engine<'_> {
             Some(v) => (v.root(), &no_ignore),
             None => (&req.context, ignore),
         };
-        let entries =
-            resolve_sources(root, ign, sources).map_err(|e| err(format!("{verb}: {e}")))?;
-        let inputs =
+        let entries = if sources.is_empty() {
+            Vec::new()
+        } else {
+            resolve_sources(root, ign, sources).map_err(|e| err(format!("{verb}: {e}")))?
+        };
+        let mut inputs =
             digest_sources(&entries, ign, root).map_err(|e| err(format!("{verb}: {e}")))?;
-        let text = format!("{verb} {} {dest}", sources.join(" "));
+        for (name, data) in inline {
+            inputs.push_str(&format!(
+                " <<{name}:{}",
+                hex::encode(sha2::Sha256::digest(data))
+            ));
+        }
+        let names: Vec<String> = sources
+            .iter()
+            .cloned()
+            .chain(inline.iter().map(|(n, _)| format!("<<{n}")))
+            .collect();
+        let text = format!("{verb} {} {dest}", names.join(" "));
         state.chain(
             format!(
                 "{text} chown={chown:?} chmod={chmod:?} from={} inputs={inputs}",
@@ -115,7 +132,7 @@ impl Engine<'_> {
         let into_dir = absolute.ends_with('/')
             || absolute.ends_with("/.")
             || dest == "."
-            || entries.len() > 1
+            || entries.len() + inline.len() > 1
             || dest_is_dir
             || entries.iter().any(|e| matches!(e.kind, EntryKind::Dir));
         let mode = match chmod {
@@ -201,6 +218,17 @@ impl Engine<'_> {
                 copy_item(&item.abs, &target, owner, mode, keep_owners, is_dest_dir)
                     .map_err(|e| err(format!("{verb} {}: {e}", item.rel.display())))?;
             }
+        }
+        // Heredoc files: 0644 (or `--chmod`), owned by `--chown` or root, as BuildKit makes
+        // them.
+        for (name, data) in inline {
+            let target = if into_dir {
+                staged.join(&dest_rel).join(name)
+            } else {
+                staged.join(&dest_rel)
+            };
+            write_inline(&target, data, owner, mode.unwrap_or(0o644))
+                .map_err(|e| err(format!("{verb} <<{name}: {e}")))?;
         }
         if into_dir {
             let d = staged.join(&dest_rel);
@@ -323,6 +351,40 @@ fn copy_item(
     }
     copy_mtime(src, dst);
     Ok(())
+}
+
+/// Writes a heredoc's file into the staged tree (which holds nothing but what this step
+/// staged: no symlink of the image or the context is on the way).
+fn write_inline(
+    target: &Path,
+    data: &[u8],
+    owner: Option<(u32, u32)>,
+    mode: u32,
+) -> std::io::Result<()> {
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if std::fs::symlink_metadata(target).is_ok_and(|m| m.is_dir()) {
+        return Err(std::io::Error::other(
+            "a directory of the same name is being copied here",
+        ));
+    }
+    // A symlink staged by this same COPY (a context source of that name) is replaced, never
+    // written through.
+    if std::fs::symlink_metadata(target).is_ok() {
+        std::fs::remove_file(target)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(target)?;
+    file.write_all(data)?;
+    drop(file);
+    let (uid, gid) = owner.unwrap_or((0, 0));
+    std::os::unix::fs::chown(target, Some(uid), Some(gid))?;
+    std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode))
 }
 
 fn looks_like_tar(path: &Path) -> bool {

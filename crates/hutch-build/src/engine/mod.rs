@@ -25,7 +25,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::dockerfile::{self, ArgDecl, Command, Dockerfile, Kind, Stage};
 use crate::error::BuildError;
-use crate::expand::expand;
+use crate::expand::{expand, expand_heredoc};
 use crate::ignore::DockerIgnore;
 use crate::merged::MergedView;
 pub use run::{OWNER_LABEL, sweep_orphans};
@@ -49,6 +49,9 @@ pub struct BuildRequest {
     /// memory, naming its line.
     pub memory_mb: Option<u64>,
     pub cpus: Option<f64>,
+    /// The network RUN steps get (unless one says `--network=none`): the sandbox network under
+    /// this policy, as Docker gives builds a network by default; `None` for none at all.
+    pub network: Option<hutch_runtime::net::NetworkPolicy>,
 }
 
 /// What a build reports while it works.
@@ -107,8 +110,12 @@ impl Engine<'_> {
                 .unwrap_or_default();
         let ignore = DockerIgnore::parse(&ignore_text);
 
-        // Global ARGs: visible to FROM lines only, unless redeclared in a stage.
-        let mut global: BTreeMap<String, String> = BTreeMap::new();
+        // Global ARGs: visible to FROM lines only, unless redeclared in a stage. Docker's
+        // automatic platform ARGs are among them: this builder builds for linux/amd64.
+        let mut global: BTreeMap<String, String> = PLATFORM_ARGS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         for ArgDecl { name, default, .. } in &parsed.global_args {
             let value = req
                 .build_args
@@ -122,6 +129,8 @@ impl Engine<'_> {
                         .ok()
                         .flatten()
                 })
+                // `ARG TARGETARCH` alone keeps the automatic value.
+                .or_else(|| global.get(name).cloned())
                 .unwrap_or_default();
             global.insert(name.clone(), value);
         }
@@ -192,6 +201,18 @@ impl Engine<'_> {
                     stage.base
                 ),
             ));
+        }
+        if let Some(platform) = &stage.platform {
+            let platform = expand_with(platform, global, escape).map_err(|e| err(stage.line, e))?;
+            if !SUPPORTED_PLATFORMS.contains(&platform.trim().to_ascii_lowercase().as_str()) {
+                return Err(err(
+                    stage.line,
+                    format!(
+                        "FROM --platform={platform}: this builder makes linux/amd64 images only \
+                         (RUN steps execute on this host); drop the flag or use linux/amd64"
+                    ),
+                ));
+            }
         }
         (self.events)(BuildEvent::Step {
             stage: index,
@@ -318,22 +339,39 @@ impl Engine<'_> {
                 }
                 kind @ (Kind::Copy { .. } | Kind::Add { .. }) => {
                     // COPY and ADD differ only in `--from` (COPY) and archives and URLs (ADD).
-                    let (sources, dest, from, chown, chmod, add) = match kind {
+                    let (sources, heredocs, dest, from, chown, chmod, add) = match kind {
                         Kind::Copy {
                             sources,
+                            heredocs,
                             dest,
                             from,
                             chown,
                             chmod,
-                        } => (sources, dest, from.as_ref(), chown, chmod, false),
+                        } => (sources, heredocs, dest, from.as_ref(), chown, chmod, false),
                         Kind::Add {
                             sources,
+                            heredocs,
                             dest,
                             chown,
                             chmod,
-                        } => (sources, dest, None, chown, chmod, true),
+                        } => (sources, heredocs, dest, None, chown, chmod, true),
                         _ => unreachable!("matched COPY or ADD above"),
                     };
+                    // Inline files: named by their delimiter, bodies expanded unless the
+                    // delimiter was quoted.
+                    let inline = heredocs
+                        .iter()
+                        .map(|h| {
+                            let body = h.body();
+                            let body = if h.expand {
+                                expand_heredoc(&body, &|n| lookup(&args, &state, n), escape)
+                                    .map_err(|e| err(line, format!("heredoc {}: {e}", h.word)))?
+                            } else {
+                                body
+                            };
+                            Ok((h.name.clone(), body.into_bytes()))
+                        })
+                        .collect::<Result<Vec<_>, BuildError>>()?;
                     let sources = sources
                         .iter()
                         .map(|s| ex(s, &args, &state))
@@ -342,7 +380,7 @@ impl Engine<'_> {
                         return Err(err(
                             line,
                             format!(
-                                "ADD of a URL ({url}) is not supported: builds have no network"
+                                "ADD of a URL ({url}) is not supported yet: download it in a RUN step (RUN steps have a network)"
                             ),
                         ));
                     }
@@ -391,7 +429,7 @@ impl Engine<'_> {
                         ignore,
                         index,
                         line,
-                        &sources,
+                        (&sources, &inline),
                         &dest,
                         from_state.as_ref(),
                         chown.as_deref(),
@@ -400,9 +438,8 @@ impl Engine<'_> {
                     )
                     .await?;
                 }
-                Kind::Run(command) => {
-                    self.run(req, &mut state, &args, (index, line), command)
-                        .await?;
+                Kind::Run(run) => {
+                    self.run(req, &mut state, &args, (index, line), run).await?;
                 }
             }
         }
@@ -460,6 +497,21 @@ impl Engine<'_> {
         MergedView::new(&dirs)
     }
 }
+
+/// Docker's automatic platform ARGs, for the one platform this builder makes.
+const PLATFORM_ARGS: [(&str, &str); 8] = [
+    ("TARGETPLATFORM", "linux/amd64"),
+    ("TARGETOS", "linux"),
+    ("TARGETARCH", "amd64"),
+    ("TARGETVARIANT", ""),
+    ("BUILDPLATFORM", "linux/amd64"),
+    ("BUILDOS", "linux"),
+    ("BUILDARCH", "amd64"),
+    ("BUILDVARIANT", ""),
+];
+
+/// What `FROM --platform=` may name.
+const SUPPORTED_PLATFORMS: [&str; 3] = ["linux/amd64", "linux/x86_64", "linux/amd64/v1"];
 
 fn expand_with(
     word: &str,

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hutch_runtime::agent::ExecEvent;
-use hutch_runtime::{Backend, SandboxSpec};
+use hutch_runtime::{Backend, NetworkMode, SandboxSpec};
 use hutch_wire::StartProcess;
 
 use super::state::State;
 use super::{BuildEvent, BuildRequest, Engine};
-use crate::dockerfile::Command;
+use crate::dockerfile::{Command, Run, RunNetwork};
 use crate::error::BuildError;
 
 /// The label naming the process that runs a RUN step's sandbox: `<pid>:<start time>`. A
@@ -76,15 +76,34 @@ impl Engine<'_> {
         state: &mut State,
         args: &BTreeMap<String, String>,
         (stage, line): (usize, usize),
-        command: &Command,
+        run: &Run,
     ) -> Result<(), BuildError> {
         let file = req.dockerfile_name.as_str();
-        let text = match command {
+        let text = match &run.command {
             Command::Shell(s) => s.clone(),
             Command::Exec(v) => serde_json::to_string(v).unwrap_or_default(),
         };
+        // `--network=default` is the build's network; only `none` takes it away.
+        let policy = match run.network {
+            Some(RunNetwork::None) => None,
+            Some(RunNetwork::Default) | None => req.network.clone().filter(|p| !p.is_offline()),
+        };
         let parent = state.clone();
-        state.chain(format!("RUN {text} args={args:?}").as_bytes());
+        // The key holds what the step runs (heredoc bodies too) and whether it had a
+        // network, as BuildKit's does; not the policy, which does not change the result of
+        // a step that succeeds.
+        let bodies: Vec<(&str, &str)> = run
+            .heredocs
+            .iter()
+            .map(|h| (h.word.as_str(), h.content.as_str()))
+            .collect();
+        state.chain(
+            format!(
+                "RUN {text} heredocs={bodies:?} network={} args={args:?}",
+                policy.is_some()
+            )
+            .as_bytes(),
+        );
         if self.cached(state)? {
             self.step(stage, line, &format!("RUN {text}"), true);
             return Ok(());
@@ -103,9 +122,28 @@ impl Engine<'_> {
                 tmp_in_rootfs: true,
                 memory_mb: req.memory_mb,
                 cpus: req.cpus,
+                network: if policy.is_some() {
+                    NetworkMode::Egress
+                } else {
+                    NetworkMode::None
+                },
+                network_policy: policy.clone().unwrap_or_default(),
                 ..SandboxSpec::default()
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                hutch_runtime::RuntimeError::UnsupportedCapability { .. } if policy.is_some() => {
+                    BuildError::Dockerfile {
+                        file: file.to_string(),
+                        line,
+                        message: format!(
+                            "RUN {text}: this host cannot give build steps a network ({e}); \
+                             build with --network none, or RUN --network=none for this step"
+                        ),
+                    }
+                }
+                e => e.into(),
+            })?;
         let id = sandbox.info.id.clone();
         // Build args reach RUN as environment variables, unless an ENV of the same name
         // shadows them.
@@ -114,7 +152,7 @@ impl Engine<'_> {
             .filter(|(k, _)| parent.env_lookup(k).is_none())
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let outcome = self.run_in(&sandbox.agent, command, &visible).await;
+        let outcome = self.run_in(&sandbox.agent, run, &visible).await;
         let stopped = self.backend.stop(&id, Duration::from_secs(5)).await;
         let layer = match (&outcome, stopped) {
             (Err(e), _) => Err(BuildError::Internal(format!(
@@ -147,13 +185,26 @@ impl Engine<'_> {
     async fn run_in(
         &self,
         agent: &hutch_runtime::agent::AgentClient,
-        command: &Command,
+        run: &Run,
         args: &BTreeMap<String, String>,
     ) -> Result<hutch_wire::ExitInfo, hutch_runtime::RuntimeError> {
-        let (program, argv) = match command {
-            Command::Shell(s) => ("/bin/sh".to_string(), vec!["-c".to_string(), s.clone()]),
-            Command::Exec(v) if !v.is_empty() => (v[0].clone(), v[1..].to_vec()),
-            Command::Exec(_) => ("/bin/true".to_string(), Vec::new()),
+        let (program, argv) = match heredoc_script(run) {
+            Some(Script::File { name, body }) => {
+                // BuildKit runs a `#!` script from a file outside the image's tree: here the
+                // sandbox's own /dev, which no layer records.
+                let path = format!("{SCRIPT_DIR}/{name}");
+                agent.mkdir(SCRIPT_DIR).await?;
+                agent
+                    .write_file_with_mode(&path, 0o755, body.into_bytes())
+                    .await?;
+                (path, Vec::new())
+            }
+            Some(Script::Shell(script)) => ("/bin/sh".to_string(), vec!["-c".to_string(), script]),
+            None => match &run.command {
+                Command::Shell(s) => ("/bin/sh".to_string(), vec!["-c".to_string(), s.clone()]),
+                Command::Exec(v) if !v.is_empty() => (v[0].clone(), v[1..].to_vec()),
+                Command::Exec(_) => ("/bin/true".to_string(), Vec::new()),
+            },
         };
         // Build args are in the environment of RUN steps, not in the image.
         let env: BTreeMap<String, String> =
@@ -185,5 +236,90 @@ impl Engine<'_> {
                 }
             }
         }
+    }
+}
+
+/// Where a RUN heredoc's `#!` script is written in the step's sandbox.
+const SCRIPT_DIR: &str = "/dev/pipes";
+
+/// What a RUN with heredocs runs.
+#[derive(Debug, PartialEq, Eq)]
+enum Script {
+    /// A heredoc that is the whole command and starts with `#!`: run as a file.
+    File { name: String, body: String },
+    /// Text for the shell.
+    Shell(String),
+}
+
+/// BuildKit's rules: a command that is one heredoc alone runs that body (a file if it starts
+/// with `#!`, else the shell's script); any other command line runs in the shell with the
+/// heredoc bodies and their delimiters after it, so the shell reads them as heredocs.
+fn heredoc_script(run: &Run) -> Option<Script> {
+    let Command::Shell(line) = &run.command else {
+        return None;
+    };
+    match run.heredocs.as_slice() {
+        [] => None,
+        [only] if line.trim() == only.word => {
+            let body = only.body();
+            Some(if body.starts_with("#!") {
+                Script::File {
+                    name: only.name.clone(),
+                    body,
+                }
+            } else {
+                Script::Shell(body)
+            })
+        }
+        all => {
+            let mut script = line.clone();
+            script.push('\n');
+            for h in all {
+                script.push_str(&h.content);
+                script.push_str(&h.name);
+                script.push('\n');
+            }
+            Some(Script::Shell(script))
+        }
+    }
+}
+
+#[cfg(test)]
+mod heredoc_tests {
+    use super::*;
+    use crate::dockerfile::{Kind, parse};
+
+    fn run_of(text: &str) -> Run {
+        let parsed = parse(&format!("FROM scratch\n{text}")).unwrap();
+        match &parsed.stages[0].instructions[0].kind {
+            Kind::Run(run) => run.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lone_heredoc_is_the_script_and_others_go_to_the_shell() {
+        assert_eq!(
+            heredoc_script(&run_of("RUN <<EOF\necho a\necho b\nEOF")),
+            Some(Script::Shell("echo a\necho b\n".into()))
+        );
+        assert_eq!(
+            heredoc_script(&run_of("RUN <<-EOF\n\techo a\n\tEOF")),
+            Some(Script::Shell("echo a\n".into()))
+        );
+        assert_eq!(
+            heredoc_script(&run_of("RUN <<'S'\n#!/usr/bin/env python3\nprint(1)\nS")),
+            Some(Script::File {
+                name: "S".into(),
+                body: "#!/usr/bin/env python3\nprint(1)\n".into()
+            })
+        );
+        assert_eq!(
+            heredoc_script(&run_of("RUN cat <<A >a && cat <<-B >b\none\nA\n\ttwo\n\tB")),
+            Some(Script::Shell(
+                "cat <<A >a && cat <<-B >b\none\nA\n\ttwo\nB\n".into()
+            ))
+        );
+        assert_eq!(heredoc_script(&run_of("RUN echo hi")), None);
     }
 }

@@ -79,6 +79,7 @@ async fn build_in(
             target: None,
             memory_mb: None,
             cpus: None,
+            network: None,
         })
         .await
 }

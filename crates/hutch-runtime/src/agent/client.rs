@@ -283,6 +283,19 @@ impl AgentClient {
             .map(drop)
     }
 
+    /// Writes a small file with `mode` (the agent's `mode` query parameter, octal).
+    pub async fn write_file_with_mode(
+        &self,
+        path: &str,
+        mode: u32,
+        data: impl Into<Bytes>,
+    ) -> Result<()> {
+        let uri = format!("/api/v1/files?path={}&mode={mode:o}", encode(path));
+        self.call(Method::PUT, &uri, full(data), Domain::Files)
+            .await
+            .map(drop)
+    }
+
     pub async fn delete_file(&self, path: &str) -> Result<()> {
         let uri = format!("/api/v1/files?path={}", encode(path));
         self.call(Method::DELETE, &uri, empty(), Domain::Files)

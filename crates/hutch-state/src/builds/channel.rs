@@ -156,9 +156,26 @@ impl Builds {
             .flatten()
             .map(|row| row.spec)
             .unwrap_or_default();
+        let strings = |key: &str| -> Vec<String> {
+            spec[key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let egress = serde_json::from_value::<hutch_runtime::NetworkMode>(spec["network"].clone())
+            .is_ok_and(|mode| mode == hutch_runtime::NetworkMode::Egress);
         Limits {
             cpus: spec["cpus"].as_f64(),
             memory_mb: spec["memory_mb"].as_u64(),
+            network: egress.then(|| hutch_runtime::net::NetworkPolicy {
+                allow_internet_access: spec["allow_internet_access"].as_bool().unwrap_or(false),
+                allow_out: strings("allow_out"),
+                deny_out: strings("deny_out"),
+            }),
         }
     }
 

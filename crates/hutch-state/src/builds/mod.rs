@@ -66,10 +66,12 @@ pub struct Builds {
 }
 
 /// The limits every RUN of a build gets.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Limits {
     cpus: Option<f64>,
     memory_mb: Option<u64>,
+    /// The builder sandbox's network policy, which RUN steps follow; `None`: it had none.
+    network: Option<hutch_runtime::net::NetworkPolicy>,
 }
 
 fn token_hash(token: &str) -> String {

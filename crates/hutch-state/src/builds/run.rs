@@ -112,6 +112,8 @@ impl Builds {
                     // `memory_mb` options (and its advice to raise them) mean these.
                     memory_mb: limits.memory_mb,
                     cpus: limits.cpus,
+                    // And its network: RUN steps reach what the builder sandbox may reach.
+                    network: limits.network.clone(),
                 };
                 engine.build(&request).await.map_err(|e| match e {
                     hutch_build::BuildError::RunFailed { oom: true, .. } => format!(
