@@ -79,12 +79,42 @@ pub enum Kind {
     User(String),
     Entrypoint(Command),
     Cmd(Command),
-    /// Accepted but only warned about: ONBUILD, SHELL, EXPOSE, HEALTHCHECK, LABEL, STOPSIGNAL,
-    /// VOLUME, MAINTAINER. `args` is the raw text after the instruction name.
-    Ignored {
+    /// LABEL, EXPOSE, STOPSIGNAL, VOLUME, HEALTHCHECK, SHELL, ONBUILD and MAINTAINER: they
+    /// change the image's config only. `args` is the raw text after the instruction name
+    /// (template builds warn with it, as the reference does).
+    Config {
         instruction: String,
         args: String,
+        setting: Setting,
     },
+}
+
+/// What a config-only instruction sets; words as written (the builder expands those Docker
+/// expands: LABEL keys and values, EXPOSE, STOPSIGNAL, VOLUME).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Setting {
+    Labels(Vec<(String, String)>),
+    Expose(Vec<String>),
+    StopSignal(String),
+    Volumes(Vec<String>),
+    /// `None` for `HEALTHCHECK NONE` (disables an inherited check).
+    Healthcheck(Option<Healthcheck>),
+    Shell(Vec<String>),
+    /// The trigger as written after `ONBUILD`.
+    OnBuild(String),
+    Maintainer(String),
+}
+
+/// `HEALTHCHECK [flags] CMD ...`; durations in nanoseconds (0: not given), as the image
+/// config stores them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Healthcheck {
+    pub test: Command,
+    pub interval: i64,
+    pub timeout: i64,
+    pub start_period: i64,
+    pub start_interval: i64,
+    pub retries: i64,
 }
 
 /// A RUN instruction.
@@ -147,17 +177,6 @@ pub struct ParseError {
     pub line: usize,
     pub message: String,
 }
-
-const IGNORED: [&str; 8] = [
-    "onbuild",
-    "shell",
-    "expose",
-    "healthcheck",
-    "label",
-    "stopsignal",
-    "volume",
-    "maintainer",
-];
 
 const JSON_NOT_STRINGS: &str =
     "when using JSON array syntax, arrays must be comprised of strings only";
@@ -244,16 +263,137 @@ fn parse_line(
     let args = args.trim_start_matches(is_arg_space);
     let name = word.to_ascii_uppercase();
     let lower = word.to_ascii_lowercase();
-    if IGNORED.contains(&lower.as_str()) {
-        let kind = Kind::Ignored {
+    if lower == "onbuild" {
+        let setting = onbuild_trigger(args)?;
+        let kind = Kind::Config {
             instruction: name.clone(),
             args: args.to_string(),
+            setting,
         };
         return Ok(Parsed::Instruction { name, kind });
     }
     // Every instruction may carry `--flags`; each accepts its own set (most accept none).
     let (rest, flag_words) = extract_flags(args);
+    let config = |setting: Setting| Kind::Config {
+        instruction: name.clone(),
+        args: args.to_string(),
+        setting,
+    };
     let kind = match lower.as_str() {
+        "label" => {
+            Flags::parse(&name, &flag_words, &[], &[])?;
+            if rest.trim().is_empty() {
+                return Err("LABEL requires at least one argument".into());
+            }
+            config(Setting::Labels(
+                env_pairs(rest, escape).map_err(|e| e.replace("ENV", "LABEL"))?,
+            ))
+        }
+        "expose" => {
+            Flags::parse(&name, &flag_words, &[], &[])?;
+            let ports = split_whitespace(rest);
+            if ports.is_empty() {
+                return Err("EXPOSE requires at least one argument".into());
+            }
+            config(Setting::Expose(ports))
+        }
+        "stopsignal" => {
+            Flags::parse(&name, &flag_words, &[], &[])?;
+            match split_whitespace(rest).as_slice() {
+                [signal] => config(Setting::StopSignal(signal.clone())),
+                _ => return Err("STOPSIGNAL requires exactly one argument".into()),
+            }
+        }
+        "volume" => {
+            Flags::parse(&name, &flag_words, &[], &[])?;
+            let volumes = maybe_json_list(rest)?;
+            if volumes.is_empty() {
+                return Err("VOLUME requires at least one argument".into());
+            }
+            config(Setting::Volumes(volumes))
+        }
+        "shell" => {
+            Flags::parse(&name, &flag_words, &[], &[])?;
+            match json_array(rest)? {
+                Some(shell) if !shell.is_empty() => config(Setting::Shell(shell)),
+                Some(_) => return Err("SHELL requires at least one argument".into()),
+                None => return Err("SHELL requires the arguments to be in JSON form".into()),
+            }
+        }
+        "maintainer" => {
+            Flags::parse(&name, &flag_words, &[], &[])?;
+            if rest.trim().is_empty() {
+                return Err("MAINTAINER requires exactly one argument".into());
+            }
+            config(Setting::Maintainer(rest.trim().to_string()))
+        }
+        "healthcheck" => {
+            let mut flags = Flags::parse(
+                &name,
+                &flag_words,
+                &[
+                    "interval",
+                    "timeout",
+                    "start-period",
+                    "start-interval",
+                    "retries",
+                ],
+                &[],
+            )?;
+            let (kind_word, command) = rest.split_once(is_arg_space).unwrap_or((rest, ""));
+            let check = match kind_word.to_ascii_uppercase().as_str() {
+                "NONE" => {
+                    if !command.trim().is_empty() || !flags.0.is_empty() {
+                        return Err("HEALTHCHECK NONE takes no arguments".into());
+                    }
+                    None
+                }
+                "CMD" => {
+                    let command = command.trim_start_matches(is_arg_space);
+                    if command.trim().is_empty() {
+                        return Err("Missing command after HEALTHCHECK CMD".into());
+                    }
+                    let duration = |flags: &mut Flags, flag: &str| -> Result<i64, String> {
+                        match flags.take(flag) {
+                            None => Ok(0),
+                            Some(text) => {
+                                let ns = parse_duration(&text)
+                                    .map_err(|e| format!("--{flag}={text}: {e}"))?;
+                                if ns < 1_000_000 {
+                                    return Err(format!(
+                                        "--{flag}={text}: a duration cannot be less than 1ms"
+                                    ));
+                                }
+                                Ok(ns)
+                            }
+                        }
+                    };
+                    let retries = match flags.take("retries") {
+                        None => 0,
+                        Some(n) => match n.parse::<i64>() {
+                            Ok(n) if n >= 0 => n,
+                            _ => {
+                                return Err(format!(
+                                    "--retries={n}: expected a whole number of at least 0"
+                                ));
+                            }
+                        },
+                    };
+                    Some(Healthcheck {
+                        interval: duration(&mut flags, "interval")?,
+                        timeout: duration(&mut flags, "timeout")?,
+                        start_period: duration(&mut flags, "start-period")?,
+                        start_interval: duration(&mut flags, "start-interval")?,
+                        retries,
+                        test: maybe_json(command)?,
+                    })
+                }
+                other => {
+                    return Err(format!("Unknown type {other:?} in HEALTHCHECK (try CMD)"));
+                }
+            };
+            config(Setting::Healthcheck(check))
+        }
         "from" => {
             let mut flags = Flags::parse(&name, &flag_words, &["platform"], &[])?;
             let (base, stage) = match split_whitespace(rest).as_slice() {
@@ -370,6 +510,64 @@ fn parse_line(
         _ => return Err(format!("unknown instruction: {name}")),
     };
     Ok(Parsed::Instruction { name, kind })
+}
+
+/// `ONBUILD <instruction>`: the trigger is stored as written, and checked now as Docker does.
+fn onbuild_trigger(args: &str) -> Result<Setting, String> {
+    let trigger = args.trim();
+    let first = trigger
+        .split(is_arg_space)
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    match first.as_str() {
+        "" => Err("ONBUILD requires at least one argument".into()),
+        "ONBUILD" => Err("Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed".into()),
+        "FROM" | "MAINTAINER" => Err(format!("{first} isn't allowed as an ONBUILD trigger")),
+        _ => {
+            // The trigger must itself parse (it runs in a later build).
+            parse_line(trigger, &[], '\\', 0)?;
+            Ok(Setting::OnBuild(trigger.to_string()))
+        }
+    }
+}
+
+/// A Go duration (`1h2m3.5s`, `300ms`, `10us`) in nanoseconds, as HEALTHCHECK flags take it.
+fn parse_duration(text: &str) -> Result<i64, String> {
+    let bad = || format!("invalid duration {text:?}");
+    if text == "0" {
+        return Ok(0);
+    }
+    let mut rest = text;
+    let mut total: f64 = 0.0;
+    if rest.is_empty() || rest.starts_with('-') {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let number: f64 = rest[..number_len].parse().map_err(|_| bad())?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(bad()),
+        };
+        total += number * scale;
+        rest = &rest[unit_len..];
+    }
+    if total > i64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(total as i64)
 }
 
 /// `[a-z][a-z0-9-_.]*` after lowercasing, as BuildKit requires.

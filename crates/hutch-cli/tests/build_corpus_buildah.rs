@@ -484,6 +484,33 @@ fn check(case: &str, image: &Image) {
             assert_eq!(image.config("Cmd"), &json!(["sh"]));
             assert!(image.config("Entrypoint").is_null());
             assert_eq!(image.env().len(), 1, "{:?}", image.env());
+            assert_eq!(image.config("Labels")["org.example.name"], "warn only");
+            assert_eq!(image.config("Labels")["version"], "1");
+            assert_eq!(
+                image.config("ExposedPorts"),
+                &json!({"8080/tcp": {}, "9090/udp": {}})
+            );
+            assert_eq!(image.config("StopSignal"), "SIGTERM");
+            assert_eq!(image.config("Volumes"), &json!({"/tmp": {}, "/var": {}}));
+        }
+        "21-config" => {
+            let labels = image.config("Labels");
+            assert_eq!(labels["org.opencontainers.image.version"], "2.5.1");
+            assert_eq!(labels["from.base"], "kept");
+            assert_eq!(labels["overridden"], "second");
+            assert_eq!(labels["spaced key"], "a value with spaces");
+            assert_eq!(labels["legacy"], "the rest of the line");
+            assert_eq!(labels["escaped"], "a $dollar and \"quotes\"");
+            assert_eq!(
+                image.config("ExposedPorts"),
+                &json!({"8080/tcp": {}, "53/udp": {}, "9000-9002/tcp": {}, "7000/TCP": {}, "443/tcp": {}})
+            );
+            assert_eq!(image.config("StopSignal"), "SIGQUIT");
+            assert_eq!(
+                image.config("Volumes"),
+                &json!({"/srv/data": {}, "/srv/cache": {}, "/var/log/app": {}})
+            );
+            image.file("/srv/app.txt", "app\n");
         }
         "16-entrypoint-resets-cmd" => {
             assert_eq!(image.config("Entrypoint"), &json!(["/bin/sh", "-c"]));
@@ -592,12 +619,25 @@ fn comparable(config: &serde_json::Value) -> serde_json::Value {
         serde_json::Value::Array(a) if a.is_empty() => serde_json::Value::Null,
         other => other.clone(),
     };
+    // buildah signs its images with its version; not content.
+    let mut labels = config["Labels"].clone();
+    if let Some(map) = labels.as_object_mut() {
+        map.remove("io.buildah.version");
+    }
+    let empty_map_is_null = |v: &serde_json::Value| match v {
+        serde_json::Value::Object(m) if m.is_empty() => serde_json::Value::Null,
+        other => other.clone(),
+    };
     json!({
         "Env": config["Env"],
         "WorkingDir": empty_is_null(&config["WorkingDir"]),
         "User": empty_is_null(&config["User"]),
         "Entrypoint": empty_is_null(&config["Entrypoint"]),
         "Cmd": empty_is_null(&config["Cmd"]),
+        "Labels": empty_map_is_null(&labels),
+        "ExposedPorts": empty_map_is_null(&config["ExposedPorts"]),
+        "StopSignal": empty_is_null(&config["StopSignal"]),
+        "Volumes": empty_map_is_null(&config["Volumes"]),
     })
 }
 

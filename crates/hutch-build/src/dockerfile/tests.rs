@@ -35,10 +35,11 @@ fn arg(name: &str, default: Option<&str>, line: usize) -> ArgDecl {
     }
 }
 
-fn ignored(instruction: &str, args: &str) -> Kind {
-    Kind::Ignored {
+fn config(instruction: &str, args: &str, setting: Setting) -> Kind {
+    Kind::Config {
         instruction: s(instruction),
         args: s(args),
+        setting,
     }
 }
 
@@ -126,20 +127,100 @@ fn instructions() {
         ("WORKDIR /a b", Kind::Workdir(s("/a b"))),
         ("WORKDIR \"/x y\"", Kind::Workdir(s("\"/x y\""))),
         ("USER app:app", Kind::User(s("app:app"))),
-        ("EXPOSE 80/tcp  443", ignored("EXPOSE", "80/tcp  443")),
         (
-            "healthcheck --interval=5s CMD true",
-            ignored("HEALTHCHECK", "--interval=5s CMD true"),
+            "EXPOSE 80/tcp  443",
+            config(
+                "EXPOSE",
+                "80/tcp  443",
+                Setting::Expose(strings(&["80/tcp", "443"])),
+            ),
         ),
-        ("LABEL a=b", ignored("LABEL", "a=b")),
-        ("MAINTAINER me <me@x>", ignored("MAINTAINER", "me <me@x>")),
-        ("ONBUILD RUN make", ignored("ONBUILD", "RUN make")),
+        (
+            "healthcheck --interval=5s --retries=3 --start-period=1m30s CMD true",
+            config(
+                "HEALTHCHECK",
+                "--interval=5s --retries=3 --start-period=1m30s CMD true",
+                Setting::Healthcheck(Some(Healthcheck {
+                    test: Shell(s("true")),
+                    interval: 5_000_000_000,
+                    timeout: 0,
+                    start_period: 90_000_000_000,
+                    start_interval: 0,
+                    retries: 3,
+                })),
+            ),
+        ),
+        (
+            "HEALTHCHECK --timeout=250ms CMD [\"curl\", \"-f\", \"x\"]",
+            config(
+                "HEALTHCHECK",
+                "--timeout=250ms CMD [\"curl\", \"-f\", \"x\"]",
+                Setting::Healthcheck(Some(Healthcheck {
+                    test: Exec(strings(&["curl", "-f", "x"])),
+                    interval: 0,
+                    timeout: 250_000_000,
+                    start_period: 0,
+                    start_interval: 0,
+                    retries: 0,
+                })),
+            ),
+        ),
+        (
+            "HEALTHCHECK none",
+            config("HEALTHCHECK", "none", Setting::Healthcheck(None)),
+        ),
+        (
+            "LABEL a=b \"c d\"=e",
+            config(
+                "LABEL",
+                "a=b \"c d\"=e",
+                Setting::Labels(vec![(s("a"), s("b")), (s("\"c d\""), s("e"))]),
+            ),
+        ),
+        (
+            "LABEL legacy some value",
+            config(
+                "LABEL",
+                "legacy some value",
+                Setting::Labels(vec![(s("legacy"), s("some value"))]),
+            ),
+        ),
+        (
+            "MAINTAINER me <me@x>",
+            config(
+                "MAINTAINER",
+                "me <me@x>",
+                Setting::Maintainer(s("me <me@x>")),
+            ),
+        ),
+        (
+            "ONBUILD RUN make",
+            config("ONBUILD", "RUN make", Setting::OnBuild(s("RUN make"))),
+        ),
         (
             "SHELL [\"bash\", \"-c\"]",
-            ignored("SHELL", "[\"bash\", \"-c\"]"),
+            config(
+                "SHELL",
+                "[\"bash\", \"-c\"]",
+                Setting::Shell(strings(&["bash", "-c"])),
+            ),
         ),
-        ("STOPSIGNAL SIGKILL", ignored("STOPSIGNAL", "SIGKILL")),
-        ("VOLUME", ignored("VOLUME", "")),
+        (
+            "STOPSIGNAL SIGKILL",
+            config("STOPSIGNAL", "SIGKILL", Setting::StopSignal(s("SIGKILL"))),
+        ),
+        (
+            "VOLUME /a [b",
+            config("VOLUME", "/a [b", Setting::Volumes(strings(&["/a", "[b"]))),
+        ),
+        (
+            "VOLUME [\"/x y\", \"/z\"]",
+            config(
+                "VOLUME",
+                "[\"/x y\", \"/z\"]",
+                Setting::Volumes(strings(&["/x y", "/z"])),
+            ),
+        ),
     ];
     for (text, want) in cases {
         let parsed =
@@ -239,6 +320,65 @@ fn errors() {
             2,
             "unknown flag for RUN: --mount",
         ),
+        ("FROM a\nVOLUME", 2, "VOLUME requires at least one argument"),
+        (
+            "FROM a\nSHELL bash -c",
+            2,
+            "SHELL requires the arguments to be in JSON form",
+        ),
+        (
+            "FROM a\nSHELL []",
+            2,
+            "SHELL requires at least one argument",
+        ),
+        (
+            "FROM a\nSTOPSIGNAL A B",
+            2,
+            "STOPSIGNAL requires exactly one argument",
+        ),
+        (
+            "FROM a\nHEALTHCHECK RUN x",
+            2,
+            "Unknown type \"RUN\" in HEALTHCHECK (try CMD)",
+        ),
+        (
+            "FROM a\nHEALTHCHECK NONE x",
+            2,
+            "HEALTHCHECK NONE takes no arguments",
+        ),
+        (
+            "FROM a\nHEALTHCHECK CMD",
+            2,
+            "Missing command after HEALTHCHECK CMD",
+        ),
+        (
+            "FROM a\nHEALTHCHECK --interval=5 CMD x",
+            2,
+            "--interval=5: invalid duration \"5\"",
+        ),
+        (
+            "FROM a\nHEALTHCHECK --interval=10us CMD x",
+            2,
+            "--interval=10us: a duration cannot be less than 1ms",
+        ),
+        (
+            "FROM a\nHEALTHCHECK --retries=-1 CMD x",
+            2,
+            "--retries=-1: expected a whole number of at least 0",
+        ),
+        (
+            "FROM a\nONBUILD ONBUILD RUN x",
+            2,
+            "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+        ),
+        (
+            "FROM a\nONBUILD FROM x",
+            2,
+            "FROM isn't allowed as an ONBUILD trigger",
+        ),
+        ("FROM a\nONBUILD BOGUS x", 2, "unknown instruction: BOGUS"),
+        ("FROM a\nLABEL", 2, "LABEL requires at least one argument"),
+        ("FROM a\nEXPOSE", 2, "EXPOSE requires at least one argument"),
         (
             "FROM a\nRUN --network=host make",
             2,

@@ -11,6 +11,7 @@
 //! [`CapabilityName::SandboxWritableLayer`] can build.
 
 mod commit;
+mod config;
 mod copy;
 mod run;
 mod state;
@@ -86,10 +87,15 @@ pub struct Engine<'a> {
     pub templates: Option<&'a TemplateResolver>,
 }
 
-fn cmd_json(command: &Command) -> Value {
+/// CMD or ENTRYPOINT as the config stores it: a shell form runs with the stage's SHELL.
+fn cmd_json(command: &Command, shell: &[String]) -> Value {
     match command {
         Command::Exec(argv) => json!(argv),
-        Command::Shell(text) => json!(["/bin/sh", "-c", text]),
+        Command::Shell(text) => {
+            let mut argv = shell.to_vec();
+            argv.push(text.clone());
+            json!(argv)
+        }
     }
 }
 
@@ -234,9 +240,11 @@ impl Engine<'_> {
         };
         state.stage_env.clear();
         state.cmd_set = false;
+        // The base's ONBUILD triggers run first, as Docker runs them, and are not inherited.
+        let triggers = self.onbuild_triggers(&mut state, stage.line, escape, &err)?;
         // ARGs in scope for this stage; build args apply to declared ones only.
         let mut args: BTreeMap<String, String> = BTreeMap::new();
-        for instruction in &stage.instructions {
+        for instruction in triggers.iter().chain(&stage.instructions) {
             let line = instruction.line;
             let lookup = |args: &BTreeMap<String, String>, state: &State, name: &str| {
                 state.env_lookup(name).or_else(|| args.get(name).cloned())
@@ -309,24 +317,37 @@ impl Engine<'_> {
                     self.step(index, line, &format!("USER {user}"), true);
                 }
                 Kind::Entrypoint(c) => {
-                    state.config["config"]["Entrypoint"] = cmd_json(c);
+                    let c = &cmd_json(c, &state.shell());
+                    state.config["config"]["Entrypoint"] = c.clone();
                     // Docker: a new ENTRYPOINT clears an inherited CMD, not this stage's.
                     if !state.cmd_set {
                         state.config["config"]["Cmd"] = Value::Null;
                     }
-                    state.chain(format!("ENTRYPOINT {}", cmd_json(c)).as_bytes());
+                    state.chain(format!("ENTRYPOINT {c}").as_bytes());
                     self.step(index, line, "ENTRYPOINT", true);
                 }
                 Kind::Cmd(c) => {
-                    state.config["config"]["Cmd"] = cmd_json(c);
+                    let c = cmd_json(c, &state.shell());
+                    state.config["config"]["Cmd"] = c.clone();
                     state.cmd_set = true;
-                    state.chain(format!("CMD {}", cmd_json(c)).as_bytes());
+                    state.chain(format!("CMD {c}").as_bytes());
                     self.step(index, line, "CMD", true);
                 }
-                Kind::Ignored {
+                Kind::Config {
                     instruction,
                     args: text,
+                    setting,
                 } => {
+                    let before = state.clone();
+                    let words = |words: &[String]| -> Result<Vec<String>, BuildError> {
+                        words.iter().map(|w| ex(w, &args, &before)).collect()
+                    };
+                    config::apply(&mut state, setting, &words).map_err(|e| match e {
+                        config::Error::Build(e) => e,
+                        config::Error::Invalid(message) => err(line, message),
+                    })?;
+                    state.chain(format!("{instruction} {setting:?}").as_bytes());
+                    self.step(index, line, &format!("{instruction} {text}"), true);
                     (self.events)(BuildEvent::Warning {
                         line,
                         // The reference's wording (the Tensorlake SDK's planning warning).
@@ -444,6 +465,49 @@ impl Engine<'_> {
             }
         }
         Ok(state)
+    }
+
+    /// The ONBUILD triggers of a stage's base, parsed as instructions (at the FROM line), and
+    /// removed from the config the stage inherits.
+    fn onbuild_triggers(
+        &self,
+        state: &mut State,
+        line: usize,
+        escape: char,
+        err: &dyn Fn(usize, String) -> BuildError,
+    ) -> Result<Vec<dockerfile::Instruction>, BuildError> {
+        let triggers: Vec<String> = state.config["config"]["OnBuild"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(config) = state.config["config"].as_object_mut() {
+            config.remove("OnBuild");
+        }
+        if triggers.is_empty() {
+            return Ok(Vec::new());
+        }
+        state.chain(format!("ONBUILD-TRIGGERS {triggers:?}").as_bytes());
+        let directive = if escape == '`' { "# escape=`\n" } else { "" };
+        let text = format!("{directive}FROM scratch\n{}\n", triggers.join("\n"));
+        let parsed = dockerfile::parse(&text).map_err(|e| {
+            err(
+                line,
+                format!("an ONBUILD trigger of the base image: {}", e.message),
+            )
+        })?;
+        Ok(parsed
+            .stages
+            .into_iter()
+            .flat_map(|s| s.instructions)
+            .map(|mut i| {
+                i.line = line;
+                i
+            })
+            .collect())
     }
 
     fn step(&self, stage: usize, line: usize, text: &str, cached: bool) {

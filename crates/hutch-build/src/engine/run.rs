@@ -152,7 +152,9 @@ impl Engine<'_> {
             .filter(|(k, _)| parent.env_lookup(k).is_none())
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let outcome = self.run_in(&sandbox.agent, run, &visible).await;
+        let outcome = self
+            .run_in(&sandbox.agent, run, &parent.shell(), &visible)
+            .await;
         let stopped = self.backend.stop(&id, Duration::from_secs(5)).await;
         let layer = match (&outcome, stopped) {
             (Err(e), _) => Err(BuildError::Internal(format!(
@@ -186,8 +188,15 @@ impl Engine<'_> {
         &self,
         agent: &hutch_runtime::agent::AgentClient,
         run: &Run,
+        shell: &[String],
         args: &BTreeMap<String, String>,
     ) -> Result<hutch_wire::ExitInfo, hutch_runtime::RuntimeError> {
+        // A shell-form command runs as SHELL's argv plus the text.
+        let in_shell = |text: String| {
+            let mut argv = shell.to_vec();
+            argv.push(text);
+            (argv[0].clone(), argv[1..].to_vec())
+        };
         let (program, argv) = match heredoc_script(run) {
             Some(Script::File { name, body }) => {
                 // BuildKit runs a `#!` script from a file outside the image's tree: here the
@@ -199,9 +208,9 @@ impl Engine<'_> {
                     .await?;
                 (path, Vec::new())
             }
-            Some(Script::Shell(script)) => ("/bin/sh".to_string(), vec!["-c".to_string(), script]),
+            Some(Script::Shell(script)) => in_shell(script),
             None => match &run.command {
-                Command::Shell(s) => ("/bin/sh".to_string(), vec!["-c".to_string(), s.clone()]),
+                Command::Shell(s) => in_shell(s.clone()),
                 Command::Exec(v) if !v.is_empty() => (v[0].clone(), v[1..].to_vec()),
                 Command::Exec(_) => ("/bin/true".to_string(), Vec::new()),
             },

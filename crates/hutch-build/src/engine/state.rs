@@ -40,6 +40,20 @@ impl State {
         }
     }
 
+    /// The shell of shell-form RUN, CMD and ENTRYPOINT: the config's `Shell` (SHELL), else
+    /// `/bin/sh -c`.
+    pub(super) fn shell(&self) -> Vec<String> {
+        self.config["config"]["Shell"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| vec!["/bin/sh".to_string(), "-c".to_string()])
+    }
+
     pub(super) fn env(&self) -> Vec<String> {
         self.config["config"]["Env"]
             .as_array()
