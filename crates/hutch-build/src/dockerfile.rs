@@ -125,6 +125,52 @@ pub struct Run {
     pub heredocs: Vec<Heredoc>,
     /// `--network=`: the build's choice when unset.
     pub network: Option<RunNetwork>,
+    /// `--mount=` (repeatable), in order.
+    pub mounts: Vec<RunMount>,
+}
+
+/// `RUN --mount=type=...,...` as written (values not expanded yet).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunMount {
+    pub kind: MountType,
+    /// Where in the step's sandbox (`target`, `dst`, `destination`).
+    pub target: Option<String>,
+    /// `source`/`src`: a path in the context, the `from` stage or image, or the cache.
+    pub source: Option<String>,
+    /// A stage name or index, or an image.
+    pub from: Option<String>,
+    /// A cache's or a secret's id.
+    pub id: Option<String>,
+    pub sharing: Sharing,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// `readonly`/`ro` or `rw`/`readwrite`; each type has its own default.
+    pub read_only: Option<bool>,
+    /// A tmpfs's size in bytes.
+    pub size: Option<u64>,
+    /// A secret that must be given to the build.
+    pub required: bool,
+    /// A secret given as this environment variable rather than a file.
+    pub env: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountType {
+    #[default]
+    Bind,
+    Cache,
+    Tmpfs,
+    Secret,
+}
+
+/// How concurrent builds share a cache mount.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Sharing {
+    #[default]
+    Shared,
+    Private,
+    Locked,
 }
 
 /// `RUN --network=`: `default` (the sandbox network under the build's policy) or `none`.
@@ -411,7 +457,25 @@ fn parse_line(
             });
         }
         "run" => {
-            let mut flags = Flags::parse(&name, &flag_words, &["network"], &[])?;
+            // `--mount` repeats; every other flag may appear once.
+            let (mount_words, flag_words): (Vec<String>, Vec<String>) = flag_words
+                .into_iter()
+                .partition(|w| w.strip_prefix("--").unwrap_or(w).starts_with("mount="));
+            let mounts = mount_words
+                .iter()
+                .map(|w| parse_mount(w.split_once('=').map_or("", |(_, v)| v)))
+                .collect::<Result<Vec<_>, String>>()?;
+            if mounts.len() > MAX_RUN_MOUNTS {
+                return Err(format!("RUN takes at most {MAX_RUN_MOUNTS} --mount flags"));
+            }
+            let mut flags = Flags::parse(&name, &flag_words, &["network", "security"], &[])?;
+            if let Some(security) = flags.take("security")
+                && security != "sandbox"
+            {
+                return Err(format!(
+                    "RUN --security={security} is not supported: build steps run sandboxed"
+                ));
+            }
             let network = match flags.take("network").as_deref() {
                 None => None,
                 Some("default") => Some(RunNetwork::Default),
@@ -434,6 +498,7 @@ fn parse_line(
                 command,
                 heredocs: heredocs.to_vec(),
                 network,
+                mounts,
             })
         }
         "cmd" | "entrypoint" => {
@@ -510,6 +575,120 @@ fn parse_line(
         _ => return Err(format!("unknown instruction: {name}")),
     };
     Ok(Parsed::Instruction { name, kind })
+}
+
+/// The most `--mount` flags one RUN takes.
+pub const MAX_RUN_MOUNTS: usize = 32;
+
+/// One `--mount=` value: comma-separated `key=value` fields (and bare `ro`, `rw`,
+/// `readonly`, `required`), as BuildKit reads them.
+fn parse_mount(value: &str) -> Result<RunMount, String> {
+    let mut mount = RunMount::default();
+    let bad = |why: String| format!("--mount={value}: {why}");
+    let number = |key: &str, v: &str, radix: u32| -> Result<u32, String> {
+        u32::from_str_radix(v, radix).map_err(|_| bad(format!("{key}={v} is not a number")))
+    };
+    let boolean = |key: &str, v: Option<&str>| -> Result<bool, String> {
+        match v.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("true") | Some("1") => Ok(true),
+            Some("false") | Some("0") => Ok(false),
+            Some(other) => Err(bad(format!("{key}={other}: expected true or false"))),
+        }
+    };
+    for field in value.split(',').filter(|f| !f.is_empty()) {
+        let (key, v) = match field.split_once('=') {
+            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v)),
+            None => (field.trim().to_ascii_lowercase(), None),
+        };
+        let need = |v: Option<&str>| -> Result<String, String> {
+            v.filter(|v| !v.is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| bad(format!("{key} needs a value")))
+        };
+        match key.as_str() {
+            "type" => {
+                mount.kind = match need(v)?.as_str() {
+                    "bind" => MountType::Bind,
+                    "cache" => MountType::Cache,
+                    "tmpfs" => MountType::Tmpfs,
+                    "secret" => MountType::Secret,
+                    "ssh" => {
+                        return Err(bad(
+                            "type=ssh is not supported: build steps get no SSH agent; \
+                             give a key or token with --secret and RUN --mount=type=secret"
+                                .into(),
+                        ));
+                    }
+                    other => return Err(bad(format!("unknown mount type {other:?}"))),
+                };
+            }
+            "target" | "dst" | "destination" => mount.target = Some(need(v)?),
+            "source" | "src" => mount.source = Some(need(v)?),
+            "from" => mount.from = Some(need(v)?),
+            "id" => mount.id = Some(need(v)?),
+            "sharing" => {
+                mount.sharing = match need(v)?.as_str() {
+                    "shared" => Sharing::Shared,
+                    "private" => Sharing::Private,
+                    "locked" => Sharing::Locked,
+                    other => return Err(bad(format!("unknown sharing mode {other:?}"))),
+                };
+            }
+            "mode" => {
+                let mode = number("mode", &need(v)?, 8)?;
+                if mode > 0o7777 {
+                    return Err(bad(format!("mode={mode:o} is not a file mode")));
+                }
+                mount.mode = Some(mode);
+            }
+            "uid" => mount.uid = Some(number("uid", &need(v)?, 10)?),
+            "gid" => mount.gid = Some(number("gid", &need(v)?, 10)?),
+            "ro" | "readonly" => mount.read_only = Some(boolean(&key, v)?),
+            "rw" | "readwrite" => mount.read_only = Some(!boolean(&key, v)?),
+            "required" => mount.required = boolean(&key, v)?,
+            "env" => mount.env = Some(need(v)?),
+            "size" => {
+                let text = need(v)?;
+                mount.size = Some(parse_size(&text).ok_or_else(|| bad(format!("size={text}")))?);
+            }
+            other => return Err(bad(format!("unknown field {other:?}"))),
+        }
+    }
+    match mount.kind {
+        MountType::Secret => {
+            if mount.id.is_none() {
+                // BuildKit: the id defaults to the target's file name.
+                mount.id = mount
+                    .target
+                    .as_deref()
+                    .and_then(|t| t.rsplit('/').next())
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_string);
+            }
+            if mount.id.is_none() {
+                return Err(bad("a secret mount needs an id".into()));
+            }
+        }
+        _ if mount.target.is_none() => return Err(bad("a target is required".into())),
+        _ => {}
+    }
+    if mount.env.is_some() && mount.kind != MountType::Secret {
+        return Err(bad("env= is for secret mounts".into()));
+    }
+    Ok(mount)
+}
+
+/// `1024`, `64k`, `100m`, `1g` (powers of 1024) in bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let lower = text.to_ascii_lowercase();
+    let trimmed = lower.trim_end_matches('b');
+    let (digits, scale) = match trimmed.chars().last()? {
+        'k' => (&trimmed[..trimmed.len() - 1], 1u64 << 10),
+        'm' => (&trimmed[..trimmed.len() - 1], 1 << 20),
+        'g' => (&trimmed[..trimmed.len() - 1], 1 << 30),
+        _ => (trimmed, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(scale)
 }
 
 /// `ONBUILD <instruction>`: the trigger is stored as written, and checked now as Docker does.

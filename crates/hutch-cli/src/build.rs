@@ -45,6 +45,54 @@ pub struct BuildArgs {
     /// per step.
     #[arg(long, value_enum, default_value = "default")]
     pub network: crate::run::NetworkArg,
+    /// A secret for `RUN --mount=type=secret,id=ID` (repeatable): `id=ID,src=FILE` or
+    /// `id=ID,env=VAR`. Never stored in the image, the step cache or the output.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
+    pub secrets: Vec<String>,
+}
+
+/// `--secret id=ID,src=FILE` or `id=ID,env=VAR` (BuildKit's forms; `type=file|env` too).
+fn read_secret(spec: &str) -> anyhow::Result<(String, Vec<u8>)> {
+    let (mut id, mut src, mut env) = (None, None, None);
+    for field in spec.split(',') {
+        match field.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_string()),
+            Some(("src" | "source", v)) => src = Some(v.to_string()),
+            Some(("env", v)) => env = Some(v.to_string()),
+            Some(("type", "file" | "env")) => {}
+            _ => anyhow::bail!("--secret {field:?}: expected id=ID,src=FILE or id=ID,env=VAR"),
+        }
+    }
+    let id = id
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("--secret needs id=ID"))?;
+    let value = match (src, env) {
+        (Some(path), None) => {
+            let meta = std::fs::metadata(&path)
+                .with_context(|| format!("--secret id={id}: reading {path}"))?;
+            anyhow::ensure!(
+                meta.is_file()
+                    && meta.len() <= hutch_build::engine::mounts::MAX_SECRET_BYTES as u64,
+                "--secret id={id}: {path} is not a file of at most {} KiB",
+                hutch_build::engine::mounts::MAX_SECRET_BYTES >> 10
+            );
+            std::fs::read(&path).with_context(|| format!("--secret id={id}: reading {path}"))?
+        }
+        (None, Some(var)) => std::env::var(&var)
+            .map(String::into_bytes)
+            .map_err(|_| anyhow::anyhow!("--secret id={id}: the variable {var} is not set"))?,
+        // BuildKit: neither names the file or variable after the id.
+        (None, None) => std::env::var(&id)
+            .map(String::into_bytes)
+            .map_err(|_| anyhow::anyhow!("--secret id={id}: give src=FILE or env=VAR"))?,
+        (Some(_), Some(_)) => anyhow::bail!("--secret id={id}: src= and env= both given"),
+    };
+    anyhow::ensure!(
+        value.len() <= hutch_build::engine::mounts::MAX_SECRET_BYTES,
+        "--secret id={id}: larger than {} KiB",
+        hutch_build::engine::mounts::MAX_SECRET_BYTES >> 10
+    );
+    Ok((id, value))
 }
 
 pub async fn build_cmd(store: &Store, args: BuildArgs) -> anyhow::Result<u8> {
@@ -115,6 +163,12 @@ pub async fn build_image(
         target: args.target.clone(),
         memory_mb: args.memory,
         cpus: args.cpus,
+        secrets: args
+            .secrets
+            .iter()
+            .map(|s| read_secret(s))
+            .collect::<anyhow::Result<_>>()?,
+        cache_scope: "local".into(),
         network: match args.network {
             crate::run::NetworkArg::Default => Some(hutch_runtime::net::NetworkPolicy::default()),
             crate::run::NetworkArg::None => None,

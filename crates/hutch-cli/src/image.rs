@@ -57,7 +57,11 @@ pub enum ImageCommand {
     /// Remove an image; layers no other image or sandbox uses are freed.
     Rm { name: String },
     /// Free the layers and blobs no image and no sandbox uses.
-    Prune,
+    Prune {
+        /// Also drop every `RUN --mount=type=cache` cache that no build is using.
+        #[arg(long)]
+        build_cache: bool,
+    },
     /// Check every blob, layer, image record and pin of the store; exits 1 if problems
     /// remain.
     Fsck {
@@ -99,7 +103,7 @@ pub async fn dispatch(cmd: ImageCommand) -> anyhow::Result<u8> {
         ImageCommand::Ls { json, all } => ls(&store, json, all),
         ImageCommand::Inspect { name, json } => inspect(&store, &name, json),
         ImageCommand::Rm { name } => rm(&store, &name),
-        ImageCommand::Prune => prune(&store),
+        ImageCommand::Prune { build_cache } => prune(&store, build_cache),
         ImageCommand::Fsck { repair, json } => fsck(&store, repair, json),
     }
 }
@@ -270,7 +274,11 @@ fn rm(store: &Store, name: &str) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn prune(store: &Store) -> anyhow::Result<u8> {
+fn prune(store: &Store, build_cache: bool) -> anyhow::Result<u8> {
+    if build_cache {
+        let (caches, bytes) = hutch_build::engine::mounts::prune_caches(store.root(), 0);
+        println!("dropped {caches} build cache(s), {}", human_bytes(bytes));
+    }
     let removal = store.gc()?;
     println!(
         "freed {} layer(s) and {} blob(s), {}",

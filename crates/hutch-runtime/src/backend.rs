@@ -65,6 +65,36 @@ pub struct SandboxSpec {
     /// (ENOSPC past it). `None`: they share the host's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_mb: Option<u64>,
+    /// More mounts: host directories or files the caller made (a build's `RUN --mount`
+    /// caches, bind sources and secrets), or tmpfs. Their contents are never part of the
+    /// writable layer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<ExtraMount>,
+}
+
+/// The most extra mounts a sandbox takes.
+pub const MAX_EXTRA_MOUNTS: usize = 64;
+
+/// One of [`SandboxSpec::mounts`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtraMount {
+    /// Where, inside the sandbox: an absolute path, resolved by the sandbox's own kernel.
+    pub destination: String,
+    pub kind: ExtraMountKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtraMountKind {
+    /// A host path the caller created and owns (never one a sandbox or an image names).
+    Bind {
+        source: std::path::PathBuf,
+        read_only: bool,
+    },
+    Tmpfs {
+        /// Bytes; `None`: the sandbox's memory bounds it.
+        size: Option<u64>,
+    },
 }
 
 /// The pids limit of a sandbox whose spec names none.

@@ -23,9 +23,9 @@ pub mod gvisor;
 pub mod net;
 
 pub use backend::{
-    AttachedRun, Backend, CheckpointOptions, DEFAULT_PIDS_LIMIT, MAX_PIDS_LIMIT, NetworkMode,
-    RestoreSpec, Sandbox, SandboxInfo, SandboxSpec, SandboxState, SnapshotDescriptor,
-    WritableLayer,
+    AttachedRun, Backend, CheckpointOptions, DEFAULT_PIDS_LIMIT, ExtraMount, ExtraMountKind,
+    MAX_EXTRA_MOUNTS, MAX_PIDS_LIMIT, NetworkMode, RestoreSpec, Sandbox, SandboxInfo, SandboxSpec,
+    SandboxState, SnapshotDescriptor, WritableLayer,
 };
 pub use capability::{Capabilities, Capability, CapabilityName, CapabilityReason, RuntimeDetails};
 pub use error::{AgentUnreachable, Result, RetryClass, RuntimeError};

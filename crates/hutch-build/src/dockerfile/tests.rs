@@ -24,6 +24,7 @@ fn run(command: Command) -> Kind {
         command,
         heredocs: Vec::new(),
         network: None,
+        mounts: Vec::new(),
     })
 }
 
@@ -316,9 +317,34 @@ fn errors() {
             "duplicate flag specified: --from",
         ),
         (
-            "FROM a\nRUN --mount=type=cache,target=/x make",
+            "FROM a\nRUN --mount=type=ssh make",
             2,
-            "unknown flag for RUN: --mount",
+            "--mount=type=ssh: type=ssh is not supported: build steps get no SSH agent; give a key or token with --secret and RUN --mount=type=secret",
+        ),
+        (
+            "FROM a\nRUN --mount=type=cache make",
+            2,
+            "--mount=type=cache: a target is required",
+        ),
+        (
+            "FROM a\nRUN --mount=type=cache,target=/x,sharing=sometimes make",
+            2,
+            "--mount=type=cache,target=/x,sharing=sometimes: unknown sharing mode \"sometimes\"",
+        ),
+        (
+            "FROM a\nRUN --mount=type=bind,target=/x,colour=red make",
+            2,
+            "--mount=type=bind,target=/x,colour=red: unknown field \"colour\"",
+        ),
+        (
+            "FROM a\nRUN --mount=type=secret make",
+            2,
+            "--mount=type=secret: a secret mount needs an id",
+        ),
+        (
+            "FROM a\nRUN --security=insecure make",
+            2,
+            "RUN --security=insecure is not supported: build steps run sandboxed",
         ),
         ("FROM a\nVOLUME", 2, "VOLUME requires at least one argument"),
         (
@@ -579,6 +605,7 @@ fn heredocs_in_run_copy_and_add() {
             command: Command::Shell(s("<<EOF")),
             heredocs: vec![heredoc("<<EOF", "EOF", "echo $HOME\n", true, false)],
             network: Some(RunNetwork::None),
+            mounts: Vec::new(),
         })
     );
     assert_eq!(
@@ -590,6 +617,7 @@ fn heredocs_in_run_copy_and_add() {
                 heredoc("<<Y", "Y", "y\n", true, false)
             ],
             network: None,
+            mounts: Vec::new(),
         })
     );
     assert_eq!(
@@ -613,4 +641,63 @@ fn heredocs_in_run_copy_and_add() {
     assert_eq!(kinds[4], &run(Command::Exec(strings(&["echo", "<<EOF"]))));
     assert_eq!(parsed.stages[0].instructions[2].line, 11);
     assert_eq!(parsed.stages[0].instructions[4].line, 19);
+}
+
+#[test]
+fn run_mounts() {
+    let parsed = parse(
+        "FROM a\n\
+         RUN --mount=type=cache,target=/root/.cache/pip,id=pip,sharing=locked,mode=0700,uid=1000,gid=1000 \
+             --mount=type=bind,source=req.txt,target=/tmp/req.txt,from=build,rw \
+             --mount=type=tmpfs,target=/scratch,size=64m \
+             --mount=type=secret,target=/run/secrets/token,required \
+             --mount=target=/ctx \
+             --network=none pip install\n",
+    )
+    .unwrap();
+    let Kind::Run(run) = &parsed.stages[0].instructions[0].kind else {
+        panic!("not a RUN");
+    };
+    assert_eq!(run.network, Some(RunNetwork::None));
+    assert_eq!(run.command, Command::Shell(s("pip install")));
+    assert_eq!(
+        run.mounts,
+        vec![
+            RunMount {
+                kind: MountType::Cache,
+                target: Some(s("/root/.cache/pip")),
+                id: Some(s("pip")),
+                sharing: Sharing::Locked,
+                mode: Some(0o700),
+                uid: Some(1000),
+                gid: Some(1000),
+                ..RunMount::default()
+            },
+            RunMount {
+                kind: MountType::Bind,
+                target: Some(s("/tmp/req.txt")),
+                source: Some(s("req.txt")),
+                from: Some(s("build")),
+                read_only: Some(false),
+                ..RunMount::default()
+            },
+            RunMount {
+                kind: MountType::Tmpfs,
+                target: Some(s("/scratch")),
+                size: Some(64 << 20),
+                ..RunMount::default()
+            },
+            RunMount {
+                kind: MountType::Secret,
+                target: Some(s("/run/secrets/token")),
+                id: Some(s("token")),
+                required: true,
+                ..RunMount::default()
+            },
+            RunMount {
+                target: Some(s("/ctx")),
+                ..RunMount::default()
+            },
+        ]
+    );
 }

@@ -311,7 +311,7 @@ fn copy_mtime(from: &Path, to: &Path) {
 /// keeping modes and times. Owners become `owner` when given, else root (Docker's rule for
 /// the context), while content from another stage or image keeps its owners. `--chmod`
 /// applies to everything copied except the destination directory itself (buildah).
-fn copy_item(
+pub(super) fn copy_item(
     src: &Path,
     dst: &Path,
     owner: Option<(u32, u32)>,

@@ -13,6 +13,7 @@
 mod commit;
 mod config;
 mod copy;
+pub mod mounts;
 mod run;
 mod state;
 
@@ -53,6 +54,11 @@ pub struct BuildRequest {
     /// The network RUN steps get (unless one says `--network=none`): the sandbox network under
     /// this policy, as Docker gives builds a network by default; `None` for none at all.
     pub network: Option<hutch_runtime::net::NetworkPolicy>,
+    /// `--secret id=...` values for `RUN --mount=type=secret`: never stored, keyed or shown.
+    pub secrets: BTreeMap<String, Vec<u8>>,
+    /// Whose cache mounts these are: builds of one scope share `RUN --mount=type=cache` ids,
+    /// builds of another never see them (the CLI: its store; a server: a namespace).
+    pub cache_scope: String,
 }
 
 /// What a build reports while it works.
@@ -410,38 +416,11 @@ impl Engine<'_> {
                         None => None,
                         Some(f) => {
                             let f = ex(f, &args, &state)?;
-                            let found = parsed.stages[..index]
-                                .iter()
-                                .position(|s| s.name.as_deref() == Some(f.to_lowercase().as_str()))
-                                .or_else(|| f.parse::<usize>().ok().filter(|i| *i < index));
-                            if found.is_none()
-                                && let Ok(n) = f.parse::<usize>()
-                            {
-                                return Err(err(
-                                    line,
-                                    format!(
-                                        "COPY --from={f}: no build stage {n} before this one (stages are numbered from 0; this is stage {index})"
-                                    ),
-                                ));
-                            }
-                            Some(match found {
-                                Some(i) => done[i].clone(),
-                                None if parsed.stages.iter().any(|s| {
-                                    s.name.as_deref() == Some(f.to_lowercase().as_str())
-                                }) =>
-                                {
-                                    return Err(err(
-                                        line,
-                                        format!(
-                                            "COPY --from={f}: circular dependency: stage {f:?} is this one or comes after it, and stages may only copy from earlier ones"
-                                        ),
-                                    ));
-                                }
-                                None => self
-                                    .image_state(&f)
+                            Some(
+                                self.state_of_from(parsed, done, index, &f, "COPY --from")
                                     .await
-                                    .map_err(|e| err(line, format!("COPY --from={f}: {e}")))?,
-                            })
+                                    .map_err(|e| err(line, e))?,
+                            )
                         }
                     };
                     self.copy(
@@ -460,11 +439,89 @@ impl Engine<'_> {
                     .await?;
                 }
                 Kind::Run(run) => {
-                    self.run(req, &mut state, &args, (index, line), run).await?;
+                    let mut resolved = Vec::new();
+                    for m in &run.mounts {
+                        let word = |w: &Option<String>| {
+                            w.as_ref().map(|w| ex(w, &args, &state)).transpose()
+                        };
+                        let from = match word(&m.from)? {
+                            Some(f) => Some(
+                                self.state_of_from(parsed, done, index, &f, "RUN --mount from")
+                                    .await
+                                    .map_err(|e| err(line, e))?,
+                            ),
+                            None => None,
+                        };
+                        let id = word(&m.id)?;
+                        let target = match word(&m.target)? {
+                            Some(t) => t,
+                            // A secret's default place.
+                            None => format!("/run/secrets/{}", id.clone().unwrap_or_default()),
+                        };
+                        let target = if target.starts_with('/') {
+                            target
+                        } else {
+                            format!("{}/{target}", state.workdir().trim_end_matches('/'))
+                        };
+                        resolved.push(mounts::Resolved {
+                            mount: m,
+                            target,
+                            source: word(&m.source)?,
+                            id,
+                            from,
+                        });
+                    }
+                    self.run(
+                        req,
+                        &mut state,
+                        &args,
+                        (index, line),
+                        run,
+                        (&resolved, ignore),
+                    )
+                    .await?;
                 }
             }
         }
         Ok(state)
+    }
+
+    /// The state a `--from` names: an earlier stage (by name or index) or an image.
+    async fn state_of_from(
+        &self,
+        parsed: &Dockerfile,
+        done: &[State],
+        index: usize,
+        f: &str,
+        what: &str,
+    ) -> Result<State, String> {
+        let found = parsed.stages[..index]
+            .iter()
+            .position(|s| s.name.as_deref() == Some(f.to_lowercase().as_str()))
+            .or_else(|| f.parse::<usize>().ok().filter(|i| *i < index));
+        if found.is_none()
+            && let Ok(n) = f.parse::<usize>()
+        {
+            return Err(format!(
+                "{what}={f}: no build stage {n} before this one (stages are numbered from 0; this is stage {index})"
+            ));
+        }
+        match found {
+            Some(i) => Ok(done[i].clone()),
+            None if parsed
+                .stages
+                .iter()
+                .any(|s| s.name.as_deref() == Some(f.to_lowercase().as_str())) =>
+            {
+                Err(format!(
+                    "{what}={f}: circular dependency: stage {f:?} is this one or comes after it, and stages may only copy from earlier ones"
+                ))
+            }
+            None => self
+                .image_state(f)
+                .await
+                .map_err(|e| format!("{what}={f}: {e}")),
+        }
     }
 
     /// The ONBUILD triggers of a stage's base, parsed as instructions (at the FROM line), and

@@ -2,16 +2,19 @@
 //! next layer; and the removal of RUN sandboxes whose build died.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use hutch_runtime::agent::ExecEvent;
 use hutch_runtime::{Backend, NetworkMode, SandboxSpec};
 use hutch_wire::StartProcess;
 
+use super::mounts::{Resolved, mounts_key};
 use super::state::State;
 use super::{BuildEvent, BuildRequest, Engine};
 use crate::dockerfile::{Command, Run, RunNetwork};
 use crate::error::BuildError;
+use crate::ignore::DockerIgnore;
 
 /// The label naming the process that runs a RUN step's sandbox: `<pid>:<start time>`. A
 /// build's sandboxes end with the step, so one whose owner is gone (killed mid-build) is an
@@ -77,8 +80,14 @@ impl Engine<'_> {
         args: &BTreeMap<String, String>,
         (stage, line): (usize, usize),
         run: &Run,
+        (mounts, ignore): (&[Resolved<'_>], &DockerIgnore),
     ) -> Result<(), BuildError> {
         let file = req.dockerfile_name.as_str();
+        let mount_error = |message: String| BuildError::Dockerfile {
+            file: file.to_string(),
+            line,
+            message: format!("RUN --mount: {message}"),
+        };
         let text = match &run.command {
             Command::Shell(s) => s.clone(),
             Command::Exec(v) => serde_json::to_string(v).unwrap_or_default(),
@@ -97,9 +106,11 @@ impl Engine<'_> {
             .iter()
             .map(|h| (h.word.as_str(), h.content.as_str()))
             .collect();
+        let mounts_key =
+            mounts_key(mounts, &req.context, ignore, &req.secrets).map_err(mount_error)?;
         state.chain(
             format!(
-                "RUN {text} heredocs={bodies:?} network={} args={args:?}",
+                "RUN {text} heredocs={bodies:?} network={} args={args:?} mounts={mounts_key}",
                 policy.is_some()
             )
             .as_bytes(),
@@ -110,6 +121,12 @@ impl Engine<'_> {
         }
         self.step(stage, line, &format!("RUN {text}"), false);
         let parent_image = self.commit(&parent).await?;
+        let prepared = self
+            .prepare_mounts(mounts, &req.context, ignore, &req.cache_scope, &req.secrets)
+            .await
+            .map_err(mount_error)?;
+        // What the sandbox will make for the mounts, so none of it lands in the layer.
+        let stubs = self.mount_stubs(&parent, &prepared.targets)?;
         let sandbox = self
             .backend
             .create(SandboxSpec {
@@ -128,6 +145,7 @@ impl Engine<'_> {
                     NetworkMode::None
                 },
                 network_policy: policy.clone().unwrap_or_default(),
+                mounts: prepared.mounts.clone(),
                 ..SandboxSpec::default()
             })
             .await
@@ -147,11 +165,13 @@ impl Engine<'_> {
         let id = sandbox.info.id.clone();
         // Build args reach RUN as environment variables, unless an ENV of the same name
         // shadows them.
-        let visible: BTreeMap<String, String> = args
+        let mut visible: BTreeMap<String, String> = args
             .iter()
             .filter(|(k, _)| parent.env_lookup(k).is_none())
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // Secrets given as variables (`env=`): for this step's process only.
+        visible.extend(prepared.env.clone());
         let outcome = self
             .run_in(&sandbox.agent, run, &parent.shell(), &visible)
             .await;
@@ -172,12 +192,23 @@ impl Engine<'_> {
             (Ok(_), Err(e)) => Err(e.into()),
             (Ok(_), Ok(())) => match self.backend.writable_layer(&id) {
                 Ok(layer) => {
-                    self.add_layer_from(state, &layer.upper, &layer.mount_points)
-                        .await
+                    let mut exclude = layer.mount_points.clone();
+                    exclude.extend(stubs.left_out(&layer.upper));
+                    self.add_layer_from(state, &layer.upper, &exclude).await
                 }
                 Err(e) => Err(e.into()),
             },
         };
+        let used_cache = prepared.used_cache;
+        // The scratch copies, secret files and cache locks end with the step.
+        drop(prepared);
+        if used_cache {
+            let root = self.store.root().to_path_buf();
+            let _ = tokio::task::spawn_blocking(move || {
+                super::mounts::prune_caches(&root, super::mounts::cache_limit())
+            })
+            .await;
+        }
         if let Err(e) = self.backend.delete(&id).await {
             tracing::warn!(%id, error = %e, "removing a build sandbox");
         }
@@ -290,6 +321,77 @@ fn heredoc_script(run: &Run) -> Option<Script> {
             }
             Some(Script::Shell(script))
         }
+    }
+}
+
+/// The paths a step's mounts make in its sandbox's writable layer: each target, and each of
+/// its parents the image lacked (left out only while they hold nothing but the way to a
+/// mount).
+pub(super) struct Stubs {
+    /// (relative path, made for the mount rather than in the image)
+    paths: Vec<(PathBuf, bool)>,
+    targets: Vec<PathBuf>,
+}
+
+impl Stubs {
+    /// What to leave out of the layer written from `upper`.
+    fn left_out(&self, upper: &std::path::Path) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = Vec::new();
+        // Deepest first, so a parent sees which of its children are left out.
+        let mut paths = self.paths.clone();
+        paths.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+        for (path, made) in paths {
+            if self.targets.contains(&path) {
+                out.push(path);
+                continue;
+            }
+            // A made parent: left out when it holds only left-out children.
+            let only_stubs = std::fs::read_dir(upper.join(&path)).is_ok_and(|entries| {
+                entries
+                    .flatten()
+                    .all(|e| out.contains(&path.join(e.file_name())))
+            });
+            if made && only_stubs {
+                out.push(path);
+            }
+        }
+        out
+    }
+}
+
+impl Engine<'_> {
+    fn mount_stubs(&self, parent: &State, targets: &[String]) -> Result<Stubs, BuildError> {
+        if targets.is_empty() {
+            return Ok(Stubs {
+                paths: Vec::new(),
+                targets: Vec::new(),
+            });
+        }
+        let view = self.view(parent)?;
+        let mut paths: Vec<(PathBuf, bool)> = Vec::new();
+        for target in targets {
+            let mut rel = PathBuf::new();
+            for comp in target
+                .trim_start_matches('/')
+                .split('/')
+                .filter(|c| !c.is_empty())
+            {
+                rel.push(comp);
+                if paths.iter().any(|(p, _)| p == &rel) {
+                    continue;
+                }
+                // The image's own view, never a host symlink.
+                let made = view.metadata(&rel).is_err();
+                paths.push((rel.clone(), made));
+            }
+        }
+        // Parents the image had are not stubs.
+        let targets: Vec<PathBuf> = targets
+            .iter()
+            .map(|t| PathBuf::from(t.trim_start_matches('/')))
+            .collect();
+        paths.retain(|(p, made)| *made || targets.contains(p));
+        Ok(Stubs { paths, targets })
     }
 }
 

@@ -80,6 +80,8 @@ async fn build_in(
             memory_mb: None,
             cpus: None,
             network: None,
+            secrets: BTreeMap::new(),
+            cache_scope: "test".into(),
         })
         .await
 }

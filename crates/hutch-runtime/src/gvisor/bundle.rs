@@ -33,6 +33,8 @@ pub struct BundleSpec<'a> {
     /// A network namespace Hutch wired to join (instead of a new, empty one), and the
     /// resolv.conf naming the sandbox's resolver.
     pub network: Option<(PathBuf, &'a Path)>,
+    /// The caller's extra mounts (validated by `create`).
+    pub mounts: &'a [crate::ExtraMount],
 }
 
 fn invalid(e: impl std::fmt::Display) -> RuntimeError {
@@ -153,6 +155,32 @@ pub fn build(spec: &BundleSpec<'_>) -> Result<Spec> {
                 .map_err(invalid)?,
         );
     }
+    for extra in spec.mounts {
+        let mount = match &extra.kind {
+            crate::ExtraMountKind::Bind { source, read_only } => MountBuilder::default()
+                .destination(&extra.destination)
+                .typ("bind")
+                .source(source)
+                .options(vec![
+                    "bind".into(),
+                    if *read_only { "ro" } else { "rw" }.into(),
+                    "nosuid".into(),
+                    "nodev".into(),
+                ]),
+            crate::ExtraMountKind::Tmpfs { size } => {
+                let mut options = vec!["nosuid".to_string(), "nodev".to_string()];
+                if let Some(bytes) = size {
+                    options.push(format!("size={bytes}"));
+                }
+                MountBuilder::default()
+                    .destination(&extra.destination)
+                    .typ("tmpfs")
+                    .source("tmpfs")
+                    .options(options)
+            }
+        };
+        mounts.push(mount.build().map_err(invalid)?);
+    }
     oci.set_mounts(Some(mounts));
 
     let mut linux = oci
@@ -266,6 +294,7 @@ mod tests {
                 pids_backstop: 4242,
                 tmp_in_rootfs,
                 network: None,
+                mounts: &[],
             })
             .unwrap()
         }
@@ -315,6 +344,7 @@ mod tests {
             pids_backstop: 100,
             tmp_in_rootfs: false,
             network: None,
+            mounts: &[],
         })
         .unwrap();
         let resources = spec.linux().as_ref().unwrap().resources().clone().unwrap();

@@ -442,6 +442,7 @@ impl GvisorBackend {
             network: network
                 .as_ref()
                 .map(|(a, resolv)| (a.netns_path(), resolv.as_path())),
+            mounts: &spec.mounts,
         })?;
         bundle::write(&oci, &dir.join("bundle"))?;
 
@@ -516,6 +517,7 @@ impl GvisorBackend {
                 reason: format!("memory must be at least 16 MiB, got {mb} MiB"),
             });
         }
+        validate_mounts(&spec.mounts)?;
         for kv in &spec.env {
             if !kv.contains('=') || kv.starts_with('=') {
                 return Err(RuntimeError::InvalidSpec {
@@ -1169,6 +1171,46 @@ fn merge_env(image: &[String], overrides: &[String]) -> Vec<String> {
 }
 
 /// Sandbox ids name directories and runsc containers: keep them boring.
+/// Extra mounts: a bounded number, at clean absolute paths that do not cover what the
+/// sandbox needs (its root, `/run/hutch*`, `/proc`, `/dev`, `/sys`), from absolute host
+/// sources.
+fn validate_mounts(mounts: &[crate::ExtraMount]) -> Result<()> {
+    if mounts.len() > crate::MAX_EXTRA_MOUNTS {
+        return Err(RuntimeError::InvalidSpec {
+            reason: format!("at most {} extra mounts", crate::MAX_EXTRA_MOUNTS),
+        });
+    }
+    for m in mounts {
+        let d = m.destination.as_str();
+        let clean = d.starts_with('/')
+            && d.len() > 1
+            && d.len() <= 4096
+            && !d.contains('\0')
+            && d.split('/')
+                .skip(1)
+                .all(|c| !c.is_empty() && c != "." && c != "..");
+        let reserved = ["/run/hutch", "/run/hutch-agent", "/proc", "/dev", "/sys"]
+            .iter()
+            .any(|r| d == *r || d.starts_with(&format!("{r}/")) || r.starts_with(&format!("{d}/")));
+        if !clean || reserved {
+            return Err(RuntimeError::InvalidSpec {
+                reason: format!("cannot mount at {d:?}"),
+            });
+        }
+        if let crate::ExtraMountKind::Bind { source, .. } = &m.kind
+            && !source.is_absolute()
+        {
+            return Err(RuntimeError::InvalidSpec {
+                reason: format!(
+                    "a bind mount's source must be absolute: {}",
+                    source.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 pub fn validate_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 64

@@ -149,13 +149,11 @@ impl Builds {
 
     /// The resources the builder sandbox was created with.
     fn limits_of(&self, sandbox: &str) -> Limits {
-        let spec = self
-            .sandboxes
-            .by_id(sandbox)
-            .ok()
-            .flatten()
-            .map(|row| row.spec)
-            .unwrap_or_default();
+        let row = self.sandboxes.by_id(sandbox).ok().flatten();
+        let namespace = row
+            .as_ref()
+            .map_or_else(|| "default".to_string(), |r| r.namespace.clone());
+        let spec = row.map(|row| row.spec).unwrap_or_default();
         let strings = |key: &str| -> Vec<String> {
             spec[key]
                 .as_array()
@@ -171,6 +169,7 @@ impl Builds {
         Limits {
             cpus: spec["cpus"].as_f64(),
             memory_mb: spec["memory_mb"].as_u64(),
+            namespace,
             network: egress.then(|| hutch_runtime::net::NetworkPolicy {
                 allow_internet_access: spec["allow_internet_access"].as_bool().unwrap_or(false),
                 allow_out: strings("allow_out"),

@@ -70,6 +70,8 @@ pub struct Builds {
 struct Limits {
     cpus: Option<f64>,
     memory_mb: Option<u64>,
+    /// The builder sandbox's namespace: the scope of the build's cache mounts.
+    namespace: String,
     /// The builder sandbox's network policy, which RUN steps follow; `None`: it had none.
     network: Option<hutch_runtime::net::NetworkPolicy>,
 }

@@ -114,6 +114,10 @@ impl Builds {
                     cpus: limits.cpus,
                     // And its network: RUN steps reach what the builder sandbox may reach.
                     network: limits.network.clone(),
+                    // The SDK has no way to pass secrets; a required one fails the step.
+                    secrets: Default::default(),
+                    // Cache mounts are shared within a namespace, never across.
+                    cache_scope: format!("namespace:{}", limits.namespace),
                 };
                 engine.build(&request).await.map_err(|e| match e {
                     hutch_build::BuildError::RunFailed { oom: true, .. } => format!(
