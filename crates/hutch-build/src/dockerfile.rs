@@ -63,6 +63,7 @@ pub enum Kind {
         from: Option<String>,
         chown: Option<String>,
         chmod: Option<String>,
+        options: CopyOptions,
     },
     Add {
         sources: Vec<String>,
@@ -70,6 +71,7 @@ pub enum Kind {
         dest: String,
         chown: Option<String>,
         chmod: Option<String>,
+        options: CopyOptions,
     },
     /// `ENV k=v k2="v 2"` or the legacy `ENV k v w` (value `v w`); keys and values as
     /// written, quotes included: Docker expands both.
@@ -115,6 +117,18 @@ pub struct Healthcheck {
     pub start_period: i64,
     pub start_interval: i64,
     pub retries: i64,
+}
+
+/// COPY and ADD flags beyond the common ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyOptions {
+    /// `--exclude=PATTERN` (repeatable): `.dockerignore`-style patterns left out of the copy.
+    pub exclude: Vec<String>,
+    /// `--parents`: sources keep their path (from the context root, or from a `/./` in the
+    /// source) under the destination.
+    pub parents: bool,
+    /// `ADD --checksum=sha256:...`.
+    pub checksum: Option<String>,
 }
 
 /// A RUN instruction.
@@ -511,12 +525,42 @@ fn parse_line(
         }
         "copy" | "add" => {
             let is_copy = lower == "copy";
-            let strings: &[&str] = if is_copy {
-                &["from", "chown", "chmod"]
+            // `--exclude` repeats; every other flag may appear once.
+            let (exclude_words, flag_words): (Vec<String>, Vec<String>) = flag_words
+                .into_iter()
+                .partition(|w| w.strip_prefix("--").unwrap_or(w).starts_with("exclude="));
+            let exclude: Vec<String> = exclude_words
+                .iter()
+                .map(|w| w.split_once('=').map_or("", |(_, v)| v).to_string())
+                .collect();
+            if exclude.iter().any(String::is_empty) {
+                return Err("missing a value on flag --exclude".into());
+            }
+            let (strings, bools): (&[&str], &[&str]) = if is_copy {
+                (&["from", "chown", "chmod"], &["link", "parents"])
             } else {
-                &["chown", "chmod"]
+                (&["chown", "chmod", "checksum"], &["link", "keep-git-dir"])
             };
-            let mut flags = Flags::parse(&name, &flag_words, strings, &["link"])?;
+            let mut flags = Flags::parse(&name, &flag_words, strings, bools)?;
+            if flags.take("keep-git-dir").as_deref() == Some("true") {
+                return Err(
+                    "ADD --keep-git-dir: Git sources are not supported by this builder; clone \
+                     in a RUN step (RUN steps have a network)"
+                        .into(),
+                );
+            }
+            let options = CopyOptions {
+                exclude,
+                parents: flags.take("parents").as_deref() == Some("true"),
+                checksum: flags.take("checksum"),
+            };
+            if let Some(sum) = &options.checksum
+                && !sum.starts_with("sha256:")
+            {
+                return Err(format!(
+                    "ADD --checksum={sum}: expected sha256:<64 hex digits>"
+                ));
+            }
             let mut sources = if heredocs.is_empty() {
                 maybe_json_list(rest)?
             } else {
@@ -543,6 +587,7 @@ fn parse_line(
                     from: flags.take("from"),
                     chown,
                     chmod,
+                    options,
                 }
             } else {
                 Kind::Add {
@@ -551,6 +596,7 @@ fn parse_line(
                     dest,
                     chown,
                     chmod,
+                    options,
                 }
             }
         }

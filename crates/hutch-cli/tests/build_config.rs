@@ -137,3 +137,57 @@ fn bad_config_values_name_their_line() {
         );
     }
 }
+
+#[test]
+fn copy_flags_parents_exclude_link_and_symbolic_chmod() {
+    let home = Home::private_with(&["busybox"]);
+    let ctx = tempfile::tempdir().unwrap();
+    let c = ctx.path();
+    for (path, body) in [
+        ("app/src/main.py", "main\n"),
+        ("app/src/util.py", "util\n"),
+        ("app/src/notes.txt", "notes\n"),
+        ("app/tests/test_main.py", "test\n"),
+        ("app/build/out.o", "obj\n"),
+        ("lib/pkg/mod.py", "mod\n"),
+        ("tool.sh", "#!/bin/sh\n"),
+    ] {
+        std::fs::create_dir_all(c.join(path).parent().unwrap()).unwrap();
+        std::fs::write(c.join(path), body).unwrap();
+    }
+    std::fs::write(
+        c.join("Dockerfile"),
+        "FROM busybox\n\
+         COPY --parents app/src/*.py lib/./pkg/mod.py /dst/\n\
+         COPY --exclude=**/*.txt --exclude=build app /excl/\n\
+         COPY --link --chmod=u=rwx,go=rX tool.sh /bin-tool\n\
+         COPY --chmod=a-w app/src /ro/\n",
+    )
+    .unwrap();
+    let out = home.run(&[
+        "image",
+        "build",
+        "--network",
+        "none",
+        "-t",
+        "flags:1",
+        c.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let find = home.run(&[
+        "run",
+        "flags:1",
+        "--",
+        "sh",
+        "-c",
+        "find /dst /excl -type f | sort; stat -c '%a %n' /bin-tool /ro/main.py /ro",
+    ]);
+    assert_eq!(
+        stdout(&find),
+        "/dst/app/src/main.py\n/dst/app/src/util.py\n/dst/pkg/mod.py\n\
+         /excl/src/main.py\n/excl/src/util.py\n/excl/tests/test_main.py\n\
+         755 /bin-tool\n444 /ro/main.py\n755 /ro\n",
+        "{}",
+        stderr(&find)
+    );
+}

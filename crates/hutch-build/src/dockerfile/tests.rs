@@ -16,6 +16,7 @@ fn copy(sources: &[&str], dest: &str) -> Kind {
         from: None,
         chown: None,
         chmod: None,
+        options: CopyOptions::default(),
     }
 }
 
@@ -92,6 +93,7 @@ fn instructions() {
                 from: Some(s("build")),
                 chown: Some(s("app:app")),
                 chmod: Some(s("755")),
+                options: CopyOptions::default(),
             },
         ),
         (
@@ -102,6 +104,7 @@ fn instructions() {
                 dest: s("/d"),
                 chown: Some(s("1")),
                 chmod: Some(s("644")),
+                options: CopyOptions::default(),
             },
         ),
         (
@@ -282,9 +285,24 @@ fn errors() {
             "unknown flag for COPY: --bogus",
         ),
         (
-            "FROM a\nCOPY --parents a b",
+            "FROM a\nCOPY --checksum=sha256:00 a b",
             2,
-            "unknown flag for COPY: --parents",
+            "unknown flag for COPY: --checksum",
+        ),
+        (
+            "FROM a\nADD --keep-git-dir https://x/y.git /d",
+            2,
+            "ADD --keep-git-dir: Git sources are not supported by this builder; clone in a RUN step (RUN steps have a network)",
+        ),
+        (
+            "FROM a\nADD --checksum=md5:00 https://x/y /d",
+            2,
+            "ADD --checksum=md5:00: expected sha256:<64 hex digits>",
+        ),
+        (
+            "FROM a\nCOPY --exclude= a b",
+            2,
+            "missing a value on flag --exclude",
         ),
         (
             "FROM a\nADD --from=x a b",
@@ -292,9 +310,9 @@ fn errors() {
             "unknown flag for ADD: --from",
         ),
         (
-            "FROM a\nADD --checksum=sha256:0 a b",
+            "FROM a\nADD --parents a b",
             2,
-            "unknown flag for ADD: --checksum",
+            "unknown flag for ADD: --parents",
         ),
         (
             "FROM a\nCOPY --from a b",
@@ -555,6 +573,7 @@ COPY --from=build /out/app /app
                         from: Some(s("build")),
                         chown: None,
                         chmod: None,
+                        options: CopyOptions::default(),
                     },
                 }],
             },
@@ -632,6 +651,7 @@ fn heredocs_in_run_copy_and_add() {
             from: None,
             chown: None,
             chmod: Some(s("600")),
+            options: CopyOptions::default(),
         }
     );
     assert!(

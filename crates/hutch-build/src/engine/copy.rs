@@ -13,6 +13,7 @@ use super::BuildRequest;
 use super::Engine;
 use super::state::State;
 use crate::context::{EntryKind, digest_sources, resolve_sources, walk};
+use crate::dockerfile::CopyOptions;
 use crate::error::BuildError;
 use crate::ignore::DockerIgnore;
 use crate::merged::{MergedView, resolve_owner};
@@ -65,6 +66,7 @@ impl Engine<'_> {
         from: Option<&State>,
         chown: Option<&str>,
         chmod: Option<&str>,
+        options: &CopyOptions,
         add: bool,
     ) -> Result<(), BuildError> {
         let file = &req.dockerfile_name;
@@ -83,10 +85,19 @@ impl Engine<'_> {
             Some(v) => (v.root(), &no_ignore),
             None => (&req.context, ignore),
         };
-        let entries = if sources.is_empty() {
+        // `--exclude` patterns apply to what the sources name and to everything below them.
+        let excluded = DockerIgnore::parse(&options.exclude.join("\n"));
+        let is_excluded = |rel: &Path| {
+            !options.exclude.is_empty() && excluded.is_excluded(&rel.to_string_lossy())
+        };
+        let entries: Vec<_> = if sources.is_empty() {
             Vec::new()
         } else {
-            resolve_sources(root, ign, sources).map_err(|e| err(format!("{verb}: {e}")))?
+            resolve_sources(root, ign, sources)
+                .map_err(|e| err(format!("{verb}: {e}")))?
+                .into_iter()
+                .filter(|e| !is_excluded(&e.rel))
+                .collect()
         };
         let mut inputs =
             digest_sources(&entries, ign, root).map_err(|e| err(format!("{verb}: {e}")))?;
@@ -104,7 +115,7 @@ impl Engine<'_> {
         let text = format!("{verb} {} {dest}", names.join(" "));
         state.chain(
             format!(
-                "{text} chown={chown:?} chmod={chmod:?} from={} inputs={inputs}",
+                "{text} chown={chown:?} chmod={chmod:?} options={options:?} from={} inputs={inputs}",
                 from.map_or("", |s| s.key.as_str())
             )
             .as_bytes(),
@@ -129,17 +140,17 @@ impl Engine<'_> {
         let dest_is_dir = view.is_dir(&absolute);
         // Docker: a destination ending in `/` (or `.`), several sources, a directory source
         // or an existing directory is a directory to copy into; otherwise the file's new path.
-        let into_dir = absolute.ends_with('/')
+        let into_dir = options.parents
+            || absolute.ends_with('/')
             || absolute.ends_with("/.")
             || dest == "."
             || entries.len() + inline.len() > 1
             || dest_is_dir
             || entries.iter().any(|e| matches!(e.kind, EntryKind::Dir));
         let mode = match chmod {
-            Some(m) => Some(
-                u32::from_str_radix(m, 8)
-                    .map_err(|_| err(format!("{verb} --chmod={m}: not an octal mode")))?,
-            ),
+            Some(m) => {
+                Some(ChmodSpec::parse(m).map_err(|e| err(format!("{verb} --chmod={m}: {e}")))?)
+            }
             None => None,
         };
         let scratch = self.store.scratch_dir("build-copy")?;
@@ -163,7 +174,11 @@ impl Engine<'_> {
         let mut links: std::collections::HashMap<(u64, u64), PathBuf> =
             std::collections::HashMap::new();
         for entry in &entries {
-            let base = if into_dir {
+            let base = if options.parents {
+                // The source's own path under the destination: from the context root, or
+                // from the `/./` pivot the source names.
+                staged.join(&dest_rel).join(parents_path(entry, sources))
+            } else if into_dir {
                 match entry.kind {
                     EntryKind::Dir => staged.join(&dest_rel),
                     _ => staged
@@ -185,7 +200,20 @@ impl Engine<'_> {
                 continue;
             }
             let items = walk(root, entry, ign).map_err(|e| err(format!("{verb}: {e}")))?;
+            let mut skipped_dirs: Vec<PathBuf> = Vec::new();
             for item in &items {
+                if !options.exclude.is_empty() && item.rel != entry.rel {
+                    let below = item.rel.strip_prefix(&entry.rel).unwrap_or(&item.rel);
+                    if skipped_dirs.iter().any(|d| item.rel.starts_with(d))
+                        || is_excluded(&item.rel)
+                        || is_excluded(below)
+                    {
+                        if item.kind == EntryKind::Dir {
+                            skipped_dirs.push(item.rel.clone());
+                        }
+                        continue;
+                    }
+                }
                 // A `.` source's items are named from the context root.
                 let sub = if entry.rel == Path::new(".") {
                     if item.rel == Path::new(".") {
@@ -215,8 +243,15 @@ impl Engine<'_> {
                     }
                     links.insert((meta.dev(), meta.ino()), target.clone());
                 }
-                copy_item(&item.abs, &target, owner, mode, keep_owners, is_dest_dir)
-                    .map_err(|e| err(format!("{verb} {}: {e}", item.rel.display())))?;
+                copy_item(
+                    &item.abs,
+                    &target,
+                    owner,
+                    mode.as_ref(),
+                    keep_owners,
+                    is_dest_dir,
+                )
+                .map_err(|e| err(format!("{verb} {}: {e}", item.rel.display())))?;
             }
         }
         // Heredoc files: 0644 (or `--chmod`), owned by `--chown` or root, as BuildKit makes
@@ -227,7 +262,8 @@ impl Engine<'_> {
             } else {
                 staged.join(&dest_rel)
             };
-            write_inline(&target, data, owner, mode.unwrap_or(0o644))
+            let file_mode = mode.as_ref().map_or(0o644, |m| m.apply(0o644, false));
+            write_inline(&target, data, owner, file_mode)
                 .map_err(|e| err(format!("{verb} <<{name}: {e}")))?;
         }
         if into_dir {
@@ -315,7 +351,7 @@ pub(super) fn copy_item(
     src: &Path,
     dst: &Path,
     owner: Option<(u32, u32)>,
-    mode: Option<u32>,
+    mode: Option<&ChmodSpec>,
     keep_owners: bool,
     is_dest_dir: bool,
 ) -> std::io::Result<()> {
@@ -336,7 +372,7 @@ pub(super) fn copy_item(
     } else if meta.is_dir() {
         std::fs::create_dir_all(dst)?;
         let m = match mode {
-            Some(m) if !is_dest_dir => m,
+            Some(m) if !is_dest_dir => m.apply(meta.mode() & 0o7777, true),
             _ => meta.mode() & 0o7777,
         };
         std::fs::set_permissions(dst, std::fs::Permissions::from_mode(m))?;
@@ -346,7 +382,9 @@ pub(super) fn copy_item(
         std::os::unix::fs::chown(dst, Some(uid), Some(gid))?;
         std::fs::set_permissions(
             dst,
-            std::fs::Permissions::from_mode(mode.unwrap_or(meta.mode() & 0o7777)),
+            std::fs::Permissions::from_mode(mode.map_or(meta.mode() & 0o7777, |m| {
+                m.apply(meta.mode() & 0o7777, false)
+            })),
         )?;
     }
     copy_mtime(src, dst);
@@ -387,6 +425,111 @@ fn write_inline(
     std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode))
 }
 
+/// Where `--parents` puts a source under the destination: its path from the context root,
+/// or from the `/./` pivot in the pattern that matched it.
+fn parents_path(entry: &crate::context::ContextEntry, sources: &[String]) -> PathBuf {
+    let rel = entry.rel.strip_prefix(".").unwrap_or(&entry.rel);
+    for pattern in sources {
+        if let Some((before, _)) = pattern.split_once("/./") {
+            let pivot = Path::new(before.trim_start_matches("./").trim_start_matches('/'));
+            if let Ok(rest) = rel.strip_prefix(pivot) {
+                return rest.to_path_buf();
+            }
+        }
+    }
+    rel.to_path_buf()
+}
+
+/// `--chmod`: an octal mode (`0755`) or symbolic clauses (`u+x`, `go=rX`, `a-w,u=rwx`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ChmodSpec {
+    Octal(u32),
+    /// (who mask, op, permission bits, `X`).
+    Symbolic(Vec<(u32, char, u32, bool)>),
+}
+
+impl ChmodSpec {
+    pub(super) fn parse(text: &str) -> Result<Self, String> {
+        if !text.is_empty() && text.chars().all(|c| c.is_digit(8)) {
+            return u32::from_str_radix(text, 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .map(ChmodSpec::Octal)
+                .ok_or_else(|| "not a file mode".to_string());
+        }
+        let bad = || "expected an octal mode or symbolic clauses like u+x,go=rX".to_string();
+        let mut clauses = Vec::new();
+        for clause in text.split(',') {
+            let op_at = clause.find(['+', '-', '=']).ok_or_else(bad)?;
+            let mut who = 0u32;
+            for c in clause[..op_at].chars() {
+                who |= match c {
+                    'u' => 0o4700,
+                    'g' => 0o2070,
+                    'o' => 0o1007,
+                    'a' => 0o7777,
+                    _ => return Err(bad()),
+                };
+            }
+            if who == 0 {
+                who = 0o7777;
+            }
+            // One op and its permissions at a time: `u+x-w` is two.
+            let mut rest = &clause[op_at..];
+            while let Some(op) = rest.chars().next() {
+                let end = rest[1..]
+                    .find(['+', '-', '='])
+                    .map_or(rest.len(), |i| i + 1);
+                let (mut bits, mut big_x) = (0u32, false);
+                for c in rest[1..end].chars() {
+                    bits |= match c {
+                        'r' => 0o444,
+                        'w' => 0o222,
+                        'x' => 0o111,
+                        'X' => {
+                            big_x = true;
+                            0
+                        }
+                        's' => 0o6000,
+                        't' => 0o1000,
+                        _ => return Err(bad()),
+                    };
+                }
+                clauses.push((who, op, bits, big_x));
+                rest = &rest[end..];
+            }
+        }
+        if clauses.is_empty() {
+            return Err(bad());
+        }
+        Ok(ChmodSpec::Symbolic(clauses))
+    }
+
+    /// The new mode of an item whose mode is `old`.
+    pub(super) fn apply(&self, old: u32, is_dir: bool) -> u32 {
+        match self {
+            ChmodSpec::Octal(m) => *m,
+            ChmodSpec::Symbolic(clauses) => {
+                let mut mode = old & 0o7777;
+                for &(who, op, bits, big_x) in clauses {
+                    let mut bits = bits;
+                    // `X`: execute for directories, and for files someone may execute.
+                    if big_x && (is_dir || mode & 0o111 != 0) {
+                        bits |= 0o111;
+                    }
+                    let bits = bits & who;
+                    mode = match op {
+                        '+' => mode | bits,
+                        '-' => mode & !bits,
+                        _ => (mode & !who) | bits,
+                    };
+                }
+                mode
+            }
+        }
+    }
+}
+
 fn looks_like_tar(path: &Path) -> bool {
     let mut head = [0u8; 512];
     let Ok(mut f) = std::fs::File::open(path) else {
@@ -413,4 +556,31 @@ fn extract_tar(
         source: e,
     })?;
     hutch_store::unpack_archive(file, dir, &what, limits).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChmodSpec;
+
+    #[test]
+    fn chmod_modes_octal_and_symbolic() {
+        let apply =
+            |spec: &str, old: u32, dir: bool| ChmodSpec::parse(spec).unwrap().apply(old, dir);
+        assert_eq!(apply("0640", 0o777, false), 0o640);
+        assert_eq!(apply("755", 0o600, true), 0o755);
+        assert_eq!(apply("u+x", 0o644, false), 0o744);
+        assert_eq!(apply("+x", 0o644, false), 0o755);
+        assert_eq!(apply("go-w", 0o666, false), 0o644);
+        assert_eq!(apply("u=rwx,go=rx", 0o600, false), 0o755);
+        assert_eq!(apply("a=r", 0o777, false), 0o444);
+        assert_eq!(apply("go=rX", 0o700, true), 0o755);
+        assert_eq!(apply("go=rX", 0o600, false), 0o644);
+        assert_eq!(apply("go=rX", 0o700, false), 0o755);
+        assert_eq!(apply("u+s", 0o755, false), 0o4755);
+        assert_eq!(apply("+t", 0o777, true), 0o1777);
+        assert_eq!(apply("u+x-w", 0o644, false), 0o544);
+        for bad in ["", "8", "u+q", "z+x", "u", "07777777"] {
+            assert!(ChmodSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -366,7 +366,7 @@ impl Engine<'_> {
                 }
                 kind @ (Kind::Copy { .. } | Kind::Add { .. }) => {
                     // COPY and ADD differ only in `--from` (COPY) and archives and URLs (ADD).
-                    let (sources, heredocs, dest, from, chown, chmod, add) = match kind {
+                    let (sources, heredocs, dest, from, chown, chmod, options, add) = match kind {
                         Kind::Copy {
                             sources,
                             heredocs,
@@ -374,14 +374,25 @@ impl Engine<'_> {
                             from,
                             chown,
                             chmod,
-                        } => (sources, heredocs, dest, from.as_ref(), chown, chmod, false),
+                            options,
+                        } => (
+                            sources,
+                            heredocs,
+                            dest,
+                            from.as_ref(),
+                            chown,
+                            chmod,
+                            options,
+                            false,
+                        ),
                         Kind::Add {
                             sources,
                             heredocs,
                             dest,
                             chown,
                             chmod,
-                        } => (sources, heredocs, dest, None, chown, chmod, true),
+                            options,
+                        } => (sources, heredocs, dest, None, chown, chmod, options, true),
                         _ => unreachable!("matched COPY or ADD above"),
                     };
                     // Inline files: named by their delimiter, bodies expanded unless the
@@ -403,6 +414,16 @@ impl Engine<'_> {
                         .iter()
                         .map(|s| ex(s, &args, &state))
                         .collect::<Result<Vec<_>, _>>()?;
+                    if add
+                        && options.checksum.is_some()
+                        && sources.iter().any(|s| !s.contains("://"))
+                    {
+                        return Err(err(
+                            line,
+                            "ADD --checksum: a checksum can't be specified for non-HTTP(S) sources"
+                                .into(),
+                        ));
+                    }
                     if add && let Some(url) = sources.iter().find(|s| s.contains("://")) {
                         return Err(err(
                             line,
@@ -434,6 +455,7 @@ impl Engine<'_> {
                         from_state.as_ref(),
                         chown.as_deref(),
                         chmod.as_deref(),
+                        options,
                         add,
                     )
                     .await?;
