@@ -279,3 +279,132 @@ fn hostile_heredocs_get_clear_errors() {
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched\n");
     assert_eq!(cat(&home, "hostile:2", "/d/link"), "from the heredoc\n");
 }
+
+/// The host's first global IPv4 address.
+fn host_address() -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn add_of_a_url_downloads_through_the_step_network_and_checks_its_checksum() {
+    let host = TestHost::start(&[("hello.txt", GREETING)]);
+    let home = Home::private_with(&["busybox"]);
+    let url = host.url("hello.txt");
+    let sum = format!("sha256:{}", hex_sha256(GREETING));
+    let ctx = context_with(&format!(
+        "FROM busybox\nADD --checksum={sum} {url} /dl/\nADD --chmod=644 {url} /renamed.txt\n"
+    ));
+    let out = build(&home, ctx.path(), &[], "add-url:1");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        cat(&home, "add-url:1", "/dl/hello.txt").as_bytes(),
+        GREETING
+    );
+    let modes = home.run(&[
+        "run",
+        "add-url:1",
+        "--",
+        "stat",
+        "-c",
+        "%a %u",
+        "/dl/hello.txt",
+        "/renamed.txt",
+    ]);
+    assert_eq!(stdout(&modes), "600 0\n644 0\n", "{}", stderr(&modes));
+
+    // A wrong checksum fails, naming the line and the URL.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let ctx = context_with(&format!(
+        "FROM busybox\nADD --checksum={wrong} {url} /dl/\n"
+    ));
+    let out = build(&home, ctx.path(), &[], "add-url:2");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!(
+            "Dockerfile:2: ADD {url}: the checksum does not match"
+        )),
+        "{}",
+        stderr(&out)
+    );
+
+    // No network, no download.
+    let ctx = context_with(&format!("FROM busybox\nADD {url} /dl/\n"));
+    let out = build(&home, ctx.path(), &["--network", "none"], "add-url:3");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the build has no network"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A missing file names the URL and the answer.
+    let missing = host.url("nope.txt");
+    let ctx = context_with(&format!("FROM busybox\nADD {missing} /dl/\n"));
+    let out = build(&home, ctx.path(), &[], "add-url:4");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!(
+            "Dockerfile:2: ADD {missing}: the server answered 404"
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn add_of_a_url_cannot_reach_the_host_s_own_services() {
+    // A server on all of the host's addresses: the host itself could fetch from it, a build
+    // step must not (an ADD fetched by the host would be a way in).
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(www.path().join("secret.txt"), "host-only\n").unwrap();
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut server = std::process::Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", "0.0.0.0"])
+        .current_dir(www.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Reachable from the host: the test's own check that the server is up.
+    let mut up = false;
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(up, "the host's test server did not start");
+    let home = Home::private_with(&["busybox"]);
+    for addr in ["127.0.0.1".to_string(), host_address()] {
+        let ctx = context_with(&format!(
+            "FROM busybox\nADD http://{addr}:{port}/secret.txt /stolen.txt\n"
+        ));
+        let out = build(&home, ctx.path(), &[], "ssrf:1");
+        assert!(!out.status.success(), "ADD reached the host at {addr}");
+        assert!(
+            stderr(&out).contains("Dockerfile:2: ADD http://"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(data))
+}

@@ -72,6 +72,37 @@ pub struct SandboxSpec {
     pub mounts: Vec<ExtraMount>,
 }
 
+/// See [`Backend::network_lease`].
+pub struct NetworkLease {
+    /// The namespace (`/run/netns/...`) to make sockets in.
+    pub netns: std::path::PathBuf,
+    /// The resolver reachable from it (the same one a sandbox there would use).
+    pub resolver: std::net::Ipv4Addr,
+    release: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl NetworkLease {
+    pub fn new(
+        netns: std::path::PathBuf,
+        resolver: std::net::Ipv4Addr,
+        release: Box<dyn FnOnce() + Send + Sync>,
+    ) -> Self {
+        Self {
+            netns,
+            resolver,
+            release: Some(release),
+        }
+    }
+}
+
+impl Drop for NetworkLease {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
 /// The most extra mounts a sandbox takes.
 pub const MAX_EXTRA_MOUNTS: usize = 64;
 
@@ -286,6 +317,15 @@ pub trait Backend: Send + Sync {
     fn writable_layer(&self, id: &str) -> Result<WritableLayer> {
         let _ = id;
         Err(refuse(self, CapabilityName::SandboxWritableLayer))
+    }
+
+    /// A sandbox's kind of network without a sandbox: a namespace wired exactly as a
+    /// sandbox's (its own address, `policy`, the fence), for the host to make sockets in. A
+    /// build's `ADD <url>` downloads through one, so its traffic is a build step's. Released
+    /// when the lease drops. [`CapabilityName::NetworkEgress`].
+    fn network_lease(&self, policy: &crate::net::NetworkPolicy) -> Result<NetworkLease> {
+        let _ = policy;
+        Err(refuse(self, CapabilityName::NetworkEgress))
     }
 
     /// Listens on a unix socket the sandbox `id` reaches at `/run/hutch/<name>`; the caller

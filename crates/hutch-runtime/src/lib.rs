@@ -24,8 +24,8 @@ pub mod net;
 
 pub use backend::{
     AttachedRun, Backend, CheckpointOptions, DEFAULT_PIDS_LIMIT, ExtraMount, ExtraMountKind,
-    MAX_EXTRA_MOUNTS, MAX_PIDS_LIMIT, NetworkMode, RestoreSpec, Sandbox, SandboxInfo, SandboxSpec,
-    SandboxState, SnapshotDescriptor, WritableLayer,
+    MAX_EXTRA_MOUNTS, MAX_PIDS_LIMIT, NetworkLease, NetworkMode, RestoreSpec, Sandbox, SandboxInfo,
+    SandboxSpec, SandboxState, SnapshotDescriptor, WritableLayer,
 };
 pub use capability::{Capabilities, Capability, CapabilityName, CapabilityReason, RuntimeDetails};
 pub use error::{AgentUnreachable, Result, RetryClass, RuntimeError};

@@ -277,7 +277,7 @@ impl Engine<'_> {
 /// Creates `path`'s parent directories under `staged`: each with the metadata it has in the
 /// image (`view`) when it exists there (a layer's directory entry replaces the one below),
 /// else as root 0755, or owned by `owner` when the instruction names one.
-fn stage_parents(
+pub(super) fn stage_parents(
     view: &MergedView,
     staged: &Path,
     path: &str,

@@ -13,6 +13,7 @@
 mod commit;
 mod config;
 mod copy;
+mod fetch;
 pub mod mounts;
 mod run;
 mod state;
@@ -424,15 +425,33 @@ impl Engine<'_> {
                                 .into(),
                         ));
                     }
-                    if add && let Some(url) = sources.iter().find(|s| s.contains("://")) {
-                        return Err(err(
-                            line,
-                            format!(
-                                "ADD of a URL ({url}) is not supported yet: download it in a RUN step (RUN steps have a network)"
-                            ),
-                        ));
-                    }
                     let dest = ex(dest, &args, &state)?;
+                    if add && sources.iter().any(|s| s.contains("://")) {
+                        if !inline.is_empty() || sources.iter().any(|s| !s.contains("://")) {
+                            return Err(err(
+                                line,
+                                "ADD: give URLs and other sources in separate ADD instructions"
+                                    .into(),
+                            ));
+                        }
+                        let checksum = options
+                            .checksum
+                            .as_ref()
+                            .map(|c| ex(c, &args, &state))
+                            .transpose()?;
+                        self.add_urls(
+                            &mut state,
+                            req,
+                            (index, line),
+                            &sources,
+                            &dest,
+                            chown.as_deref(),
+                            chmod.as_deref(),
+                            checksum.as_deref(),
+                        )
+                        .await?;
+                        continue;
+                    }
                     let from_state = match from {
                         None => None,
                         Some(f) => {

@@ -22,7 +22,7 @@ use crate::ignore::DockerIgnore;
 pub const OWNER_LABEL: &str = "hutch.build.owner";
 
 /// This process, as [`OWNER_LABEL`] names it: the pid alone could be reused.
-fn owner_token() -> String {
+pub(super) fn owner_token() -> String {
     let pid = std::process::id();
     format!("{pid}:{}", start_time(pid).unwrap_or(0))
 }

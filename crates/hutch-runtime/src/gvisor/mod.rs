@@ -1126,6 +1126,60 @@ impl Backend for GvisorBackend {
             .unwrap_or_default())
     }
 
+    fn network_lease(&self, policy: &crate::net::NetworkPolicy) -> Result<crate::NetworkLease> {
+        let settings = self
+            .net
+            .as_ref()
+            .map_err(|why| RuntimeError::UnsupportedCapability {
+                backend: BACKEND,
+                capability: C::NetworkEgress,
+                reason: CapabilityReason::HostGated {
+                    detail: why.clone(),
+                },
+            })?;
+        let parsed = policy.parse()?;
+        if parsed.has_names() {
+            // Names are policed by a per-sandbox resolver a lease does not run.
+            return Err(RuntimeError::InvalidSpec {
+                reason: "a network lease takes a policy of addresses only (no host names)".into(),
+            });
+        }
+        // The owner directory marks the slot taken; one whose process is gone is released
+        // here (and its slot swept by the next attach).
+        let leases = self.home.join("leases");
+        std::fs::create_dir_all(&leases).map_err(|e| RuntimeError::io("creating leases/", e))?;
+        if let Ok(entries) = std::fs::read_dir(&leases) {
+            for entry in entries.flatten() {
+                let pid = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.split('-').nth(1))
+                    .and_then(|p| p.parse::<u32>().ok());
+                if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                    net::host::detach_owner(&entry.path());
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let owner = leases.join(format!("lease-{}-{}", std::process::id(), random_hex(8)?));
+        std::fs::create_dir(&owner).map_err(|e| RuntimeError::io("creating a lease", e))?;
+        let attachment = match net::host::attach(settings, &owner, &parsed) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&owner);
+                return Err(e);
+            }
+        };
+        Ok(crate::NetworkLease::new(
+            attachment.netns_path(),
+            attachment.gateway,
+            Box::new(move || {
+                net::host::detach_owner(&owner);
+                let _ = std::fs::remove_dir_all(&owner);
+            }),
+        ))
+    }
+
     fn writable_layer(&self, id: &str) -> Result<WritableLayer> {
         let record = self.record(id)?;
         let upper = rootfs::upper_of(&self.dir(id));
