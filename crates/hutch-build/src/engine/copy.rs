@@ -125,11 +125,7 @@ impl Engine<'_> {
             return Ok(());
         }
         self.step(stage, line, &text, false);
-        let absolute = if dest.starts_with('/') {
-            dest.to_string()
-        } else {
-            format!("{}/{dest}", state.workdir().trim_end_matches('/'))
-        };
+        let absolute = state.absolute(dest);
         let view = self.view(state)?;
         let owner = match chown {
             Some(spec) => {

@@ -350,11 +350,7 @@ impl super::Engine<'_> {
             }
         }
         // Staged as a COPY stages its files: parents with the image's metadata.
-        let absolute = if dest.starts_with('/') {
-            dest.to_string()
-        } else {
-            format!("{}/{dest}", state.workdir().trim_end_matches('/'))
-        };
+        let absolute = state.absolute(dest);
         let view = self.view(state)?;
         let owner = match chown {
             Some(spec) => Some(

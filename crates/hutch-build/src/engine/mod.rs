@@ -499,11 +499,7 @@ impl Engine<'_> {
                             // A secret's default place.
                             None => format!("/run/secrets/{}", id.clone().unwrap_or_default()),
                         };
-                        let target = if target.starts_with('/') {
-                            target
-                        } else {
-                            format!("{}/{target}", state.workdir().trim_end_matches('/'))
-                        };
+                        let target = state.absolute(&target);
                         resolved.push(mounts::Resolved {
                             mount: m,
                             target,

@@ -40,6 +40,15 @@ impl State {
         }
     }
 
+    /// `path` from the working directory (an absolute path stays as it is).
+    pub(super) fn absolute(&self, path: &str) -> String {
+        if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("{}/{path}", self.workdir().trim_end_matches('/'))
+        }
+    }
+
     /// The shell of shell-form RUN, CMD and ENTRYPOINT: the config's `Shell` (SHELL), else
     /// `/bin/sh -c`.
     pub(super) fn shell(&self) -> Vec<String> {
