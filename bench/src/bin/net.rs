@@ -21,8 +21,10 @@ mod cli;
 #[path = "../stats.rs"]
 #[allow(dead_code)]
 mod stats;
+#[path = "../testnet.rs"]
+mod testnet;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -31,6 +33,7 @@ use http_body_util::BodyExt;
 use hutch_runtime::agent::{full, http_client};
 use hyper::Request;
 use stats::{Samples, ms, ratio};
+use testnet::{Kill, NS, TEST_HOST, TestNet};
 use tokio::io::AsyncReadExt;
 
 const IMAGE: &str = "debian";
@@ -76,72 +79,6 @@ while True:
 print(n)
 "#;
 const BIG: usize = 64 << 20;
-/// The test host: the last /29 of TEST-NET-3, which the tests' slots (0-30) leave alone
-/// when slot 31 is free; the bench refuses to run over an existing one.
-const NS: &str = "hbench-net";
-const HOST_IF: &str = "hbn0";
-const HOST_SIDE: &str = "203.0.113.249";
-const TEST_HOST: &str = "203.0.113.250";
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The test host's namespace and link, removed on drop.
-struct TestNet;
-
-impl TestNet {
-    fn make() -> anyhow::Result<Self> {
-        if std::path::Path::new(&format!("/run/netns/{NS}")).exists() {
-            bail!("network namespace {NS} exists: another bench is running, or remove it");
-        }
-        let ip = |args: &[&str]| -> anyhow::Result<()> {
-            let out = Command::new("ip").args(args).output()?;
-            if !out.status.success() {
-                bail!(
-                    "ip {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            Ok(())
-        };
-        ip(&["netns", "add", NS])?;
-        let net = Self;
-        ip(&[
-            "link", "add", HOST_IF, "type", "veth", "peer", "name", "eth0", "netns", NS,
-        ])?;
-        ip(&["addr", "add", &format!("{HOST_SIDE}/29"), "dev", HOST_IF])?;
-        ip(&["link", "set", HOST_IF, "up"])?;
-        ip(&[
-            "-n",
-            NS,
-            "addr",
-            "add",
-            &format!("{TEST_HOST}/29"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", NS, "link", "set", "eth0", "up"])?;
-        ip(&["-n", NS, "link", "set", "lo", "up"])?;
-        ip(&["-n", NS, "route", "add", "default", "via", HOST_SIDE])?;
-        Ok(net)
-    }
-}
-
-impl Drop for TestNet {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "delete", HOST_IF])
-            .output();
-        let _ = Command::new("ip").args(["netns", "delete", NS]).output();
-    }
-}
 
 async fn get(port: u16, host: &str, path: &str) -> anyhow::Result<(u16, Bytes)> {
     let req = Request::builder()

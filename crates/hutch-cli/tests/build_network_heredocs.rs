@@ -367,16 +367,28 @@ fn add_of_a_url_cannot_reach_the_host_s_own_services() {
     // step must not (an ADD fetched by the host would be a way in).
     let www = tempfile::tempdir().unwrap();
     std::fs::write(www.path().join("secret.txt"), "host-only\n").unwrap();
-    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
+    // Port 0: the server takes a free port itself and says which (no port released here
+    // for another test to take in between).
     let mut server = std::process::Command::new("python3")
-        .args(["-m", "http.server", &port.to_string(), "--bind", "0.0.0.0"])
+        .args(["-u", "-m", "http.server", "0", "--bind", "0.0.0.0"])
         .current_dir(www.path())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    // "Serving HTTP on 0.0.0.0 port 43215 (http://0.0.0.0:43215/) ..."
+    let port: u16 = line
+        .split_whitespace()
+        .skip_while(|w| *w != "port")
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
     // Reachable from the host: the test's own check that the server is up.
     let mut up = false;
     for _ in 0..50 {

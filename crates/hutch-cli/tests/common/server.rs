@@ -24,9 +24,17 @@ pub fn free_port() -> u16 {
 }
 
 impl Home {
-    /// Starts `hutch serve` on fresh ports and waits until it answers.
+    /// Starts `hutch serve` on fresh ports and waits until it answers. A port found free
+    /// can be taken by another test before the server binds it: then new ports are tried.
     pub fn serve(&self) -> Server {
-        self.serve_on(free_port(), free_port(), &[])
+        for _ in 0..4 {
+            match self.try_serve(free_port(), free_port(), &[], &[]) {
+                Ok(server) => return server,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("hutch serve exited:\n{log}"),
+            }
+        }
+        panic!("hutch serve found no free ports in 4 tries");
     }
 
     pub fn serve_on(&self, api_port: u16, proxy_port: u16, extra: &[&str]) -> Server {
@@ -41,6 +49,18 @@ impl Home {
         extra: &[&str],
         envs: &[(&str, &str)],
     ) -> Server {
+        self.try_serve(api_port, proxy_port, extra, envs)
+            .unwrap_or_else(|log| panic!("hutch serve exited:\n{log}"))
+    }
+
+    /// Starts `hutch serve`; its log if it exits before answering.
+    fn try_serve(
+        &self,
+        api_port: u16,
+        proxy_port: u16,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Server, String> {
         let log = self.path().join(format!("serve-{api_port}.log"));
         let child = Command::new(hutch_bin())
             .envs(envs.iter().copied())
@@ -69,8 +89,8 @@ impl Home {
             home: self.path().to_path_buf(),
             log,
         };
-        server.wait_ready();
-        server
+        server.try_wait_ready()?;
+        Ok(server)
     }
 }
 
@@ -94,16 +114,16 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn wait_ready(&mut self) {
+    fn try_wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("hutch serve exited ({status}):\n{}", self.log());
+                return Err(format!("({status}) {}", self.log()));
             }
             if std::net::TcpStream::connect(("127.0.0.1", self.api_port)).is_ok()
                 && std::net::TcpStream::connect(("127.0.0.1", self.proxy_port)).is_ok()
             {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
