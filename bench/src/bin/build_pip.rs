@@ -162,7 +162,7 @@ fn write_context(dir: &Path, registry: &str, pip_wheel: &Path, version: u32) -> 
              WORKDIR /app\n\
              COPY . /app\n\
              RUN --mount=type=cache,target=/root/.cache/pip \\\n\
-             \x20   python3 /app/pip.whl/pip install --disable-pip-version-check --root-user-action=ignore \\\n\
+             \x20   python3 /app/pip.whl/pip install --disable-pip-version-check --root-user-action=ignore --break-system-packages \\\n\
              \x20   --index-url http://{TEST_HOST}:{PORT}/simple --trusted-host {TEST_HOST} -r requirements.txt\n\
              RUN python3 src/app.py > /app/version.txt\n\
              CMD [\"python3\", \"/app/src/app.py\"]\n"
