@@ -95,6 +95,9 @@ bench: setup fixtures build
 	target/release/hutch-bench-pull target/release/hutch
 	cargo build --release -p hutch-bench --bin hutch-bench-build
 	target/release/hutch-bench-build target/release/hutch
+	$(MAKE) $(PYVENV)/.installed
+	cargo build --release -p hutch-bench --bin hutch-bench-build-pip
+	target/release/hutch-bench-build-pip target/release/hutch
 	cargo build --release -p hutch-bench --bin hutch-bench-seed
 	target/release/hutch-bench-seed target/release/hutch
 	$(MAKE) $(PYVENV)/.installed
