@@ -63,7 +63,7 @@ fn name(case: &Path) -> String {
 fn every_case_builds_under_buildah_as_designed() {
     let registry = corpus_registry();
     let cases = cases();
-    assert!(cases.len() >= 16, "only {} cases", cases.len());
+    assert!(cases.len() >= 24, "only {} cases", cases.len());
     let built = in_parallel(&cases, |case| {
         let args = case_build_args(case);
         let args: Vec<(&str, &str)> = args.iter().map(|(k, v)| (&**k, &**v)).collect();
@@ -492,6 +492,38 @@ fn check(case: &str, image: &Image) {
             );
             assert_eq!(image.config("StopSignal"), "SIGTERM");
             assert_eq!(image.config("Volumes"), &json!({"/tmp": {}, "/var": {}}));
+        }
+        "22-heredocs" => {
+            image.file("/out/one", "hello world\nsecond-line\n");
+            image.file("/out/two", "tabs-stripped\n");
+            image.file("/out/three", "first hello\nsecond $GREETING\n");
+            image.file("/etc/app/conf.txt", "name=world greeting=hello\n");
+            image.file("/etc/app/raw.txt", "name=$NAME\n");
+            image.file("/usr/local/bin/hi", "#!/bin/sh\necho hi\n");
+            image.mode("/usr/local/bin/hi", 0o750);
+        }
+        "23-run-mounts" => {
+            image.file("/result/cache", "cached\n");
+            image.file("/result/bind", "from the context\n");
+            image.file("/result/bind-listing", "input.txt\nother.txt\n");
+            image.file("/result/bind-file", "from the context\n");
+            image.file("/result/from-stage", "from-stage\n");
+            image.file("/result/tmpfs", "tmp\n");
+            for stub in [
+                "/root/corpus-cache",
+                "/src",
+                "/etc/one-file",
+                "/in",
+                "/scratch",
+            ] {
+                image.absent(stub);
+            }
+        }
+        "24-copy-flags" => {
+            assert_eq!(image.children("/excl"), ["src", "tests"]);
+            assert_eq!(image.children("/excl/src"), ["main.py", "util.py"]);
+            image.mode("/usr/local/bin/tool", 0o755);
+            image.mode("/ro/main.py", 0o640);
         }
         "21-config" => {
             let labels = image.config("Labels");

@@ -244,10 +244,11 @@ fn a_command_over_its_memory_limit_is_reported_out_of_memory() {
         "--",
         "sh",
         "-c",
-        // The 100 MiB buffer is held for 30 copies: the agent samples memory every 20 ms,
-        // and a spike shorter than that can end before it is seen (the host cgroup limit
-        // above the user's is the backstop for those).
-        "echo start; exec dd if=/dev/zero of=/dev/null bs=100M count=30",
+        // The 100 MiB buffer is held for 300 copies (seconds, unless killed): the agent
+        // samples memory every 20-100 ms (100 ms while under half the limit), and a spike
+        // shorter than that can end before it is seen (the host cgroup limit above the
+        // user's is the backstop for those). 30 copies once ended unseen on a loaded host.
+        "echo start; exec dd if=/dev/zero of=/dev/null bs=100M count=300",
     ]);
     assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
     assert_eq!(stdout(&out), "start\n");

@@ -114,10 +114,17 @@ pub fn try_buildah_build(
         .prefix("hutch-buildah")
         .tempdir_in("/tmp")
         .unwrap();
-    let storage = Storage::create(dir.path());
+    let storage = Storage::create(dir.path(), Reference::for_case(case_dir));
+    // Paths as the buildah in use sees them: the case is /work in the trixie tree.
+    let case_path = |p: &Path| -> PathBuf {
+        match storage.reference {
+            Reference::Bookworm => p.to_path_buf(),
+            Reference::Trixie => Path::new("/work").join(p.strip_prefix(case_dir).unwrap()),
+        }
+    };
     let log_path = dir.path().join("bud.log");
     let log = File::create(&log_path).unwrap();
-    let mut bud = storage.buildah();
+    let mut bud = storage.buildah(case_dir);
     bud.args([
         "bud",
         "--isolation",
@@ -131,19 +138,29 @@ pub fn try_buildah_build(
     // Without these, RUN leaves /etc/hosts and /etc/resolv.conf behind as well.
     .args(["--no-hosts", "--dns=none"])
     .arg("--authfile")
-    .arg(storage.dir.join("auth.json"))
+    .arg(storage.inner("auth.json"))
     .arg("--signature-policy")
-    .arg(storage.dir.join("policy.json"))
+    .arg(storage.inner("policy.json"))
     .arg("--build-arg")
     .arg(format!("REGISTRY={}", registry.host()));
+    if storage.reference == Reference::Trixie {
+        // RUN steps share the host's network (as buildah 1.28's chroot isolation does), and
+        // get limits within the test's own (1.39 would raise them to 1048576, refused here).
+        bud.args(["--network", "host"]).args([
+            "--ulimit",
+            "nofile=4096:4096",
+            "--ulimit",
+            "nproc=4096:4096",
+        ]);
+    }
     for (key, value) in args {
         bud.arg("--build-arg").arg(format!("{key}={value}"));
     }
     let status = bud
         .arg("-f")
-        .arg(case_dir.join("Dockerfile"))
+        .arg(case_path(&case_dir.join("Dockerfile")))
         .args(["-t", IMAGE_NAME])
-        .arg(case_dir)
+        .arg(case_path(case_dir))
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -156,11 +173,11 @@ pub fn try_buildah_build(
 
     let image = dir.path().join("image");
     let out = storage
-        .buildah()
+        .buildah(case_dir)
         .args(["push", "--quiet", "--signature-policy"])
-        .arg(storage.dir.join("policy.json"))
+        .arg(storage.inner("policy.json"))
         .arg(IMAGE_NAME)
-        .arg(format!("oci:{}:latest", image.display()))
+        .arg(format!("oci:{}:latest", storage.inner("image").display()))
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -169,6 +186,9 @@ pub fn try_buildah_build(
         "buildah push: {}",
         super::stderr(&out)
     );
+    // Pushed inside the storage directory (which the trixie buildah sees as /storage):
+    // moved beside it before the storage goes.
+    std::fs::rename(storage.dir.join("image"), &image).unwrap();
     drop(storage);
 
     let bundle = dir.path().join("bundle");
@@ -202,21 +222,65 @@ const IMAGE_NAME: &str = "localhost/hutch-build-case:latest";
 /// failed `bud` leaves its containers' overlays and the driver's own bind mount).
 struct Storage {
     dir: PathBuf,
+    reference: Reference,
+}
+
+/// Which buildah: Debian 12's (1.28), or Debian 13's (1.39) from the trixie tree
+/// `fixtures/buildah-trixie.sh` makes, for the cases 1.28 cannot build (a case says so with a
+/// `needs-buildah-1.39` file). The newer one runs chrooted into that tree, in a mount
+/// namespace of its own, with the storage directory at `/storage` and the case at `/work`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reference {
+    Bookworm,
+    Trixie,
+}
+
+impl Reference {
+    pub fn for_case(case_dir: &Path) -> Self {
+        if case_dir.join("needs-buildah-1.39").exists() {
+            Reference::Trixie
+        } else {
+            Reference::Bookworm
+        }
+    }
+}
+
+/// The trixie tree with buildah 1.39 (made by `make fixtures`).
+pub fn trixie_tree() -> PathBuf {
+    super::fixtures().join("buildah-trixie")
 }
 
 impl Storage {
-    fn create(parent: &Path) -> Storage {
+    /// A path of the storage directory as the buildah in use sees it.
+    fn inner(&self, name: &str) -> PathBuf {
+        match self.reference {
+            Reference::Bookworm => self.dir.join(name),
+            Reference::Trixie => Path::new("/storage").join(name),
+        }
+    }
+
+    fn create(parent: &Path, reference: Reference) -> Storage {
         let dir = parent.join("storage");
         std::fs::create_dir_all(dir.join("root")).unwrap();
         std::fs::create_dir_all(dir.join("run")).unwrap();
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
+        let inner = |name: &str| match reference {
+            Reference::Bookworm => dir.join(name),
+            Reference::Trixie => Path::new("/storage").join(name),
+        };
         write(
             "storage.conf",
             format!(
-                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
-                dir.join("root").display(),
-                dir.join("run").display()
+                "[storage]\ndriver = \"{}\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                // Overlay on overlay is refused inside the tree's namespace: vfs there.
+                if reference == Reference::Trixie {
+                    "vfs"
+                } else {
+                    "overlay"
+                },
+                inner("root").display(),
+                inner("run").display()
             ),
         );
         // No search registries: a short name (a misspelt stage) fails at once instead of
@@ -230,23 +294,53 @@ impl Storage {
             r#"{"default": [{"type": "insecureAcceptAnything"}]}"#.into(),
         );
         write("auth.json", "{}".into());
-        Storage { dir }
+        Storage { dir, reference }
     }
 
-    fn buildah(&self) -> Command {
-        let mut cmd = Command::new("buildah");
+    /// `buildah` with this storage (and, for the trixie one, `case_dir` at `/work`).
+    fn buildah(&self, case_dir: &Path) -> Command {
+        let mut cmd = match self.reference {
+            Reference::Bookworm => Command::new("buildah"),
+            Reference::Trixie => {
+                let tree = trixie_tree();
+                assert!(
+                    tree.join("usr/bin/buildah").exists(),
+                    "{} has no buildah: run `make fixtures`",
+                    tree.display()
+                );
+                let mut cmd = Command::new("unshare");
+                cmd.args(["-m", "--propagation", "private", "sh", "-c"])
+                    .arg(
+                        "set -e; t=\"$1\"; shift; \
+                         mount --bind \"$t\" \"$t\"; mount --bind /proc \"$t/proc\"; \
+                         mount --rbind /dev \"$t/dev\"; mount --rbind /sys \"$t/sys\"; \
+                         mkdir -p \"$t/storage\" \"$t/work\"; \
+                         mount --bind \"$1\" \"$t/storage\"; mount --bind \"$2\" \"$t/work\"; \
+                         shift 2; exec chroot \"$t\" buildah \"$@\"",
+                    )
+                    .arg("sh")
+                    .arg(&tree)
+                    .arg(&self.dir)
+                    .arg(case_dir);
+                cmd
+            }
+        };
         cmd.arg("--root")
-            .arg(self.dir.join("root"))
+            .arg(self.inner("root"))
             .arg("--runroot")
-            .arg(self.dir.join("run"))
-            .args(["--storage-driver", "overlay"])
-            .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
-            .env(
-                "CONTAINERS_REGISTRIES_CONF",
-                self.dir.join("registries.conf"),
-            )
-            .env("REGISTRY_AUTH_FILE", self.dir.join("auth.json"))
-            .env("TMPDIR", self.dir.join("tmp"));
+            .arg(self.inner("run"))
+            .args([
+                "--storage-driver",
+                if self.reference == Reference::Trixie {
+                    "vfs"
+                } else {
+                    "overlay"
+                },
+            ])
+            .env("CONTAINERS_STORAGE_CONF", self.inner("storage.conf"))
+            .env("CONTAINERS_REGISTRIES_CONF", self.inner("registries.conf"))
+            .env("REGISTRY_AUTH_FILE", self.inner("auth.json"))
+            .env("TMPDIR", self.inner("tmp"));
         cmd
     }
 }
@@ -254,8 +348,9 @@ impl Storage {
 impl Drop for Storage {
     fn drop(&mut self) {
         // Removes the working containers a failed build left, and unmounts their overlays.
+        let dir = self.dir.clone();
         let _ = self
-            .buildah()
+            .buildah(&dir)
             .args(["rm", "--all"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
