@@ -18,6 +18,7 @@ use common::buildah::{
 };
 use common::fixtures;
 use common::registry::Registry;
+use common::testnet::TestHost;
 use common::tree::{self, Kind, Node};
 use serde_json::json;
 
@@ -27,6 +28,20 @@ fn corpus_registry() -> Registry {
     registry.push_oci_layout(&fixtures().join("busybox"), "latest", "busybox:1");
     registry.push_oci_layout(&fixtures().join("debian"), "latest", "debian:1");
     registry
+}
+
+/// The files the corpus's test host serves (`TESTHOST`: TEST-NET-3, a namespace the test
+/// makes): what the network cases download.
+const TESTHOST_FILES: &[(&str, &[u8])] = &[
+    ("hello.txt", b"hello from the corpus test host\n"),
+    ("data.json", b"{\"n\": 42, \"name\": \"corpus\"}\n"),
+];
+
+/// A case's build args: its `build-args` file's, and `TESTHOST` (`addr:port` of `host`).
+fn case_args(case: &Path, host: &TestHost) -> Vec<(String, String)> {
+    let mut args = case_build_args(case);
+    args.push(("TESTHOST".into(), format!("{}:{}", host.addr, host.port)));
+    args
 }
 
 /// Runs `job` on every item, a few at a time (each buildah build has a storage of its own),
@@ -62,10 +77,11 @@ fn name(case: &Path) -> String {
 #[test]
 fn every_case_builds_under_buildah_as_designed() {
     let registry = corpus_registry();
+    let host = TestHost::start(TESTHOST_FILES);
     let cases = cases();
-    assert!(cases.len() >= 24, "only {} cases", cases.len());
+    assert!(cases.len() >= 26, "only {} cases", cases.len());
     let built = in_parallel(&cases, |case| {
-        let args = case_build_args(case);
+        let args = case_args(case, &host);
         let args: Vec<(&str, &str)> = args.iter().map(|(k, v)| (&**k, &**v)).collect();
         try_buildah_build(case, &registry, &args)
     });
@@ -525,6 +541,14 @@ fn check(case: &str, image: &Image) {
             image.mode("/usr/local/bin/tool", 0o755);
             image.mode("/ro/main.py", 0o640);
         }
+        "25-net-add-url" => {
+            image.file("/dl/hello.txt", "hello from the corpus test host\n");
+            image.file("/etc/data.json", "{\"n\": 42, \"name\": \"corpus\"}\n");
+        }
+        "26-debian-net-fetch" => {
+            image.file("/fetched.txt", "hello from the corpus test host\n");
+            image.file("/n.txt", "42\n");
+        }
         "21-config" => {
             let labels = image.config("Labels");
             assert_eq!(labels["org.opencontainers.image.version"], "2.5.1");
@@ -605,7 +629,12 @@ const BUILDAH_ARTIFACTS: &[&str] = &["/etc/hostname"];
 
 /// Builds `case` with `hutch image build` into `home`'s store; returns the image name, or
 /// the build's stderr on failure.
-fn hutch_build(home: &common::Home, case: &Path, registry: &Registry) -> Result<String, String> {
+fn hutch_build(
+    home: &common::Home,
+    case: &Path,
+    registry: &Registry,
+    host: &TestHost,
+) -> Result<String, String> {
     let name = format!(
         "corpus/{}:1",
         case.file_name().unwrap().to_string_lossy().to_lowercase()
@@ -621,7 +650,7 @@ fn hutch_build(home: &common::Home, case: &Path, registry: &Registry) -> Result<
     ])
     .arg("--build-arg")
     .arg(format!("REGISTRY={}", registry.host()));
-    for (k, v) in case_build_args(case) {
+    for (k, v) in case_args(case, host) {
         cmd.arg("--build-arg").arg(format!("{k}={v}"));
     }
     let out = cmd
@@ -676,13 +705,14 @@ fn comparable(config: &serde_json::Value) -> serde_json::Value {
 #[test]
 fn hutch_builds_equal_buildah_builds() {
     let registry = corpus_registry();
+    let host = TestHost::start(TESTHOST_FILES);
     let home = common::Home::private();
     let cases = cases();
     let reference: Vec<Result<Built, String>> = in_parallel(&cases, |case| {
         try_buildah_build(
             case,
             &registry,
-            &case_build_args(case)
+            &case_args(case, &host)
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect::<Vec<_>>(),
@@ -693,7 +723,7 @@ fn hutch_builds_equal_buildah_builds() {
     for (case, theirs) in cases.iter().zip(reference) {
         let label = case.file_name().unwrap().to_string_lossy().to_string();
         let theirs = theirs.unwrap_or_else(|e| panic!("{label}: buildah failed: {e}"));
-        let name = match hutch_build(&home, case, &registry) {
+        let name = match hutch_build(&home, case, &registry, &host) {
             Ok(name) => name,
             Err(e) => {
                 failures.push(format!("{label}: hutch image build failed:\n{e}"));
@@ -736,12 +766,13 @@ fn hutch_builds_equal_buildah_builds() {
 #[test]
 fn bad_builds_fail_naming_the_line_and_register_nothing() {
     let registry = corpus_registry();
+    let host = TestHost::start(TESTHOST_FILES);
     let home = common::Home::private();
     let mut failures = Vec::new();
     for case in bad_cases() {
         let label = case.file_name().unwrap().to_string_lossy().to_string();
         let expected = expected_failure(&case);
-        match hutch_build(&home, &case, &registry) {
+        match hutch_build(&home, &case, &registry, &host) {
             Ok(name) => failures.push(format!("{label}: built {name}, expected a failure")),
             Err(stderr) => {
                 let line = format!("Dockerfile:{}:", expected.line);
