@@ -79,7 +79,7 @@ fn every_case_builds_under_buildah_as_designed() {
     let registry = corpus_registry();
     let host = TestHost::start(TESTHOST_FILES);
     let cases = cases();
-    assert!(cases.len() >= 26, "only {} cases", cases.len());
+    assert!(cases.len() >= 30, "only {} cases", cases.len());
     let built = in_parallel(&cases, |case| {
         let args = case_args(case, &host);
         let args: Vec<(&str, &str)> = args.iter().map(|(k, v)| (&**k, &**v)).collect();
@@ -548,6 +548,24 @@ fn check(case: &str, image: &Image) {
         "26-debian-net-fetch" => {
             image.file("/fetched.txt", "hello from the corpus test host\n");
             image.file("/n.txt", "42\n");
+        }
+        "27-net-add-url-owner" => {
+            image.file("/srv/www/hello.txt", "hello from the corpus test host\n");
+            image.owner("/srv/www/hello.txt", 1000, 1000);
+            image.mode("/srv/www/hello.txt", 0o644);
+        }
+        "28-net-cache-fetch" => {
+            image.file("/data.json", "{\"n\": 42, \"name\": \"corpus\"}\n");
+            image.absent("/root/dl-cache");
+        }
+        "29-net-heredoc-fetch" => {
+            image.file("/fetched/hello.txt", "hello from the corpus test host\n");
+            image.file("/fetched/data.json", "{\"n\": 42, \"name\": \"corpus\"}\n");
+        }
+        "30-net-step-offline" => {
+            image.file("/offline", "offline\n");
+            image.absent("/unexpected");
+            image.file("/online", "hello from the corpus test host\n");
         }
         "21-config" => {
             let labels = image.config("Labels");
