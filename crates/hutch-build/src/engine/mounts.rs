@@ -480,3 +480,50 @@ pub fn prune_caches(store_root: &Path, limit: u64) -> (usize, u64) {
     }
     (removed, freed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache of `bytes` under `root`, last used `age` seconds ago.
+    fn cache(root: &Path, scope: &str, id: &str, bytes: usize, age: u64) -> PathBuf {
+        let dir = cache_dir(root, scope, id);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::write(dir.join("data/blob"), vec![7u8; bytes]).unwrap();
+        std::fs::write(dir.join("lock"), "").unwrap();
+        let used = std::fs::File::create(dir.join("used")).unwrap();
+        used.set_modified(SystemTime::now() - std::time::Duration::from_secs(age))
+            .unwrap();
+        dir
+    }
+
+    #[test]
+    fn caches_are_scoped_and_pruned_oldest_first_within_the_bound() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        // The same id in two scopes is two caches.
+        assert_ne!(
+            cache_dir(r, "namespace:a", "pip"),
+            cache_dir(r, "namespace:b", "pip")
+        );
+        let old = cache(r, "local", "old", 1 << 20, 300);
+        let mid = cache(r, "local", "mid", 1 << 20, 200);
+        let new = cache(r, "local", "new", 1 << 20, 100);
+        // A cache in use (locked) is kept even when it is the oldest.
+        let busy = cache(r, "local", "busy", 1 << 20, 400);
+        let lock = std::fs::File::open(busy.join("lock")).unwrap();
+        assert!(try_flock(&lock, libc::LOCK_SH));
+        // Room for about two of the four: the oldest free ones go.
+        let (removed, freed) = prune_caches(r, (2 << 20) + (64 << 10));
+        assert_eq!(removed, 2, "removed {removed}");
+        assert!(freed >= 2 << 20, "freed {freed}");
+        assert!(!old.exists() && !mid.exists());
+        assert!(new.exists() && busy.exists());
+        // 0: everything not in use.
+        assert_eq!(prune_caches(r, 0).0, 1);
+        assert!(!new.exists() && busy.exists());
+        drop(lock);
+        assert_eq!(prune_caches(r, 0).0, 1);
+        assert!(!busy.exists());
+    }
+}
