@@ -255,7 +255,10 @@ async fn hutch_sbx_watch_prints_a_line_per_event() {
         }
     });
     tokio::time::sleep(Duration::from_millis(800)).await;
-    sbx.sh("mkdir /data/d; echo x > /data/d/f; rm /data/d/f")
+    // A new directory is watched once its creation is seen: what lives and dies inside it
+    // before then (microseconds, in one shell line) is invisible to any inotify watcher.
+    // The pause lets the watch take the new directory first.
+    sbx.sh("mkdir /data/d; sleep 0.5; echo x > /data/d/f; rm /data/d/f")
         .await;
     // Until the delete shows (a file made in a new directory as the watch takes it may be
     // reported created twice: by the scan of the new directory and by its own event).
