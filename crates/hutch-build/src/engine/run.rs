@@ -345,12 +345,19 @@ impl Stubs {
                 out.push(path);
                 continue;
             }
-            // A made parent: left out when it holds only left-out children.
-            let only_stubs = std::fs::read_dir(upper.join(&path)).is_ok_and(|entries| {
-                entries
-                    .flatten()
-                    .all(|e| out.contains(&path.join(e.file_name())))
+            // A made parent: left out when it holds only left-out children. The upper
+            // directory is the step's work: every component is checked with lstat (a link
+            // the step put there is content, never followed on the host).
+            let real_dir = path.ancestors().all(|a| {
+                a.as_os_str().is_empty()
+                    || std::fs::symlink_metadata(upper.join(a)).is_ok_and(|m| m.is_dir())
             });
+            let only_stubs = real_dir
+                && std::fs::read_dir(upper.join(&path)).is_ok_and(|entries| {
+                    entries
+                        .flatten()
+                        .all(|e| out.contains(&path.join(e.file_name())))
+                });
             if made && only_stubs {
                 out.push(path);
             }
@@ -432,5 +439,41 @@ mod heredoc_tests {
             ))
         );
         assert_eq!(heredoc_script(&run_of("RUN echo hi")), None);
+    }
+}
+
+#[cfg(test)]
+mod stub_tests {
+    use super::*;
+
+    #[test]
+    fn a_link_the_step_left_where_a_stub_was_is_kept_and_not_followed() {
+        let upper = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        // Outside the layer: a directory holding only the mount's name.
+        std::fs::create_dir(elsewhere.path().join("cache")).unwrap();
+        // The step replaced the made parent `root` with a link to it.
+        std::os::unix::fs::symlink(elsewhere.path(), upper.path().join("root")).unwrap();
+        let stubs = Stubs {
+            paths: vec![
+                (PathBuf::from("root"), true),
+                (PathBuf::from("root/cache"), true),
+            ],
+            targets: vec![PathBuf::from("root/cache")],
+        };
+        let out = stubs.left_out(upper.path());
+        assert_eq!(
+            out,
+            vec![PathBuf::from("root/cache")],
+            "the link was followed"
+        );
+        // A real made parent holding only the stub is left out.
+        let upper = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(upper.path().join("root/cache")).unwrap();
+        let out = stubs.left_out(upper.path());
+        assert_eq!(
+            out,
+            vec![PathBuf::from("root/cache"), PathBuf::from("root")]
+        );
     }
 }
