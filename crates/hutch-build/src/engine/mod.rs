@@ -585,6 +585,10 @@ impl Engine<'_> {
             return Ok(Vec::new());
         }
         state.chain(format!("ONBUILD-TRIGGERS {triggers:?}").as_bytes());
+        // An image's config is untrusted: a trigger is one instruction on one line, and
+        // never FROM, ONBUILD or MAINTAINER (a newline could smuggle in a stage or a
+        // heredoc body).
+        check_triggers(&triggers).map_err(|e| err(line, e))?;
         let directive = if escape == '`' { "# escape=`\n" } else { "" };
         let text = format!("{directive}FROM scratch\n{}\n", triggers.join("\n"));
         let parsed = dockerfile::parse(&text).map_err(|e| {
@@ -654,6 +658,35 @@ impl Engine<'_> {
             .collect();
         MergedView::new(&dirs)
     }
+}
+
+/// The most ONBUILD triggers, and bytes of one, taken from a base image.
+const MAX_TRIGGERS: usize = 64;
+const MAX_TRIGGER_BYTES: usize = 64 << 10;
+
+fn check_triggers(triggers: &[String]) -> Result<(), String> {
+    if triggers.len() > MAX_TRIGGERS {
+        return Err(format!(
+            "the base image has more than {MAX_TRIGGERS} ONBUILD triggers"
+        ));
+    }
+    for t in triggers {
+        let first = t
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        if t.len() > MAX_TRIGGER_BYTES
+            || t.contains(['\n', '\r'])
+            || matches!(first.as_str(), "" | "FROM" | "ONBUILD" | "MAINTAINER")
+        {
+            return Err(format!(
+                "the base image has an ONBUILD trigger Docker would refuse: {:?}",
+                t.chars().take(80).collect::<String>()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Docker's automatic platform ARGs, for the one platform this builder makes.

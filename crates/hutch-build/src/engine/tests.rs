@@ -232,3 +232,47 @@ fn a_build_killed_mid_step_leaves_nothing_the_store_does_not_sweep() {
         "left behind after a kill -9: {left:?} (writing {writing:?})"
     );
 }
+
+#[test]
+fn a_base_image_s_hostile_onbuild_triggers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let registry = hutch_registry::Client::new(hutch_registry::ClientConfig::default()).unwrap();
+    let backend = NoLayers::default();
+    let engine = Engine {
+        backend: &backend,
+        store: &store,
+        registry: &registry,
+        events: &|_| {},
+        templates: None,
+    };
+    let err = |line: usize, message: String| BuildError::Dockerfile {
+        file: "Dockerfile".into(),
+        line,
+        message,
+    };
+    let with = |triggers: serde_json::Value| {
+        let mut state = super::state::State::scratch();
+        state.config["config"]["OnBuild"] = triggers;
+        state
+    };
+    // An image config is untrusted: a newline smuggles a second instruction, a FROM a stage.
+    for hostile in [
+        serde_json::json!(["RUN true\nRUN echo smuggled"]),
+        serde_json::json!(["FROM other"]),
+        serde_json::json!(["ONBUILD RUN x"]),
+        serde_json::json!(vec!["RUN true"; 65]),
+    ] {
+        let result = engine.onbuild_triggers(&mut with(hostile.clone()), 1, '\\', &err);
+        assert!(result.is_err(), "{hostile} was taken");
+    }
+    let ok = engine
+        .onbuild_triggers(
+            &mut with(serde_json::json!(["RUN true", "ENV A=b"])),
+            1,
+            '\\',
+            &err,
+        )
+        .unwrap();
+    assert_eq!(ok.len(), 2);
+}
