@@ -122,10 +122,15 @@ fn bind_mounts_read_the_context_or_a_stage_and_never_write_back() {
              touch /src/made && cat /src/input.txt > /got-rw\n\
          RUN --mount=type=bind,source=src/input.txt,target=/etc/one-file cat /etc/one-file > /got-file\n\
          RUN --mount=type=tmpfs,target=/scratch,size=16m echo tmp > /scratch/x && \
-             df -k /scratch | tail -1 | awk '{print $2}' > /tmpfs-kb\n",
+             df -k /scratch | tail -1 | awk '{print $2}' > /tmpfs-kb\n\
+         RUN --mount=type=bind,target=/ctx ls -A /ctx /ctx/src > /ctx-listing\n",
     );
     std::fs::create_dir(ctx.path().join("src")).unwrap();
     std::fs::write(ctx.path().join("src/input.txt"), "from-context\n").unwrap();
+    // What .dockerignore leaves out is not in the context a bind mount shows (as BuildKit,
+    // whose client never sends it; buildah 1.39 shows it).
+    std::fs::write(ctx.path().join("src/key.secret"), "hidden\n").unwrap();
+    std::fs::write(ctx.path().join(".dockerignore"), "**/*.secret\n").unwrap();
     let out = build_in(&home, ctx.path(), "bind:1", &[], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(sh(&home, "bind:1", "cat /got-context").1, "from-context\n");
@@ -133,6 +138,12 @@ fn bind_mounts_read_the_context_or_a_stage_and_never_write_back() {
     assert_eq!(sh(&home, "bind:1", "cat /got-rw").1, "changed\n");
     assert_eq!(sh(&home, "bind:1", "cat /got-file").1, "from-context\n");
     assert_eq!(sh(&home, "bind:1", "cat /tmpfs-kb").1, "16384\n");
+    let listing = sh(&home, "bind:1", "cat /ctx-listing").1;
+    assert!(
+        listing.contains("input.txt") && listing.contains("Dockerfile"),
+        "{listing}"
+    );
+    assert!(!listing.contains("key.secret"), "{listing}");
     // The context is as it was; nothing of the mounts is in the image.
     assert_eq!(
         std::fs::read_to_string(ctx.path().join("src/input.txt")).unwrap(),
@@ -142,7 +153,7 @@ fn bind_mounts_read_the_context_or_a_stage_and_never_write_back() {
     let (any, listing) = sh(
         &home,
         "bind:1",
-        "ls -d /src /in /scratch /etc/one-file 2>/dev/null",
+        "ls -d /src /in /scratch /etc/one-file /ctx 2>/dev/null",
     );
     assert!(
         !any && listing.is_empty(),

@@ -36,8 +36,29 @@ pub struct Expected {
 }
 
 /// The cases that must build: the directories under `fixtures/builds`, in name order.
+/// `$HUTCH_CORPUS_ONLY` (comma-separated substrings of case names) narrows them, for work on a
+/// few cases.
 pub fn cases() -> Vec<PathBuf> {
-    case_dirs(&workspace().join("fixtures/builds"))
+    let mut cases = case_dirs(&workspace().join("fixtures/builds"));
+    if let Some(only) = corpus_filter() {
+        cases.retain(|c| {
+            let name = c.file_name().unwrap().to_string_lossy();
+            only.iter().any(|o| name.contains(o.as_str()))
+        });
+    }
+    cases
+}
+
+/// The substrings `$HUTCH_CORPUS_ONLY` lists, if set.
+pub fn corpus_filter() -> Option<Vec<String>> {
+    let only = std::env::var("HUTCH_CORPUS_ONLY").ok()?;
+    Some(
+        only.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+    )
 }
 
 /// The cases that must fail: the directories under `fixtures/builds-bad`, in name order.
@@ -69,6 +90,32 @@ pub fn case_build_args(case_dir: &Path) -> Vec<(String, String)> {
                 .split_once('=')
                 .unwrap_or_else(|| panic!("{}/build-args: no `=` in {l:?}", case_dir.display()));
             (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// The environment variable `env=` secrets of the corpus read, and its value: set for both
+/// builders.
+pub const SECRET_ENV: (&str, &str) = ("HUTCH_CORPUS_SECRET", "an env secret: s3cr3t-env");
+
+/// The `--secret` values a case is built with: the lines of its `secrets` file,
+/// `id=ID,src=FILE` (FILE relative to the case directory, given to the builder under `root`,
+/// where that builder sees the case) or `id=ID,env=VAR`; none if it has no such file.
+pub fn case_secrets(case_dir: &Path, root: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(case_dir.join("secrets")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            l.split(',')
+                .map(|part| match part.strip_prefix("src=") {
+                    Some(file) => format!("src={}", root.join(file).display()),
+                    None => part.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join(",")
         })
         .collect()
 }
@@ -156,6 +203,10 @@ pub fn try_buildah_build(
     for (key, value) in args {
         bud.arg("--build-arg").arg(format!("{key}={value}"));
     }
+    for secret in case_secrets(case_dir, &case_path(case_dir)) {
+        bud.arg("--secret").arg(secret);
+    }
+    bud.env(SECRET_ENV.0, SECRET_ENV.1);
     let status = bud
         .arg("-f")
         .arg(case_path(&case_dir.join("Dockerfile")))

@@ -59,6 +59,16 @@ fn ip(args: &[&str]) {
 impl TestHost {
     /// A test host serving `files` (name, content) over HTTP on port 8080.
     pub fn start(files: &[(&str, &[u8])]) -> Self {
+        Self::start_with(|www| {
+            for (name, content) in files {
+                std::fs::write(www.join(name), content).unwrap();
+            }
+        })
+    }
+
+    /// A test host serving over HTTP on port 8080 what `fill` writes into the (empty)
+    /// directory it is given.
+    pub fn start_with(fill: impl FnOnce(&std::path::Path)) -> Self {
         std::fs::create_dir_all(SLOTS_DIR).unwrap();
         let slot = (0..32u32)
             .find(|k| {
@@ -103,9 +113,7 @@ impl TestHost {
             &host_side.to_string(),
         ]);
         let www = tempfile::tempdir().unwrap();
-        for (name, content) in files {
-            std::fs::write(www.path().join(name), content).unwrap();
-        }
+        fill(www.path());
         let port = 8080;
         // Python's HTTPServer looks its own address up in DNS at bind: a query that would
         // leave for the host's resolver. This one binds without asking anybody.
