@@ -67,8 +67,22 @@ pub(super) struct Prepared {
     /// Absolute targets (left out of the layer).
     pub targets: Vec<String>,
     _scratch: Vec<ScratchDir>,
-    _locks: Vec<File>,
+    _locks: Vec<CacheInUse>,
     pub used_cache: bool,
+}
+
+/// A cache mount held for a step: its lock, and its `used` stamp touched again when the step
+/// lets go, so a size recorded while it was in use counts as stale ([`prune_caches`]).
+struct CacheInUse {
+    _lock: File,
+    dir: PathBuf,
+}
+
+impl Drop for CacheInUse {
+    fn drop(&mut self) {
+        // Before the lock goes (fields drop after this).
+        touch(&self.dir.join("used"));
+    }
 }
 
 /// What a step's mounts add to its cache key: a bind mount's content (its digest over the
@@ -210,7 +224,10 @@ impl Engine<'_> {
                         }
                     }
                     touch(&dir.join("used"));
-                    out._locks.push(lock);
+                    out._locks.push(CacheInUse {
+                        _lock: lock,
+                        dir: dir.clone(),
+                    });
                     out.used_cache = true;
                     out.mounts.push(ExtraMount {
                         destination: target.clone(),
@@ -436,23 +453,50 @@ fn tree_size(path: &Path) -> u64 {
     total
 }
 
+/// A cache's size: the one recorded in its `size` file when that was written after the cache
+/// was last used, else measured (a walk of its tree) and recorded. So a prune after a step
+/// walks only the caches used since the last one, not every cache of the store.
+fn cache_size(dir: &Path, used: SystemTime) -> u64 {
+    let record = dir.join("size");
+    let recorded = std::fs::symlink_metadata(&record)
+        .ok()
+        .filter(|m| m.is_file() && m.modified().is_ok_and(|t| t > used))
+        .and_then(|_| std::fs::read_to_string(&record).ok())
+        .and_then(|text| text.trim().parse().ok());
+    if let Some(size) = recorded {
+        return size;
+    }
+    let size = tree_size(dir);
+    // Written whole and renamed: a reader never sees half a number.
+    let tmp = dir.join("size.new");
+    if std::fs::write(&tmp, size.to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, &record);
+    }
+    size
+}
+
 /// Drops cache mounts, least recently used first, until the store's caches hold at most
 /// `limit` bytes (`0`: all of them); caches in use (locked) are kept. Returns (removed,
-/// bytes freed).
+/// bytes freed). What a killed prune left half-removed (`*.removing`) goes too.
 pub fn prune_caches(store_root: &Path, limit: u64) -> (usize, u64) {
     let Ok(entries) = std::fs::read_dir(store_root.join(CACHE_DIR)) else {
         return (0, 0);
     };
-    let mut caches: Vec<(SystemTime, u64, PathBuf)> = entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| {
-            let used = std::fs::symlink_metadata(e.path().join("used"))
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            (used, tree_size(&e.path()), e.path())
-        })
-        .collect();
+    let mut caches: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "removing") {
+            let _ = std::fs::remove_dir_all(&path);
+            continue;
+        }
+        let used = std::fs::symlink_metadata(path.join("used"))
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        caches.push((used, cache_size(&path, used), path));
+    }
     let mut total: u64 = caches.iter().map(|c| c.1).sum();
     caches.sort();
     let (mut removed, mut freed) = (0, 0);
@@ -525,5 +569,35 @@ mod tests {
         drop(lock);
         assert_eq!(prune_caches(r, 0).0, 1);
         assert!(!busy.exists());
+    }
+
+    #[test]
+    fn a_prune_measures_only_caches_used_since_their_size_was_recorded() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let dir = cache(r, "local", "pip", 1 << 20, 100);
+        // A prune that removes nothing records the size.
+        assert_eq!(prune_caches(r, 64 << 20), (0, 0));
+        assert!(dir.join("size").is_file());
+        // Grown behind the record's back, unused since: the record stands (no walk), so
+        // the cache is under a 2 MiB bound.
+        std::fs::write(dir.join("data/more"), vec![1u8; 3 << 20]).unwrap();
+        assert_eq!(prune_caches(r, 2 << 20), (0, 0));
+        // Used after the record: measured again, over the bound, dropped.
+        let used = std::fs::File::options()
+            .write(true)
+            .open(dir.join("used"))
+            .unwrap();
+        used.set_modified(SystemTime::now() + std::time::Duration::from_secs(5))
+            .unwrap();
+        let (removed, freed) = prune_caches(r, 2 << 20);
+        assert_eq!(removed, 1);
+        assert!(freed >= 4 << 20, "freed {freed}");
+        // What a killed prune left half-removed goes with the next prune.
+        let leftover = r.join(CACHE_DIR).join("0123.removing");
+        std::fs::create_dir_all(leftover.join("data")).unwrap();
+        std::fs::write(leftover.join("data/blob"), b"x").unwrap();
+        prune_caches(r, 64 << 20);
+        assert!(!leftover.exists());
     }
 }
