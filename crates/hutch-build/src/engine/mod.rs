@@ -570,14 +570,7 @@ impl Engine<'_> {
         escape: char,
         err: &dyn Fn(usize, String) -> BuildError,
     ) -> Result<Vec<dockerfile::Instruction>, BuildError> {
-        let triggers: Vec<String> = state.config["config"]["OnBuild"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let triggers = state.config_strings("OnBuild");
         if let Some(config) = state.config["config"].as_object_mut() {
             config.remove("OnBuild");
         }

@@ -52,19 +52,22 @@ impl State {
     /// The shell of shell-form RUN, CMD and ENTRYPOINT: the config's `Shell` (SHELL), else
     /// `/bin/sh -c`.
     pub(super) fn shell(&self) -> Vec<String> {
-        self.config["config"]["Shell"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect::<Vec<_>>()
-            })
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| vec!["/bin/sh".to_string(), "-c".to_string()])
+        let shell = self.config_strings("Shell");
+        if shell.is_empty() {
+            vec!["/bin/sh".to_string(), "-c".to_string()]
+        } else {
+            shell
+        }
     }
 
     pub(super) fn env(&self) -> Vec<String> {
-        self.config["config"]["Env"]
+        self.config_strings("Env")
+    }
+
+    /// The strings of the config's array field `key` (`Env`, `Shell`, `OnBuild`, ...); none
+    /// when it is absent or not an array, and anything but strings skipped.
+    pub(super) fn config_strings(&self, key: &str) -> Vec<String> {
+        self.config["config"][key]
             .as_array()
             .map(|a| {
                 a.iter()
