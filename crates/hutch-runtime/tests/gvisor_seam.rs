@@ -56,6 +56,8 @@ fn the_optional_operations_it_offers_are_reported_supported() {
         C::SandboxRunAttached,
         C::SandboxWritableLayer,
         C::SandboxSocket,
+        // Served by the agent's inotify watches (tests/files_more.rs in hutch-cli).
+        C::FilesystemWatch,
     ] {
         assert!(caps.is_supported(name), "{name}");
     }

@@ -137,6 +137,30 @@ pub struct GvisorBackend {
 const NET_FILE: &str = "net.json";
 
 impl GvisorBackend {
+    /// Releases the network leases (`leases/lease-PID-RAND`) of processes that are gone: a
+    /// build killed during an `ADD <url>` leaves its lease's namespace and addresses behind
+    /// until this runs (at the next lease, and at start-up through `sweep_incomplete`).
+    fn release_dead_leases(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.home.join("leases")) else {
+            return 0;
+        };
+        let mut released = 0;
+        for entry in entries.flatten() {
+            let pid = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("lease-"))
+                .and_then(|n| n.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                net::host::detach_owner(&entry.path());
+                let _ = std::fs::remove_dir_all(entry.path());
+                released += 1;
+            }
+        }
+        released
+    }
+
     pub fn new(config: GvisorConfig, store: Store) -> Result<Self> {
         if !config.agent_binary.is_file() {
             return Err(RuntimeError::BackendFailure {
@@ -689,8 +713,9 @@ impl Backend for GvisorBackend {
                 C::FilesystemWrite,
                 C::FilesystemList,
                 C::FilesystemStat,
+                // The agent's inotify watches (gVisor has inotify).
+                C::FilesystemWatch,
             ])
-            .unsupported(C::FilesystemWatch, later("file watches"))
             .unsupported(C::SandboxSuspend, later("suspend and resume"))
             .unsupported(C::SnapshotFilesystem, later("filesystem snapshots"))
             .unsupported(C::SnapshotMemory, later("memory snapshots"))
@@ -736,6 +761,13 @@ impl Backend for GvisorBackend {
     /// older than `min_age` are touched: a create in progress elsewhere writes its record
     /// within milliseconds. Returns how many were removed.
     fn sweep_incomplete(&self, min_age: Duration) -> usize {
+        let leases = self.release_dead_leases();
+        if leases > 0 {
+            tracing::info!(
+                leases,
+                "released the network leases of processes that are gone"
+            );
+        }
         let Ok(entries) = std::fs::read_dir(self.home.join("sandboxes")) else {
             return 0;
         };
@@ -1148,19 +1180,7 @@ impl Backend for GvisorBackend {
         // here (and its slot swept by the next attach).
         let leases = self.home.join("leases");
         std::fs::create_dir_all(&leases).map_err(|e| RuntimeError::io("creating leases/", e))?;
-        if let Ok(entries) = std::fs::read_dir(&leases) {
-            for entry in entries.flatten() {
-                let pid = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.split('-').nth(1))
-                    .and_then(|p| p.parse::<u32>().ok());
-                if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
-                    net::host::detach_owner(&entry.path());
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
-        }
+        self.release_dead_leases();
         let owner = leases.join(format!("lease-{}-{}", std::process::id(), random_hex(8)?));
         std::fs::create_dir(&owner).map_err(|e| RuntimeError::io("creating a lease", e))?;
         let attachment = match net::host::attach(settings, &owner, &parsed) {
