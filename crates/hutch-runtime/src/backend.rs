@@ -12,6 +12,24 @@ use crate::agent::AgentClient;
 use crate::capability::{Capabilities, CapabilityName};
 use crate::error::{Result, RuntimeError};
 
+/// What a sandbox mostly does, for a backend whose choices trade one cost for another (runsc's
+/// platforms: one may start processes faster, the other run syscalls faster).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    /// Commands and exec round trips, each short: process creation decides.
+    #[default]
+    Interactive,
+    /// Long commands doing file and system work (image build steps): syscalls decide.
+    Batch,
+}
+
+impl Workload {
+    fn is_interactive(&self) -> bool {
+        *self == Workload::Interactive
+    }
+}
+
 /// How a sandbox reaches the network.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -70,6 +88,9 @@ pub struct SandboxSpec {
     /// writable layer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<ExtraMount>,
+    /// What the sandbox mostly does; a backend may run it differently (see [`Workload`]).
+    #[serde(default, skip_serializing_if = "Workload::is_interactive")]
+    pub workload: Workload,
 }
 
 /// See [`Backend::network_lease`].

@@ -25,7 +25,7 @@ pub mod net;
 pub use backend::{
     AttachedRun, Backend, CheckpointOptions, DEFAULT_PIDS_LIMIT, ExtraMount, ExtraMountKind,
     MAX_EXTRA_MOUNTS, MAX_PIDS_LIMIT, NetworkLease, NetworkMode, RestoreSpec, Sandbox, SandboxInfo,
-    SandboxSpec, SandboxState, SnapshotDescriptor, WritableLayer,
+    SandboxSpec, SandboxState, SnapshotDescriptor, Workload, WritableLayer,
 };
 pub use capability::{Capabilities, Capability, CapabilityName, CapabilityReason, RuntimeDetails};
 pub use error::{AgentUnreachable, Result, RetryClass, RuntimeError};

@@ -137,6 +137,9 @@ impl Engine<'_> {
                 ]
                 .into(),
                 tmp_in_rootfs: true,
+                // A step is one long command of file and system work: syscalls decide its
+                // platform, not process creation.
+                workload: hutch_runtime::Workload::Batch,
                 memory_mb: req.memory_mb,
                 cpus: req.cpus,
                 network: if policy.is_some() {

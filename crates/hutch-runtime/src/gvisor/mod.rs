@@ -492,9 +492,14 @@ impl GvisorBackend {
                 }
             }
         };
-        let supervisor =
-            self.runsc
-                .spawn_supervisor(id, &dir.join("bundle"), stdio, true, network.is_some())?;
+        let supervisor = self.runsc.spawn_supervisor(
+            id,
+            &dir.join("bundle"),
+            stdio,
+            true,
+            network.is_some(),
+            spec.workload,
+        )?;
         let info = SandboxInfo {
             id: id.to_string(),
             state: SandboxState::Running,

@@ -36,8 +36,11 @@ pub enum SupervisorStdio {
 pub struct Runsc {
     pub binary: PathBuf,
     pub root: PathBuf,
-    /// The platform in use: [`RunscBuild::platform`] unless `$HUTCH_RUNSC_PLATFORM` says.
+    /// The platform of interactive sandboxes: [`RunscBuild::platform`] unless
+    /// `$HUTCH_RUNSC_PLATFORM` says.
     pub platform: String,
+    /// `$HUTCH_RUNSC_PLATFORM` was given: every sandbox runs on it.
+    forced: bool,
     pub build: RunscBuild,
 }
 
@@ -64,16 +67,27 @@ impl Runsc {
         std::fs::create_dir_all(&root)
             .map_err(|e| RuntimeError::io(format!("creating {}", root.display()), e))?;
         let build = detect_build(&binary, &root);
-        let platform = match std::env::var("HUTCH_RUNSC_PLATFORM") {
-            Ok(p) if !p.is_empty() => p,
-            _ => build.platform.clone(),
+        let (platform, forced) = match std::env::var("HUTCH_RUNSC_PLATFORM") {
+            Ok(p) if !p.is_empty() => (p, true),
+            _ => (build.platform.clone(), false),
         };
         Ok(Self {
             binary,
             root,
             platform,
+            forced,
             build,
         })
+    }
+
+    /// The platform a sandbox of `workload` runs on: for interactive ones the faster at
+    /// process creation here, for batch ones (build steps) the faster at syscalls
+    /// ([`PlatformRace`]); `$HUTCH_RUNSC_PLATFORM` for all when given.
+    pub fn platform_for(&self, workload: crate::Workload) -> &str {
+        match (&self.build.race, workload) {
+            (Some(race), crate::Workload::Batch) if !self.forced => race.io_winner(),
+            _ => &self.platform,
+        }
     }
 
     /// What `capabilities()` and `hutch info` report of this runsc: version, platform, the
@@ -106,6 +120,13 @@ impl Runsc {
                 race.systrap_ms,
                 race.ptrace_ms
             ));
+            notes.push(format!(
+                "build steps run on {}, the faster at syscalls here: {RACE_WRITES} file writes \
+                 took {} ms on systrap, {} ms on ptrace",
+                self.platform_for(crate::Workload::Batch),
+                race.systrap_io_ms,
+                race.ptrace_io_ms
+            ));
         }
         if b.has_overlay2 {
             notes.push(
@@ -132,9 +153,13 @@ impl Runsc {
     }
 
     fn command(&self) -> Command {
+        self.command_on(&self.platform)
+    }
+
+    fn command_on(&self, platform: &str) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.arg(format!("--root={}", self.root.display()))
-            .arg(format!("--platform={}", self.platform))
+            .arg(format!("--platform={platform}"))
             .arg("--host-uds=open")
             .stdin(Stdio::null())
             .kill_on_drop(true);
@@ -162,6 +187,9 @@ impl Runsc {
     ///
     /// With `network`, the sandbox joins the network namespace its spec names and runs
     /// runsc's own network stack there (`--network=sandbox`); see [`hide_host_net_sysctls`].
+    ///
+    /// The sandbox runs on the platform [`Runsc::platform_for`] its `workload` gives; the
+    /// other runsc commands (exec, kill, state) reach it whatever platform they name.
     pub fn spawn_supervisor(
         &self,
         id: &str,
@@ -169,8 +197,9 @@ impl Runsc {
         stdio: SupervisorStdio,
         cgroups: bool,
         network: bool,
+        workload: crate::Workload,
     ) -> Result<Child> {
-        let mut cmd = self.command();
+        let mut cmd = self.command_on(self.platform_for(workload));
         // `HUTCH_RUNSC_NETWORK=host` hands a networked sandbox's sockets to the host kernel
         // inside its namespace: for measuring netstack against it (docs/benchmarks.md), not
         // for use (the host's whole TCP/IP stack becomes attack surface).
@@ -502,6 +531,10 @@ pub struct RunscBuild {
 /// The fork+execs of `/bin/true` each platform runs in [`race_platforms`].
 pub const RACE_FORKS: u32 = 100;
 
+/// The file writes (a shell builtin's `echo x > FILE`: open, write, close, no process) each
+/// platform runs in [`race_platforms`].
+pub const RACE_WRITES: u32 = 1000;
+
 /// How long [`RACE_FORKS`] fork+execs of `/bin/true` from a shell loop took here in a
 /// sandbox on each platform, its boot left out (the best of two rounds, alternating).
 ///
@@ -509,18 +542,38 @@ pub const RACE_FORKS: u32 = 100;
 /// host. On one 2-CPU EPYC VM systrap ran 300 fork+execs 6x faster than ptrace; on another
 /// of the same kind it was 2.6x slower, and the exec round trip through the agent took
 /// 31 ms against 9 ms. Process creation is what commands, exec round trips and shell loops
-/// are made of, so it decides (see docs/ARCHITECTURE.md and docs/benchmarks.md).
+/// are made of, so it decides for interactive sandboxes (see docs/ARCHITECTURE.md and
+/// docs/benchmarks.md).
+///
+/// Build steps are made of syscalls instead (pip, compilers, unpacking): on the host where
+/// ptrace won process creation (913 ms against 512 ms), systrap ran 3000 small file writes
+/// in Python 8x faster and a `pip install` build twice as fast. So [`RACE_WRITES`] file
+/// writes are timed too, and decide for batch sandboxes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlatformRace {
     pub systrap_ms: u64,
     pub ptrace_ms: u64,
+    /// [`RACE_WRITES`] file writes on each.
+    #[serde(default)]
+    pub systrap_io_ms: u64,
+    #[serde(default)]
+    pub ptrace_io_ms: u64,
 }
 
 impl PlatformRace {
-    /// systrap unless ptrace is more than a tenth faster: systrap is runsc's default and
-    /// the faster one at file I/O, so a near tie goes to it.
+    /// The faster at process creation: systrap unless ptrace is more than a tenth faster
+    /// (systrap is runsc's default, so a near tie goes to it).
     pub fn winner(&self) -> &'static str {
-        if u128::from(self.ptrace_ms) * 11 < u128::from(self.systrap_ms) * 10 {
+        Self::faster(self.systrap_ms, self.ptrace_ms)
+    }
+
+    /// The faster at syscalls (file writes), by the same rule.
+    pub fn io_winner(&self) -> &'static str {
+        Self::faster(self.systrap_io_ms, self.ptrace_io_ms)
+    }
+
+    fn faster(systrap: u64, ptrace: u64) -> &'static str {
+        if u128::from(ptrace) * 11 < u128::from(systrap) * 10 {
             "ptrace"
         } else {
             "systrap"
@@ -558,7 +611,7 @@ fn detect_build(binary: &Path, root: &Path) -> RunscBuild {
             // The leading tag changes whenever what is detected does. The host's kernel and
             // CPU count are part of it: which platform is faster depends on them.
             format!(
-                "v3:{}:{}:{}:{}:{}",
+                "v4:{}:{}:{}:{}:{}",
                 binary.display(),
                 m.size(),
                 m.mtime(),
@@ -721,35 +774,44 @@ fn run_race(binary: &Path, root: &Path) -> PlatformRace {
     let mut best = PlatformRace {
         systrap_ms: u64::MAX,
         ptrace_ms: u64::MAX,
+        systrap_io_ms: u64::MAX,
+        ptrace_io_ms: u64::MAX,
     };
+    let forks = format!("i=0; while [ $i -lt {RACE_FORKS} ]; do /bin/true; i=$((i+1)); done");
+    // `runsc do` keeps the sandbox's writes in memory: the host's /tmp is not touched.
+    let writes = format!(
+        "i=0; while [ $i -lt {RACE_WRITES} ]; do echo x > /tmp/.hutch-race-$i; i=$((i+1)); done"
+    );
     for _ in 0..2 {
         for platform in ["ptrace", "systrap"] {
-            let ms = time_forks(binary, root, platform).unwrap_or(u64::MAX);
-            let slot = if platform == "ptrace" {
-                &mut best.ptrace_ms
-            } else {
-                &mut best.systrap_ms
+            let boot = time_do(binary, root, platform, &["/bin/true"]);
+            let timed = |script: &str| {
+                let with_loop = time_do(binary, root, platform, &["/bin/sh", "-c", script])?;
+                Some(with_loop.saturating_sub(boot?))
             };
-            *slot = (*slot).min(ms);
+            let (fork_ms, io_ms) = (
+                timed(&forks).unwrap_or(u64::MAX),
+                timed(&writes).unwrap_or(u64::MAX),
+            );
+            let (fork_slot, io_slot) = if platform == "ptrace" {
+                (&mut best.ptrace_ms, &mut best.ptrace_io_ms)
+            } else {
+                (&mut best.systrap_ms, &mut best.systrap_io_ms)
+            };
+            *fork_slot = (*fork_slot).min(fork_ms);
+            *io_slot = (*io_slot).min(io_ms);
         }
     }
     tracing::info!(
         systrap_ms = best.systrap_ms,
         ptrace_ms = best.ptrace_ms,
-        chosen = best.winner(),
-        "timed runsc's platforms at {RACE_FORKS} fork+execs"
+        systrap_io_ms = best.systrap_io_ms,
+        ptrace_io_ms = best.ptrace_io_ms,
+        interactive = best.winner(),
+        batch = best.io_winner(),
+        "timed runsc's platforms at {RACE_FORKS} fork+execs and {RACE_WRITES} file writes"
     );
     best
-}
-
-/// Milliseconds [`RACE_FORKS`] fork+execs take in a `runsc do` sandbox on `platform`: the
-/// loop's sandbox less one that runs `/bin/true` alone, so that boot costs (which differ
-/// between the platforms too, but are paid once per sandbox) do not blur the figure.
-fn time_forks(binary: &Path, root: &Path, platform: &str) -> Option<u64> {
-    let script = format!("i=0; while [ $i -lt {RACE_FORKS} ]; do /bin/true; i=$((i+1)); done");
-    let with_loop = time_do(binary, root, platform, &["/bin/sh", "-c", &script])?;
-    let boot = time_do(binary, root, platform, &["/bin/true"])?;
-    Some(with_loop.saturating_sub(boot))
 }
 
 /// The longest one timed `runsc do` may take: a platform that hangs (kvm does on some
@@ -859,6 +921,8 @@ mod tests {
         let race = |systrap_ms, ptrace_ms| PlatformRace {
             systrap_ms,
             ptrace_ms,
+            systrap_io_ms: 0,
+            ptrace_io_ms: 0,
         };
         assert_eq!(race(500, 500).winner(), "systrap");
         assert_eq!(race(500, 460).winner(), "systrap");
@@ -867,6 +931,40 @@ mod tests {
         // A platform whose probe failed counts as infinitely slow.
         assert_eq!(race(u64::MAX, 400).winner(), "ptrace");
         assert_eq!(race(400, u64::MAX).winner(), "systrap");
+    }
+
+    /// This host's race: ptrace starts processes faster, systrap runs syscalls faster. Build
+    /// steps (batch) take systrap, interactive sandboxes ptrace, unless the platform is forced.
+    #[test]
+    fn batch_sandboxes_take_the_platform_faster_at_syscalls() {
+        let race = PlatformRace {
+            systrap_ms: 913,
+            ptrace_ms: 512,
+            systrap_io_ms: 120,
+            ptrace_io_ms: 900,
+        };
+        assert_eq!((race.winner(), race.io_winner()), ("ptrace", "systrap"));
+        let mut runsc = Runsc {
+            binary: "/usr/bin/runsc".into(),
+            root: "/nonexistent".into(),
+            platform: "ptrace".into(),
+            forced: false,
+            build: RunscBuild {
+                platform: "ptrace".into(),
+                has_systrap: true,
+                race: Some(race),
+                ..RunscBuild::default()
+            },
+        };
+        assert_eq!(runsc.platform_for(crate::Workload::Interactive), "ptrace");
+        assert_eq!(runsc.platform_for(crate::Workload::Batch), "systrap");
+        // $HUTCH_RUNSC_PLATFORM decides for every sandbox.
+        runsc.forced = true;
+        assert_eq!(runsc.platform_for(crate::Workload::Batch), "ptrace");
+        // No race (an old build, or systrap failing here): the one platform for both.
+        runsc.forced = false;
+        runsc.build.race = None;
+        assert_eq!(runsc.platform_for(crate::Workload::Batch), "ptrace");
     }
 
     /// A platform that hangs is killed at the limit and counts as infinitely slow.
